@@ -1,0 +1,26 @@
+// Package callback holds the domain type at the centre of the service: one accepted
+// callback, as it travels from the HTTP handler into the inbox (or the outage spool).
+package callback
+
+import (
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Callback is one accepted POST /callback.
+type Callback struct {
+	// ID is minted when the request arrives (UUIDv7: time-ordered, so inbox inserts
+	// stay at the right edge of the primary key). It makes spool replay idempotent.
+	ID uuid.UUID
+	// ReceivedAt is the service's clock when the request arrived. It becomes last_seen
+	// of every object the callback names.
+	ReceivedAt time.Time
+	// ObjectIDs as sent: may be empty, may repeat ids.
+	ObjectIDs []int64
+}
+
+// New mints a callback received at t.
+func New(t time.Time, ids []int64) Callback {
+	return Callback{ID: uuid.Must(uuid.NewV7()), ReceivedAt: t, ObjectIDs: ids}
+}

@@ -1,0 +1,93 @@
+-- name: ClaimDue :many
+-- Claims up to @max_rows due rows for one lookup each. SKIP LOCKED: claimers never wait
+-- for each other or for the merger. The lease is due_at itself: moving it to
+-- now() + @lease means a row whose worker dies becomes due again when the lease runs out.
+-- The index on due_at serves both the WHERE and the ORDER BY.
+UPDATE pending p
+SET claim_token         = @claim_token,
+    claimed_received_at = p.received_at,
+    due_at              = now() + @lease::interval,
+    attempts            = p.attempts + 1
+FROM (
+    SELECT d.object_id FROM pending d
+    WHERE d.due_at <= now()
+    ORDER BY d.due_at
+    LIMIT @max_rows
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE p.object_id = due.object_id
+RETURNING p.object_id, p.received_at, p.attempts;
+
+-- name: CompleteLookups :one
+-- Applies a batch of lookup outcomes in one statement. Only rows that still carry the
+-- claim token of the lookup are touched (owned): a worker whose lease ran out and was
+-- reclaimed by another cannot write a stale answer. owned locks them in ascending id
+-- order, before any objects row (the lock order), and FOR UPDATE yields the newest
+-- version of each, so owned.received_at tells whether a newer callback arrived while
+-- the lookup was in flight.
+--
+-- outcome: 'online' | 'offline' | 'failed' | 'expired'.
+--   online   upsert the object; last_seen never moves backwards.
+--   offline  delete the object: this lookup is the latest fetched status.
+--   failed   release the row, due again after @retry_after_ms (backoff, chosen by the caller).
+--   expired  the receipt left the window before the lookup: drop it unless a newer
+--            receipt arrived.
+-- Then, for online/offline/expired: a row with no newer receipt is done (deleted); a
+-- row with one is released to run again at once, exactly once more.
+WITH result AS (
+    SELECT unnest(@object_ids::bigint[])      AS object_id,
+           unnest(@claim_tokens::uuid[])      AS claim_token,
+           unnest(@outcomes::text[])          AS outcome,
+           unnest(@retry_after_ms::bigint[])  AS retry_after_ms
+), owned AS (
+    SELECT p.object_id, p.received_at, p.claimed_received_at, result.outcome, result.retry_after_ms
+    FROM pending p
+    JOIN result ON result.object_id = p.object_id AND result.claim_token = p.claim_token
+    ORDER BY p.object_id
+    FOR UPDATE OF p
+), upserted AS (
+    INSERT INTO objects (id, last_seen)
+    SELECT owned.object_id, owned.claimed_received_at FROM owned
+    WHERE owned.outcome = 'online'
+    ORDER BY owned.object_id
+    ON CONFLICT (id) DO UPDATE
+        SET last_seen = greatest(objects.last_seen, excluded.last_seen)
+    RETURNING objects.id
+), removed AS (
+    DELETE FROM objects o
+    USING owned
+    WHERE o.id = owned.object_id AND owned.outcome = 'offline'
+    RETURNING o.id
+), finished AS (
+    DELETE FROM pending p
+    USING owned
+    WHERE p.object_id = owned.object_id
+      AND owned.outcome <> 'failed'
+      AND owned.received_at <= owned.claimed_received_at
+    RETURNING p.object_id
+), released AS (
+    UPDATE pending p
+    SET claim_token         = NULL,
+        claimed_received_at = NULL,
+        attempts            = CASE WHEN owned.outcome = 'failed' THEN p.attempts ELSE 0 END,
+        due_at              = now() + owned.retry_after_ms * interval '1 millisecond'
+    FROM owned
+    WHERE p.object_id = owned.object_id
+      AND (owned.outcome = 'failed' OR owned.received_at > owned.claimed_received_at)
+    RETURNING p.object_id
+)
+SELECT (SELECT count(*) FROM owned)::bigint    AS owned,
+       (SELECT count(*) FROM upserted)::bigint AS upserted,
+       (SELECT count(*) FROM removed)::bigint  AS removed,
+       (SELECT count(*) FROM finished)::bigint AS finished,
+       (SELECT count(*) FROM released)::bigint AS released;
+
+-- name: PendingStats :one
+SELECT count(*)::bigint AS pending_rows,
+       count(*) FILTER (WHERE claim_token IS NOT NULL)::bigint AS claimed_rows,
+       min(received_at)::timestamptz AS oldest_received_at
+FROM pending;
+
+-- name: InboxStats :one
+SELECT count(*)::bigint AS inbox_rows, min(received_at)::timestamptz AS oldest_received_at
+FROM inbox;
