@@ -31,6 +31,3 @@ SELECT id, last_seen FROM objects
 WHERE (last_seen, id) < (@before_seen::timestamptz, @before_id::bigint) AND last_seen >= @cutoff
 ORDER BY last_seen DESC, id DESC
 LIMIT @max_rows;
-
--- name: CountObjects :one
-SELECT count(*)::bigint FROM objects;

@@ -1,12 +1,12 @@
 -- name: ClaimDue :many
--- Claims up to @max_rows due rows for one lookup each. SKIP LOCKED: claimers never wait
+-- Claims up to max_rows due rows for one lookup each. SKIP LOCKED: claimers never wait
 -- for each other or for the merger. The lease is due_at itself: moving it to
--- now() + @lease means a row whose worker dies becomes due again when the lease runs out.
+-- now() + lease means a row whose worker dies becomes due again when the lease runs out.
 -- The index on due_at serves both the WHERE and the ORDER BY.
 UPDATE pending p
-SET claim_token         = @claim_token,
+SET claim_token         = arg.claim_token,
     claimed_received_at = p.received_at,
-    due_at              = now() + @lease::interval,
+    due_at              = now() + arg.lease_ms * interval '1 millisecond',
     attempts            = p.attempts + 1
 FROM (
     SELECT d.object_id FROM pending d
@@ -14,7 +14,9 @@ FROM (
     ORDER BY d.due_at
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
-) due
+) due, (
+    SELECT @claim_token::uuid AS claim_token, @lease_ms::bigint AS lease_ms
+) arg
 WHERE p.object_id = due.object_id
 RETURNING p.object_id, p.received_at, p.attempts;
 
@@ -82,12 +84,17 @@ SELECT (SELECT count(*) FROM owned)::bigint    AS owned,
        (SELECT count(*) FROM finished)::bigint AS finished,
        (SELECT count(*) FROM released)::bigint AS released;
 
--- name: PendingStats :one
-SELECT count(*)::bigint AS pending_rows,
-       count(*) FILTER (WHERE claim_token IS NOT NULL)::bigint AS claimed_rows,
-       min(received_at)::timestamptz AS oldest_received_at
-FROM pending;
-
--- name: InboxStats :one
-SELECT count(*)::bigint AS inbox_rows, min(received_at)::timestamptz AS oldest_received_at
-FROM inbox;
+-- name: QueueStats :one
+-- For metrics and the status line. Ages are measured against the caller's now, the
+-- service's clock, because receipt times come from it. count(*) scans: call it every
+-- few seconds, not per request.
+SELECT
+    (SELECT count(*) FROM inbox)::bigint AS inbox_rows,
+    coalesce(extract(epoch FROM arg.now - (SELECT min(received_at) FROM inbox)), 0)::float8
+        AS inbox_oldest_seconds,
+    (SELECT count(*) FROM pending)::bigint AS pending_rows,
+    (SELECT count(*) FROM pending WHERE claim_token IS NOT NULL)::bigint AS claimed_rows,
+    coalesce(extract(epoch FROM arg.now - (SELECT min(received_at) FROM pending)), 0)::float8
+        AS pending_oldest_seconds,
+    (SELECT count(*) FROM objects)::bigint AS objects_rows
+FROM (SELECT @now::timestamptz AS now) arg;

@@ -1,0 +1,84 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"net"
+	"net/url"
+	"strings"
+
+	"github.com/amacneil/dbmate/v2/pkg/dbmate"
+	_ "github.com/amacneil/dbmate/v2/pkg/driver/postgres" // dbmate's postgres driver
+	"github.com/jackc/pgx/v5"
+
+	"github.com/objwatch/callback/db"
+)
+
+// Migrate creates the database named by databaseURL if it is missing and applies the
+// embedded migrations. Several replicas may start at once: each first takes a session
+// advisory lock in the server's maintenance database (the target may not exist yet,
+// and advisory locks are per database), so exactly one runs dbmate at a time and the
+// others find nothing left to do.
+func Migrate(ctx context.Context, databaseURL string, log io.Writer) error {
+	target, err := url.Parse(databaseURL)
+	if err != nil {
+		return fmt.Errorf("parsing database url: %w", err)
+	}
+	dbName := strings.TrimPrefix(target.Path, "/")
+	if dbName == "" {
+		return fmt.Errorf("database url names no database")
+	}
+
+	maint := *target
+	maint.Path = "/postgres"
+	conn, err := pgx.Connect(ctx, maint.String())
+	if err != nil {
+		return fmt.Errorf("connecting to maintenance database: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+
+	key := lockKey("callback-migrate:" + dbName)
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", key); err != nil {
+		return fmt.Errorf("taking migration lock: %w", err)
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", key) //nolint:errcheck // released with the connection anyway
+
+	m := dbmate.New(libpqURL(target))
+	m.FS = db.Migrations
+	m.MigrationsDir = []string{db.MigrationsDir}
+	m.AutoDumpSchema = false
+	m.Log = log
+	if err := m.CreateAndMigrate(); err != nil {
+		return fmt.Errorf("applying migrations: %w", err)
+	}
+	return nil
+}
+
+// libpqURL adapts a pgx URL for dbmate, whose driver is lib/pq: lib/pq insists on TLS
+// unless told otherwise, which a local server does not offer.
+func libpqURL(u *url.URL) *url.URL {
+	c := *u
+	q := c.Query()
+	if q.Get("sslmode") == "" && isLocal(c.Hostname()) {
+		q.Set("sslmode", "disable")
+		c.RawQuery = q.Encode()
+	}
+	return &c
+}
+
+func isLocal(host string) bool {
+	if host == "" || host == "localhost" || strings.HasPrefix(host, "/") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// lockKey turns a name into an advisory lock key, so that keys are readable in code.
+func lockKey(name string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	return int64(h.Sum64())
+}

@@ -1,0 +1,93 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/objwatch/callback/internal/store/internal/dbsqlc"
+)
+
+// Claim is one object to look up, leased to the claimer until the lease runs out.
+type Claim struct {
+	ObjectID   int64
+	ReceivedAt time.Time // the receipt this lookup answers for
+	Attempts   int       // including this one
+	Token      uuid.UUID // proves the lease when completing
+}
+
+// ClaimDue leases up to max due objects for lease. All claims of one call share a token.
+func (s *Store) ClaimDue(ctx context.Context, max int, lease time.Duration) ([]Claim, error) {
+	token := uuid.New()
+	rows, err := s.q.ClaimDue(ctx, dbsqlc.ClaimDueParams{
+		MaxRows:    int32(max),
+		ClaimToken: token,
+		LeaseMs:    lease.Milliseconds(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claiming due work: %w", err)
+	}
+	claims := make([]Claim, len(rows))
+	for i, r := range rows {
+		claims[i] = Claim{ObjectID: r.ObjectID, ReceivedAt: r.ReceivedAt, Attempts: int(r.Attempts), Token: token}
+	}
+	return claims, nil
+}
+
+// Outcome of one lookup, as CompleteLookups applies it.
+type Outcome string
+
+const (
+	Online  Outcome = "online"  // the object service said online
+	Offline Outcome = "offline" // the object service said offline
+	Failed  Outcome = "failed"  // no usable answer: retry after RetryAfter
+	Expired Outcome = "expired" // the receipt left the window before the lookup ran
+)
+
+// Result completes one Claim.
+type Result struct {
+	ObjectID   int64
+	Token      uuid.UUID
+	Outcome    Outcome
+	RetryAfter time.Duration // for Failed
+}
+
+// Completed is what one CompleteLookups did.
+type Completed struct {
+	Owned    int64 // results whose lease still held; the rest were stale and dropped
+	Upserted int64 // objects written online
+	Removed  int64 // objects deleted as offline
+	Finished int64 // pending rows done
+	Released int64 // pending rows to run again (newer receipt, or retry)
+}
+
+// CompleteLookups applies results in one statement; see queries/pending.sql. The
+// results are sorted by id (the lock order) and a result repeated for the same lease is
+// applied once.
+func (s *Store) CompleteLookups(ctx context.Context, results []Result) (Completed, error) {
+	rs := slices.Clone(results)
+	slices.SortStableFunc(rs, func(a, b Result) int { return cmp.Compare(a.ObjectID, b.ObjectID) })
+	rs = slices.CompactFunc(rs, func(a, b Result) bool { return a.ObjectID == b.ObjectID && a.Token == b.Token })
+
+	p := dbsqlc.CompleteLookupsParams{
+		ObjectIds:    make([]int64, len(rs)),
+		ClaimTokens:  make([]uuid.UUID, len(rs)),
+		Outcomes:     make([]string, len(rs)),
+		RetryAfterMs: make([]int64, len(rs)),
+	}
+	for i, r := range rs {
+		p.ObjectIds[i] = r.ObjectID
+		p.ClaimTokens[i] = r.Token
+		p.Outcomes[i] = string(r.Outcome)
+		p.RetryAfterMs[i] = r.RetryAfter.Milliseconds()
+	}
+	row, err := s.q.CompleteLookups(ctx, p)
+	if err != nil {
+		return Completed{}, fmt.Errorf("completing %d lookups: %w", len(rs), err)
+	}
+	return Completed(row), nil
+}

@@ -1,0 +1,313 @@
+package store_test
+
+import (
+	"context"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/pgtest"
+	"github.com/objwatch/callback/internal/store"
+)
+
+func setup(t *testing.T) (*store.Store, *pgxpool.Pool) {
+	t.Helper()
+	pool, _ := pgtest.NewPool(t)
+	return store.New(pool), pool
+}
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+func at(sec int) time.Time { return t0.Add(time.Duration(sec) * time.Second) }
+
+// rows reads a two-column table as id -> time, for asserting exact contents.
+func rows(t *testing.T, pool *pgxpool.Pool, sql string) map[int64]time.Time {
+	t.Helper()
+	rs, err := pool.Query(context.Background(), sql)
+	require.NoError(t, err)
+	defer rs.Close()
+	out := map[int64]time.Time{}
+	for rs.Next() {
+		var id int64
+		var ts time.Time
+		require.NoError(t, rs.Scan(&id, &ts))
+		out[id] = ts.UTC()
+	}
+	require.NoError(t, rs.Err())
+	return out
+}
+
+func objectsTable(t *testing.T, pool *pgxpool.Pool) map[int64]time.Time {
+	return rows(t, pool, "SELECT id, last_seen FROM objects")
+}
+
+func pendingTable(t *testing.T, pool *pgxpool.Pool) map[int64]time.Time {
+	return rows(t, pool, "SELECT object_id, received_at FROM pending")
+}
+
+func insert(t *testing.T, s *store.Store, cbs ...callback.Callback) {
+	t.Helper()
+	require.NoError(t, s.InsertCallbacks(context.Background(), cbs))
+}
+
+func merge(t *testing.T, s *store.Store) store.Merged {
+	t.Helper()
+	m, err := s.MergeInbox(context.Background(), 1000)
+	require.NoError(t, err)
+	return m
+}
+
+func claim(t *testing.T, s *store.Store, max int, lease time.Duration) map[int64]store.Claim {
+	t.Helper()
+	cs, err := s.ClaimDue(context.Background(), max, lease)
+	require.NoError(t, err)
+	out := map[int64]store.Claim{}
+	for _, c := range cs {
+		out[c.ObjectID] = c
+	}
+	return out
+}
+
+func complete(t *testing.T, s *store.Store, rs ...store.Result) store.Completed {
+	t.Helper()
+	c, err := s.CompleteLookups(context.Background(), rs)
+	require.NoError(t, err)
+	return c
+}
+
+func result(c store.Claim, o store.Outcome) store.Result {
+	return store.Result{ObjectID: c.ObjectID, Token: c.Token, Outcome: o}
+}
+
+func TestMerge(t *testing.T) {
+	t.Parallel()
+
+	t.Run("coalesces_ids_keeping_the_newest_receipt", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		insert(t, s,
+			callback.New(at(1), []int64{3, 1, 3, 0}),
+			callback.New(at(2), []int64{1}),
+			callback.New(at(0), []int64{0, 9}),
+			callback.New(at(3), nil),
+		)
+		m := merge(t, s)
+		require.Equal(t, store.Merged{Callbacks: 4, Ids: 4, Changed: 4}, m)
+		require.Equal(t, map[int64]time.Time{0: at(1), 1: at(2), 3: at(1), 9: at(0)}, pendingTable(t, pool))
+		require.Empty(t, rows(t, pool, "SELECT 0::bigint, received_at FROM inbox"))
+	})
+
+	t.Run("older_receipt_does_not_move_pending_back", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		insert(t, s, callback.New(at(5), []int64{7}))
+		merge(t, s)
+		insert(t, s, callback.New(at(4), []int64{7}))
+		m := merge(t, s)
+		require.Equal(t, int64(0), m.Changed)
+		require.Equal(t, map[int64]time.Time{7: at(5)}, pendingTable(t, pool))
+	})
+
+	t.Run("refreshes_last_seen_of_online_objects", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		insert(t, s, callback.New(at(1), []int64{2}))
+		merge(t, s)
+		c := claim(t, s, 10, time.Minute)
+		complete(t, s, result(c[2], store.Online))
+		require.Equal(t, map[int64]time.Time{2: at(1)}, objectsTable(t, pool))
+
+		insert(t, s, callback.New(at(9), []int64{2, 5}))
+		m := merge(t, s)
+		require.Equal(t, int64(1), m.Refreshed)
+		require.Equal(t, map[int64]time.Time{2: at(9)}, objectsTable(t, pool), "5 is not online yet: no row until its lookup")
+	})
+}
+
+func TestLookups(t *testing.T) {
+	t.Parallel()
+
+	t.Run("online_then_offline", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		insert(t, s, callback.New(at(1), []int64{1, 2}))
+		merge(t, s)
+		c := claim(t, s, 10, time.Minute)
+		require.Len(t, c, 2)
+		done := complete(t, s, result(c[1], store.Online), result(c[2], store.Offline))
+		require.Equal(t, store.Completed{Owned: 2, Upserted: 1, Finished: 2}, done)
+		require.Equal(t, map[int64]time.Time{1: at(1)}, objectsTable(t, pool))
+		require.Empty(t, pendingTable(t, pool))
+
+		insert(t, s, callback.New(at(2), []int64{1}))
+		merge(t, s)
+		c = claim(t, s, 10, time.Minute)
+		done = complete(t, s, result(c[1], store.Offline))
+		require.Equal(t, int64(1), done.Removed)
+		require.Empty(t, objectsTable(t, pool))
+	})
+
+	t.Run("claimed_rows_are_not_claimed_twice", func(t *testing.T) {
+		t.Parallel()
+		s, _ := setup(t)
+		insert(t, s, callback.New(at(1), []int64{1, 2, 3}))
+		merge(t, s)
+		first := claim(t, s, 2, time.Minute)
+		second := claim(t, s, 10, time.Minute)
+		third := claim(t, s, 10, time.Minute)
+		require.Len(t, first, 2)
+		require.Len(t, second, 1)
+		require.Empty(t, third)
+		for id := range second {
+			require.NotContains(t, first, id)
+		}
+	})
+
+	t.Run("newer_receipt_during_lookup_runs_once_more", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		insert(t, s, callback.New(at(1), []int64{4}))
+		merge(t, s)
+		c := claim(t, s, 10, time.Minute)
+		insert(t, s, callback.New(at(2), []int64{4}))
+		merge(t, s)
+		require.Empty(t, claim(t, s, 10, time.Minute), "in flight: not claimable")
+
+		done := complete(t, s, result(c[4], store.Online))
+		require.Equal(t, int64(1), done.Released)
+		require.Equal(t, map[int64]time.Time{4: at(1)}, objectsTable(t, pool), "the lookup answers for its own receipt")
+
+		again := claim(t, s, 10, time.Minute)
+		require.Equal(t, at(2), again[4].ReceivedAt.UTC())
+		complete(t, s, result(again[4], store.Online))
+		require.Equal(t, map[int64]time.Time{4: at(2)}, objectsTable(t, pool))
+		require.Empty(t, pendingTable(t, pool))
+		require.Empty(t, claim(t, s, 10, time.Minute), "exactly one more lookup")
+	})
+
+	t.Run("expired_lease_is_reclaimed_and_stale_result_dropped", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		insert(t, s, callback.New(at(1), []int64{6}))
+		merge(t, s)
+		stale := claim(t, s, 10, time.Millisecond)
+		require.Eventually(t, func() bool { return len(claim(t, s, 10, time.Minute)) == 1 }, 5*time.Second, 5*time.Millisecond)
+		// The first worker comes back late: its token no longer owns the row.
+		done := complete(t, s, result(stale[6], store.Online))
+		require.Equal(t, store.Completed{}, done)
+		require.Empty(t, objectsTable(t, pool))
+		require.Len(t, pendingTable(t, pool), 1)
+	})
+
+	t.Run("failed_lookup_backs_off_then_retries", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		insert(t, s, callback.New(at(1), []int64{8}))
+		merge(t, s)
+		c := claim(t, s, 10, time.Minute)
+		require.Equal(t, 1, c[8].Attempts)
+		done := complete(t, s, store.Result{ObjectID: 8, Token: c[8].Token, Outcome: store.Failed, RetryAfter: time.Hour})
+		require.Equal(t, int64(1), done.Released)
+		require.Empty(t, claim(t, s, 10, time.Minute), "backing off")
+
+		_, err := pool.Exec(context.Background(), "UPDATE pending SET due_at = now()")
+		require.NoError(t, err)
+		c = claim(t, s, 10, time.Minute)
+		require.Equal(t, 2, c[8].Attempts)
+		complete(t, s, result(c[8], store.Online))
+		require.Equal(t, map[int64]time.Time{8: at(1)}, objectsTable(t, pool))
+	})
+
+	t.Run("expired_receipt_is_dropped_unless_newer_arrived", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		insert(t, s, callback.New(at(1), []int64{1, 2}))
+		merge(t, s)
+		c := claim(t, s, 10, time.Minute)
+		insert(t, s, callback.New(at(50), []int64{2}))
+		merge(t, s)
+		done := complete(t, s, result(c[1], store.Expired), result(c[2], store.Expired))
+		require.Equal(t, store.Completed{Owned: 2, Finished: 1, Released: 1}, done)
+		require.Equal(t, map[int64]time.Time{2: at(50)}, pendingTable(t, pool))
+		require.Empty(t, objectsTable(t, pool))
+	})
+
+	t.Run("online_never_moves_last_seen_back", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		insert(t, s, callback.New(at(5), []int64{1}))
+		merge(t, s)
+		c := claim(t, s, 10, time.Minute)
+		_, err := pool.Exec(context.Background(), "INSERT INTO objects VALUES (1, $1)", at(9))
+		require.NoError(t, err)
+		complete(t, s, result(c[1], store.Online))
+		require.Equal(t, map[int64]time.Time{1: at(9)}, objectsTable(t, pool))
+	})
+
+	t.Run("results_in_any_order_and_repeated", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		insert(t, s, callback.New(at(1), []int64{5, 3, 9, 1}))
+		merge(t, s)
+		c := claim(t, s, 10, time.Minute)
+		done := complete(t, s,
+			result(c[9], store.Online), result(c[1], store.Offline),
+			result(c[5], store.Online), result(c[9], store.Online), result(c[3], store.Online))
+		require.Equal(t, int64(4), done.Owned)
+		ids := []int64{}
+		for id := range objectsTable(t, pool) {
+			ids = append(ids, id)
+		}
+		sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+		require.Equal(t, []int64{3, 5, 9}, ids)
+	})
+}
+
+func TestExpire(t *testing.T) {
+	t.Parallel()
+
+	t.Run("deletes_rows_outside_the_window_keeps_the_rest", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		_, err := pool.Exec(context.Background(), "INSERT INTO objects VALUES (1, $1), (2, $2), (3, $3)", at(0), at(10), at(20))
+		require.NoError(t, err)
+		ran, deleted, err := s.Expire(context.Background(), at(10), at(0))
+		require.NoError(t, err)
+		require.True(t, ran)
+		require.Equal(t, int64(1), deleted)
+		require.Equal(t, map[int64]time.Time{2: at(10), 3: at(20)}, objectsTable(t, pool))
+	})
+
+	t.Run("two_replicas_never_both_run_it", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		ctx := context.Background()
+		_, err := pool.Exec(ctx, "INSERT INTO objects VALUES (1, $1)", at(0))
+		require.NoError(t, err)
+
+		// Another replica is in the middle of its tick: it holds the lock.
+		other, err := pool.Begin(ctx)
+		require.NoError(t, err)
+		defer other.Rollback(ctx) //nolint:errcheck
+		var locked bool
+		require.NoError(t, other.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", store.ExpiryLockKey).Scan(&locked))
+		require.True(t, locked)
+
+		ran, deleted, err := s.Expire(ctx, at(10), at(0))
+		require.NoError(t, err)
+		require.False(t, ran)
+		require.Zero(t, deleted)
+		require.Len(t, objectsTable(t, pool), 1)
+
+		// Its tick ends (or it dies): the next tick here takes over.
+		require.NoError(t, other.Rollback(ctx))
+		ran, deleted, err = s.Expire(ctx, at(10), at(0))
+		require.NoError(t, err)
+		require.True(t, ran)
+		require.Equal(t, int64(1), deleted)
+	})
+}
