@@ -1,0 +1,360 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+func TestParseTarget(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		url      string
+		wantHost string
+		wantPort uint16
+		wantUser string
+		wantErr  bool
+	}{
+		{name: "default_url", url: defaultDatabaseURL, wantHost: "127.0.0.1", wantPort: 5432, wantUser: "postgres"},
+		{name: "other_port_and_user", url: "postgres://alice:secret@localhost:55432/app?sslmode=disable", wantHost: "localhost", wantPort: 55432, wantUser: "alice"},
+		{name: "postgresql_scheme_without_port", url: "postgresql://bob@127.0.0.1/app", wantHost: "127.0.0.1", wantPort: 5432, wantUser: "bob"},
+		{name: "ipv6_host", url: "postgres://postgres@[::1]:6000/app", wantHost: "::1", wantPort: 6000, wantUser: "postgres"},
+		{name: "key_value_string", url: "host=127.0.0.1 port=6543 user=carol dbname=app", wantHost: "127.0.0.1", wantPort: 6543, wantUser: "carol"},
+		{name: "socket_directory", url: "host=/var/run/postgresql port=5432 user=postgres", wantHost: "/var/run/postgresql", wantPort: 5432, wantUser: "postgres"},
+		{name: "rejects_bad_port", url: "postgres://postgres@127.0.0.1:notaport/app", wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := parseTarget(tc.url)
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("parseTarget(%q) = %+v, want an error", tc.url, got)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseTarget(%q): %v", tc.url, err)
+			}
+			if got.Host != tc.wantHost || got.Port != tc.wantPort || got.User != tc.wantUser {
+				t.Errorf("parseTarget(%q) = %s:%d user %s, want %s:%d user %s",
+					tc.url, got.Host, got.Port, got.User, tc.wantHost, tc.wantPort, tc.wantUser)
+			}
+			if got.admin.Database != "postgres" {
+				t.Errorf("admin database = %q, want postgres (the app database may not exist yet)", got.admin.Database)
+			}
+		})
+	}
+}
+
+func TestParseTarget_keeps_password_out_of_errors(t *testing.T) {
+	t.Parallel()
+	_, err := parseTarget("postgres://u:hunter2@127.0.0.1:notaport/app")
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("error leaks the password: %v", err)
+	}
+}
+
+func TestCandidateBinDirs(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		pgConfig   string
+		debian     []string
+		pathInitdb string
+		want       []string
+	}{
+		{
+			name:   "nothing_installed",
+			debian: nil,
+			want:   nil,
+		},
+		{
+			name:       "pg_config_first_then_debian_newest_first_then_path",
+			pgConfig:   "/opt/pg/bin",
+			debian:     []string{"/usr/lib/postgresql/9.6/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"},
+			pathInitdb: "/usr/local/pgsql/bin/initdb",
+			want: []string{
+				"/opt/pg/bin",
+				"/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/9.6/bin",
+				"/usr/local/pgsql/bin",
+			},
+		},
+		{
+			name:       "duplicates_dropped_keeping_the_first_place",
+			pgConfig:   "/usr/lib/postgresql/15/bin/",
+			debian:     []string{"/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/17/bin"},
+			pathInitdb: "/usr/lib/postgresql/17/bin/initdb",
+			want:       []string{"/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/17/bin"},
+		},
+		{
+			name:       "only_path",
+			pathInitdb: "/usr/bin/initdb",
+			want:       []string{"/usr/bin"},
+		},
+		{
+			name:   "non_numeric_version_sorts_last",
+			debian: []string{"/usr/lib/postgresql/devel/bin", "/usr/lib/postgresql/14/bin"},
+			want:   []string{"/usr/lib/postgresql/14/bin", "/usr/lib/postgresql/devel/bin"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got := candidateBinDirs(tc.pgConfig, tc.debian, tc.pathInitdb)
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("candidateBinDirs() = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestFindBinDir(t *testing.T) {
+	t.Parallel()
+	installed := func(paths ...string) func(string) bool {
+		return func(p string) bool { return slices.Contains(paths, p) }
+	}
+	tests := []struct {
+		name       string
+		candidates []string
+		exec       func(string) bool
+		want       string
+		wantErr    error
+	}{
+		{
+			name:       "skips_a_client_only_dir",
+			candidates: []string{"/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"},
+			exec: installed("/usr/lib/postgresql/16/bin/pg_ctl",
+				"/usr/lib/postgresql/15/bin/initdb", "/usr/lib/postgresql/15/bin/pg_ctl", "/usr/lib/postgresql/15/bin/postgres"),
+			want: "/usr/lib/postgresql/15/bin",
+		},
+		{
+			name:       "first_complete_dir_wins",
+			candidates: []string{"/a", "/b"},
+			exec:       installed("/a/initdb", "/a/pg_ctl", "/a/postgres", "/b/initdb", "/b/pg_ctl", "/b/postgres"),
+			want:       "/a",
+		},
+		{
+			name:       "none_found_says_how_to_install",
+			candidates: []string{"/a"},
+			exec:       installed("/a/initdb"),
+			wantErr:    errNoBinaries,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := findBinDir(tc.candidates, tc.exec)
+			if !errors.Is(err, tc.wantErr) || got != tc.want {
+				t.Errorf("findBinDir() = %q, %v; want %q, %v", got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+	for _, hint := range []string{"apt-get install postgresql-15", "docker compose up"} {
+		if !strings.Contains(errNoBinaries.Error(), hint) {
+			t.Errorf("errNoBinaries does not mention %q", hint)
+		}
+	}
+}
+
+func TestCompareVersions(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		a, b string
+		want int
+	}{
+		{"15", "15", 0},
+		{"9.6", "15", -1},
+		{"16", "15", 1},
+		{"16.1", "16", 1},
+		{"devel", "9", -1},
+	}
+	for _, tc := range tests {
+		if got := compareVersions(tc.a, tc.b); got != tc.want {
+			t.Errorf("compareVersions(%q, %q) = %d, want %d", tc.a, tc.b, got, tc.want)
+		}
+	}
+}
+
+func TestServerOptions(t *testing.T) {
+	t.Parallel()
+	tg := target{Host: "127.0.0.1", Port: 55432}
+	durable := serverOptions(tg, "/data dir", false)
+	for _, want := range []string{"-p 55432", "-k '/data dir'", "listen_addresses=127.0.0.1", "max_connections=200"} {
+		if !strings.Contains(durable, want) {
+			t.Errorf("serverOptions() = %q, want it to contain %q", durable, want)
+		}
+	}
+	if strings.Contains(durable, "fsync") {
+		t.Errorf("serverOptions() without DEVPG_FAST = %q, must keep fsync on", durable)
+	}
+	fast := serverOptions(tg, "/d", true)
+	for _, want := range []string{"fsync=off", "synchronous_commit=off", "full_page_writes=off"} {
+		if !strings.Contains(fast, want) {
+			t.Errorf("serverOptions() with DEVPG_FAST = %q, want it to contain %q", fast, want)
+		}
+	}
+}
+
+func TestShellQuote(t *testing.T) {
+	t.Parallel()
+	tests := map[string]string{
+		"/tmp/x":      "/tmp/x",
+		"::1":         "::1",
+		"a b":         "'a b'",
+		"it's":        `'it'\''s'`,
+		"":            "''",
+		"$(rm -rf /)": "'$(rm -rf /)'",
+	}
+	for in, want := range tests {
+		if got := shellQuote(in); got != want {
+			t.Errorf("shellQuote(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestRun_rejects_unknown_command(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"frobnicate"}, func(string) string { return "" }, &stdout, &stderr)
+	if !errors.Is(err, errUsage) {
+		t.Errorf("run(frobnicate) = %v, want errUsage", err)
+	}
+	if !strings.Contains(stderr.String(), "usage: devpg") {
+		t.Errorf("stderr = %q, want the usage", stderr.String())
+	}
+}
+
+func TestRun_stop_with_nothing_started_says_so(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{
+		"DATABASE_URL": "postgres://postgres@127.0.0.1:1/callback?sslmode=disable",
+		"DEVPG_DIR":    filepath.Join(t.TempDir(), "none"),
+	}
+	var stdout bytes.Buffer
+	if err := run(context.Background(), []string{"stop"}, mapEnv(env), &stdout, &stdout); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if !strings.Contains(stdout.String(), "nothing to stop") {
+		t.Errorf("stop printed %q, want it to say there is nothing to stop", stdout.String())
+	}
+}
+
+// TestRun_ensure_starts_a_cluster_where_none_answers is the real thing: a free port,
+// a temp data directory, initdb, pg_ctl start, a connection, stop, restart from the
+// same data directory, stop.
+func TestRun_ensure_starts_a_cluster_where_none_answers(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := discoverBinDir(ctx); err != nil {
+		t.Skipf("no PostgreSQL server binaries on this machine: %v", err)
+	}
+
+	root := t.TempDir()
+	// t.TempDir makes private (0700) directories; as root the server runs as the
+	// postgres user, which must be able to reach its data directory.
+	for _, d := range []string{filepath.Dir(root), root} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	port := freePort(t)
+	databaseURL := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/callback?sslmode=disable", port)
+	env := mapEnv(map[string]string{
+		"DATABASE_URL": databaseURL,
+		"DEVPG_DIR":    filepath.Join(root, "data"),
+		"DEVPG_FAST":   "1",
+	})
+	runCmd := func(cmd string) string {
+		t.Helper()
+		var out bytes.Buffer
+		if err := run(ctx, []string{cmd}, env, &out, &out); err != nil {
+			t.Fatalf("devpg %s: %v\n%s", cmd, err, out.String())
+		}
+		return out.String()
+	}
+	// Registered after t.TempDir, so it runs before the directory is removed.
+	t.Cleanup(func() {
+		var out bytes.Buffer
+		if err := run(context.Background(), []string{"stop"}, env, &out, &out); err != nil {
+			t.Errorf("cleanup stop: %v\n%s", err, out.String())
+		}
+	})
+
+	if out := runCmd("ensure"); !strings.Contains(out, "started PostgreSQL") {
+		t.Errorf("first ensure printed %q, want it to start a cluster", out)
+	}
+	assertServer(ctx, t, databaseURL, "off")
+
+	if out := runCmd("ensure"); !strings.Contains(out, "answers at") {
+		t.Errorf("second ensure printed %q, want it to find the running cluster", out)
+	}
+
+	if out := runCmd("stop"); !strings.Contains(out, "stopped") {
+		t.Errorf("stop printed %q", out)
+	}
+	tg, err := parseTarget(databaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := probe(ctx, tg); !errors.Is(err, errNotAnswering) {
+		t.Fatalf("after stop, probe = %v, want errNotAnswering", err)
+	}
+
+	if out := runCmd("ensure"); !strings.Contains(out, "started PostgreSQL") {
+		t.Errorf("ensure after stop printed %q, want it to start the existing cluster", out)
+	}
+	assertServer(ctx, t, databaseURL, "off")
+}
+
+// assertServer connects to the postgres database behind databaseURL and checks the
+// settings devpg promises.
+func assertServer(ctx context.Context, t *testing.T, databaseURL, wantFsync string) {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(databaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Database = "postgres"
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("connecting to the started cluster: %v", err)
+	}
+	defer conn.Close(ctx)
+	var fsync, maxConns string
+	if err := conn.QueryRow(ctx, "select current_setting('fsync'), current_setting('max_connections')").Scan(&fsync, &maxConns); err != nil {
+		t.Fatal(err)
+	}
+	if fsync != wantFsync || maxConns != "200" {
+		t.Errorf("fsync=%s max_connections=%s, want fsync=%s max_connections=200", fsync, maxConns, wantFsync)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func mapEnv(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// target is the server that DATABASE_URL points at.
+type target struct {
+	Host string // a host name or IP address; a path means a Unix socket directory
+	Port uint16
+	User string
+	// admin connects to the same server as the same user, but to the database
+	// "postgres": the app database may not exist yet (dbmate creates it).
+	admin *pgx.ConnConfig
+}
+
+// Addr is host:port, for messages.
+func (t target) Addr() string {
+	return net.JoinHostPort(t.Host, strconv.Itoa(int(t.Port)))
+}
+
+// parseTarget reads a DATABASE_URL (a postgres:// URL or a key=value string) the way
+// pgx and libpq do, defaults included: a URL without a user means the OS user.
+func parseTarget(databaseURL string) (target, error) {
+	cfg, err := pgx.ParseConfig(databaseURL)
+	if err != nil {
+		// pgx's message can include the password; the URL itself is not repeated.
+		return target{}, fmt.Errorf("parsing DATABASE_URL: %w", err)
+	}
+	cfg.Database = "postgres"
+	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > 3*time.Second {
+		cfg.ConnectTimeout = 3 * time.Second
+	}
+	return target{Host: cfg.Host, Port: cfg.Port, User: cfg.User, admin: cfg}, nil
+}
+
+// errNotAnswering means nothing speaks the Postgres protocol at the target: the
+// connection was refused or timed out. Any answer from a server, even a refusal
+// (bad password, unknown role), is a different error: then the port is taken and
+// starting a cluster there would only fail.
+var errNotAnswering = errors.New("no PostgreSQL server answers")
+
+// probe connects to the target's "postgres" database and runs a trivial query.
+func probe(ctx context.Context, t target) error {
+	conn, err := pgx.ConnectConfig(ctx, t.admin)
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			return fmt.Errorf("a server answers at %s but refuses user %q: %w", t.Addr(), t.User, err)
+		}
+		return fmt.Errorf("%w at %s: %w", errNotAnswering, t.Addr(), err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var one int
+	if err := conn.QueryRow(ctx, "select 1").Scan(&one); err != nil {
+		return fmt.Errorf("querying %s: %w", t.Addr(), err)
+	}
+	return nil
+}
+
+// isLocal tells whether host names this machine, where a cluster can be started.
+func isLocal(ctx context.Context, host string) (bool, error) {
+	if host == "localhost" {
+		return true, nil
+	}
+	ips, err := net.DefaultResolver.LookupIPAddr(ctx, host)
+	if err != nil {
+		return false, fmt.Errorf("resolving %s: %w", host, err)
+	}
+	ifaceAddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false, fmt.Errorf("listing local addresses: %w", err)
+	}
+	for _, ip := range ips {
+		if ip.IP.IsLoopback() || ip.IP.IsUnspecified() {
+			return true, nil
+		}
+		for _, a := range ifaceAddrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.Equal(ip.IP) {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
+
+// isSocketDir tells whether a libpq host is a Unix socket directory.
+func isSocketDir(host string) bool {
+	return strings.HasPrefix(host, "/")
+}
