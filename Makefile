@@ -1,0 +1,76 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both find a Postgres at
+# DATABASE_URL or start a throwaway local cluster there (cmd/devpg), so they work the
+# same with a server already on 5432 and with only the PostgreSQL binaries installed.
+
+DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/callback?sslmode=disable
+export DATABASE_URL
+
+# Flags for the tester in `make run`; the defaults serve objects on :9010 and send
+# callbacks to the service on :9090.
+TESTER_FLAGS ?= -verify
+
+# sqlc and dbmate are `tool` lines in go.mod. Without cgo they build in about a minute
+# (sqlc's parser runs as WebAssembly, dbmate drops its sqlite driver); cached after.
+SQLC   = CGO_ENABLED=0 go tool sqlc
+DBMATE = CGO_ENABLED=0 go tool dbmate --url "$(DATABASE_URL)" --migrations-dir db/migrations --schema-file db/schema.sql
+
+.DEFAULT_GOAL := help
+
+.PHONY: help run test bench generate verify lint build db/up db/new db/stop
+
+help: ## list the targets
+	@echo 'usage: make TARGET   (DATABASE_URL=$(DATABASE_URL))'
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_\/-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+run: ## start Postgres if needed, then the service and the tester together until Ctrl-C
+	@go run ./cmd/devpg ensure
+	go build -o bin/callback ./cmd/callback
+	go build -o bin/tester ./cmd/tester
+	@# The service applies its migrations at start. On Ctrl-C (or when the tester
+	@# ends) the EXIT trap stops the service with SIGTERM and waits for its
+	@# graceful shutdown: a background job of a script ignores SIGINT itself.
+	@./bin/callback & svc=$$!; \
+	trap 'kill $$svc 2>/dev/null; wait $$svc 2>/dev/null' EXIT; \
+	trap 'exit 130' INT TERM; \
+	sleep 1; \
+	if ! kill -0 $$svc 2>/dev/null; then echo 'make run: the service exited at start (see above)'; exit 1; fi; \
+	./bin/tester $(TESTER_FLAGS)
+
+test: ## start Postgres if needed; go vet, sqlc freshness, go test -race, a short fuzz run
+	DEVPG_FAST=1 go run ./cmd/devpg ensure
+	go vet ./...
+	$(SQLC) diff
+	go test -race -count=1 ./...
+	go test -run='^$$' -fuzz=FuzzParse -fuzztime=10s ./internal/intake
+
+bench: ## run the benchmark (cmd/bench)
+	go run ./cmd/bench
+
+generate: ## regenerate the sqlc code from db/migrations and queries/
+	$(SQLC) generate
+
+verify: ## check generated code is fresh, code is gofmt'ed, go vet is clean
+	$(SQLC) diff
+	@unformatted=$$(gofmt -l cmd internal); \
+	if [ -n "$$unformatted" ]; then echo "gofmt -w needed on:"; echo "$$unformatted"; exit 1; fi
+	go vet ./...
+
+lint: ## gofmt and go vet
+	@unformatted=$$(gofmt -l cmd internal); \
+	if [ -n "$$unformatted" ]; then echo "gofmt -w needed on:"; echo "$$unformatted"; exit 1; fi
+	go vet ./...
+
+build: ## build bin/callback and bin/tester
+	go build -o bin/callback ./cmd/callback
+	go build -o bin/tester ./cmd/tester
+
+db/up: ## start Postgres if needed, apply migrations with dbmate, dump db/schema.sql
+	go run ./cmd/devpg ensure
+	$(DBMATE) up
+
+db/new: ## create a migration: make db/new name=add_something
+	@if [ -z "$(name)" ]; then echo 'usage: make db/new name=what_it_does'; exit 2; fi
+	$(DBMATE) new $(name)
+
+db/stop: ## stop the throwaway Postgres that make run/test started (if any)
+	go run ./cmd/devpg stop
