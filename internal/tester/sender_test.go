@@ -90,7 +90,7 @@ func TestAppendBody(t *testing.T) {
 
 func TestSenderCounts(t *testing.T) {
 	t.Parallel()
-	// Arrivals cycle through five answers, so each gets exactly a fifth of 30 callbacks.
+	// Arrivals cycle through five answers, so each gets exactly a fifth of 15 callbacks.
 	target, got := setupTarget(t, func(n int64, ids []int64, w http.ResponseWriter, r *http.Request) {
 		switch n % 5 {
 		case 0:
@@ -106,18 +106,19 @@ func TestSenderCounts(t *testing.T) {
 		}
 	})
 	cfg := fastSender(target)
-	cfg.Senders, cfg.Count, cfg.Timeout = 3, 30, 50*time.Millisecond
+	// The timeout leaves room for a loaded machine: a late 400 must not count as failed.
+	cfg.Senders, cfg.Count, cfg.Timeout = 3, 15, 300*time.Millisecond
 	cfg.IDsMin = 1 // every callback names an id, so that each shows up in the records
 	s := runSender(t, cfg)
 
 	st := s.Stats()
-	require.Equal(t, int64(30), st.Sent)
-	require.Equal(t, int64(6), st.Accepted)
-	require.Equal(t, int64(18), st.Refused)
-	require.Equal(t, map[int]int64{400: 6, 500: 6, 503: 6}, st.RefusedBy)
-	require.Equal(t, int64(6), st.Failed)
-	require.Equal(t, int64(6), st.Timeouts)
-	require.Equal(t, uint64(24), st.Latency.Count, "replies only")
+	require.Equal(t, int64(15), st.Sent)
+	require.Equal(t, int64(3), st.Accepted)
+	require.Equal(t, int64(9), st.Refused)
+	require.Equal(t, map[int]int64{400: 3, 500: 3, 503: 3}, st.RefusedBy)
+	require.Equal(t, int64(3), st.Failed)
+	require.Equal(t, int64(3), st.Timeouts)
+	require.Equal(t, uint64(12), st.Latency.Count, "replies only")
 	require.NotEmpty(t, st.LastError)
 
 	// The records: accepted ids have Accepted; ids of a timeout or a 500 (which may have
@@ -270,10 +271,9 @@ func TestHistogram(t *testing.T) {
 	require.InEpsilon(t, 990*time.Millisecond, s.P99, 0.07)
 	require.InEpsilon(t, 500500*time.Microsecond, s.Mean, 0.01)
 	for us := uint64(0); us < 1<<20; us += 37 {
-		i := bucketOf(us)
-		require.LessOrEqual(t, us, bucketUpper(i))
-		if i > 0 {
-			require.Greater(t, us, bucketUpper(i-1))
+		// Plain ifs: require in a loop this long is slow under -race.
+		if i := bucketOf(us); us > bucketUpper(i) || (i > 0 && us <= bucketUpper(i-1)) {
+			t.Fatalf("%d µs in bucket %d: (%d, %d]", us, i, bucketUpper(i-1), bucketUpper(i))
 		}
 	}
 	require.Less(t, bucketOf(1<<63), histBuckets)
