@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	neturl "net/url"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+)
+
+// lockedBuffer is a stdout that the test can read while run writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// setupTarget is a fake callback service; handle sees each callback's ids at receipt.
+func setupTarget(t *testing.T, handle func(ctx context.Context, received time.Time, ids []int64) error) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		received := time.Now()
+		var body struct {
+			ObjectIDs []int64 `json:"object_ids"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+			http.Error(w, `{"error":"bad json"}`, http.StatusBadRequest)
+			return
+		}
+		if handle != nil {
+			if err := handle(r.Context(), received, body.ObjectIDs); err != nil {
+				t.Errorf("fake service: %v", err)
+				http.Error(w, `{"error":"not durable"}`, http.StatusServiceUnavailable)
+				return
+			}
+		}
+		w.WriteHeader(http.StatusAccepted)
+		fmt.Fprintf(w, `{"accepted":%d}`, len(body.ObjectIDs))
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL + "/callback"
+}
+
+func env(vars map[string]string) func(string) string {
+	return func(k string) string { return vars[k] }
+}
+
+func fastArgs(target string, extra ...string) []string {
+	return append([]string{
+		"-objects-addr", "127.0.0.1:0", "-target", target, "-interval", "0",
+		"-latency-min", "1ms", "-latency-max", "2ms", "-progress", "20ms",
+	}, extra...)
+}
+
+func TestRun(t *testing.T) {
+	t.Parallel()
+
+	t.Run("runs_both_parties_and_prints_a_summary", func(t *testing.T) {
+		t.Parallel()
+		var out lockedBuffer
+		err := run(t.Context(), fastArgs(setupTarget(t, nil), "-count", "5", "-senders", "2"), env(nil), &out, &out)
+		require.NoError(t, err)
+		s := out.String()
+		require.Contains(t, s, "objects: serving GET /objects/{id} on 127.0.0.1:")
+		require.Contains(t, s, "callbacks: 5 sent")
+		require.Contains(t, s, "5 accepted")
+		require.Contains(t, s, "lookups: 0 served")
+	})
+
+	t.Run("objects_alone_until_interrupted", func(t *testing.T) {
+		t.Parallel()
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		var out lockedBuffer
+		require.NoError(t, run(ctx, []string{"objects", "-objects-addr", "127.0.0.1:0"}, env(nil), &out, &out))
+		require.Contains(t, out.String(), "lookups: 0 served")
+		require.NotContains(t, out.String(), "callbacks:")
+	})
+
+	t.Run("reports_a_busy_port", func(t *testing.T) {
+		t.Parallel()
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = ln.Close() })
+		var out lockedBuffer
+		err = run(t.Context(), []string{"objects", "-objects-addr", ln.Addr().String()}, env(nil), &out, &out)
+		require.ErrorContains(t, err, "address already in use")
+	})
+
+	t.Run("rejects_bad_arguments", func(t *testing.T) {
+		t.Parallel()
+		for _, args := range [][]string{
+			{"-online", "odd"},
+			{"-senders", "x"},
+			{"frobnicate"},
+			{"-ids-min", "5", "-ids-max", "4"},
+			{"-fail-pct", "101"},
+			{"-verify", "-duration", "1s"},                       // no DATABASE_URL
+			{"objects", "-verify"},                               // nothing sent to verify
+			{"send", "-verify", "-target", "http://127.0.0.1:1"}, // no end to sending
+		} {
+			var out lockedBuffer
+			err := run(t.Context(), args, env(map[string]string{}), &out, &out)
+			require.Error(t, err, args)
+		}
+		var out lockedBuffer
+		err := run(t.Context(), []string{"send", "-verify"}, env(map[string]string{"DATABASE_URL": "x", "EXPIRE_AFTER": "soon"}), &out, &out)
+		require.ErrorContains(t, err, "EXPIRE_AFTER")
+	})
+}
+
+// setupDB creates a scratch database with the contract's objects table; it returns the
+// database's URL and a pool on it.
+func setupDB(t *testing.T) (string, *pgxpool.Pool) {
+	t.Helper()
+	url := os.Getenv("DATABASE_URL")
+	if url == "" {
+		url = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+	}
+	ctx := t.Context()
+	admin, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Skipf("no Postgres at DATABASE_URL: %v", err)
+	}
+	t.Cleanup(func() { _ = admin.Close(context.Background()) })
+	name := fmt.Sprintf("tester_cmd_%d_%x", time.Now().Unix(), rand.Uint64())
+	_, err = admin.Exec(ctx, "CREATE DATABASE "+name)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_, err := admin.Exec(context.Background(), "DROP DATABASE "+name+" WITH (FORCE)")
+		require.NoError(t, err)
+	})
+	u, err := neturl.Parse(url)
+	require.NoError(t, err)
+	u.Path = "/" + name
+	pool, err := pgxpool.New(ctx, u.String())
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	_, err = pool.Exec(ctx, "CREATE TABLE objects (id bigint PRIMARY KEY, last_seen timestamptz NOT NULL)")
+	require.NoError(t, err)
+	return u.String(), pool
+}
+
+// TestVerify runs the tester against a fake service that writes the objects table
+// itself at receipt (no lookups), correctly or, for one id, wrongly.
+func TestVerify(t *testing.T) {
+	t.Parallel()
+	url, pool := setupDB(t)
+	var broken sync.Mutex
+	breakIt := false
+	target := setupTarget(t, func(ctx context.Context, received time.Time, ids []int64) error {
+		for _, id := range ids {
+			if id%2 == 0 {
+				_, err := pool.Exec(ctx, `INSERT INTO objects (id, last_seen) VALUES ($1, $2)
+					ON CONFLICT (id) DO UPDATE SET last_seen = greatest(objects.last_seen, excluded.last_seen)`, id, received)
+				if err != nil {
+					return err
+				}
+			}
+		}
+		broken.Lock()
+		defer broken.Unlock()
+		if breakIt {
+			_, err := pool.Exec(ctx, "INSERT INTO objects (id, last_seen) VALUES (1, now()) ON CONFLICT DO NOTHING")
+			return err
+		}
+		return nil
+	})
+	vars := env(map[string]string{"DATABASE_URL": url})
+	args := fastArgs(target, "-count", "20", "-ids-min", "1", "-ids-max", "5", "-id-max", "9",
+		"-verify", "-verify-expiry=false", "-catch-up", "200ms")
+
+	var out lockedBuffer
+	require.NoError(t, run(t.Context(), args, vars, &out, &out), out.String())
+	require.Contains(t, out.String(), "verify: OK")
+
+	// The same run against a table broken by hand: id 1 is offline under the parity rule.
+	broken.Lock()
+	breakIt = true
+	broken.Unlock()
+	out = lockedBuffer{}
+	err := run(t.Context(), args, vars, &out, &out)
+	t.Log(out.String())
+	require.ErrorContains(t, err, "verify: 1 differences")
+	require.Contains(t, out.String(), "verify: offline: id 1")
+}
