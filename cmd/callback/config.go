@@ -1,0 +1,176 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// config is everything the service reads from its environment, with the matching
+// flags: a flag wins over its variable. Each field's default is the documented one.
+type config struct {
+	DatabaseURL      string
+	ListenAddr       string
+	ObjectsURL       string
+	ExpireAfter      time.Duration
+	FetchConcurrency int
+	FetchTimeout     time.Duration
+	Lease            time.Duration
+	SpoolDir         string
+	MaxBodyBytes     int64
+	MaxIDs           int
+	CallbackToken    string
+	DBMaxConns       int
+	CommitTimeout    time.Duration
+	ShutdownTimeout  time.Duration
+	StatusInterval   time.Duration
+	LogFormat        string
+	LogLevel         string
+	PprofAddr        string
+}
+
+type setting struct {
+	env, flag, def, help string
+	parse            func(string) error
+}
+
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+	var c config
+	settings := []setting{
+		{"DATABASE_URL", "database-url", "postgres://postgres@127.0.0.1:5432/callback?sslmode=disable", "Postgres URL; the database is created if missing", str(&c.DatabaseURL)},
+		{"LISTEN_ADDR", "listen-addr", ":9090", "HTTP listen address", str(&c.ListenAddr)},
+		{"OBJECTS_URL", "objects-url", "http://localhost:9010", "object service base URL", urlValue(&c.ObjectsURL)},
+		{"EXPIRE_AFTER", "expire-after", "30s", "delete objects not named by a callback for this long", duration(&c.ExpireAfter)},
+		{"FETCH_CONCURRENCY", "fetch-concurrency", "512", "object service lookups in flight at most", positiveInt(&c.FetchConcurrency)},
+		{"FETCH_TIMEOUT", "fetch-timeout", "5s", "timeout of one lookup", duration(&c.FetchTimeout)},
+		{"LEASE", "lease", "15s", "how long a claimed lookup is reserved; must exceed FETCH_TIMEOUT by 1s", duration(&c.Lease)},
+		{"SPOOL_DIR", "spool-dir", "spool", "directory for callbacks accepted while Postgres is unreachable", str(&c.SpoolDir)},
+		{"MAX_BODY_BYTES", "max-body-bytes", "1048576", "largest accepted request body", positiveInt64(&c.MaxBodyBytes)},
+		{"MAX_IDS", "max-ids", "10000", "most object ids in one callback", positiveInt(&c.MaxIDs)},
+		{"CALLBACK_TOKEN", "callback-token", "", "if set, POST /callback requires Authorization: Bearer <token>", str(&c.CallbackToken)},
+		{"DB_MAX_CONNS", "db-max-conns", "16", "Postgres connections at most", positiveInt(&c.DBMaxConns)},
+		{"COMMIT_TIMEOUT", "commit-timeout", "400ms", "a durable write slower than this goes to the spool instead", duration(&c.CommitTimeout)},
+		{"SHUTDOWN_TIMEOUT", "shutdown-timeout", "10s", "on SIGTERM, exit within this long", duration(&c.ShutdownTimeout)},
+		{"STATUS_INTERVAL", "status-interval", "5s", "log a one-line status this often (0: never)", durationOrZero(&c.StatusInterval)},
+		{"LOG_FORMAT", "log-format", "auto", "json, text, or auto (text on a terminal)", oneOf(&c.LogFormat, "auto", "json", "text")},
+		{"LOG_LEVEL", "log-level", "info", "debug, info, warn or error", oneOf(&c.LogLevel, "debug", "info", "warn", "error")},
+		{"PPROF_ADDR", "pprof-addr", "", "if set, serve net/http/pprof on this address", str(&c.PprofAddr)},
+	}
+
+	fs := flag.NewFlagSet("callback", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	flagValues := make([]*string, len(settings))
+	for i, s := range settings {
+		flagValues[i] = fs.String(s.flag, "", fmt.Sprintf("%s (env %s, default %q)", s.help, s.env, s.def))
+	}
+	if err := fs.Parse(args); err != nil {
+		return config{}, err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	for i, s := range settings {
+		v, from := s.def, "default"
+		if e := getenv(s.env); e != "" {
+			v, from = e, s.env
+		}
+		if set[s.flag] {
+			v, from = *flagValues[i], "-"+s.flag
+		}
+		if err := s.parse(v); err != nil {
+			return config{}, fmt.Errorf("invalid %s (from %s) %q: %w", s.env, from, v, err)
+		}
+	}
+	if c.Lease < c.FetchTimeout+time.Second {
+		return config{}, fmt.Errorf("invalid LEASE %v: must exceed FETCH_TIMEOUT (%v) by at least 1s", c.Lease, c.FetchTimeout)
+	}
+	return c, nil
+}
+
+func str(p *string) func(string) error { return func(v string) error { *p = v; return nil } }
+
+func duration(p *time.Duration) func(string) error {
+	return func(v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return err
+		}
+		if d <= 0 {
+			return errors.New("must be positive")
+		}
+		*p = d
+		return nil
+	}
+}
+
+func durationOrZero(p *time.Duration) func(string) error {
+	return func(v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return err
+		}
+		if d < 0 {
+			return errors.New("must not be negative")
+		}
+		*p = d
+		return nil
+	}
+}
+
+func positiveInt(p *int) func(string) error {
+	return func(v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return err
+		}
+		if n < 1 {
+			return errors.New("must be at least 1")
+		}
+		*p = n
+		return nil
+	}
+}
+
+func positiveInt64(p *int64) func(string) error {
+	return func(v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return err
+		}
+		if n < 1 {
+			return errors.New("must be at least 1")
+		}
+		*p = n
+		return nil
+	}
+}
+
+func urlValue(p *string) func(string) error {
+	return func(v string) error {
+		u, err := url.Parse(v)
+		if err != nil {
+			return err
+		}
+		if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+			return errors.New("must be an http(s) URL with a host")
+		}
+		*p = v
+		return nil
+	}
+}
+
+func oneOf(p *string, allowed ...string) func(string) error {
+	return func(v string) error {
+		for _, a := range allowed {
+			if v == a {
+				*p = v
+				return nil
+			}
+		}
+		return fmt.Errorf("must be one of %v", allowed)
+	}
+}

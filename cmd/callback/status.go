@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/objwatch/callback/internal/fetch"
+	"github.com/objwatch/callback/internal/metrics"
+	"github.com/objwatch/callback/internal/store"
+)
+
+// reportStatus samples the queues into the gauges every few seconds and, if interval
+// is set, logs one line a person can read at a glance.
+func reportStatus(ctx context.Context, db *store.Store, m *metrics.Metrics, f *fetch.Fetcher, interval time.Duration, log *slog.Logger) {
+	every := interval
+	if every == 0 {
+		every = 5 * time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st, err := db.Stats(ctx, time.Now())
+		if err != nil {
+			continue // the loops that do the work report database errors
+		}
+		m.InboxRows.Set(float64(st.InboxRows))
+		m.PendingRows.Set(float64(st.PendingRows))
+		m.PendingOldest.Set(st.PendingOldest.Seconds())
+		m.ObjectsOnline.Set(float64(st.ObjectsRows))
+		if interval == 0 {
+			continue
+		}
+		log.Info("status",
+			"callbacks_accepted", counter(m.CallbacksAccepted),
+			"callbacks_spooled", counter(m.CallbacksSpooled),
+			"inbox", st.InboxRows,
+			"ids_pending", st.PendingRows,
+			"lookups_in_flight", f.InFlight(),
+			"objects_online", st.ObjectsRows,
+			"rows_expired", counter(m.RowsExpired),
+		)
+	}
+}
+
+func counter(c prometheus.Counter) int64 {
+	var d dto.Metric
+	if err := c.Write(&d); err != nil {
+		return 0
+	}
+	return int64(d.GetCounter().GetValue())
+}

@@ -1,0 +1,215 @@
+// Package inbox makes accepted callbacks durable: the reply to POST /callback waits for
+// exactly this and nothing else.
+//
+// The durability argument. A handler calls Submit and answers 2xx only if Submit
+// returned nil. Submit returns nil only after one of:
+//   - the COPY holding the callback committed in Postgres (an inbox row), or
+//   - the spool appended the callback and fsynced the file and its directory entry.
+//
+// From there nothing loses it: inbox rows are deleted only by the merger, in the same
+// transaction that records their ids in pending; pending rows are deleted only when a
+// lookup result for their newest receipt is written, or the receipt left the window;
+// spool files are deleted only after the transaction that replayed them committed.
+// Every stage can die at any point; what it held is either still committed where it
+// was or already committed in the next stage.
+//
+// Group commit. Handlers do not write: they hand their callback to a flusher and wait.
+// A flusher takes every callback queued at that moment and writes them in one COPY
+// (one transaction, one WAL flush). While it writes, new callbacks queue up for the
+// next one. No timer, so an idle service commits a lone callback at once, and a busy
+// one commits many per flush: the batch grows with the load.
+package inbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/errlog"
+	"github.com/objwatch/callback/internal/metrics"
+)
+
+// ErrUnavailable: the callback could be made durable neither in Postgres nor in the
+// spool. The handler answers 503: never a 2xx for anything that is not durable.
+var ErrUnavailable = errors.New("cannot store callback durably")
+
+// Inserter writes callbacks into the inbox table in one transaction.
+type Inserter interface {
+	InsertCallbacks(ctx context.Context, cbs []callback.Callback) error
+}
+
+// Appender writes callbacks to the local spool durably.
+type Appender interface {
+	Append(cbs []callback.Callback) error
+}
+
+// Config tunes the committer.
+type Config struct {
+	Flushers      int           // concurrent writers; each holds at most one connection
+	MaxBatch      int           // callbacks per write at most
+	QueueSize     int           // callbacks waiting for a flusher before Submit blocks
+	CommitTimeout time.Duration // a database write slower than this is abandoned for the spool
+	RetryDBAfter  time.Duration // after a failed database write, spool directly this long
+}
+
+// DefaultConfig suits a 2-core machine and a sender that waits at most 1 s.
+func DefaultConfig() Config {
+	return Config{Flushers: 4, MaxBatch: 1024, QueueSize: 8192, CommitTimeout: 400 * time.Millisecond, RetryDBAfter: time.Second}
+}
+
+type request struct {
+	cb   callback.Callback
+	done chan error
+}
+
+var requestPool = sync.Pool{New: func() any { return &request{done: make(chan error, 1)} }}
+
+// Committer is the group committer.
+type Committer struct {
+	cfg     Config
+	db      Inserter
+	spool   Appender // nil: no spool, database failures answer 503
+	log     *slog.Logger
+	errs    *errlog.Limiter
+	metrics *metrics.Metrics
+	queue   chan *request
+	now     func() time.Time
+
+	// dbDownUntil (unix nanos): after a failed write, go straight to the spool until
+	// then, so that a dead database costs one timeout, not one per batch.
+	dbDownUntil atomic.Int64
+	committed   func() // called after each database write: wakes the merger
+}
+
+// NewCommitter builds a committer; Run starts its flushers. committed may be nil.
+func NewCommitter(cfg Config, db Inserter, spool Appender, log *slog.Logger, m *metrics.Metrics, committed func()) *Committer {
+	if committed == nil {
+		committed = func() {}
+	}
+	return &Committer{
+		cfg: cfg, db: db, spool: spool, log: log, errs: errlog.New(log, 10*time.Second), metrics: m,
+		queue: make(chan *request, cfg.QueueSize), now: time.Now, committed: committed,
+	}
+}
+
+// Submit blocks until cb is durable (nil) or cannot be made so (ErrUnavailable, or
+// ctx's error when the caller gave up first: then cb may or may not be durable, and
+// the caller must not answer 2xx). cb.ObjectIDs must stay untouched until it returns.
+func (c *Committer) Submit(ctx context.Context, cb callback.Callback) error {
+	r := requestPool.Get().(*request)
+	r.cb = cb
+	select {
+	case c.queue <- r:
+	case <-ctx.Done():
+		r.cb = callback.Callback{}
+		requestPool.Put(r)
+		return ctx.Err()
+	}
+	// Once queued, wait for the flusher's verdict even if ctx ends: the request is
+	// owned by the flusher until it answers, and the answer comes within
+	// CommitTimeout plus one fsync.
+	err := <-r.done
+	r.cb = callback.Callback{}
+	requestPool.Put(r)
+	return err
+}
+
+// Run runs the flushers until ctx ends, then drains what is queued.
+func (c *Committer) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for range c.cfg.Flushers {
+		wg.Go(func() { c.flushLoop(ctx) })
+	}
+	wg.Wait()
+	return nil
+}
+
+func (c *Committer) flushLoop(ctx context.Context) {
+	batch := make([]*request, 0, c.cfg.MaxBatch)
+	cbs := make([]callback.Callback, 0, c.cfg.MaxBatch)
+	for {
+		select {
+		case r := <-c.queue:
+			batch = c.fill(append(batch[:0], r))
+			c.flush(ctx, batch, cbs)
+		case <-ctx.Done():
+			// Shutdown: the HTTP server stopped taking requests before ctx ended, so
+			// what is queued is all there will be. Write it out.
+			for {
+				if batch = c.fill(batch[:0]); len(batch) == 0 {
+					return
+				}
+				c.flush(context.Background(), batch, cbs)
+			}
+		}
+	}
+}
+
+// fill adds what is queued right now, without waiting, up to MaxBatch.
+func (c *Committer) fill(batch []*request) []*request {
+	for len(batch) < c.cfg.MaxBatch {
+		select {
+		case r := <-c.queue:
+			batch = append(batch, r)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+func (c *Committer) flush(ctx context.Context, batch []*request, cbs []callback.Callback) {
+	cbs = cbs[:0]
+	for _, r := range batch {
+		cbs = append(cbs, r.cb)
+	}
+	err := c.write(ctx, cbs)
+	for _, r := range batch {
+		r.done <- err
+	}
+	clear(cbs)
+}
+
+// write makes cbs durable in the database or, failing that, in the spool.
+func (c *Committer) write(ctx context.Context, cbs []callback.Callback) error {
+	c.metrics.CommitBatchSize.Observe(float64(len(cbs)))
+	if c.now().UnixNano() >= c.dbDownUntil.Load() {
+		start := c.now()
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.CommitTimeout)
+		err := c.db.InsertCallbacks(wctx, cbs)
+		cancel()
+		if err == nil {
+			c.metrics.CommitSeconds.WithLabelValues("inbox").Observe(c.now().Sub(start).Seconds())
+			c.errs.Recovered(ctx, "insert", "inbox writes work again")
+			c.committed()
+			return nil
+		}
+		// The write may even have committed (the connection died during COMMIT's
+		// reply). Spooling it as well is safe: replay skips callback ids that are
+		// still in the inbox, and merging a receipt twice changes nothing.
+		c.metrics.DatabaseErrors.WithLabelValues("commit").Inc()
+		c.dbDownUntil.Store(c.now().Add(c.cfg.RetryDBAfter).UnixNano())
+		c.errs.Error(ctx, "insert", "inbox write failed; spooling callbacks to disk", err, "callbacks", len(cbs))
+	}
+	if c.spool == nil {
+		return fmt.Errorf("%w: database unavailable and no spool", ErrUnavailable)
+	}
+	start := c.now()
+	if err := c.spool.Append(cbs); err != nil {
+		c.errs.Error(ctx, "spool", "spool write failed; answering 503", err, "callbacks", len(cbs))
+		return fmt.Errorf("%w: database unavailable and spool failed: %v", ErrUnavailable, err)
+	}
+	c.metrics.CommitSeconds.WithLabelValues("spool").Observe(c.now().Sub(start).Seconds())
+	c.metrics.CallbacksSpooled.Add(float64(len(cbs)))
+	return nil
+}
+
+// DatabaseDown reports whether writes currently go to the spool.
+func (c *Committer) DatabaseDown() bool {
+	return c.now().UnixNano() < c.dbDownUntil.Load()
+}

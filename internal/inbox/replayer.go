@@ -1,0 +1,98 @@
+package inbox
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/errlog"
+	"github.com/objwatch/callback/internal/metrics"
+)
+
+// SegmentStore replays one spool segment into the inbox exactly once.
+type SegmentStore interface {
+	Ping(ctx context.Context) error
+	ReplaySegment(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) (int, error)
+}
+
+// Spool is the spool as the replayer uses it.
+type Spool interface {
+	Replay(ctx context.Context, apply func(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) error) (int, error)
+	Stats() (segments int, bytes int64)
+}
+
+// Replayer moves spooled callbacks into Postgres once it answers again: this process's
+// own spool and whatever dead processes left in the same directory.
+type Replayer struct {
+	store    SegmentStore
+	spool    Spool
+	log      *slog.Logger
+	errs     *errlog.Limiter
+	metrics  *metrics.Metrics
+	interval time.Duration
+	replayed func() // wakes the merger
+}
+
+// NewReplayer checks the spool every interval (and backs off while the database is down).
+func NewReplayer(store SegmentStore, spool Spool, interval time.Duration, log *slog.Logger, m *metrics.Metrics, replayed func()) *Replayer {
+	if replayed == nil {
+		replayed = func() {}
+	}
+	return &Replayer{store: store, spool: spool, log: log, errs: errlog.New(log, 10*time.Second), metrics: m, interval: interval, replayed: replayed}
+}
+
+// Run replays until ctx ends.
+func (r *Replayer) Run(ctx context.Context) error {
+	wait := time.Duration(0) // first pass at once: a restart finds the previous run's spool
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		if r.ReplayOnce(ctx) != nil {
+			wait = min(max(2*wait, r.interval), 30*time.Second)
+		} else {
+			wait = r.interval
+		}
+	}
+}
+
+// ReplayOnce replays every segment it can lock, if there are any and the database
+// answers.
+func (r *Replayer) ReplayOnce(ctx context.Context) error {
+	segments, bytes := r.spool.Stats()
+	r.metrics.SpoolSegments.Set(float64(segments))
+	r.metrics.SpoolBytes.Set(float64(bytes))
+	if segments == 0 {
+		return nil
+	}
+	if err := r.store.Ping(ctx); err != nil {
+		r.errs.Error(ctx, "ping", "database still unreachable; spool kept", err, "segments", segments)
+		return err
+	}
+	n, err := r.spool.Replay(ctx, func(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) error {
+		inserted, err := r.store.ReplaySegment(ctx, segment, cbs)
+		if err != nil {
+			return err
+		}
+		r.metrics.CallbacksReplayed.Add(float64(inserted))
+		r.log.InfoContext(ctx, "spool segment replayed", "segment", segment, "callbacks", len(cbs), "new", inserted)
+		return nil
+	})
+	if n > 0 {
+		r.replayed()
+	}
+	if err != nil {
+		r.metrics.DatabaseErrors.WithLabelValues("replay").Inc()
+		r.errs.Error(ctx, "replay", "spool replay failed; will retry", err)
+		return err
+	}
+	segments, bytes = r.spool.Stats()
+	r.metrics.SpoolSegments.Set(float64(segments))
+	r.metrics.SpoolBytes.Set(float64(bytes))
+	return nil
+}

@@ -1,0 +1,145 @@
+// Package intake is the front door: POST /callback. It reads and validates the body,
+// stamps the receipt time, and hands the callback to the inbox, answering 202 only
+// once the callback is durable. It never waits for lookups.
+package intake
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/errlog"
+	"github.com/objwatch/callback/internal/metrics"
+)
+
+// Submitter makes a callback durable (inbox.Committer).
+type Submitter interface {
+	Submit(ctx context.Context, cb callback.Callback) error
+}
+
+// Config limits what one request may carry.
+type Config struct {
+	MaxBodyBytes int64
+	MaxIDs       int
+	Token        string // when set, requests must carry "Authorization: Bearer <Token>"
+}
+
+// Handler serves POST /callback.
+type Handler struct {
+	cfg     Config
+	sub     Submitter
+	log     *slog.Logger
+	errs    *errlog.Limiter
+	metrics *metrics.Metrics
+	now     func() time.Time
+}
+
+// NewHandler builds the handler.
+func NewHandler(cfg Config, sub Submitter, log *slog.Logger, m *metrics.Metrics) *Handler {
+	return &Handler{cfg: cfg, sub: sub, log: log, errs: errlog.New(log, 10*time.Second), metrics: m, now: time.Now}
+}
+
+// Buffers are pooled: at thousands of requests a second, a fresh 1 KiB body buffer
+// and id slice per request would be most of the garbage the service makes.
+var (
+	bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+	idsPool  = sync.Pool{New: func() any { s := make([]int64, 0, 256); return &s }}
+)
+
+// Callback is the gin handler.
+func (h *Handler) Callback(c *gin.Context) {
+	// The receipt time is the moment the request is in our hands, before reading the
+	// body: it becomes last_seen.
+	received := h.now()
+
+	if h.cfg.Token != "" && !h.authorized(c.GetHeader("Authorization")) {
+		h.reject(c, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token")
+		return
+	}
+
+	body := bodyPool.Get().(*bytes.Buffer)
+	body.Reset()
+	defer func() {
+		if body.Cap() <= 1<<20 { // do not keep a buffer grown by one huge body
+			bodyPool.Put(body)
+		}
+	}()
+	if _, err := body.ReadFrom(http.MaxBytesReader(c.Writer, c.Request.Body, h.cfg.MaxBodyBytes)); err != nil {
+		if _, tooLarge := errors.AsType[*http.MaxBytesError](err); tooLarge {
+			h.reject(c, http.StatusRequestEntityTooLarge, "body_too_large",
+				"body exceeds "+strconv.FormatInt(h.cfg.MaxBodyBytes, 10)+" bytes")
+			return
+		}
+		h.reject(c, http.StatusBadRequest, "unreadable_body", "could not read body: "+err.Error())
+		return
+	}
+
+	idsp := idsPool.Get().(*[]int64)
+	defer func() {
+		if cap(*idsp) <= 16384 {
+			idsPool.Put(idsp)
+		}
+	}()
+	ids, err := Parse(body.Bytes(), h.cfg.MaxIDs, (*idsp)[:0])
+	*idsp = ids[:0]
+	if err != nil {
+		var pe *ParseError
+		if errors.As(err, &pe) {
+			reason := "invalid_body"
+			if pe.Status == http.StatusRequestEntityTooLarge {
+				reason = "too_many_ids"
+			}
+			h.reject(c, pe.Status, reason, pe.Msg)
+			return
+		}
+		h.reject(c, http.StatusBadRequest, "invalid_body", err.Error())
+		return
+	}
+
+	// ids stays valid until Submit returns: the committer copies it into the COPY
+	// stream or the spool record before answering.
+	if err := h.sub.Submit(c.Request.Context(), callback.New(received, ids)); err != nil {
+		h.metrics.CallbacksRejected.WithLabelValues("unavailable").Inc()
+		h.errs.Error(c.Request.Context(), "submit", "callback not accepted", err, "request_id", RequestID(c))
+		c.AbortWithStatusJSON(http.StatusServiceUnavailable, gin.H{"error": "callback could not be stored durably; it was not accepted"})
+		return
+	}
+	h.metrics.CallbacksAccepted.Inc()
+	h.metrics.IDsReceived.Add(float64(len(ids)))
+
+	var out [40]byte
+	b := append(out[:0], `{"accepted":`...)
+	b = strconv.AppendInt(b, int64(len(ids)), 10)
+	b = append(b, '}')
+	c.Data(http.StatusAccepted, "application/json", b)
+}
+
+func (h *Handler) authorized(header string) bool {
+	const prefix = "Bearer "
+	if len(header) < len(prefix) || header[:len(prefix)] != prefix {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(header[len(prefix):]), []byte(h.cfg.Token)) == 1
+}
+
+// reject answers a 4xx with {"error": msg} and logs it once, with the request id.
+func (h *Handler) reject(c *gin.Context, status int, reason, msg string) {
+	h.metrics.CallbacksRejected.WithLabelValues(reason).Inc()
+	h.log.InfoContext(c.Request.Context(), "callback rejected",
+		"request_id", RequestID(c), "status", status, "reason", reason, "error", msg, "remote", c.ClientIP())
+	c.AbortWithStatusJSON(status, gin.H{"error": msg})
+}
+
+// RequestID returns the id the request-id middleware gave this request.
+func RequestID(c *gin.Context) string {
+	return c.Writer.Header().Get("X-Request-ID")
+}

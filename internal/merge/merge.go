@@ -1,0 +1,110 @@
+// Package merge turns inbox rows (one per callback) into pending work (one per
+// object), in bulk and off the reply path. Each pass is one statement
+// (queries/inbox.sql MergeInbox): ids expanded, deduplicated, newest receipt kept,
+// upserted in id order, inbox rows deleted, all in one transaction. Any number of
+// mergers may run, one per replica: they claim disjoint inbox rows (SKIP LOCKED).
+package merge
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/objwatch/callback/internal/errlog"
+	"github.com/objwatch/callback/internal/metrics"
+	"github.com/objwatch/callback/internal/store"
+)
+
+// Store is what the merger needs of storage.
+type Store interface {
+	MergeInbox(ctx context.Context, maxCallbacks int) (store.Merged, error)
+}
+
+// Config tunes the merger.
+type Config struct {
+	MaxCallbacks int           // inbox rows per pass
+	Interval     time.Duration // poll for other replicas' inbox rows when not woken
+}
+
+// DefaultConfig: a pass of 1000 callbacks of 200 ids is ~200k ids, tens of milliseconds.
+func DefaultConfig() Config { return Config{MaxCallbacks: 1000, Interval: 50 * time.Millisecond} }
+
+// Merger runs merge passes.
+type Merger struct {
+	cfg     Config
+	store   Store
+	log     *slog.Logger
+	errs    *errlog.Limiter
+	metrics *metrics.Metrics
+	wake    chan struct{}
+	merged  func() // wakes the fetcher
+}
+
+// New builds a merger; merged (may be nil) is called after a pass that changed pending work.
+func New(cfg Config, s Store, log *slog.Logger, m *metrics.Metrics, merged func()) *Merger {
+	if merged == nil {
+		merged = func() {}
+	}
+	return &Merger{cfg: cfg, store: s, log: log, errs: errlog.New(log, 10*time.Second), metrics: m, wake: make(chan struct{}, 1), merged: merged}
+}
+
+// Wake asks for a pass now (new inbox rows were committed). Never blocks.
+func (m *Merger) Wake() {
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run merges until ctx ends.
+func (m *Merger) Run(ctx context.Context) error {
+	backoff := time.Duration(0)
+	for {
+		n, err := m.Pass(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)
+			m.metrics.DatabaseErrors.WithLabelValues("merge").Inc()
+			m.errs.Error(ctx, "merge", "merging inbox failed; retrying", err, "retry_in", backoff)
+			sleep(ctx, backoff)
+			continue
+		case backoff > 0:
+			backoff = 0
+			m.errs.Recovered(ctx, "merge", "merging inbox works again")
+		}
+		if n.Callbacks == int64(m.cfg.MaxCallbacks) {
+			continue // more is waiting
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-m.wake:
+		case <-time.After(m.cfg.Interval):
+		}
+	}
+}
+
+// Pass runs one merge.
+func (m *Merger) Pass(ctx context.Context) (store.Merged, error) {
+	n, err := m.store.MergeInbox(ctx, m.cfg.MaxCallbacks)
+	if err != nil {
+		return n, err
+	}
+	m.metrics.MergedCallbacks.Add(float64(n.Callbacks))
+	m.metrics.MergedIDs.Add(float64(n.Ids))
+	if n.Changed > 0 {
+		m.merged()
+	}
+	return n, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

@@ -1,0 +1,118 @@
+// Package metrics defines every Prometheus series the service exports, in one place,
+// so that /metrics reads as a table of contents of what the service does.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics is passed to each component; fields are safe for concurrent use.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	// Intake.
+	CallbacksAccepted prometheus.Counter
+	CallbacksRejected *prometheus.CounterVec // reason
+	IDsReceived       prometheus.Counter
+	CommitBatchSize   prometheus.Histogram // callbacks per durable write
+	CommitSeconds     *prometheus.HistogramVec
+	CallbacksSpooled  prometheus.Counter
+	CallbacksReplayed prometheus.Counter
+	SpoolSegments     prometheus.Gauge
+	SpoolBytes        prometheus.Gauge
+
+	// Merge.
+	MergedCallbacks prometheus.Counter
+	MergedIDs       prometheus.Counter
+
+	// Lookups.
+	Lookups         *prometheus.CounterVec // outcome
+	LookupSeconds   prometheus.Histogram
+	LookupsInFlight prometheus.Gauge
+	LookupsDropped  prometheus.Counter // receipt left the window before a successful lookup
+	StaleResults    prometheus.Counter // lease lost before the result was written
+
+	// Objects.
+	RowsWritten *prometheus.CounterVec // op: upsert, delete
+	RowsExpired prometheus.Counter
+
+	// Queues, sampled.
+	InboxRows       prometheus.Gauge
+	PendingRows     prometheus.Gauge
+	PendingOldest   prometheus.Gauge
+	ObjectsOnline   prometheus.Gauge
+	DatabaseErrors  *prometheus.CounterVec // component
+	PanicsRecovered *prometheus.CounterVec // where
+}
+
+// New registers all series in a fresh registry (plus Go and process collectors).
+func New() *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f := factory{reg}
+	return &Metrics{
+		Registry:          reg,
+		CallbacksAccepted: f.counter("callbacks_accepted_total", "Callbacks answered 2xx: durable in the inbox or the spool."),
+		CallbacksRejected: f.counterVec("callbacks_rejected_total", "Callbacks answered 4xx/5xx, by reason.", "reason"),
+		IDsReceived:       f.counter("ids_received_total", "Object ids in accepted callbacks, duplicates included."),
+		CommitBatchSize: f.histogram("commit_batch_callbacks", "Callbacks per group commit.",
+			[]float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}),
+		CommitSeconds: f.histogramVec("commit_seconds", "Duration of one group commit, by target (inbox, spool).",
+			prometheus.ExponentialBuckets(0.0005, 2, 14), "target"),
+		CallbacksSpooled:  f.counter("callbacks_spooled_total", "Callbacks made durable in the local spool because Postgres was unreachable."),
+		CallbacksReplayed: f.counter("callbacks_replayed_total", "Spooled callbacks replayed into Postgres."),
+		SpoolSegments:     f.gauge("spool_segments", "Spool files waiting to be replayed."),
+		SpoolBytes:        f.gauge("spool_bytes", "Bytes in spool files waiting to be replayed."),
+		MergedCallbacks:   f.counter("merged_callbacks_total", "Inbox rows merged into pending work."),
+		MergedIDs:         f.counter("merged_ids_total", "Distinct ids per merge batch, summed: lookups requested after coalescing."),
+		Lookups:           f.counterVec("lookups_total", "Object service lookups, by outcome.", "outcome"),
+		LookupSeconds: f.histogram("lookup_seconds", "Object service lookup latency.",
+			[]float64{.05, .1, .25, .5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 7.5, 10}),
+		LookupsInFlight: f.gauge("lookups_in_flight", "Lookups waiting for the object service."),
+		LookupsDropped:  f.counter("lookups_dropped_total", "Pending lookups dropped because their receipt left the expiry window first."),
+		StaleResults:    f.counter("lookup_results_stale_total", "Lookup results discarded because their lease had been lost."),
+		RowsWritten:     f.counterVec("objects_rows_written_total", "Rows written to objects by lookup results, by op.", "op"),
+		RowsExpired:     f.counter("objects_rows_expired_total", "Rows deleted from objects by expiry."),
+		InboxRows:       f.gauge("inbox_rows", "Callbacks durable in the inbox, not yet merged."),
+		PendingRows:     f.gauge("pending_rows", "Objects with a lookup to do or in flight."),
+		PendingOldest:   f.gauge("pending_oldest_seconds", "Age of the oldest receipt with a lookup to do."),
+		ObjectsOnline:   f.gauge("objects_online", "Rows in objects."),
+		DatabaseErrors:  f.counterVec("database_errors_total", "Failed database operations, by component.", "component"),
+		PanicsRecovered: f.counterVec("panics_recovered_total", "Panics recovered, by where.", "where"),
+	}
+}
+
+type factory struct{ reg prometheus.Registerer }
+
+const namespace = "callback"
+
+func (f factory) counter(name, help string) prometheus.Counter {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help})
+	f.reg.MustRegister(c)
+	return c
+}
+
+func (f factory) counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels)
+	f.reg.MustRegister(c)
+	return c
+}
+
+func (f factory) gauge(name, help string) prometheus.Gauge {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help})
+	f.reg.MustRegister(g)
+	return g
+}
+
+func (f factory) histogram(name, help string, buckets []float64) prometheus.Histogram {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: buckets})
+	f.reg.MustRegister(h)
+	return h
+}
+
+func (f factory) histogramVec(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: buckets}, labels)
+	f.reg.MustRegister(h)
+	return h
+}
