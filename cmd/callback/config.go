@@ -35,7 +35,7 @@ type config struct {
 
 type setting struct {
 	env, flag, def, help string
-	parse            func(string) error
+	parse                func(string) error
 }
 
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {

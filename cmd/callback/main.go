@@ -242,4 +242,3 @@ func newLogger(cfg config, w io.Writer) *slog.Logger {
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
-

@@ -11,8 +11,8 @@ import (
 	"os"
 	"testing"
 
-	_ "github.com/jackc/pgx/v5/stdlib" // pgtestdb opens its admin connections as "pgx"
 	"github.com/jackc/pgx/v5/pgxpool"
+	_ "github.com/jackc/pgx/v5/stdlib" // pgtestdb opens its admin connections as "pgx"
 	"github.com/peterldowns/pgtestdb"
 	"github.com/peterldowns/pgtestdb/migrators/common"
 
@@ -85,4 +85,3 @@ func (migrator) Migrate(ctx context.Context, _ *sql.DB, conf pgtestdb.Config) er
 	// Migrate takes its lock in the maintenance database of the same server.
 	return store.Migrate(ctx, conf.URL(), io.Discard)
 }
-
