@@ -45,7 +45,8 @@ type SenderConfig struct {
 	// Track records, per id, the send times that Verify needs (a map under a mutex). Turn
 	// it off for pure load.
 	Track bool
-	// Client, if set, replaces the sender's own keep-alive client (its Timeout is kept).
+	// Client, if set, replaces the sender's own keep-alive client (a copy is used, with
+	// Timeout as its timeout).
 	Client *http.Client
 }
 
