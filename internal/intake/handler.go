@@ -10,6 +10,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -30,7 +31,8 @@ type Submitter interface {
 type Config struct {
 	MaxBodyBytes int64
 	MaxIDs       int
-	Token        string // when set, requests must carry "Authorization: Bearer <Token>"
+	Token        string        // when set, requests must carry "Authorization: Bearer <Token>"
+	BodyTimeout  time.Duration // the whole body must arrive within this (0: only the server's ReadTimeout)
 }
 
 // Handler serves POST /callback.
@@ -66,6 +68,14 @@ func (h *Handler) Callback(c *gin.Context) {
 		return
 	}
 
+	if h.cfg.BodyTimeout > 0 {
+		// The sender gives up after 1 s: a body still arriving after that is abuse or
+		// a dead client, and holding the connection for the server's ReadTimeout would
+		// only hand it our resources. Not every writer supports deadlines (httptest's
+		// recorder does not): then the server's ReadTimeout still applies.
+		_ = http.NewResponseController(c.Writer).SetReadDeadline(received.Add(h.cfg.BodyTimeout))
+	}
+
 	body := bodyPool.Get().(*bytes.Buffer)
 	body.Reset()
 	defer func() {
@@ -77,6 +87,11 @@ func (h *Handler) Callback(c *gin.Context) {
 		if _, tooLarge := errors.AsType[*http.MaxBytesError](err); tooLarge {
 			h.reject(c, http.StatusRequestEntityTooLarge, "body_too_large",
 				"body exceeds "+strconv.FormatInt(h.cfg.MaxBodyBytes, 10)+" bytes")
+			return
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			h.reject(c, http.StatusRequestTimeout, "body_timeout",
+				"body not received within "+h.cfg.BodyTimeout.String())
 			return
 		}
 		h.reject(c, http.StatusBadRequest, "unreadable_body", "could not read body: "+err.Error())

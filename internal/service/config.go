@@ -1,4 +1,4 @@
-package main
+package service
 
 import (
 	"errors"
@@ -23,6 +23,7 @@ type config struct {
 	SpoolDir         string
 	MaxBodyBytes     int64
 	MaxIDs           int
+	BodyTimeout      time.Duration
 	CallbackToken    string
 	DBMaxConns       int
 	CommitTimeout    time.Duration
@@ -51,6 +52,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		{"SPOOL_DIR", "spool-dir", "spool", "directory for callbacks accepted while Postgres is unreachable", str(&c.SpoolDir)},
 		{"MAX_BODY_BYTES", "max-body-bytes", "1048576", "largest accepted request body", positiveInt64(&c.MaxBodyBytes)},
 		{"MAX_IDS", "max-ids", "10000", "most object ids in one callback", positiveInt(&c.MaxIDs)},
+		{"BODY_TIMEOUT", "body-timeout", "1s", "a request body must arrive within this, or 408", duration(&c.BodyTimeout)},
 		{"CALLBACK_TOKEN", "callback-token", "", "if set, POST /callback requires Authorization: Bearer <token>", str(&c.CallbackToken)},
 		{"DB_MAX_CONNS", "db-max-conns", "16", "Postgres connections at most", positiveInt(&c.DBMaxConns)},
 		{"COMMIT_TIMEOUT", "commit-timeout", "400ms", "a durable write slower than this goes to the spool instead", duration(&c.CommitTimeout)},

@@ -1,0 +1,234 @@
+// Package service is the whole callback service, wired: configuration, the HTTP
+// server, the group committer and spool, the merger, the fetchers, expiry, and the
+// shutdown order. cmd/callback's main only calls Run, and so do the end-to-end tests,
+// the fault tests and the benchmark: they all exercise the real thing.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/objwatch/callback/internal/errlog"
+	"github.com/objwatch/callback/internal/expiry"
+	"github.com/objwatch/callback/internal/fetch"
+	"github.com/objwatch/callback/internal/inbox"
+	"github.com/objwatch/callback/internal/intake"
+	"github.com/objwatch/callback/internal/merge"
+	"github.com/objwatch/callback/internal/metrics"
+	"github.com/objwatch/callback/internal/objectsvc"
+	"github.com/objwatch/callback/internal/server"
+	"github.com/objwatch/callback/internal/spool"
+	"github.com/objwatch/callback/internal/store"
+)
+
+// Run is the whole service; it returns when ctx ends and shutdown is complete, or when
+// the service cannot start.
+func Run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := parseConfig(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+	m := metrics.New()
+
+	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("invalid DATABASE_URL: %w", err)
+	}
+	poolCfg.MaxConns = int32(cfg.DBMaxConns)
+	poolCfg.ConnConfig.ConnectTimeout = 2 * time.Second
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg) // connects lazily: Postgres may be down now
+	if err != nil {
+		return fmt.Errorf("creating database pool: %w", err)
+	}
+	defer pool.Close()
+	db := store.New(pool)
+
+	sp, err := spool.Open(cfg.SpoolDir, log)
+	if err != nil {
+		return fmt.Errorf("opening SPOOL_DIR %q: %w", cfg.SpoolDir, err)
+	}
+	defer sp.Close()
+
+	lookups := objectsvc.New(cfg.ObjectsURL, cfg.FetchConcurrency)
+	defer lookups.CloseIdle()
+	fcfg := fetch.DefaultConfig()
+	fcfg.Concurrency, fcfg.Timeout, fcfg.Lease, fcfg.ExpireAfter = cfg.FetchConcurrency, cfg.FetchTimeout, cfg.Lease, cfg.ExpireAfter
+	fetcher := fetch.New(fcfg, db, lookups.Lookup, log, m)
+	merger := merge.New(merge.DefaultConfig(), db, log, m, fetcher.Wake)
+	ccfg := inbox.DefaultConfig()
+	ccfg.CommitTimeout = cfg.CommitTimeout
+	committer := inbox.NewCommitter(ccfg, db, sp, log, m, merger.Wake)
+	replayer := inbox.NewReplayer(db, sp, time.Second, log, m, merger.Wake)
+	expirer := expiry.New(db, cfg.ExpireAfter, time.Second, log, m)
+
+	handler := server.New(server.Deps{
+		Log:      log,
+		Metrics:  m,
+		Callback: intake.NewHandler(intake.Config{MaxBodyBytes: cfg.MaxBodyBytes, MaxIDs: cfg.MaxIDs, Token: cfg.CallbackToken, BodyTimeout: cfg.BodyTimeout}, committer, log, m),
+		Objects:  server.NewObjects(db, cfg.ExpireAfter),
+		Ready:    readiness(db, cfg.SpoolDir),
+	})
+	srv := server.HTTPServer(cfg.ListenAddr, handler, log)
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("listening on LISTEN_ADDR %q: %w", cfg.ListenAddr, err)
+	}
+	log.Info("callback service listening", "addr", ln.Addr().String(), "objects_url", cfg.ObjectsURL,
+		"expire_after", cfg.ExpireAfter, "fetch_concurrency", cfg.FetchConcurrency, "spool_dir", cfg.SpoolDir)
+
+	// Three lifetimes, ended in this order at shutdown: the HTTP server (no new
+	// callbacks), the committer (writes out what was accepted), the workers (hand back
+	// their claims). Each later stage outlives everything that feeds it.
+	commitCtx, stopCommitter := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopCommitter()
+	workCtx, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWorkers()
+
+	var committing, working sync.WaitGroup
+	committing.Go(func() { _ = committer.Run(commitCtx) })
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	if cfg.PprofAddr != "" {
+		stopPprof := servePprof(cfg.PprofAddr, log)
+		defer stopPprof()
+	}
+
+	// Everything that reads the tables waits for the schema; intake does not (until
+	// then its writes fail over to the spool).
+	working.Go(func() {
+		if !migrate(workCtx, cfg.DatabaseURL, log) {
+			return
+		}
+		var w sync.WaitGroup
+		w.Go(func() { _ = replayer.Run(workCtx) })
+		w.Go(func() { _ = merger.Run(workCtx) })
+		w.Go(func() { _ = fetcher.Run(workCtx) })
+		w.Go(func() { _ = expirer.Run(workCtx) })
+		w.Go(func() { reportStatus(workCtx, db, m, fetcher, cfg.StatusInterval, log) })
+		w.Wait()
+	})
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		return fmt.Errorf("serving HTTP: %w", err)
+	}
+
+	log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+	deadline, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(deadline); err != nil {
+		log.Warn("HTTP shutdown incomplete", "err", err)
+	}
+	stopCommitter()
+	if !waitUntil(deadline, &committing) {
+		log.Warn("committer did not finish before the shutdown deadline")
+	}
+	stopWorkers()
+	if !waitUntil(deadline, &working) {
+		log.Warn("workers did not finish before the shutdown deadline; their leases will expire")
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// migrate applies the migrations, retrying until it works or ctx ends.
+func migrate(ctx context.Context, databaseURL string, log *slog.Logger) bool {
+	errs := errlog.New(log, 10*time.Second)
+	wait := 200 * time.Millisecond
+	for {
+		err := store.Migrate(ctx, databaseURL, io.Discard)
+		if err == nil {
+			errs.Recovered(ctx, "migrate", "database reachable; migrations applied")
+			log.Info("schema up to date")
+			return true
+		}
+		errs.Error(ctx, "migrate", "cannot apply migrations yet; callbacks are spooled meanwhile", err)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// readiness: ready when callbacks can be made durable, in Postgres or in the spool.
+func readiness(db *store.Store, spoolDir string) server.Readiness {
+	return func(ctx context.Context) error {
+		pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		dbErr := db.Ping(pctx)
+		if dbErr == nil {
+			return nil
+		}
+		f, err := os.CreateTemp(spoolDir, ".probe-*")
+		if err != nil {
+			return fmt.Errorf("database unreachable (%v) and spool not writable (%v)", dbErr, err)
+		}
+		f.Close()
+		os.Remove(f.Name())
+		return nil
+	}
+}
+
+func waitUntil(ctx context.Context, wg *sync.WaitGroup) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func servePprof(addr string, log *slog.Logger) func() {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("pprof server failed", "addr", addr, "err", err)
+		}
+	}()
+	log.Info("pprof listening", "addr", addr)
+	return func() { srv.Close() }
+}
+
+func newLogger(cfg config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	format := cfg.LogFormat
+	if format == "auto" {
+		format = "json"
+		if f, ok := w.(*os.File); ok {
+			if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+				format = "text"
+			}
+		}
+	}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
