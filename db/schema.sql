@@ -1,0 +1,146 @@
+\restrict dbmate
+
+-- Dumped from database version 15.20 (Debian 15.20-0+deb12u1)
+-- Dumped by pg_dump version 15.20 (Debian 15.20-0+deb12u1)
+
+SET statement_timeout = 0;
+SET lock_timeout = 0;
+SET idle_in_transaction_session_timeout = 0;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+SELECT pg_catalog.set_config('search_path', '', false);
+SET check_function_bodies = false;
+SET xmloption = content;
+SET client_min_messages = warning;
+SET row_security = off;
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: inbox; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.inbox (
+    callback_id uuid NOT NULL,
+    received_at timestamp with time zone NOT NULL,
+    object_ids bigint[] NOT NULL
+)
+WITH (autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='10000', autovacuum_vacuum_cost_delay='0');
+
+
+--
+-- Name: objects; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.objects (
+    id bigint NOT NULL,
+    last_seen timestamp with time zone NOT NULL
+);
+
+
+--
+-- Name: pending; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.pending (
+    object_id bigint NOT NULL,
+    received_at timestamp with time zone NOT NULL,
+    due_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    claim_token uuid,
+    claimed_received_at timestamp with time zone
+)
+WITH (fillfactor='70', autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='5000', autovacuum_vacuum_cost_delay='0');
+
+
+--
+-- Name: schema_migrations; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.schema_migrations (
+    version character varying NOT NULL
+);
+
+
+--
+-- Name: spool_replays; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.spool_replays (
+    segment_id uuid NOT NULL,
+    replayed_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: inbox inbox_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.inbox
+    ADD CONSTRAINT inbox_pkey PRIMARY KEY (callback_id);
+
+
+--
+-- Name: objects objects_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.objects
+    ADD CONSTRAINT objects_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: pending pending_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.pending
+    ADD CONSTRAINT pending_pkey PRIMARY KEY (object_id);
+
+
+--
+-- Name: schema_migrations schema_migrations_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.schema_migrations
+    ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+
+--
+-- Name: spool_replays spool_replays_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.spool_replays
+    ADD CONSTRAINT spool_replays_pkey PRIMARY KEY (segment_id);
+
+
+--
+-- Name: objects_last_seen_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX objects_last_seen_idx ON public.objects USING btree (last_seen);
+
+
+--
+-- Name: pending_due_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX pending_due_at_idx ON public.pending USING btree (due_at);
+
+
+--
+-- PostgreSQL database dump complete
+--
+
+\unrestrict dbmate
+
+
+--
+-- Dbmate schema migrations
+--
+
+INSERT INTO public.schema_migrations (version) VALUES
+    ('20261125000001'),
+    ('20261125000002'),
+    ('20261125000003'),
+    ('20261125000004');
