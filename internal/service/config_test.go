@@ -1,0 +1,170 @@
+package service
+
+import (
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// setup parses args with env as the whole environment.
+func setup(t *testing.T, args []string, env map[string]string) (config, error) {
+	t.Helper()
+	var stderr strings.Builder
+	c, err := parseConfig(args, func(k string) string { return env[k] }, &stderr)
+	if err == nil {
+		require.Empty(t, stderr.String(), "a valid configuration prints nothing")
+	}
+	return c, err
+}
+
+func TestParseConfig_defaults(t *testing.T) {
+	t.Parallel()
+	got, err := setup(t, nil, nil)
+	require.NoError(t, err)
+	require.Equal(t, config{
+		DatabaseURL:      "postgres://postgres@127.0.0.1:5432/callback?sslmode=disable",
+		ListenAddr:       ":9090",
+		ObjectsURL:       "http://localhost:9010",
+		ExpireAfter:      30 * time.Second,
+		FetchConcurrency: 512,
+		FetchTimeout:     5 * time.Second,
+		Lease:            15 * time.Second,
+		SpoolDir:         "spool",
+		MaxBodyBytes:     1 << 20,
+		MaxIDs:           10000,
+		BodyTimeout:      time.Second,
+		CallbackToken:    "",
+		DBMaxConns:       16,
+		CommitTimeout:    400 * time.Millisecond,
+		ShutdownTimeout:  10 * time.Second,
+		StatusInterval:   5 * time.Second,
+		LogFormat:        "auto",
+		LogLevel:         "info",
+		PprofAddr:        "",
+	}, got)
+}
+
+func TestParseConfig_readsEnvironment(t *testing.T) {
+	t.Parallel()
+	got, err := setup(t, nil, map[string]string{
+		"DATABASE_URL":      "postgres://u@db:5433/x",
+		"LISTEN_ADDR":       "127.0.0.1:8080",
+		"OBJECTS_URL":       "https://objects.example:9443",
+		"EXPIRE_AFTER":      "3s",
+		"FETCH_CONCURRENCY": "64",
+		"FETCH_TIMEOUT":     "2s",
+		"LEASE":             "4s",
+		"SPOOL_DIR":         "/var/spool/cb",
+		"MAX_BODY_BYTES":    "2048",
+		"MAX_IDS":           "50",
+		"BODY_TIMEOUT":      "250ms",
+		"CALLBACK_TOKEN":    "s3cret",
+		"DB_MAX_CONNS":      "4",
+		"COMMIT_TIMEOUT":    "1s",
+		"SHUTDOWN_TIMEOUT":  "3s",
+		"STATUS_INTERVAL":   "0",
+		"LOG_FORMAT":        "json",
+		"LOG_LEVEL":         "debug",
+		"PPROF_ADDR":        "127.0.0.1:6060",
+	})
+	require.NoError(t, err)
+	require.Equal(t, config{
+		DatabaseURL:      "postgres://u@db:5433/x",
+		ListenAddr:       "127.0.0.1:8080",
+		ObjectsURL:       "https://objects.example:9443",
+		ExpireAfter:      3 * time.Second,
+		FetchConcurrency: 64,
+		FetchTimeout:     2 * time.Second,
+		Lease:            4 * time.Second,
+		SpoolDir:         "/var/spool/cb",
+		MaxBodyBytes:     2048,
+		MaxIDs:           50,
+		BodyTimeout:      250 * time.Millisecond,
+		CallbackToken:    "s3cret",
+		DBMaxConns:       4,
+		CommitTimeout:    time.Second,
+		ShutdownTimeout:  3 * time.Second,
+		StatusInterval:   0,
+		LogFormat:        "json",
+		LogLevel:         "debug",
+		PprofAddr:        "127.0.0.1:6060",
+	}, got)
+}
+
+func TestParseConfig_flagOverridesEnvironment(t *testing.T) {
+	t.Parallel()
+	got, err := setup(t,
+		[]string{"-expire-after=5s", "-fetch-concurrency", "8", "--listen-addr=:1234", "-callback-token="},
+		map[string]string{"EXPIRE_AFTER": "3s", "FETCH_CONCURRENCY": "64", "LISTEN_ADDR": ":9999", "MAX_IDS": "7", "CALLBACK_TOKEN": "from-env"})
+	require.NoError(t, err)
+	require.Equal(t, 5*time.Second, got.ExpireAfter)
+	require.Equal(t, 8, got.FetchConcurrency)
+	require.Equal(t, ":1234", got.ListenAddr)
+	require.Equal(t, 7, got.MaxIDs, "a variable without a flag still applies")
+	require.Equal(t, "", got.CallbackToken, "a flag set to empty still wins over the environment")
+}
+
+func TestParseConfig_emptyVariableMeansDefault(t *testing.T) {
+	t.Parallel()
+	got, err := setup(t, nil, map[string]string{"EXPIRE_AFTER": "", "MAX_IDS": ""})
+	require.NoError(t, err)
+	require.Equal(t, 30*time.Second, got.ExpireAfter)
+	require.Equal(t, 10000, got.MaxIDs)
+}
+
+func TestParseConfig_rejectsInvalidValues(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want []string // all in the message
+	}{
+		{name: "objects_url_not_http", env: map[string]string{"OBJECTS_URL": "ftp://x"}, want: []string{"OBJECTS_URL", "http(s) URL"}},
+		{name: "objects_url_without_host", env: map[string]string{"OBJECTS_URL": "http://"}, want: []string{"OBJECTS_URL"}},
+		{name: "objects_url_unparsable", env: map[string]string{"OBJECTS_URL": "http://[::1"}, want: []string{"OBJECTS_URL"}},
+		{name: "expire_after_not_a_duration", env: map[string]string{"EXPIRE_AFTER": "30"}, want: []string{"EXPIRE_AFTER", `"30"`}},
+		{name: "expire_after_zero", env: map[string]string{"EXPIRE_AFTER": "0s"}, want: []string{"EXPIRE_AFTER", "positive"}},
+		{name: "expire_after_negative", env: map[string]string{"EXPIRE_AFTER": "-1s"}, want: []string{"EXPIRE_AFTER", "positive"}},
+		{name: "fetch_concurrency_zero", env: map[string]string{"FETCH_CONCURRENCY": "0"}, want: []string{"FETCH_CONCURRENCY", "at least 1"}},
+		{name: "fetch_concurrency_not_a_number", env: map[string]string{"FETCH_CONCURRENCY": "many"}, want: []string{"FETCH_CONCURRENCY"}},
+		{name: "fetch_timeout_zero", env: map[string]string{"FETCH_TIMEOUT": "0"}, want: []string{"FETCH_TIMEOUT"}},
+		{name: "lease_not_a_duration", env: map[string]string{"LEASE": "long"}, want: []string{"LEASE"}},
+		{name: "max_body_bytes_zero", env: map[string]string{"MAX_BODY_BYTES": "0"}, want: []string{"MAX_BODY_BYTES"}},
+		{name: "max_body_bytes_with_unit", env: map[string]string{"MAX_BODY_BYTES": "1MiB"}, want: []string{"MAX_BODY_BYTES"}},
+		{name: "max_ids_negative", env: map[string]string{"MAX_IDS": "-5"}, want: []string{"MAX_IDS"}},
+		{name: "body_timeout_without_unit", env: map[string]string{"BODY_TIMEOUT": "1"}, want: []string{"BODY_TIMEOUT"}},
+		{name: "db_max_conns_zero", env: map[string]string{"DB_MAX_CONNS": "0"}, want: []string{"DB_MAX_CONNS"}},
+		{name: "commit_timeout_negative", env: map[string]string{"COMMIT_TIMEOUT": "-400ms"}, want: []string{"COMMIT_TIMEOUT"}},
+		{name: "shutdown_timeout_zero", env: map[string]string{"SHUTDOWN_TIMEOUT": "0s"}, want: []string{"SHUTDOWN_TIMEOUT"}},
+		{name: "status_interval_negative", env: map[string]string{"STATUS_INTERVAL": "-5s"}, want: []string{"STATUS_INTERVAL", "negative"}},
+		{name: "log_format_unknown", env: map[string]string{"LOG_FORMAT": "xml"}, want: []string{"LOG_FORMAT", "xml"}},
+		{name: "log_level_unknown", env: map[string]string{"LOG_LEVEL": "verbose"}, want: []string{"LOG_LEVEL", "verbose"}},
+		{name: "invalid_flag_names_variable_and_flag", args: []string{"-max-ids=none"}, want: []string{"MAX_IDS", "-max-ids"}},
+		{name: "invalid_flag_wins_over_valid_env", args: []string{"-expire-after=0s"}, env: map[string]string{"EXPIRE_AFTER": "5s"}, want: []string{"EXPIRE_AFTER", "-expire-after"}},
+		{name: "lease_equal_to_fetch_timeout", env: map[string]string{"LEASE": "5s", "FETCH_TIMEOUT": "5s"}, want: []string{"LEASE", "FETCH_TIMEOUT"}},
+		{name: "lease_shorter_than_fetch_timeout", env: map[string]string{"FETCH_TIMEOUT": "20s"}, want: []string{"LEASE", "FETCH_TIMEOUT"}},
+		{name: "lease_less_than_a_second_over_fetch_timeout", env: map[string]string{"LEASE": "5500ms"}, want: []string{"LEASE", "FETCH_TIMEOUT"}},
+		{name: "unknown_flag", args: []string{"-no-such-flag"}, want: []string{"no-such-flag"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := parseConfig(tt.args, func(k string) string { return tt.env[k] }, io.Discard)
+			require.Error(t, err)
+			for _, w := range tt.want {
+				require.ErrorContains(t, err, w)
+			}
+		})
+	}
+}
+
+func TestParseConfig_leaseJustOverFetchTimeoutIsValid(t *testing.T) {
+	t.Parallel()
+	got, err := setup(t, nil, map[string]string{"FETCH_TIMEOUT": "2s", "LEASE": "3s"})
+	require.NoError(t, err)
+	require.Equal(t, 3*time.Second, got.Lease)
+}
