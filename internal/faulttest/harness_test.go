@@ -1,0 +1,552 @@
+package faulttest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/objwatch/callback/internal/pgtest"
+	"github.com/objwatch/callback/internal/service"
+	"github.com/objwatch/callback/internal/tester"
+)
+
+// binDir holds the service binary, built once per test binary by serviceBinary.
+var (
+	binDir   string
+	binOnce  sync.Once
+	binPath  string
+	binError error
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	// These tests spend most of their time waiting on timers (leases, windows,
+	// outages), not on the CPU, so more of them run at once than -parallel's default
+	// of GOMAXPROCS. An explicit -parallel wins.
+	explicit := false
+	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "test.parallel" })
+	if !explicit {
+		_ = flag.Set("test.parallel", "4")
+	}
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// serviceBinary builds cmd/callback (without -race: the subprocess tests are about
+// crashes, and the in-process tests run the same code under the race detector).
+func serviceBinary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		binDir, binError = os.MkdirTemp("", "faulttest-bin-")
+		if binError != nil {
+			return
+		}
+		binPath = filepath.Join(binDir, "callback")
+		cmd := exec.Command("go", "build", "-o", binPath, "github.com/objwatch/callback/cmd/callback")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			binError = fmt.Errorf("go build ./cmd/callback: %w\n%s", err, out)
+		}
+	})
+	if binError != nil {
+		t.Fatal(binError)
+	}
+	return binPath
+}
+
+// settingNames are the service's environment variables: the parent's values of these
+// never leak into a subprocess.
+var settingNames = []string{"DATABASE_URL", "LISTEN_ADDR", "OBJECTS_URL", "EXPIRE_AFTER", "FETCH_CONCURRENCY",
+	"FETCH_TIMEOUT", "LEASE", "SPOOL_DIR", "MAX_BODY_BYTES", "MAX_IDS", "BODY_TIMEOUT", "CALLBACK_TOKEN",
+	"DB_MAX_CONNS", "COMMIT_TIMEOUT", "SHUTDOWN_TIMEOUT", "STATUS_INTERVAL", "LOG_FORMAT", "LOG_LEVEL", "PPROF_ADDR"}
+
+// env is a service configuration.
+type env map[string]string
+
+// baseEnv: short windows and timeouts, a fresh port and spool; nothing expires for a
+// minute unless the test says otherwise.
+func baseEnv(t *testing.T, dbURL, objectsURL string) env {
+	return env{
+		"DATABASE_URL":      dbURL,
+		"LISTEN_ADDR":       freeAddr(t),
+		"OBJECTS_URL":       objectsURL,
+		"SPOOL_DIR":         t.TempDir(),
+		"EXPIRE_AFTER":      "60s",
+		"FETCH_TIMEOUT":     "1s",
+		"LEASE":             "3s",
+		"FETCH_CONCURRENCY": "64",
+		"DB_MAX_CONNS":      "8", // several services and tests share one server's 100 connections
+		"SHUTDOWN_TIMEOUT":  "5s",
+		"STATUS_INTERVAL":   "0",
+		"LOG_FORMAT":        "json",
+	}
+}
+
+func (e env) with(kv ...string) env {
+	out := env{}
+	for k, v := range e {
+		out[k] = v
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		out[kv[i]] = kv[i+1]
+	}
+	return out
+}
+
+func (e env) base() string { return "http://" + e["LISTEN_ADDR"] }
+
+func (e env) duration(t *testing.T, key string) time.Duration {
+	d, err := time.ParseDuration(e[key])
+	if err != nil {
+		t.Fatalf("%s=%q: %v", key, e[key], err)
+	}
+	return d
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// proc is the service binary running as a subprocess.
+type proc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	base   string
+	log    string
+	exited chan struct{}
+	err    error // Wait's, once exited is closed
+}
+
+var procSeq struct {
+	sync.Mutex
+	n int
+}
+
+// startProc starts the service binary with e and waits for /healthz.
+func startProc(t *testing.T, e env) *proc {
+	t.Helper()
+	bin := serviceBinary(t)
+	procSeq.Lock()
+	procSeq.n++
+	n := procSeq.n
+	procSeq.Unlock()
+	logPath := filepath.Join(t.TempDir(), fmt.Sprintf("callback-%d.log", n))
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = subprocessEnv(e)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		t.Fatalf("starting the service: %v", err)
+	}
+	p := &proc{t: t, cmd: cmd, base: e.base(), log: logPath, exited: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		logFile.Close()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("last lines of %s:\n%s", filepath.Base(logPath), tail(logPath, 30))
+		}
+	})
+	waitHealthy(t, p.base, p.exited)
+	return p
+}
+
+func subprocessEnv(e env) []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		skip := false
+		for _, s := range settingNames {
+			skip = skip || name == s
+		}
+		if !skip {
+			out = append(out, kv)
+		}
+	}
+	for k, v := range e {
+		out = append(out, k+"="+v)
+	}
+	return out
+}
+
+// kill sends SIGKILL and waits for the process to be gone.
+func (p *proc) kill() {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.exited
+}
+
+// terminate sends SIGTERM and returns how long the process took to exit, and its
+// exit code; the test fails if it is not gone within limit.
+func (p *proc) terminate(limit time.Duration) (time.Duration, int) {
+	p.t.Helper()
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		p.t.Fatalf("SIGTERM: %v", err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(limit):
+		p.t.Fatalf("the service did not exit within %v of SIGTERM", limit)
+	}
+	return time.Since(start), p.cmd.ProcessState.ExitCode()
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// inproc is service.Run in this process, under the race detector when the tests are.
+type inproc struct {
+	base string
+	stop context.CancelFunc
+	done chan error
+	log  *syncBuffer
+}
+
+func startInproc(t *testing.T, e env) *inproc {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &inproc{base: e.base(), stop: cancel, done: make(chan error, 1), log: &syncBuffer{}}
+	exited := make(chan struct{})
+	go func() {
+		err := service.Run(ctx, nil, func(k string) string { return e[k] }, io.Discard, s.log)
+		s.done <- err
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			t.Errorf("service.Run did not return within 30s of cancel")
+		}
+		if t.Failed() {
+			t.Logf("last lines of the service log:\n%s", s.log.tail(30))
+		}
+	})
+	waitHealthy(t, s.base, exited)
+	return s
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) tail(n int) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	lines := strings.Split(strings.TrimRight(b.buf.String(), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// waitHealthy polls /healthz until it answers 200; exited aborts early.
+func waitHealthy(t *testing.T, base string, exited <-chan struct{}) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	client := &http.Client{Timeout: time.Second}
+	for {
+		resp, err := client.Get(base + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-exited:
+			t.Fatalf("the service at %s exited before it was healthy", base)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the service at %s is not healthy after 20s: %v", base, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// healthy reports whether /healthz answers 200 within a second.
+func healthy(base string) bool {
+	resp, err := (&http.Client{Timeout: time.Second}).Get(base + "/healthz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// metric sums every series of name on base's /metrics whose labels contain all of
+// labels (e.g. `outcome="failed"`).
+func metric(t *testing.T, base, name string, labels ...string) float64 {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 2 * time.Second}).Get(base + "/metrics")
+	if err != nil {
+		t.Fatalf("reading metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	sum := 0.0
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		series, value, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		seriesName, rest, _ := strings.Cut(series, "{")
+		if seriesName != name {
+			continue
+		}
+		match := true
+		for _, l := range labels {
+			match = match && strings.Contains(rest, l)
+		}
+		if !match {
+			continue
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		sum += v
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatalf("reading metrics: %v", err)
+	}
+	return sum
+}
+
+// database is a fresh migrated database and a pool on it that bypasses any proxy.
+func database(t *testing.T) (string, *pgxpool.Pool) {
+	t.Helper()
+	pool, url := pgtest.NewPool(t)
+	return url, pool
+}
+
+// objectService serves the tester's object service (with wrap around it, if not nil)
+// on a fresh port and returns its base URL.
+func objectService(t *testing.T, cfg tester.ObjectConfig, wrap func(http.Handler) http.Handler) (*tester.ObjectService, string) {
+	t.Helper()
+	o, err := tester.NewObjectService(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h http.Handler = o
+	if wrap != nil {
+		h = wrap(o)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: o.WriteTimeout()}
+	go srv.Serve(ln) //nolint:errcheck // ends with Close
+	t.Cleanup(func() {
+		o.Close()
+		srv.Close()
+	})
+	return o, "http://" + ln.Addr().String()
+}
+
+// fastObjects: the parity rule, 5-50 ms per lookup, no faults.
+func fastObjects(seed uint64) tester.ObjectConfig {
+	return tester.ObjectConfig{LatencyMin: 5 * time.Millisecond, LatencyMax: 50 * time.Millisecond,
+		Online: tester.OnlineParity, Seed: seed}
+}
+
+// load is a sender running in the background.
+type load struct {
+	s    *tester.Sender
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// sendLoad posts callbacks to base from several keep-alive senders at a moderate
+// rate, with ids from 0 to maxID, until stopped.
+func sendLoad(t *testing.T, base string, seed uint64, maxID int64, rate float64) *load {
+	t.Helper()
+	s, err := tester.NewSender(tester.SenderConfig{
+		Target: base + "/callback", Rate: rate, Senders: 8,
+		IDsMin: 1, IDsMax: 20, IDMin: 0, IDMax: maxID,
+		Seed: seed, Timeout: time.Second, Track: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &load{s: s, stop: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		_ = s.Run(ctx)
+	}()
+	t.Cleanup(l.Stop)
+	return l
+}
+
+// Stop ends the load and waits for the callbacks in flight.
+func (l *load) Stop() {
+	l.stop()
+	<-l.done
+}
+
+// mergeRecords joins several senders' records: the latest of each time wins.
+func mergeRecords(all ...map[int64]tester.SendRecord) map[int64]tester.SendRecord {
+	out := map[int64]tester.SendRecord{}
+	for _, records := range all {
+		for id, r := range records {
+			o := out[id]
+			if r.Accepted.After(o.Accepted) {
+				o.Accepted = r.Accepted
+			}
+			if r.Maybe.After(o.Maybe) {
+				o.Maybe = r.Maybe
+			}
+			out[id] = o
+		}
+	}
+	return out
+}
+
+// verifyTable waits (up to catchUp) until the objects table matches what was accepted,
+// and fails the test with the differences if it never does. It also requires that
+// the check was not vacuous.
+func verifyTable(t *testing.T, pool *pgxpool.Pool, records map[int64]tester.SendRecord, online tester.OnlineRule, window, catchUp time.Duration) {
+	t.Helper()
+	expected := tester.Expect(records, online)
+	var log bytes.Buffer
+	problems, err := tester.Verify(context.Background(), pool, tester.VerifyConfig{
+		Window: window, CatchUp: catchUp, Poll: 100 * time.Millisecond, Log: &log,
+	}, expected)
+	t.Log(strings.TrimSpace(log.String()))
+	if err != nil {
+		t.Fatalf("verifying the objects table: %v", err)
+	}
+	if len(problems) > 0 {
+		var b strings.Builder
+		for i, p := range problems {
+			if i == 20 {
+				fmt.Fprintf(&b, "... and %d more\n", len(problems)-20)
+				break
+			}
+			fmt.Fprintln(&b, p)
+		}
+		t.Fatalf("the objects table differs from what was accepted (%d problems):\n%s", len(problems), b.String())
+	}
+	if n := tester.Required(expected, time.Now(), window); n == 0 {
+		t.Fatalf("vacuous check: no accepted online id was required to be present")
+	}
+}
+
+// queued counts the rows still to merge or look up.
+func queued(t *testing.T, pool *pgxpool.Pool) int64 {
+	t.Helper()
+	var n int64
+	if err := pool.QueryRow(context.Background(),
+		"SELECT (SELECT count(*) FROM inbox) + (SELECT count(*) FROM pending)").Scan(&n); err != nil {
+		t.Fatalf("counting queued rows: %v", err)
+	}
+	return n
+}
+
+// eventually polls cond every 50 ms until it holds or within passes.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %v: %s", within, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// spoolSegments lists the segment files in a spool directory.
+func spoolSegments(t *testing.T, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, "*.spool"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// sleep waits d; tests that are about time use it so the intent reads plainly.
+func sleep(d time.Duration) { time.Sleep(d) }
+
+// acceptedRatio is accepted/(accepted+refused+failed) between two snapshots.
+func acceptedRatio(before, after tester.SenderStats) (ratio float64, answered int64) {
+	acc := after.Accepted - before.Accepted
+	all := acc + (after.Refused - before.Refused) + (after.Failed - before.Failed)
+	if all == 0 {
+		return 1, 0
+	}
+	return float64(acc) / float64(all), all
+}
+
+// proxied puts a Proxy in front of dbURL's server and returns it with the URL that
+// goes through it (same database, user and options).
+func proxied(t *testing.T, dbURL string) (*Proxy, string) {
+	t.Helper()
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewProxy(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	u.Host = p.Addr()
+	return p, u.String()
+}

@@ -1,0 +1,232 @@
+package faulttest
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Proxy forwards TCP connections from its own address to an upstream one (Postgres),
+// and can fail in the two ways a network does:
+//   - Refuse: every connection is reset and new ones are refused (the listener is
+//     closed), like a server that died or a port that is firewalled with REJECT;
+//   - Blackhole: connections stay open but nothing flows in either direction, and
+//     new connections are accepted but not forwarded, like a partition or a DROP
+//     rule. Data already read is held, not lost, and flows again after Restore.
+//
+// Restore undoes either. The address stays the same throughout.
+type Proxy struct {
+	upstream string
+	addr     string
+
+	accepted atomic.Int64
+
+	mu     sync.Mutex
+	ln     net.Listener // nil while refusing
+	gate   chan struct{}
+	open   bool // gate is closed (forwarding) when open
+	conns  map[net.Conn]struct{}
+	closed bool
+}
+
+// NewProxy listens on a free loopback port and forwards to upstream.
+func NewProxy(upstream string) (*Proxy, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("proxy listen: %w", err)
+	}
+	p := &Proxy{upstream: upstream, addr: ln.Addr().String(), ln: ln,
+		gate: make(chan struct{}), open: true, conns: map[net.Conn]struct{}{}}
+	close(p.gate)
+	go p.acceptLoop(ln)
+	return p, nil
+}
+
+// Addr is host:port of the proxy.
+func (p *Proxy) Addr() string { return p.addr }
+
+// Accepted counts the connections accepted so far.
+func (p *Proxy) Accepted() int64 { return p.accepted.Load() }
+
+// Refuse resets every connection and refuses new ones until Restore.
+func (p *Proxy) Refuse() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		p.ln.Close()
+		p.ln = nil
+	}
+	p.closeConnsLocked()
+}
+
+// Blackhole stops all traffic, on open connections and on new ones, until Restore.
+func (p *Proxy) Blackhole() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.open {
+		p.gate = make(chan struct{})
+		p.open = false
+	}
+}
+
+// Restore forwards again: it listens again on the same address if refusing, and lets
+// blackholed traffic through.
+func (p *Proxy) Restore() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return errors.New("proxy closed")
+	}
+	if !p.open {
+		close(p.gate)
+		p.open = true
+	}
+	if p.ln != nil {
+		return nil
+	}
+	// The port was ours a moment ago; SO_REUSEADDR (set by Go) lets us take it back
+	// at once unless someone else grabbed it, which is improbable for an ephemeral port.
+	var err error
+	for range 100 {
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", p.addr); err == nil {
+			p.ln = ln
+			go p.acceptLoop(ln)
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("proxy relisten on %s: %w", p.addr, err)
+}
+
+// Close stops the proxy for good.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	if p.ln != nil {
+		p.ln.Close()
+		p.ln = nil
+	}
+	if !p.open {
+		close(p.gate) // wake the blocked pumps so they see their closed connections
+		p.open = true
+	}
+	p.closeConnsLocked()
+}
+
+func (p *Proxy) closeConnsLocked() {
+	for c := range p.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // a reset, as when the server goes away
+		}
+		c.Close()
+	}
+	clear(p.conns)
+}
+
+func (p *Proxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
+func (p *Proxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+}
+
+// wait blocks while the proxy is blackholed; false if the connection died meanwhile.
+func (p *Proxy) wait(dead <-chan struct{}) bool {
+	for {
+		p.mu.Lock()
+		gate, open := p.gate, p.open
+		p.mu.Unlock()
+		if open {
+			return true
+		}
+		select {
+		case <-gate:
+		case <-dead:
+			return false
+		}
+	}
+}
+
+func (p *Proxy) acceptLoop(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		p.accepted.Add(1)
+		go p.serve(c)
+	}
+}
+
+func (p *Proxy) serve(client net.Conn) {
+	if !p.track(client) {
+		client.Close()
+		return
+	}
+	defer p.untrack(client)
+	defer client.Close()
+
+	dead := make(chan struct{})
+	var once sync.Once
+	kill := func() { once.Do(func() { close(dead) }) }
+	defer kill()
+	// A connection accepted while blackholed waits here, like a SYN that gets no
+	// answer; after Restore it is forwarded (its client has usually given up by then,
+	// and the pumps end at once).
+	if !p.wait(dead) {
+		return
+	}
+	upstream, err := net.DialTimeout("tcp", p.upstream, 2*time.Second)
+	if err != nil {
+		return
+	}
+	if !p.track(upstream) {
+		upstream.Close()
+		return
+	}
+	defer p.untrack(upstream)
+	defer upstream.Close()
+
+	var wg sync.WaitGroup
+	wg.Go(func() { p.pump(upstream, client, dead, kill) })
+	wg.Go(func() { p.pump(client, upstream, dead, kill) })
+	wg.Wait()
+}
+
+// pump copies src to dst, holding each chunk while blackholed.
+func (p *Proxy) pump(dst, src net.Conn, dead <-chan struct{}, kill func()) {
+	defer func() {
+		kill()
+		dst.Close()
+		src.Close()
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if !p.wait(dead) {
+				return
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return // EOF or a reset: either way this connection is over
+		}
+	}
+}
