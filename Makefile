@@ -6,8 +6,9 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/callback?sslmode=disable
 export DATABASE_URL
 
 # Flags for the tester in `make run`; the defaults serve objects on :9010 and send
-# callbacks to the service on :9090.
-TESTER_FLAGS ?= -verify
+# callbacks to the service on :9090 until Ctrl-C. For a bounded run that checks the
+# objects table at the end: make run TESTER_FLAGS='-duration 60s -verify'
+TESTER_FLAGS ?=
 
 # sqlc and dbmate are `tool` lines in go.mod. Without cgo they build in about a minute
 # (sqlc's parser runs as WebAssembly, dbmate drops its sqlite driver); cached after.
