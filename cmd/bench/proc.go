@@ -1,0 +1,354 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// env is what every phase needs: where the server is, the service binary, a temp dir.
+type env struct {
+	adminURL string // DATABASE_URL with the maintenance database
+	bin      string // the service binary
+	self     string // this binary, for noop-server
+	tmp      string
+	seq      atomic.Int64
+}
+
+// dbURL is adminURL pointing at database name.
+func (e *env) dbURL(name string) string {
+	u, _ := withDB(e.adminURL, name)
+	return u
+}
+
+// withDB is the URL s with its database replaced by name.
+func withDB(s, name string) (string, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", err
+	}
+	u.Path = "/" + name
+	return u.String(), nil
+}
+
+// createDB makes a database with a name no other run uses; drop removes it.
+func (e *env) createDB(ctx context.Context, tag string) (name string, drop func(), err error) {
+	name = fmt.Sprintf("bench_%s_%d_%d_%d", tag, os.Getpid(), time.Now().Unix(), e.seq.Add(1))
+	conn, err := pgx.Connect(ctx, e.adminURL)
+	if err != nil {
+		return "", nil, fmt.Errorf("connecting to %s: %w", redact(e.adminURL), err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return "", nil, fmt.Errorf("creating database %s: %w", name, err)
+	}
+	return name, func() { e.dropDB(name) }, nil
+}
+
+func (e *env) dropDB(name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, e.adminURL)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: cannot drop database %s: %v\n", name, err)
+		return
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: cannot drop database %s: %v\n", name, err)
+	}
+}
+
+func redact(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable url)"
+	}
+	return u.Redacted()
+}
+
+// freeAddr returns a loopback address that was free a moment ago.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// proc is a child process: the service or the no-op server.
+type proc struct {
+	cmd  *exec.Cmd
+	addr string // its HTTP address
+	log  string // its stderr, for when it fails
+	done chan struct{}
+	err  error
+}
+
+func startProc(cmd *exec.Cmd, logPath string) (*proc, error) {
+	f, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = f
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("starting %s: %w", cmd.Path, err)
+	}
+	p := &proc{cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); f.Close(); close(p.done) }()
+	return p, nil
+}
+
+// stop sends SIGTERM and waits for the graceful shutdown (SIGKILL after 20 s).
+func (p *proc) stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// failure describes a child that did not come up, with the end of its log.
+func (p *proc) failure(what string) error {
+	b, _ := os.ReadFile(p.log)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return fmt.Errorf("%s did not come up (log %s):\n%s", what, p.log, b)
+}
+
+// peakRSS is VmHWM from /proc: the process's resident high-water mark, in MiB.
+func (p *proc) peakRSS() float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// startNoop starts this binary's noop-server and reads the address it listens on.
+func (e *env) startNoop() (*proc, error) {
+	cmd := exec.Command(e.self, "noop-server", "-addr", "127.0.0.1:0")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	p, err := startProc(cmd, filepath.Join(e.tmp, fmt.Sprintf("noop-%d.log", e.seq.Add(1))))
+	if err != nil {
+		return nil, err
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		p.stop()
+		return nil, p.failure("noop-server")
+	}
+	p.addr = strings.TrimSpace(line)
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+	return p, nil
+}
+
+// service is the real service binary running on its own fresh database.
+type service struct {
+	*proc
+	dbName, dbURL string
+	pool          *pgxpool.Pool // the bench's own connections to the service's database
+	pprofAddr     string
+	drop          func()
+}
+
+// startService creates a database, starts the service on it and waits until its
+// schema is migrated and /readyz answers.
+func (e *env) startService(ctx context.Context, tag, objectsURL string, extra ...string) (*service, error) {
+	name, drop, err := e.createDB(ctx, tag)
+	if err != nil {
+		return nil, err
+	}
+	s := &service{dbName: name, dbURL: e.dbURL(name), drop: drop}
+	fail := func(err error) (*service, error) { s.close(); return nil, err }
+
+	addr, err := freeAddr()
+	if err != nil {
+		return fail(err)
+	}
+	s.pprofAddr, err = freeAddr()
+	if err != nil {
+		return fail(err)
+	}
+	spool, err := os.MkdirTemp(e.tmp, "spool-")
+	if err != nil {
+		return fail(err)
+	}
+	cmd := exec.Command(e.bin)
+	cmd.Env = append(os.Environ(),
+		"DATABASE_URL="+s.dbURL, "LISTEN_ADDR="+addr, "OBJECTS_URL="+objectsURL, "SPOOL_DIR="+spool,
+		"LOG_FORMAT=json", "LOG_LEVEL=warn", "STATUS_INTERVAL=0", "PPROF_ADDR="+s.pprofAddr)
+	cmd.Env = append(cmd.Env, extra...)
+	s.proc, err = startProc(cmd, filepath.Join(e.tmp, name+".log"))
+	if err != nil {
+		return fail(err)
+	}
+	s.addr = addr
+	s.pool, err = pgxpool.New(ctx, s.dbURL)
+	if err != nil {
+		return fail(err)
+	}
+
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if s.exited() || time.Now().After(deadline) {
+			return fail(s.failure("service"))
+		}
+		if s.ready(ctx) {
+			return s, nil
+		}
+		select {
+		case <-ctx.Done():
+			return fail(ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (s *service) ready(ctx context.Context) bool {
+	var migrated bool
+	if err := s.pool.QueryRow(ctx, "SELECT to_regclass('public.pending') IS NOT NULL").Scan(&migrated); err != nil || !migrated {
+		return false
+	}
+	resp, err := http.Get("http://" + s.addr + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+func (s *service) close() {
+	if s.proc != nil {
+		s.stop()
+	}
+	if s.pool != nil {
+		s.pool.Close()
+	}
+	s.drop()
+}
+
+func (s *service) pending(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.pool.QueryRow(ctx, "SELECT count(*) FROM pending").Scan(&n)
+	return n, err
+}
+
+// metrics reads the service's /metrics into series -> value ("name{labels}" as
+// printed).
+func (s *service) metrics() (map[string]float64, error) {
+	resp, err := http.Get("http://" + s.addr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("/metrics: %s", resp.Status)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out, sc.Err()
+}
+
+// sampler polls the service's goroutine count until stopped, keeping the peak.
+type sampler struct {
+	peak atomic.Int64
+	stop func()
+	wg   sync.WaitGroup
+}
+
+func (s *service) sample(every time.Duration) *sampler {
+	sm := &sampler{}
+	ctx, cancel := context.WithCancel(context.Background())
+	sm.stop = func() { cancel(); sm.wg.Wait() }
+	sm.wg.Go(func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			if m, err := s.metrics(); err == nil {
+				if g := int64(m["go_goroutines"]); g > sm.peak.Load() {
+					sm.peak.Store(g)
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
+	return sm
+}
+
+// cpuProfile fetches a CPU profile of the service for d into path.
+func (s *service) cpuProfile(d time.Duration, path string) error {
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", s.pprofAddr, int(d.Seconds())))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(resp.Body); err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return errors.New("pprof: " + resp.Status)
+	}
+	return os.WriteFile(path, buf.Bytes(), 0o644)
+}

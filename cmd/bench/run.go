@@ -1,0 +1,290 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+const defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/callback?sslmode=disable"
+
+// bench holds the settings and the figures measured so far.
+type bench struct {
+	env         *env
+	runs        int
+	runTime     time.Duration
+	e2eTime     time.Duration
+	e2eRate     float64
+	backlogTime time.Duration
+	backlogRate float64
+	bigPending  int64
+	chewTime    time.Duration
+	fetchConc   int
+	pprofOut    string
+	stderr      io.Writer
+
+	figs             []*figure
+	httpCeil, dbCeil float64
+	intake64         float64
+	plan             string
+	started          time.Time
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "noop-server" {
+		return noopServer(ctx, args[1:], stdout, stderr)
+	}
+	b := &bench{stderr: stderr, started: time.Now()}
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&b.runs, "runs", 3, "runs per figure (each figure is their median, with min and max)")
+	fs.DurationVar(&b.runTime, "run-time", 5*time.Second, "length of one ceiling or intake run")
+	fs.DurationVar(&b.e2eTime, "e2e-time", 10*time.Second, "length of one end-to-end run (ids 0..99)")
+	fs.Float64Var(&b.e2eRate, "e2e-rate", 1000, "callbacks/s of the end-to-end load (ids 0..99, 16 senders)")
+	fs.DurationVar(&b.backlogTime, "backlog-time", 15*time.Second, "length of one backlog run (ids 0..999,999)")
+	fs.Float64Var(&b.backlogRate, "backlog-rate", 2, "callbacks/s of the backlog load (200 ids each: 400 ids/s by default, about twice the lookup capacity)")
+	fs.Int64Var(&b.bigPending, "pending", 1_000_000, "pending ids inserted for the cost phase")
+	fs.DurationVar(&b.chewTime, "chew-time", 10*time.Second, "how long the service works on the big backlog")
+	fs.IntVar(&b.fetchConc, "fetch-concurrency", 512, "FETCH_CONCURRENCY of the service in the end-to-end phases")
+	fs.StringVar(&b.pprofOut, "pprof", "", "write a CPU profile of the service during the first 64-sender intake run to this file")
+	out := fs.String("out", "bin/bench.md", "also write the table here")
+	bin := fs.String("service-bin", "", "the service binary (default: go build ./cmd/callback)")
+	phases := fs.String("phases", "ceilings,intake,e2e,backlog,cost", "phases to run, comma-separated")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if b.runs < 1 {
+		return fmt.Errorf("-runs must be at least 1")
+	}
+	want := map[string]bool{}
+	for _, p := range strings.Split(*phases, ",") {
+		want[strings.TrimSpace(p)] = true
+	}
+
+	dbURL := getenv("DATABASE_URL")
+	if dbURL == "" {
+		dbURL = defaultDatabaseURL
+	}
+	tmp, err := os.MkdirTemp("", "callback-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	adminURL, err := withDB(dbURL, "postgres")
+	if err != nil {
+		return fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	b.env = &env{adminURL: adminURL, self: self, tmp: tmp, bin: *bin}
+	if b.env.bin == "" {
+		b.env.bin = filepath.Join(tmp, "callback")
+		b.progress("building ./cmd/callback")
+		build := exec.CommandContext(ctx, "go", "build", "-o", b.env.bin, "./cmd/callback")
+		build.Stdout, build.Stderr = stderr, stderr
+		if err := build.Run(); err != nil {
+			return fmt.Errorf("building the service: %w", err)
+		}
+	}
+	header, err := b.header(ctx, args)
+	if err != nil {
+		return err
+	}
+
+	steps := []struct {
+		phase, what string
+		do          func(context.Context) error
+	}{
+		{"ceilings", "HTTP ceiling", b.httpCeiling},
+		{"ceilings", "database ceiling", b.dbCeiling},
+		{"intake", "intake, 16 senders", func(ctx context.Context) error { return b.intake(ctx, 16) }},
+		{"intake", "intake, 64 senders", func(ctx context.Context) error { return b.intake(ctx, 64) }},
+		{"e2e", "end to end, ids 0..99", b.coalescing},
+		{"backlog", "end to end with a backlog", b.backlog},
+		{"cost", "a big backlog of pending ids", b.bigBacklog},
+	}
+	for _, s := range steps {
+		if !want[s.phase] {
+			continue
+		}
+		b.progress("== %s", s.what)
+		if err := s.do(ctx); err != nil {
+			return fmt.Errorf("%s: %w", s.what, err)
+		}
+	}
+
+	report := header + b.table() + b.planBlock()
+	fmt.Fprint(stdout, report)
+	if *out != "" {
+		if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
+			return err
+		}
+		b.progress("written to %s (%.0f s in all)", *out, time.Since(b.started).Seconds())
+	}
+	return nil
+}
+
+func (b *bench) progress(format string, args ...any) {
+	fmt.Fprintf(b.stderr, "bench %5.1fs: %s\n", time.Since(b.started).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// header: the machine, the versions, the settings.
+func (b *bench) header(ctx context.Context, args []string) (string, error) {
+	conn, err := pgx.Connect(ctx, b.env.adminURL)
+	if err != nil {
+		return "", fmt.Errorf("connecting to %s (run `go run ./cmd/devpg ensure` first): %w", redact(b.env.adminURL), err)
+	}
+	defer conn.Close(ctx)
+	show := func(name string) string {
+		var v string
+		if err := conn.QueryRow(ctx, "SHOW "+name).Scan(&v); err != nil {
+			return "?"
+		}
+		return v
+	}
+	cpu := "?"
+	if info, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(info), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	var h strings.Builder
+	fmt.Fprintf(&h, "## make bench: %s\n\n", time.Now().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(&h, "- machine: nproc %d, %s, %s/%s; everything on loopback, load generator included\n", runtime.NumCPU(), cpu, runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(&h, "- Go %s; PostgreSQL %s (fsync=%s, synchronous_commit=%s, shared_buffers=%s)\n",
+		strings.TrimPrefix(runtime.Version(), "go"), show("server_version"), show("fsync"), show("synchronous_commit"), show("shared_buffers"))
+	fmt.Fprintf(&h, "- command: `go run ./cmd/bench %s`; each figure is the median of %d runs (min, max)\n", strings.Join(args, " "), b.runs)
+	fmt.Fprintf(&h, "- loads (tester sender, 200 ids per callback, 1 s timeout, keep-alive): ceilings and intake as fast as possible for %v per run, ids 0..99;"+
+		" e2e ids 0..99 at %.0f cb/s (16 senders) for %v plus 10 sample callbacks/s of 5 fresh even ids;"+
+		" backlog ids 0..999,999 at %.0f cb/s for %v; object service latency 300 ms to 4.3 s; FETCH_CONCURRENCY=%d\n\n",
+		b.runTime, b.e2eRate, b.e2eTime, b.backlogRate, b.backlogTime, b.fetchConc)
+	return h.String(), nil
+}
+
+// figure is one row of the table.
+type figure struct {
+	section, name, unit string
+	vals                []float64
+	target              string
+	ok                  func(median float64) bool
+}
+
+func (b *bench) fig(section, name, unit string) *figure {
+	f := &figure{section: section, name: name, unit: unit}
+	b.figs = append(b.figs, f)
+	return f
+}
+
+func (f *figure) add(v float64) { f.vals = append(f.vals, v) }
+
+func (f *figure) median() float64 {
+	if len(f.vals) == 0 {
+		return 0
+	}
+	v := slices.Clone(f.vals)
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// quantile of sorted values (nearest rank), 0 when empty.
+func quantile(sorted []float64, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+func (b *bench) table() string {
+	var t strings.Builder
+	t.WriteString("| phase | figure | median | min | max | unit | target | met |\n")
+	t.WriteString("| --- | --- | ---: | ---: | ---: | --- | --- | --- |\n")
+	for _, f := range b.figs {
+		if len(f.vals) == 0 {
+			continue
+		}
+		med := f.median()
+		met := ""
+		if f.ok != nil {
+			met = "yes"
+			if !f.ok(med) {
+				met = "**no**"
+			}
+		}
+		fmt.Fprintf(&t, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", f.section, f.name,
+			format(med, f.unit), format(slices.Min(f.vals), f.unit), format(slices.Max(f.vals), f.unit), f.unit, f.target, met)
+	}
+	return t.String()
+}
+
+func (b *bench) planBlock() string {
+	if b.plan == "" {
+		return ""
+	}
+	lines := strings.Split(b.plan, "\n")
+	if len(lines) > 12 {
+		lines = lines[:12]
+	}
+	uses := "does NOT use pending_due_at_idx"
+	if strings.Contains(b.plan, "pending_due_at_idx") {
+		uses = "uses pending_due_at_idx"
+	}
+	return fmt.Sprintf("\nEXPLAIN of the claim query (ClaimDue) with %s pending rows: %s\n\n```text\n%s\n```\n",
+		thousands(b.bigPending), uses, strings.Join(lines, "\n"))
+}
+
+// format prints v with a precision suited to its unit.
+func format(v float64, unit string) string {
+	switch unit {
+	case "ratio":
+		if v != 0 && math.Abs(v) < 0.01 {
+			return strconv.FormatFloat(v, 'e', 2, 64)
+		}
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	case "ms", "s", "n":
+		if math.Abs(v) < 100 {
+			return strconv.FormatFloat(v, 'f', 1, 64)
+		}
+	}
+	return thousands(int64(math.Round(v)))
+}
+
+func thousands(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var out []byte
+	for i := range len(s) {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			out = append(out, ',')
+		}
+		out = append(out, s[i])
+	}
+	if neg {
+		return "-" + string(out)
+	}
+	return string(out)
+}
