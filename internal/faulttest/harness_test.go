@@ -417,7 +417,7 @@ type load struct {
 func sendLoad(t *testing.T, base string, seed uint64, maxID int64, rate float64) *load {
 	t.Helper()
 	s, err := tester.NewSender(tester.SenderConfig{
-		Target: base + "/callback", Rate: rate, Senders: 8,
+		Target: base + "/callback", Rate: rate, Senders: 16,
 		IDsMin: 1, IDsMax: 20, IDMin: 0, IDMax: maxID,
 		Seed: seed, Timeout: time.Second, Track: true,
 	})

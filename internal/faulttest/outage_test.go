@@ -1,0 +1,171 @@
+package faulttest
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/objwatch/callback/internal/tester"
+)
+
+// TestPostgresOutage cuts the service off from Postgres under load, through a proxy,
+// in the two ways a network fails: connections refused, and a blackhole where
+// connections hang. Either way at least 99.9% of the callbacks sent during the outage
+// are answered 2xx within the sender's 1 s timeout (they go to the spool), and once
+// Postgres is reachable again the spool is replayed and the table is exactly right.
+func TestPostgresOutage(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		cut  func(*Proxy)
+	}{
+		{"refused", (*Proxy).Refuse},
+		{"blackholed", (*Proxy).Blackhole},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dbURL, pool := database(t)
+			proxy, viaProxy := proxied(t, dbURL)
+			_, objectsURL := objectService(t, fastObjects(2), nil)
+			e := baseEnv(t, viaProxy, objectsURL)
+			s := startInproc(t, e)
+			l := sendLoad(t, s.base, 2, 2000, 300)
+
+			sleep(time.Second)
+			before := l.s.Stats()
+			tc.cut(proxy)
+			sleep(3 * time.Second)
+			during := l.s.Stats()
+			if err := proxy.Restore(); err != nil {
+				t.Fatal(err)
+			}
+
+			ratio, answered := acceptedRatio(before, during)
+			t.Logf("during the outage: %d answered, %.4f accepted, %d timeouts; latency over the run %+v",
+				answered, ratio, during.Timeouts-before.Timeouts, during.Latency)
+			if answered < 300 {
+				t.Fatalf("too little load during the outage: %d callbacks", answered)
+			}
+			if ratio < 0.999 {
+				t.Errorf("only %.4f of the callbacks sent during the outage were accepted (want >= 0.999): %+v", ratio, during)
+			}
+			if n := metric(t, s.base, "callback_callbacks_spooled_total"); n == 0 {
+				t.Errorf("nothing was spooled during the outage")
+			}
+
+			sleep(time.Second)
+			l.Stop()
+			eventually(t, 20*time.Second, "the spool is replayed and emptied", func() bool {
+				return len(spoolSegments(t, e["SPOOL_DIR"])) == 0
+			})
+			verifyTable(t, pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 20*time.Second)
+			eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
+		})
+	}
+}
+
+// TestSpoolUnwritableAndDatabaseDown: when a callback can be made durable neither in
+// Postgres nor in the spool, the answer is 503, never a 2xx, and readiness says so.
+// The spool directory is replaced by a regular file, which stops segment creation
+// even for root (permissions would not).
+func TestSpoolUnwritableAndDatabaseDown(t *testing.T) {
+	t.Parallel()
+	dbURL, pool := database(t)
+	proxy, viaProxy := proxied(t, dbURL)
+	_, objectsURL := objectService(t, fastObjects(3), nil)
+	e := baseEnv(t, viaProxy, objectsURL)
+	s := startInproc(t, e)
+
+	if code := postCallback(t, s.base, `{"object_ids":[1000000]}`); code != http.StatusAccepted {
+		t.Fatalf("with Postgres up: %d, want 202", code)
+	}
+	if n := metric(t, s.base, "callback_callbacks_spooled_total"); n != 0 {
+		// An active segment's open file would still take appends after the swap below.
+		t.Fatalf("the service spooled with Postgres up (%v callbacks); cannot make its spool unusable", n)
+	}
+
+	dir := e["SPOOL_DIR"]
+	if err := os.Rename(dir, dir+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir, []byte("not a directory\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Refuse()
+
+	l := sendLoad(t, s.base, 3, 2000, 200)
+	sleep(2 * time.Second)
+	l.Stop()
+	st := l.s.Stats()
+	t.Logf("sender with no durable storage: %+v", st)
+	if st.Accepted != 0 {
+		t.Errorf("%d callbacks were answered 2xx with neither Postgres nor the spool usable", st.Accepted)
+	}
+	if st.RefusedBy[http.StatusServiceUnavailable] == 0 || st.RefusedBy[http.StatusServiceUnavailable] != st.Refused {
+		t.Errorf("refusals by status %v: want all 503", st.RefusedBy)
+	}
+	if code := get(t, s.base+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz answered %d with neither Postgres nor the spool usable, want 503", code)
+	}
+
+	// Repair both: intake works again and the refused callbacks left no trace.
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(dir+".moved", dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := proxy.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "callbacks are accepted again", func() bool {
+		return postCallback(t, s.base, `{"object_ids":[1000002]}`) == http.StatusAccepted
+	})
+	eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
+	var ids []int64
+	rows, err := pool.Query(context.Background(), "SELECT id FROM objects ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+	if len(ids) != 2 || ids[0] != 1000000 || ids[1] != 1000002 {
+		t.Errorf("objects holds %v, want exactly the two accepted ids [1000000 1000002]", ids)
+	}
+}
+
+func postCallback(t *testing.T, base, body string) int {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 2 * time.Second}).Post(base+"/callback", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Logf("posting a callback: %v", err)
+		return 0
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode
+}
+
+func get(t *testing.T, url string) int {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 2 * time.Second}).Get(url)
+	if err != nil {
+		t.Logf("GET %s: %v", url, err)
+		return 0
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode
+}
