@@ -60,7 +60,9 @@ func start(t *testing.T, env map[string]string) *instance {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	inst := &instance{base: "http://" + addr, pool: pool, done: make(chan error, 1), stop: stop}
-	go func() { inst.done <- service.Run(ctx, nil, func(k string) string { return vars[k] }, io.Discard, io.Discard) }()
+	go func() {
+		inst.done <- service.Run(ctx, nil, func(k string) string { return vars[k] }, io.Discard, io.Discard)
+	}()
 	t.Cleanup(func() {
 		stop()
 		<-inst.done
