@@ -1,0 +1,420 @@
+package inbox
+
+// In package inbox, not inbox_test: the tests drive the committer's clock (now) and
+// watch its queue, so that nothing here depends on timing.
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/metrics"
+	"github.com/objwatch/callback/internal/pgtest"
+	"github.com/objwatch/callback/internal/spool"
+	"github.com/objwatch/callback/internal/store"
+)
+
+// inserter is a fake Inserter.
+type inserter struct {
+	InsertCallbacksFunc func(ctx context.Context, cbs []callback.Callback) error
+}
+
+func (f inserter) InsertCallbacks(ctx context.Context, cbs []callback.Callback) error {
+	return f.InsertCallbacksFunc(ctx, cbs)
+}
+
+// appender is a fake Appender.
+type appender struct {
+	AppendFunc func(cbs []callback.Callback) error
+}
+
+func (f appender) Append(cbs []callback.Callback) error { return f.AppendFunc(cbs) }
+
+// clock is a settable time source.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+var failing = errors.New("database is down")
+
+// setup builds a committer over db and sp (sp may be nil: no spool), driven by a fake
+// clock; run starts its flushers until the test ends.
+func setup(t *testing.T, cfg Config, db Inserter, sp Appender) (*Committer, *clock, *metrics.Metrics) {
+	t.Helper()
+	m := metrics.New()
+	c := NewCommitter(cfg, db, sp, slog.New(slog.DiscardHandler), m, nil)
+	clk := &clock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	c.now = clk.Now
+	return c, clk, m
+}
+
+func run(t *testing.T, c *Committer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func openSpool(t *testing.T) *spool.Spool {
+	t.Helper()
+	sp, err := spool.Open(t.TempDir(), slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sp.Close() })
+	return sp
+}
+
+// spooled replays everything in sp into a fake apply and returns it.
+func spooled(t *testing.T, sp *spool.Spool) []callback.Callback {
+	t.Helper()
+	var got []callback.Callback
+	_, err := sp.Replay(context.Background(), func(_ context.Context, _ uuid.UUID, cbs []callback.Callback) error {
+		got = append(got, cbs...)
+		return nil
+	})
+	require.NoError(t, err)
+	return got
+}
+
+// requireSame compares callbacks by id, receipt instant and ids, in any order.
+func requireSame(t *testing.T, want, got []callback.Callback) {
+	t.Helper()
+	norm := func(cbs []callback.Callback) []callback.Callback {
+		out := make([]callback.Callback, len(cbs))
+		for i, cb := range cbs {
+			ids := cb.ObjectIDs
+			if ids == nil {
+				ids = []int64{}
+			}
+			out[i] = callback.Callback{ID: cb.ID, ReceivedAt: cb.ReceivedAt.UTC().Round(0), ObjectIDs: ids}
+		}
+		slices.SortFunc(out, func(a, b callback.Callback) int { return slices.Compare(a.ID[:], b.ID[:]) })
+		return out
+	}
+	require.Equal(t, norm(want), norm(got))
+}
+
+func value(t *testing.T, c prometheus.Collector) float64 {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 64)
+	c.Collect(ch)
+	close(ch)
+	var sum float64
+	for m := range ch {
+		var d dto.Metric
+		require.NoError(t, m.Write(&d))
+		sum += d.GetCounter().GetValue()
+	}
+	return sum
+}
+
+func newCallback(ids ...int64) callback.Callback {
+	return callback.New(time.Now(), ids)
+}
+
+func TestSubmit_groupsConcurrentCallbacksIntoOneWrite(t *testing.T) {
+	t.Parallel()
+	const n = 20
+	var (
+		mu       sync.Mutex
+		batches  []int
+		insertAt = map[uuid.UUID]int64{} // when the insert holding each callback returned
+		seq      atomic.Int64
+		started  = make(chan struct{})
+		release  = make(chan struct{})
+		first    sync.Once
+	)
+	db := inserter{InsertCallbacksFunc: func(_ context.Context, cbs []callback.Callback) error {
+		first.Do(func() {
+			close(started)
+			<-release // the first write is slow: everything else queues behind it
+		})
+		mu.Lock()
+		defer mu.Unlock()
+		batches = append(batches, len(cbs))
+		at := seq.Add(1)
+		for _, cb := range cbs {
+			insertAt[cb.ID] = at
+		}
+		return nil
+	}}
+	cfg := DefaultConfig()
+	cfg.Flushers = 1
+	c, _, m := setup(t, cfg, db, nil)
+	run(t, c)
+
+	var (
+		wg       sync.WaitGroup
+		returned atomic.Int64
+		returnAt = make([]int64, n)
+		cbs      = make([]callback.Callback, n)
+		errs     = make([]error, n)
+	)
+	submit := func(i int) {
+		cbs[i] = newCallback(int64(i))
+		errs[i] = c.Submit(context.Background(), cbs[i])
+		returnAt[i] = seq.Add(1)
+		returned.Add(1)
+	}
+	wg.Go(func() { submit(0) })
+	<-started
+	for i := 1; i < n; i++ {
+		wg.Go(func() { submit(i) })
+	}
+	for len(c.queue) < n-1 { // wait for the others to queue up
+		runtime.Gosched()
+	}
+	require.Zero(t, returned.Load(), "no Submit returns while its write is in flight")
+	close(release)
+	wg.Wait()
+
+	for i := range n {
+		require.NoError(t, errs[i])
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []int{1, n - 1}, batches, "the callbacks queued behind the first write go in one write")
+	for i := range n {
+		at, ok := insertAt[cbs[i].ID]
+		require.True(t, ok, "callback %d was never inserted", i)
+		require.Greater(t, returnAt[i], at, "Submit %d returned before its batch's insert returned", i)
+	}
+	require.Zero(t, value(t, m.CallbacksSpooled))
+}
+
+func TestSubmit_batchesAreCappedAtMaxBatch(t *testing.T) {
+	t.Parallel()
+	const n = 10
+	var (
+		mu      sync.Mutex
+		batches []int
+		started = make(chan struct{})
+		release = make(chan struct{})
+		first   sync.Once
+	)
+	db := inserter{InsertCallbacksFunc: func(_ context.Context, cbs []callback.Callback) error {
+		first.Do(func() { close(started); <-release })
+		mu.Lock()
+		defer mu.Unlock()
+		batches = append(batches, len(cbs))
+		return nil
+	}}
+	cfg := DefaultConfig()
+	cfg.Flushers, cfg.MaxBatch = 1, 4
+	c, _, _ := setup(t, cfg, db, nil)
+	run(t, c)
+
+	var wg sync.WaitGroup
+	wg.Go(func() { require.NoError(t, c.Submit(context.Background(), newCallback(0))) })
+	<-started
+	for i := 1; i < n; i++ {
+		wg.Go(func() { require.NoError(t, c.Submit(context.Background(), newCallback(int64(i)))) })
+	}
+	for len(c.queue) < n-1 {
+		runtime.Gosched()
+	}
+	close(release)
+	wg.Wait()
+
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []int{1, 4, 4, 1}, batches)
+}
+
+func TestSubmit_databaseFailureSpoolsAndSucceeds(t *testing.T) {
+	t.Parallel()
+	sp := openSpool(t)
+	c, _, m := setup(t, DefaultConfig(), inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
+		return failing
+	}}, sp)
+	run(t, c)
+
+	want := []callback.Callback{newCallback(1, 2, 3), newCallback(), newCallback(0, 0, 9223372036854775807)}
+	for _, cb := range want {
+		require.NoError(t, c.Submit(context.Background(), cb), "a spooled callback is durable: Submit succeeds")
+	}
+	require.True(t, c.DatabaseDown())
+	requireSame(t, want, spooled(t, sp))
+	require.Equal(t, 3.0, value(t, m.CallbacksSpooled))
+	require.Equal(t, 1.0, value(t, m.DatabaseErrors), "one failed write; later ones skip the database")
+}
+
+func TestSubmit_slowDatabaseWriteIsAbandonedForTheSpool(t *testing.T) {
+	t.Parallel()
+	sp := openSpool(t)
+	cfg := DefaultConfig()
+	cfg.CommitTimeout = 10 * time.Millisecond
+	c, _, _ := setup(t, cfg, inserter{InsertCallbacksFunc: func(ctx context.Context, _ []callback.Callback) error {
+		<-ctx.Done() // a hung database: only the commit timeout ends the write
+		return ctx.Err()
+	}}, sp)
+	run(t, c)
+
+	cb := newCallback(42)
+	require.NoError(t, c.Submit(context.Background(), cb))
+	requireSame(t, []callback.Callback{cb}, spooled(t, sp))
+}
+
+func TestSubmit_databaseAndSpoolFailureIsUnavailable(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		spool Appender
+	}{
+		{name: "spool_fails", spool: appender{AppendFunc: func([]callback.Callback) error { return errors.New("disk full") }}},
+		{name: "no_spool", spool: nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, _, m := setup(t, DefaultConfig(), inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
+				return failing
+			}}, tt.spool)
+			run(t, c)
+			err := c.Submit(context.Background(), newCallback(1))
+			require.ErrorIs(t, err, ErrUnavailable)
+			require.Zero(t, value(t, m.CallbacksSpooled))
+		})
+	}
+}
+
+func TestSubmit_afterAFailureSpoolsDirectlyUntilRetryDBAfter(t *testing.T) {
+	t.Parallel()
+	var (
+		inserts atomic.Int64
+		down    atomic.Bool
+	)
+	down.Store(true)
+	sp := openSpool(t)
+	cfg := DefaultConfig()
+	cfg.RetryDBAfter = time.Second
+	c, clk, _ := setup(t, cfg, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
+		inserts.Add(1)
+		if down.Load() {
+			return failing
+		}
+		return nil
+	}}, sp)
+	run(t, c)
+
+	first, second, third := newCallback(1), newCallback(2), newCallback(3)
+	require.NoError(t, c.Submit(context.Background(), first))
+	require.Equal(t, int64(1), inserts.Load())
+	require.True(t, c.DatabaseDown())
+
+	down.Store(false) // the database is back, but the committer does not know yet
+	clk.Advance(cfg.RetryDBAfter - time.Nanosecond)
+	require.NoError(t, c.Submit(context.Background(), second))
+	require.Equal(t, int64(1), inserts.Load(), "within RetryDBAfter of a failure, writes skip the database")
+	require.True(t, c.DatabaseDown())
+
+	clk.Advance(time.Nanosecond)
+	require.False(t, c.DatabaseDown())
+	require.NoError(t, c.Submit(context.Background(), third))
+	require.Equal(t, int64(2), inserts.Load(), "after RetryDBAfter the database is tried again")
+	require.False(t, c.DatabaseDown())
+
+	requireSame(t, []callback.Callback{first, second}, spooled(t, sp))
+}
+
+func TestSubmit_givingUpBeforeQueuedReturnsContextError(t *testing.T) {
+	t.Parallel()
+	cfg := DefaultConfig()
+	cfg.QueueSize = 0 // nobody runs the committer: Submit cannot even queue
+	c, _, _ := setup(t, cfg, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
+		t.Error("nothing may be written")
+		return nil
+	}}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.ErrorIs(t, c.Submit(ctx, newCallback(1)), context.Canceled)
+}
+
+func TestRun_shutdownWritesWhatIsQueued(t *testing.T) {
+	t.Parallel()
+	const n = 5
+	var (
+		mu      sync.Mutex
+		written []callback.Callback
+	)
+	c, _, _ := setup(t, DefaultConfig(), inserter{InsertCallbacksFunc: func(_ context.Context, cbs []callback.Callback) error {
+		mu.Lock()
+		defer mu.Unlock()
+		written = append(written, cbs...)
+		return nil
+	}}, nil)
+
+	want := make([]callback.Callback, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		want[i] = newCallback(int64(i))
+		wg.Go(func() { require.NoError(t, c.Submit(context.Background(), want[i])) })
+	}
+	for len(c.queue) < n {
+		runtime.Gosched()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // Run starts already stopped: it only drains
+	require.NoError(t, c.Run(ctx))
+	wg.Wait()
+
+	mu.Lock()
+	defer mu.Unlock()
+	requireSame(t, want, written)
+}
+
+func TestSubmit_writesAnInboxRowInPostgres(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewPool(t)
+	var committed atomic.Int64
+	m := metrics.New()
+	c := NewCommitter(DefaultConfig(), store.New(pool), openSpool(t), slog.New(slog.DiscardHandler), m, func() { committed.Add(1) })
+	run(t, c)
+
+	want := []callback.Callback{newCallback(3, 1, 3), newCallback()}
+	for _, cb := range want {
+		require.NoError(t, c.Submit(context.Background(), cb))
+	}
+
+	rs, err := pool.Query(context.Background(), "SELECT callback_id, received_at, object_ids FROM inbox")
+	require.NoError(t, err)
+	defer rs.Close()
+	var got []callback.Callback
+	for rs.Next() {
+		var cb callback.Callback
+		require.NoError(t, rs.Scan(&cb.ID, &cb.ReceivedAt, &cb.ObjectIDs))
+		got = append(got, cb)
+	}
+	require.NoError(t, rs.Err())
+	for i := range want { // timestamptz keeps microseconds; pgx truncates
+		want[i].ReceivedAt = want[i].ReceivedAt.Truncate(time.Microsecond)
+	}
+	requireSame(t, want, got)
+	require.Equal(t, int64(2), committed.Load(), "the merger is woken after each write")
+	require.Zero(t, value(t, m.CallbacksSpooled))
+}
