@@ -1,0 +1,254 @@
+package inbox_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/inbox"
+	"github.com/objwatch/callback/internal/metrics"
+	"github.com/objwatch/callback/internal/pgtest"
+	"github.com/objwatch/callback/internal/spool"
+	"github.com/objwatch/callback/internal/store"
+)
+
+var discard = slog.New(slog.DiscardHandler)
+
+// fixture is a real spool and a real store on a fresh database.
+type fixture struct {
+	pool  *pgxpool.Pool
+	store *store.Store
+	dir   string
+	spool *spool.Spool
+	m     *metrics.Metrics
+}
+
+func setup(t *testing.T) *fixture {
+	t.Helper()
+	pool, _ := pgtest.NewPool(t)
+	f := &fixture{pool: pool, store: store.New(pool), dir: t.TempDir(), m: metrics.New()}
+	f.spool = f.openSpool(t)
+	return f
+}
+
+// openSpool opens another Spool on the same directory, as another process would.
+func (f *fixture) openSpool(t *testing.T) *spool.Spool {
+	t.Helper()
+	sp, err := spool.Open(f.dir, discard)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sp.Close() })
+	return sp
+}
+
+func (f *fixture) replayer(db inbox.SegmentStore, replayed func()) *inbox.Replayer {
+	return inbox.NewReplayer(db, f.spool, time.Hour, discard, f.m, replayed)
+}
+
+// inbox reads the inbox table.
+func (f *fixture) inbox(t *testing.T) []callback.Callback {
+	t.Helper()
+	rs, err := f.pool.Query(context.Background(), "SELECT callback_id, received_at, object_ids FROM inbox ORDER BY callback_id")
+	require.NoError(t, err)
+	defer rs.Close()
+	var out []callback.Callback
+	for rs.Next() {
+		var cb callback.Callback
+		require.NoError(t, rs.Scan(&cb.ID, &cb.ReceivedAt, &cb.ObjectIDs))
+		cb.ReceivedAt = cb.ReceivedAt.UTC()
+		out = append(out, cb)
+	}
+	require.NoError(t, rs.Err())
+	return out
+}
+
+func (f *fixture) segments(t *testing.T) int {
+	t.Helper()
+	n, _ := f.spool.Stats()
+	return n
+}
+
+// callbacks makes n callbacks as the inbox would hold them (UTC, microseconds), ordered
+// by id like inbox(t).
+func callbacks(n int) []callback.Callback {
+	out := make([]callback.Callback, n)
+	for i := range out {
+		ids := make([]int64, i) // 0, 1, 2... ids: the empty callback too
+		for j := range ids {
+			ids[j] = int64(j * 7)
+		}
+		out[i] = callback.New(time.Now().UTC().Truncate(time.Microsecond), ids)
+	}
+	slices.SortFunc(out, func(a, b callback.Callback) int { return slices.Compare(a.ID[:], b.ID[:]) })
+	return out
+}
+
+func value(t *testing.T, c prometheus.Collector) float64 {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 64)
+	c.Collect(ch)
+	close(ch)
+	var sum float64
+	for m := range ch {
+		var d dto.Metric
+		require.NoError(t, m.Write(&d))
+		sum += d.GetCounter().GetValue()
+	}
+	return sum
+}
+
+// segmentStore is a fake inbox.SegmentStore.
+type segmentStore struct {
+	PingFunc          func(ctx context.Context) error
+	ReplaySegmentFunc func(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) (int, error)
+}
+
+func (s segmentStore) Ping(ctx context.Context) error { return s.PingFunc(ctx) }
+
+func (s segmentStore) ReplaySegment(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) (int, error) {
+	return s.ReplaySegmentFunc(ctx, segment, cbs)
+}
+
+func TestReplayOnce_movesSpooledCallbacksIntoInboxOnce(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	want := callbacks(5)
+	// Two segments: one left by a process that has gone (closed spool), and this
+	// process's active one.
+	other := f.openSpool(t)
+	require.NoError(t, other.Append(want[:2]))
+	require.NoError(t, other.Close())
+	require.NoError(t, f.spool.Append(want[2:4]))
+	require.NoError(t, f.spool.Append(want[4:]))
+	require.Equal(t, 2, f.segments(t))
+
+	woken := 0
+	r := f.replayer(f.store, func() { woken++ })
+	require.NoError(t, r.ReplayOnce(context.Background()))
+	require.Equal(t, want, f.inbox(t))
+	require.Zero(t, f.segments(t), "replayed segments are removed")
+	require.Equal(t, 5.0, value(t, f.m.CallbacksReplayed))
+	require.Equal(t, 1, woken, "the merger is woken after a replay")
+
+	require.NoError(t, r.ReplayOnce(context.Background()))
+	require.Equal(t, want, f.inbox(t), "a second pass finds nothing to do")
+	require.Equal(t, 1, woken)
+}
+
+func TestReplayOnce_segmentCommittedBeforeACrashCountsOnce(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	want := callbacks(3)
+	require.NoError(t, f.spool.Append(want))
+
+	// The crash: a replay commits the segment, and the process dies before removing
+	// the file (here: apply commits, then fails, so the file stays).
+	_, err := f.spool.Replay(context.Background(), func(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) error {
+		n, err := f.store.ReplaySegment(ctx, segment, cbs)
+		require.NoError(t, err)
+		require.Equal(t, 3, n)
+		return errors.New("killed before removing the file")
+	})
+	require.Error(t, err)
+	require.Equal(t, 1, f.segments(t), "the file survived the crash")
+	require.Equal(t, want, f.inbox(t))
+
+	// The merger may even have consumed those rows since: replaying the file again
+	// must not bring them back.
+	_, err = f.pool.Exec(context.Background(), "DELETE FROM inbox")
+	require.NoError(t, err)
+
+	require.NoError(t, f.replayer(f.store, nil).ReplayOnce(context.Background()))
+	require.Empty(t, f.inbox(t), "a segment already committed is not replayed again")
+	require.Zero(t, f.segments(t), "and its file is removed")
+	require.Zero(t, value(t, f.m.CallbacksReplayed))
+}
+
+func TestReplayOnce_callbackAlreadyInInboxIsNotDuplicated(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	want := callbacks(2)
+	// The committer's write committed but its reply was lost, so it spooled the same
+	// callbacks as well.
+	require.NoError(t, f.store.InsertCallbacks(context.Background(), want))
+	require.NoError(t, f.spool.Append(want))
+
+	require.NoError(t, f.replayer(f.store, nil).ReplayOnce(context.Background()))
+	require.Equal(t, want, f.inbox(t))
+	require.Zero(t, f.segments(t))
+}
+
+func TestReplayOnce_databaseDownKeepsSpool(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		db   segmentStore
+	}{
+		{name: "ping_fails", db: segmentStore{
+			PingFunc: func(context.Context) error { return errors.New("connection refused") },
+			ReplaySegmentFunc: func(context.Context, uuid.UUID, []callback.Callback) (int, error) {
+				return 0, errors.New("replay must not be tried while ping fails")
+			},
+		}},
+		{name: "replay_fails", db: segmentStore{
+			PingFunc: func(context.Context) error { return nil },
+			ReplaySegmentFunc: func(context.Context, uuid.UUID, []callback.Callback) (int, error) {
+				return 0, errors.New("connection reset")
+			},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := setup(t)
+			want := callbacks(3)
+			require.NoError(t, f.spool.Append(want))
+
+			woken := 0
+			require.Error(t, f.replayer(tt.db, func() { woken++ }).ReplayOnce(context.Background()))
+			require.Equal(t, 1, f.segments(t), "the spool is kept")
+			require.Zero(t, woken)
+
+			// Once the database answers, the same callbacks are replayed.
+			require.NoError(t, f.replayer(f.store, nil).ReplayOnce(context.Background()))
+			require.Equal(t, want, f.inbox(t))
+		})
+	}
+}
+
+func TestReplayOnce_emptySpoolDoesNotTouchTheDatabase(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	r := f.replayer(segmentStore{
+		PingFunc: func(context.Context) error { return errors.New("must not ping") },
+	}, nil)
+	require.NoError(t, r.ReplayOnce(context.Background()))
+}
+
+func TestRun_replaysAtStart(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	want := callbacks(2)
+	other := f.openSpool(t) // left by the previous run of this service
+	require.NoError(t, other.Append(want))
+	require.NoError(t, other.Close())
+
+	woken := make(chan struct{}, 1)
+	r := f.replayer(f.store, func() { woken <- struct{}{} })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	<-woken // the first pass runs at once, not after the interval (an hour here)
+	cancel()
+	require.NoError(t, <-done)
+	require.Equal(t, want, f.inbox(t))
+}
