@@ -461,31 +461,66 @@ func mergeRecords(all ...map[int64]tester.SendRecord) map[int64]tester.SendRecor
 // verifyTable waits (up to catchUp) until the objects table matches what was accepted,
 // and fails the test with the differences if it never does. It also requires that
 // the check was not vacuous.
-func verifyTable(t *testing.T, pool *pgxpool.Pool, records map[int64]tester.SendRecord, online tester.OnlineRule, window, catchUp time.Duration) {
+//
+// late widens one check: a last_seen later than the latest send of a callback naming
+// the id (plus tester.LastSeenTolerance). A callback whose sender timed out may still
+// be read and stamped by a server starved of CPU after the sender gave up (the race
+// detector and other test processes on two cores do that); its receipt time is then
+// honest but later than the sender can know. Pass lateSlack(stats) for it: zero
+// unless the sender saw timeouts.
+func verifyTable(t *testing.T, pool *pgxpool.Pool, records map[int64]tester.SendRecord, online tester.OnlineRule, window, catchUp, late time.Duration) {
 	t.Helper()
 	expected := tester.Expect(records, online)
-	var log bytes.Buffer
-	problems, err := tester.Verify(context.Background(), pool, tester.VerifyConfig{
-		Window: window, CatchUp: catchUp, Poll: 100 * time.Millisecond, Log: &log,
-	}, expected)
-	t.Log(strings.TrimSpace(log.String()))
-	if err != nil {
-		t.Fatalf("verifying the objects table: %v", err)
-	}
-	if len(problems) > 0 {
-		var b strings.Builder
-		for i, p := range problems {
-			if i == 20 {
-				fmt.Fprintf(&b, "... and %d more\n", len(problems)-20)
-				break
-			}
-			fmt.Fprintln(&b, p)
+	start := time.Now()
+	var problems, tolerated []tester.Problem
+	for {
+		now := time.Now()
+		rows, err := tester.ReadObjects(context.Background(), pool)
+		if err != nil {
+			t.Fatalf("verifying the objects table: %v", err)
 		}
-		t.Fatalf("the objects table differs from what was accepted (%d problems):\n%s", len(problems), b.String())
+		problems, tolerated = problems[:0], tolerated[:0]
+		for _, p := range tester.Diff(expected, rows, now, window) {
+			if p.Kind == tester.Stale && late > 0 && p.LastSeen.After(p.Want.Maybe) &&
+				!p.LastSeen.After(p.Want.Maybe.Add(tester.LastSeenTolerance+late)) {
+				tolerated = append(tolerated, p)
+				continue
+			}
+			problems = append(problems, p)
+		}
+		if len(problems) == 0 {
+			if n := tester.Required(expected, now, window); n == 0 {
+				t.Fatalf("vacuous check: no accepted online id was required to be present")
+			} else {
+				t.Logf("verify: table matches after %v: %d rows, %d required present, %d stamped after their sender gave up",
+					time.Since(start).Round(time.Millisecond), len(rows), n, len(tolerated))
+			}
+			return
+		}
+		if time.Since(start) > catchUp {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	if n := tester.Required(expected, time.Now(), window); n == 0 {
-		t.Fatalf("vacuous check: no accepted online id was required to be present")
+	var b strings.Builder
+	for i, p := range problems {
+		if i == 20 {
+			fmt.Fprintf(&b, "... and %d more\n", len(problems)-20)
+			break
+		}
+		fmt.Fprintln(&b, p)
 	}
+	t.Fatalf("the objects table still differs from what was accepted after %v (%d problems):\n%s", catchUp, len(problems), b.String())
+}
+
+// lateSlack is verifyTable's late for senders with these stats.
+func lateSlack(stats ...tester.SenderStats) time.Duration {
+	for _, st := range stats {
+		if st.Timeouts > 0 {
+			return 3 * time.Second
+		}
+	}
+	return 0
 }
 
 // queued counts the rows still to merge or look up.

@@ -54,7 +54,7 @@ func TestKill9(t *testing.T) {
 		t.Fatalf("too little load to prove anything: %d callbacks accepted", st.Accepted)
 	}
 
-	verifyTable(t, pool, l.s.Records(), tester.OnlineParity, window, 20*time.Second)
+	verifyTable(t, pool, l.s.Records(), tester.OnlineParity, window, 20*time.Second, lateSlack(l.s.Stats()))
 	eventually(t, 10*time.Second, "the dead process's spool segments are replayed and removed", func() bool {
 		for _, f := range left {
 			if _, err := os.Stat(f); err == nil {

@@ -60,7 +60,7 @@ func TestPostgresRestart(t *testing.T) {
 	eventually(t, 20*time.Second, "the spool is replayed and emptied", func() bool {
 		return len(spoolSegments(t, e["SPOOL_DIR"])) == 0
 	})
-	verifyTable(t, pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 20*time.Second)
+	verifyTable(t, pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(l.s.Stats()))
 	eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
 }
 
