@@ -1,0 +1,217 @@
+package merge_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/merge"
+	"github.com/objwatch/callback/internal/metrics"
+	"github.com/objwatch/callback/internal/pgtest"
+	"github.com/objwatch/callback/internal/store"
+)
+
+// mergeStore is a fake merge.Store.
+type mergeStore struct {
+	MergeInboxFunc func(ctx context.Context, maxCallbacks int) (store.Merged, error)
+}
+
+func (s mergeStore) MergeInbox(ctx context.Context, maxCallbacks int) (store.Merged, error) {
+	return s.MergeInboxFunc(ctx, maxCallbacks)
+}
+
+// fixture is a real store on a fresh database, seen through a fake that reports every
+// pass on passes, so that tests wait for passes instead of for time.
+type fixture struct {
+	pool   *pgxpool.Pool
+	store  *store.Store
+	passes chan store.Merged
+	m      *metrics.Metrics
+}
+
+func setup(t *testing.T) *fixture {
+	t.Helper()
+	pool, _ := pgtest.NewPool(t)
+	return &fixture{pool: pool, store: store.New(pool), passes: make(chan store.Merged, 100), m: metrics.New()}
+}
+
+func (f *fixture) reporting() merge.Store {
+	return mergeStore{MergeInboxFunc: func(ctx context.Context, max int) (store.Merged, error) {
+		n, err := f.store.MergeInbox(ctx, max)
+		if err == nil {
+			f.passes <- n
+		}
+		return n, err
+	}}
+}
+
+// run runs m until the test ends.
+func run(t *testing.T, m *merge.Merger) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+}
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+func at(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+
+func (f *fixture) insert(t *testing.T, cbs ...callback.Callback) {
+	t.Helper()
+	require.NoError(t, f.store.InsertCallbacks(context.Background(), cbs))
+}
+
+func (f *fixture) count(t *testing.T, table string) int {
+	t.Helper()
+	var n int
+	require.NoError(t, f.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+table).Scan(&n))
+	return n
+}
+
+func (f *fixture) pending(t *testing.T) map[int64]time.Time {
+	t.Helper()
+	rs, err := f.pool.Query(context.Background(), "SELECT object_id, received_at FROM pending")
+	require.NoError(t, err)
+	defer rs.Close()
+	out := map[int64]time.Time{}
+	for rs.Next() {
+		var id int64
+		var ts time.Time
+		require.NoError(t, rs.Scan(&id, &ts))
+		out[id] = ts.UTC()
+	}
+	require.NoError(t, rs.Err())
+	return out
+}
+
+func value(t *testing.T, c prometheus.Collector) float64 {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 64)
+	c.Collect(ch)
+	close(ch)
+	var sum float64
+	for m := range ch {
+		var d dto.Metric
+		require.NoError(t, m.Write(&d))
+		sum += d.GetCounter().GetValue()
+	}
+	return sum
+}
+
+// idle: an interval longer than any test, so only Wake or a full pass starts a pass.
+const idle = time.Hour
+
+func TestPass_drainsInboxIntoPending(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	f.insert(t,
+		callback.New(at(0), []int64{1, 2, 2}),
+		callback.New(at(5), []int64{2, 3}),
+		callback.New(at(3), []int64{1}),
+		callback.New(at(9), nil),
+	)
+	var woken atomic.Int64
+	m := merge.New(merge.Config{MaxCallbacks: 1000, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, func() { woken.Add(1) })
+
+	n, err := m.Pass(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, store.Merged{Callbacks: 4, Ids: 3, Changed: 3}, n)
+	require.Equal(t, map[int64]time.Time{1: at(3), 2: at(5), 3: at(5)}, f.pending(t), "one row per object, newest receipt")
+	require.Zero(t, f.count(t, "inbox"))
+	require.Equal(t, int64(1), woken.Load(), "the fetcher is woken when work changed")
+	require.Equal(t, 4.0, value(t, f.m.MergedCallbacks))
+	require.Equal(t, 3.0, value(t, f.m.MergedIDs))
+
+	// An older receipt for a pending object changes nothing and wakes nobody.
+	f.insert(t, callback.New(at(1), []int64{2}))
+	n, err = m.Pass(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, store.Merged{Callbacks: 1, Ids: 1}, n)
+	require.Equal(t, map[int64]time.Time{1: at(3), 2: at(5), 3: at(5)}, f.pending(t))
+	require.Equal(t, int64(1), woken.Load())
+}
+
+func TestRun_wakeStartsAPass(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	m := merge.New(merge.Config{MaxCallbacks: 1000, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
+	run(t, m)
+	require.Equal(t, store.Merged{}, <-f.passes, "the first pass runs at once and finds nothing")
+
+	f.insert(t, callback.New(at(0), []int64{7, 8}))
+	m.Wake()
+	require.Equal(t, store.Merged{Callbacks: 1, Ids: 2, Changed: 2}, <-f.passes)
+	require.Equal(t, map[int64]time.Time{7: at(0), 8: at(0)}, f.pending(t))
+	require.Zero(t, f.count(t, "inbox"))
+}
+
+func TestRun_fullPassLoopsAgainAtOnce(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	for i := range 5 {
+		f.insert(t, callback.New(at(i), []int64{int64(i)}))
+	}
+	m := merge.New(merge.Config{MaxCallbacks: 2, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
+	run(t, m)
+
+	// No Wake and an hour's interval: only "a full pass means more is waiting" can
+	// start the second and third passes.
+	var sizes []int64
+	for range 3 {
+		sizes = append(sizes, (<-f.passes).Callbacks)
+	}
+	require.Equal(t, []int64{2, 2, 1}, sizes)
+	require.Zero(t, f.count(t, "inbox"))
+	require.Equal(t, 5, f.count(t, "pending"))
+}
+
+func TestRun_exactMultipleOfMaxEndsWithAnEmptyPass(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	for i := range 4 {
+		f.insert(t, callback.New(at(i), []int64{int64(i)}))
+	}
+	m := merge.New(merge.Config{MaxCallbacks: 2, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
+	run(t, m)
+
+	var sizes []int64
+	for range 3 {
+		sizes = append(sizes, (<-f.passes).Callbacks)
+	}
+	require.Equal(t, []int64{2, 2, 0}, sizes)
+	require.Zero(t, f.count(t, "inbox"))
+}
+
+func TestRun_retriesAfterDatabaseError(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int64
+	retried := make(chan struct{})
+	s := mergeStore{MergeInboxFunc: func(context.Context, int) (store.Merged, error) {
+		switch calls.Add(1) {
+		case 1:
+			return store.Merged{}, errors.New("connection refused")
+		case 2:
+			close(retried)
+		}
+		return store.Merged{}, nil
+	}}
+	f := &fixture{m: metrics.New()}
+	m := merge.New(merge.Config{MaxCallbacks: 10, Interval: idle}, s, slog.New(slog.DiscardHandler), f.m, nil)
+	run(t, m)
+	<-retried // without a Wake or the interval: the failure's own backoff retried
+	require.Equal(t, 1.0, value(t, f.m.DatabaseErrors.WithLabelValues("merge")))
+}
