@@ -87,7 +87,7 @@ func TestTick_deletesRowsOlderThanWindowAndKeepsTheRest(t *testing.T) {
 	t.Parallel()
 	pool, newExpirer := setup(t)
 	keep := map[int64]time.Time{
-		3: t0.Add(-window),                   // exactly at the edge: not older than the window
+		3: t0.Add(-window),                    // exactly at the edge: not older than the window
 		4: t0.Add(-window + time.Microsecond), // just inside
 		5: t0.Add(-time.Second),
 		6: t0,
@@ -286,4 +286,3 @@ func TestRun_ticksAtOnceAndStopsWithContext(t *testing.T) {
 	cancel()
 	require.NoError(t, <-done)
 }
-
