@@ -352,3 +352,62 @@ func (s *service) cpuProfile(d time.Duration, path string) error {
 	}
 	return os.WriteFile(path, buf.Bytes(), 0o644)
 }
+
+// cpuSeconds is the user+system CPU time of process pid so far.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; the fields after its ')' are fixed.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // USER_HZ is 100 on Linux
+}
+
+// postgresCPU maps every running postgres process to its CPU seconds so far.
+func postgresCPU() map[int]float64 {
+	out := map[int]float64{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(comm)) == "postgres" {
+			out[pid] = cpuSeconds(pid)
+		}
+	}
+	return out
+}
+
+// cpuSplit measures, between start and stop, the cores used by the service, by all of
+// Postgres (its other clients included) and by this process (the load generator).
+type cpuSplit struct {
+	svcPid               int
+	at                   time.Time
+	svc, self            float64
+	pg                   map[int]float64
+	Service, PG, LoadGen float64 // cores
+}
+
+func startCPU(svcPid int) *cpuSplit {
+	return &cpuSplit{svcPid: svcPid, at: time.Now(), svc: cpuSeconds(svcPid), self: cpuSeconds(os.Getpid()), pg: postgresCPU()}
+}
+
+func (c *cpuSplit) stop() *cpuSplit {
+	el := time.Since(c.at).Seconds()
+	c.Service = (cpuSeconds(c.svcPid) - c.svc) / el
+	c.LoadGen = (cpuSeconds(os.Getpid()) - c.self) / el
+	var pg float64
+	for pid, v := range postgresCPU() {
+		pg += v - c.pg[pid] // a backend that started meanwhile counts from 0
+	}
+	c.PG = pg / el
+	return c
+}

@@ -53,7 +53,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.DurationVar(&b.runTime, "run-time", 5*time.Second, "length of one ceiling or intake run")
 	fs.DurationVar(&b.e2eTime, "e2e-time", 10*time.Second, "length of one end-to-end run (ids 0..99)")
 	fs.Float64Var(&b.e2eRate, "e2e-rate", 1000, "callbacks/s of the end-to-end load (ids 0..99, 16 senders)")
-	fs.DurationVar(&b.backlogTime, "backlog-time", 15*time.Second, "length of one backlog run (ids 0..999,999)")
+	fs.DurationVar(&b.backlogTime, "backlog-time", 12*time.Second, "length of one backlog run (ids 0..999,999)")
 	fs.Float64Var(&b.backlogRate, "backlog-rate", 2, "callbacks/s of the backlog load (200 ids each: 400 ids/s by default, about twice the lookup capacity)")
 	fs.Int64Var(&b.bigPending, "pending", 1_000_000, "pending ids inserted for the cost phase")
 	fs.DurationVar(&b.chewTime, "chew-time", 10*time.Second, "how long the service works on the big backlog")
@@ -104,6 +104,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	before := b.background(ctx)
 
 	steps := []struct {
 		phase, what string
@@ -127,6 +128,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 	}
 
+	after := b.background(ctx)
+	header += fmt.Sprintf("- background, from other users of the machine and of the server (before / after the phases): load average %s / %s; WAL written %s / %s MB/s while the bench wrote nothing\n\n",
+		before.load, after.load, before.wal, after.wal)
 	report := header + b.table() + b.planBlock()
 	fmt.Fprint(stdout, report)
 	if *out != "" {
@@ -181,12 +185,42 @@ func (b *bench) header(ctx context.Context, args []string) (string, error) {
 	return h.String(), nil
 }
 
+type background struct{ load, wal string }
+
+// background measures what others do on the same machine and server while the bench
+// does nothing: the load average and the WAL the server writes for other clients. A
+// commit waits for the WAL flush, so someone else's WAL slows our commits down.
+func (b *bench) background(ctx context.Context) background {
+	bg := background{load: "?", wal: "?"}
+	if l, err := os.ReadFile("/proc/loadavg"); err == nil {
+		bg.load = strings.Fields(string(l))[0]
+	}
+	conn, err := pgx.Connect(ctx, b.env.adminURL)
+	if err != nil {
+		return bg
+	}
+	defer conn.Close(ctx)
+	var lsn0, lsn1 string
+	if err := conn.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&lsn0); err != nil {
+		return bg
+	}
+	start := time.Now()
+	sleepCtx(ctx, 2*time.Second)
+	var bytes float64
+	if err := conn.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text, pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)", lsn0).Scan(&lsn1, &bytes); err != nil {
+		return bg
+	}
+	bg.wal = strconv.FormatFloat(bytes/time.Since(start).Seconds()/(1<<20), 'f', 1, 64)
+	return bg
+}
+
 // figure is one row of the table.
 type figure struct {
 	section, name, unit string
 	vals                []float64
 	target              string
 	ok                  func(median float64) bool
+	note                string // replaces min and max when there is one figure for all runs
 }
 
 func (b *bench) fig(section, name, unit string) *figure {
@@ -228,6 +262,10 @@ func (b *bench) table() string {
 		}
 		med := f.median()
 		met := ""
+		lo, hi := format(slices.Min(f.vals), f.unit), format(slices.Max(f.vals), f.unit)
+		if f.note != "" {
+			lo, hi = f.note, ""
+		}
 		if f.ok != nil {
 			met = "yes"
 			if !f.ok(med) {
@@ -235,7 +273,7 @@ func (b *bench) table() string {
 			}
 		}
 		fmt.Fprintf(&t, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", f.section, f.name,
-			format(med, f.unit), format(slices.Min(f.vals), f.unit), format(slices.Max(f.vals), f.unit), f.unit, f.target, met)
+			format(med, f.unit), lo, hi, f.unit, f.target, met)
 	}
 	return t.String()
 }
@@ -263,6 +301,8 @@ func format(v float64, unit string) string {
 		if v != 0 && math.Abs(v) < 0.01 {
 			return strconv.FormatFloat(v, 'e', 2, 64)
 		}
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	case "cores":
 		return strconv.FormatFloat(v, 'f', 2, 64)
 	case "ms", "s", "n":
 		if math.Abs(v) < 100 {

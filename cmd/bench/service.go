@@ -66,6 +66,9 @@ func (b *bench) intake(ctx context.Context, senders int) error {
 	errs := b.fig("intake", label+": errors", "count")
 	toHTTP := b.fig("intake", label+": / HTTP ceiling", "ratio")
 	toDB := b.fig("intake", label+": / DB ceiling", "ratio")
+	cpuSvc := b.fig("intake", label+": CPU of the service", "cores")
+	cpuPG := b.fig("intake", label+": CPU of Postgres (all of it)", "cores")
+	cpuGen := b.fig("intake", label+": CPU of the load generator", "cores")
 	if senders == 64 {
 		rate.target, rate.ok = "≥ 5,000 and ≥ 0.6 × HTTP", func(v float64) bool { return v >= 5000 && (b.httpCeil == 0 || v >= 0.6*b.httpCeil) }
 		p99.target, p99.ok = "< 20 ms", func(v float64) bool { return v < 20 }
@@ -84,7 +87,9 @@ func (b *bench) intake(ctx context.Context, senders int) error {
 				}
 			})
 		}
+		cpu := startCPU(svc.cmd.Process.Pid)
 		r, err := load(ctx, target, senders, b.runTime, 0, 99, uint64(i))
+		cpu.stop()
 		prof.Wait()
 		if err != nil {
 			return err
@@ -94,14 +99,17 @@ func (b *bench) intake(ctx context.Context, senders int) error {
 		p99.add(r.p99)
 		mx.add(r.max)
 		errs.add(float64(r.errors))
+		cpuSvc.add(cpu.Service)
+		cpuPG.add(cpu.PG)
+		cpuGen.add(cpu.LoadGen)
 		if b.httpCeil > 0 {
 			toHTTP.add(r.perSec / b.httpCeil)
 		}
 		if b.dbCeil > 0 {
 			toDB.add(r.perSec / b.dbCeil)
 		}
-		b.progress("%s run %d/%d: %.0f cb/s, p50 %.1f ms, p99 %.1f ms, max %.1f ms, errors %d",
-			label, i+1, b.runs, r.perSec, r.p50, r.p99, r.max, r.errors)
+		b.progress("%s run %d/%d: %.0f cb/s, p50 %.1f ms, p99 %.1f ms, max %.1f ms, errors %d; cores: service %.2f, Postgres %.2f, load generator %.2f",
+			label, i+1, b.runs, r.perSec, r.p50, r.p99, r.max, r.errors, cpu.Service, cpu.PG, cpu.LoadGen)
 	}
 	sm.stop()
 	m1, err := svc.metrics()
@@ -109,9 +117,16 @@ func (b *bench) intake(ctx context.Context, senders int) error {
 		return err
 	}
 	batch := b.fig("intake", label+": callbacks per group commit (mean)", "n")
+	batch.note = "over all runs"
 	sum := m1["callback_commit_batch_callbacks_sum"] - m0["callback_commit_batch_callbacks_sum"]
 	if n := m1["callback_commit_batch_callbacks_count"] - m0["callback_commit_batch_callbacks_count"]; n > 0 {
 		batch.add(sum / n)
+	}
+	commit := b.fig("intake", label+": group commit duration (mean)", "ms")
+	commit.note = "over all runs"
+	const cs = `callback_commit_seconds_%s{target="inbox"}`
+	if n := m1[fmt.Sprintf(cs, "count")] - m0[fmt.Sprintf(cs, "count")]; n > 0 {
+		commit.add(1000 * (m1[fmt.Sprintf(cs, "sum")] - m0[fmt.Sprintf(cs, "sum")]) / n)
 	}
 	b.cost(label, svc, sm)
 	return nil
@@ -121,8 +136,10 @@ func (b *bench) intake(ctx context.Context, senders int) error {
 func (b *bench) cost(label string, svc *service, sm *sampler) {
 	rss := b.fig("cost", label+": peak RSS (VmHWM)", "MiB")
 	rss.add(svc.peakRSS())
+	rss.note = "one process"
 	g := b.fig("cost", label+": peak goroutines", "n")
 	g.add(float64(sm.peak.Load()))
+	g.note = "one process"
 	if strings.HasSuffix(label, " pending ids") {
 		rss.target, rss.ok = "< 256 MiB", func(v float64) bool { return v < 256 }
 	}
