@@ -8,13 +8,14 @@
 -- flight goes in one COPY, one transaction.
 INSERT INTO inbox (callback_id, received_at, object_ids) VALUES ($1, $2, $3);
 
--- name: ReplayCallback :batchexec
--- Spool replay. A callback may already be here (the service crashed after the commit
--- but before the spool file was removed): counting it twice would be harmless, but the
--- unique callback id makes it count once.
+-- name: ReplayCallback :batchone
+-- Spool replay. A callback may already be here (its commit succeeded but the reply was
+-- lost, so it was spooled too): the unique callback id makes it count once. Returns
+-- the id only when the row is new.
 INSERT INTO inbox (callback_id, received_at, object_ids)
 VALUES (@callback_id, @received_at, @object_ids)
-ON CONFLICT (callback_id) DO NOTHING;
+ON CONFLICT (callback_id) DO NOTHING
+RETURNING callback_id;
 
 -- name: MarkSpoolReplayed :execrows
 -- Recorded in the same transaction as the replayed rows: a spool file whose replay

@@ -54,7 +54,9 @@ func New(d Deps) http.Handler {
 	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(d.Metrics.Registry, promhttp.HandlerOpts{})))
 
 	r.NoMethod(func(c *gin.Context) {
-		d.Metrics.CallbacksRejected.WithLabelValues("method_not_allowed").Inc()
+		if c.FullPath() == "/callback" || c.Request.URL.Path == "/callback" {
+			d.Metrics.CallbacksRejected.WithLabelValues("method_not_allowed").Inc()
+		}
 		d.Log.InfoContext(c.Request.Context(), "request rejected", "request_id", intake.RequestID(c),
 			"status", http.StatusMethodNotAllowed, "method", c.Request.Method, "path", c.Request.URL.Path)
 		c.JSON(http.StatusMethodNotAllowed, gin.H{"error": "method " + c.Request.Method + " not allowed on " + c.Request.URL.Path})

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -53,15 +54,18 @@ func (s *Store) ReplaySegment(ctx context.Context, segment uuid.UUID, cbs []call
 			params[i] = dbsqlc.ReplayCallbackParams{CallbackID: cb.ID, ReceivedAt: cb.ReceivedAt, ObjectIds: ids}
 		}
 		var batchErr error
-		q.ReplayCallback(ctx, params).Exec(func(_ int, err error) {
-			if err != nil && batchErr == nil {
+		q.ReplayCallback(ctx, params).QueryRow(func(_ int, _ uuid.UUID, err error) {
+			switch {
+			case err == nil:
+				inserted++
+			case errors.Is(err, pgx.ErrNoRows): // already in the inbox
+			case batchErr == nil:
 				batchErr = err
 			}
 		})
 		if batchErr != nil {
 			return fmt.Errorf("inserting replayed callbacks: %w", batchErr)
 		}
-		inserted = len(cbs)
 		return nil
 	})
 	if err != nil {

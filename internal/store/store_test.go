@@ -311,3 +311,28 @@ func TestExpire(t *testing.T) {
 		require.Equal(t, int64(1), deleted)
 	})
 }
+
+func TestReplaySegment(t *testing.T) {
+	t.Parallel()
+
+	t.Run("counts_only_new_callbacks_and_each_segment_once", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		ctx := context.Background()
+		committed := callback.New(at(1), []int64{1})
+		insert(t, s, committed) // its reply was lost, so it was spooled as well
+		fresh := callback.New(at(2), []int64{2})
+		segment := callback.New(at(0), nil).ID
+
+		n, err := s.ReplaySegment(ctx, segment, []callback.Callback{committed, fresh})
+		require.NoError(t, err)
+		require.Equal(t, 1, n)
+
+		n, err = s.ReplaySegment(ctx, segment, []callback.Callback{committed, fresh})
+		require.NoError(t, err)
+		require.Zero(t, n, "a segment already replayed is skipped")
+		var count int
+		require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM inbox").Scan(&count))
+		require.Equal(t, 2, count)
+	})
+}

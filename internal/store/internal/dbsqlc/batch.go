@@ -18,10 +18,11 @@ var (
 	ErrBatchAlreadyClosed = errors.New("batch already closed")
 )
 
-const replayCallback = `-- name: ReplayCallback :batchexec
+const replayCallback = `-- name: ReplayCallback :batchone
 INSERT INTO inbox (callback_id, received_at, object_ids)
 VALUES ($1, $2, $3)
 ON CONFLICT (callback_id) DO NOTHING
+RETURNING callback_id
 `
 
 type ReplayCallbackBatchResults struct {
@@ -36,9 +37,9 @@ type ReplayCallbackParams struct {
 	ObjectIds  []int64
 }
 
-// Spool replay. A callback may already be here (the service crashed after the commit
-// but before the spool file was removed): counting it twice would be harmless, but the
-// unique callback id makes it count once.
+// Spool replay. A callback may already be here (its commit succeeded but the reply was
+// lost, so it was spooled too): the unique callback id makes it count once. Returns
+// the id only when the row is new.
 func (q *Queries) ReplayCallback(ctx context.Context, arg []ReplayCallbackParams) *ReplayCallbackBatchResults {
 	batch := &pgx.Batch{}
 	for _, a := range arg {
@@ -53,18 +54,20 @@ func (q *Queries) ReplayCallback(ctx context.Context, arg []ReplayCallbackParams
 	return &ReplayCallbackBatchResults{br, len(arg), false}
 }
 
-func (b *ReplayCallbackBatchResults) Exec(f func(int, error)) {
+func (b *ReplayCallbackBatchResults) QueryRow(f func(int, uuid.UUID, error)) {
 	defer b.br.Close()
 	for t := 0; t < b.tot; t++ {
+		var callback_id uuid.UUID
 		if b.closed {
 			if f != nil {
-				f(t, ErrBatchAlreadyClosed)
+				f(t, callback_id, ErrBatchAlreadyClosed)
 			}
 			continue
 		}
-		_, err := b.br.Exec()
+		row := b.br.QueryRow()
+		err := row.Scan(&callback_id)
 		if f != nil {
-			f(t, err)
+			f(t, callback_id, err)
 		}
 	}
 }
