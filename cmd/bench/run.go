@@ -52,7 +52,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.IntVar(&b.runs, "runs", 3, "runs per figure (each figure is their median, with min and max)")
 	fs.DurationVar(&b.runTime, "run-time", 5*time.Second, "length of one ceiling or intake run")
 	fs.DurationVar(&b.e2eTime, "e2e-time", 10*time.Second, "length of one end-to-end run (ids 0..99)")
-	fs.Float64Var(&b.e2eRate, "e2e-rate", 1000, "callbacks/s of the end-to-end load (ids 0..99, 16 senders)")
+	fs.Float64Var(&b.e2eRate, "e2e-rate", 500, "callbacks/s of the end-to-end load (ids 0..99, 16 senders)")
 	fs.DurationVar(&b.backlogTime, "backlog-time", 12*time.Second, "length of one backlog run (ids 0..999,999)")
 	fs.Float64Var(&b.backlogRate, "backlog-rate", 2, "callbacks/s of the backlog load (200 ids each: 400 ids/s by default, about twice the lookup capacity)")
 	fs.Int64Var(&b.bigPending, "pending", 1_000_000, "pending ids inserted for the cost phase")
@@ -177,10 +177,10 @@ func (b *bench) header(ctx context.Context, args []string) (string, error) {
 	fmt.Fprintf(&h, "- machine: nproc %d, %s, %s/%s; everything on loopback, load generator included\n", runtime.NumCPU(), cpu, runtime.GOOS, runtime.GOARCH)
 	fmt.Fprintf(&h, "- Go %s; PostgreSQL %s (fsync=%s, synchronous_commit=%s, shared_buffers=%s)\n",
 		strings.TrimPrefix(runtime.Version(), "go"), show("server_version"), show("fsync"), show("synchronous_commit"), show("shared_buffers"))
-	fmt.Fprintf(&h, "- command: `go run ./cmd/bench %s`; each figure is the median of %d runs (min, max)\n", strings.Join(args, " "), b.runs)
+	fmt.Fprintf(&h, "- command: `%s`; each figure is the median of %d runs (min, max)\n", strings.Join(append([]string{"go run ./cmd/bench"}, args...), " "), b.runs)
 	fmt.Fprintf(&h, "- loads (tester sender, 200 ids per callback, 1 s timeout, keep-alive): ceilings and intake as fast as possible for %v per run, ids 0..99;"+
 		" e2e ids 0..99 at %.0f cb/s (16 senders) for %v plus 10 sample callbacks/s of 5 fresh even ids;"+
-		" backlog ids 0..999,999 at %.0f cb/s for %v; object service latency 300 ms to 4.3 s; FETCH_CONCURRENCY=%d\n\n",
+		" backlog ids 0..999,999 at %.0f cb/s for %v; object service latency 300 ms to 4.3 s; FETCH_CONCURRENCY=%d\n",
 		b.runTime, b.e2eRate, b.e2eTime, b.backlogRate, b.backlogTime, b.fetchConc)
 	return h.String(), nil
 }

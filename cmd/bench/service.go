@@ -163,7 +163,6 @@ func (b *bench) coalescing(ctx context.Context) error {
 
 	label := fmt.Sprintf("E2E, ids 0..99 at %.0f cb/s", b.e2eRate)
 	accepted := b.fig("e2e", label+": accepted", "cb/s")
-	lps := b.fig("e2e", label+": lookups", "/s")
 	perID := b.fig("e2e", label+": lookups per id received", "ratio")
 	distinct := b.fig("e2e", label+": distinct ids per id received", "ratio")
 	perDistinct := b.fig("e2e", label+": lookups per distinct id", "n")
@@ -179,7 +178,6 @@ func (b *bench) coalescing(ctx context.Context) error {
 
 	for i := range b.runs {
 		o0 := obj.Stats()
-		start := time.Now()
 		loadCtx, stopLoad := context.WithCancel(ctx)
 		// The side sender: 5 fresh even (online) ids every 100 ms, far outside 0..99 and
 		// unique per run, so each row's appearance is caused by exactly one callback.
@@ -208,7 +206,6 @@ func (b *bench) coalescing(ctx context.Context) error {
 		idsIn := float64(r.idsAccep + int64(len(side.ids)))
 		nDistinct := float64(100 + len(side.ids))
 		accepted.add(r.perSec)
-		lps.add(lookups / time.Since(start).Seconds())
 		perID.add(lookups / idsIn)
 		distinct.add(nDistinct / idsIn)
 		perDistinct.add(lookups / nDistinct)
@@ -308,7 +305,7 @@ func (b *bench) backlog(ctx context.Context) error {
 // bigBacklog: 1,000,000 pending ids inserted at once; the service chews on them for
 // chewTime. Also EXPLAIN of the claim query on that table.
 func (b *bench) bigBacklog(ctx context.Context) error {
-	_, objURL, stopObj, err := objectService(ctx)
+	obj, objURL, stopObj, err := objectService(ctx)
 	if err != nil {
 		return err
 	}
@@ -319,12 +316,17 @@ func (b *bench) bigBacklog(ctx context.Context) error {
 	}
 	defer svc.close()
 	sm := svc.sample(200 * time.Millisecond)
+	label := thousands(b.bigPending) + " pending ids"
+	ins := b.fig("cost", label+": INSERT ... SELECT generate_series", "s")
+	lps := b.fig("cost", label+": lookups while working on them", "/s")
+	left := b.fig("cost", label+": pending rows left after "+b.chewTime.String(), "n")
 	start := time.Now()
 	// Even and odd ids far outside the other ranges, all received now.
 	if _, err := svc.pool.Exec(ctx, `INSERT INTO pending (object_id, received_at)
 		SELECT g, now() FROM generate_series(3000000000::bigint, 3000000000::bigint + $1 - 1) g`, b.bigPending); err != nil {
 		return fmt.Errorf("inserting the backlog: %w", err)
 	}
+	ins.add(time.Since(start).Seconds())
 	b.progress("inserted %d pending rows in %.1f s", b.bigPending, time.Since(start).Seconds())
 	plan, err := b.explainClaim(ctx, svc)
 	if err != nil {
@@ -332,14 +334,17 @@ func (b *bench) bigBacklog(ctx context.Context) error {
 		plan = "EXPLAIN failed: " + err.Error()
 	}
 	b.plan = plan
+	o0, t0 := obj.Stats(), time.Now()
 	sleepCtx(ctx, b.chewTime)
+	lps.add(float64(obj.Stats().Total()-o0.Total()) / time.Since(t0).Seconds())
 	sm.stop()
-	left, err := svc.pending(ctx)
+	n, err := svc.pending(ctx)
 	if err != nil {
 		return err
 	}
-	b.progress("after %v: %d pending rows left", b.chewTime, left)
-	b.cost(thousands(b.bigPending)+" pending ids", svc, sm)
+	left.add(float64(n))
+	b.progress("after %v: %d pending rows left", b.chewTime, n)
+	b.cost(label, svc, sm)
 	return nil
 }
 
