@@ -2,6 +2,7 @@ package faulttest
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -113,6 +114,15 @@ func TestObjectServiceDown(t *testing.T) {
 			eventually(t, 30*time.Second, "every lookup is dropped once its receipt leaves the window", func() bool {
 				return len(spoolSegments(t, e["SPOOL_DIR"])) == 0 && queued(t, pool) == 0 &&
 					metric(t, s.base, "callback_merged_callbacks_total") >= accepted
+			}, func() string {
+				var st string
+				_ = pool.QueryRow(context.Background(), `SELECT string_agg(format('%s(attempts %s, due %ss ago, age %ss)',
+					object_id, attempts, round(extract(epoch FROM now() - due_at)::numeric, 1),
+					round(extract(epoch FROM now() - received_at)::numeric, 1)), ' ')
+					FROM (SELECT * FROM pending ORDER BY object_id LIMIT 5) p`).Scan(&st)
+				return fmt.Sprintf("accepted %v, merged %v, queued %d, spool %v, pending %s, dropped %v, failed %v", accepted,
+					metric(t, s.base, "callback_merged_callbacks_total"), queued(t, pool), spoolSegments(t, e["SPOOL_DIR"]), st,
+					metric(t, s.base, "callback_lookups_dropped_total"), metric(t, s.base, "callback_lookups_total"))
 			})
 			dropped := metric(t, s.base, "callback_lookups_dropped_total")
 			failed := metric(t, s.base, "callback_lookups_total", `outcome="failed"`)
