@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -66,8 +67,13 @@ func BenchmarkMergeInbox(b *testing.B) {
 	for _, c := range []struct {
 		perPass int
 		idMax   int64
-	}{{10, 99}, {100, 99}, {1000, 99}, {1000, 999_999}} {
-		b.Run(fmt.Sprintf("callbacks=%d/ids=0..%d", c.perPass, c.idMax), func(b *testing.B) {
+		dedup   bool // each callback's ids sorted and distinct, as intake could store them
+	}{{10, 99, false}, {100, 99, false}, {1000, 99, false}, {1000, 99, true}, {1000, 999_999, false}} {
+		name := fmt.Sprintf("callbacks=%d/ids=0..%d", c.perPass, c.idMax)
+		if c.dedup {
+			name += "/distinct"
+		}
+		b.Run(name, func(b *testing.B) {
 			var ids int64
 			for b.Loop() {
 				b.StopTimer()
@@ -76,7 +82,14 @@ func BenchmarkMergeInbox(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
-				if err := s.InsertCallbacks(ctx, callbacks(rng, c.perPass, c.idMax)); err != nil {
+				cbs := callbacks(rng, c.perPass, c.idMax)
+				if c.dedup {
+					for i := range cbs {
+						slices.Sort(cbs[i].ObjectIDs)
+						cbs[i].ObjectIDs = slices.Compact(cbs[i].ObjectIDs)
+					}
+				}
+				if err := s.InsertCallbacks(ctx, cbs); err != nil {
 					b.Fatal(err)
 				}
 				b.StartTimer()
