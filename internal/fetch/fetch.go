@@ -50,6 +50,12 @@ type Config struct {
 	FlushSize     int           // results per write at most
 	BackoffBase   time.Duration // first retry after a failed lookup (then doubling)
 	BackoffMax    time.Duration
+	// TripAfter consecutive failed lookups (no success in between) mean the object
+	// service itself is down, not one object: claiming drops to one probe at a time,
+	// paused BackoffBase, doubling to BackoffMax, until a lookup succeeds. Per-object
+	// backoff alone would still let N pending objects make N requests per backoff
+	// period against a dead service.
+	TripAfter int
 	ShutdownGrace time.Duration // at shutdown, lookups in flight get this long to finish
 }
 
@@ -60,7 +66,8 @@ func DefaultConfig() Config {
 		Concurrency: 512, MaxClaim: 256, Timeout: 5 * time.Second, Lease: 30 * time.Second,
 		ExpireAfter: 30 * time.Second, PollInterval: 50 * time.Millisecond,
 		FlushInterval: 10 * time.Millisecond, FlushSize: 512,
-		BackoffBase: 250 * time.Millisecond, BackoffMax: 10 * time.Second, ShutdownGrace: 5 * time.Second,
+		BackoffBase: 250 * time.Millisecond, BackoffMax: 10 * time.Second, TripAfter: 64,
+		ShutdownGrace: 5 * time.Second,
 	}
 }
 
@@ -89,6 +96,7 @@ type Fetcher struct {
 
 	wake     chan struct{}
 	inFlight atomic.Int64
+	failures atomic.Int64 // consecutive failed lookups; see Config.TripAfter
 	results  chan store.Result
 	done     chan struct{} // a lookup finished: there is room to claim
 }
@@ -137,6 +145,7 @@ func (f *Fetcher) Run(ctx context.Context) error {
 
 func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGroup) {
 	backoff := time.Duration(0)
+	probePause := time.Duration(0)
 	for ctx.Err() == nil {
 		free := f.cfg.Concurrency - int(f.inFlight.Load())
 		if free <= 0 {
@@ -144,6 +153,21 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 			continue
 		}
 		n := min(free, f.cfg.MaxClaim)
+		if f.tripped() {
+			// The object service looks down: one probe at a time, ever more patiently.
+			if f.inFlight.Load() > 0 {
+				waitAny(ctx, f.done, time.After(f.cfg.PollInterval))
+				continue
+			}
+			probePause = min(max(2*probePause, f.cfg.BackoffBase), f.cfg.BackoffMax)
+			waitAny(ctx, nil, time.After(probePause))
+			if ctx.Err() != nil || !f.tripped() {
+				continue
+			}
+			n = 1
+		} else {
+			probePause = 0
+		}
 		claims, err := f.store.ClaimDue(ctx, n, f.cfg.Lease)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -197,6 +221,9 @@ func (f *Fetcher) runLookup(ctx context.Context, c store.Claim) {
 	start := f.now()
 	online, err := f.lookup(lctx, c.ObjectID)
 	f.metrics.LookupSeconds.Observe(f.now().Sub(start).Seconds())
+	if err == nil && f.failures.Swap(0) >= int64(f.cfg.TripAfter) && f.cfg.TripAfter > 0 {
+		f.log.Info("object service answers again: lookups at full speed")
+	}
 	switch {
 	case err == nil && online:
 		res.Outcome = store.Online
@@ -209,9 +236,17 @@ func (f *Fetcher) runLookup(ctx context.Context, c store.Claim) {
 		return
 	default:
 		res.Outcome, res.RetryAfter = store.Failed, f.backoff(c.Attempts)
+		if f.failures.Add(1) == int64(f.cfg.TripAfter) {
+			f.log.Warn("object service looks down: probing with one lookup at a time until it answers",
+				"consecutive_failures", f.cfg.TripAfter)
+		}
 		f.errs.Error(ctx, "lookup", "lookup failed; retrying with backoff", err, "object_id", c.ObjectID, "attempt", c.Attempts)
 	}
 	f.metrics.Lookups.WithLabelValues(string(res.Outcome)).Inc()
+}
+
+func (f *Fetcher) tripped() bool {
+	return f.cfg.TripAfter > 0 && f.failures.Load() >= int64(f.cfg.TripAfter)
 }
 
 // backoff: exponential in the attempts so far, with full jitter in [d/2, d], so that a

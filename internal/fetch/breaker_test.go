@@ -1,0 +1,64 @@
+package fetch_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// An object service that is down entirely must see a trickle of probes, not one request
+// per pending object per backoff period; when it answers again, everything completes.
+func TestBreaker(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ids := make([]int64, 200)
+	for i := range ids {
+		ids[i] = int64(2 * i) // even: online once the service is back
+	}
+	f.receive(t, ids, time.Now())
+
+	cfg := config()
+	cfg.TripAfter = 8
+
+	var (
+		up           atomic.Bool
+		calls        atomic.Int64
+		mu           sync.Mutex
+		inFlight     int
+		maxAfterTrip int
+	)
+	// Lookups that had started before the breaker tripped may still be finishing:
+	// count concurrency only once a full Concurrency's worth of failures has passed.
+	settledAfter := int64(cfg.TripAfter + cfg.Concurrency)
+	stop := f.start(t, cfg, func(ctx context.Context, id int64) (bool, error) {
+		n := calls.Add(1)
+		mu.Lock()
+		inFlight++
+		if n > settledAfter && !up.Load() {
+			maxAfterTrip = max(maxAfterTrip, inFlight)
+		}
+		mu.Unlock()
+		defer func() { mu.Lock(); inFlight--; mu.Unlock() }()
+		time.Sleep(time.Millisecond)
+		if !up.Load() {
+			return false, errors.New("connection refused")
+		}
+		return true, nil
+	})
+
+	// Let it fail well past the trip point.
+	eventually(t, func() bool { return calls.Load() > settledAfter+5 }, "the fetcher stopped probing altogether")
+	mu.Lock()
+	require.Equal(t, 1, maxAfterTrip, "tripped: one probe at a time")
+	mu.Unlock()
+
+	up.Store(true)
+	f.settle(t)
+	stop()
+	require.Len(t, f.objects(t), len(ids))
+}
