@@ -44,7 +44,8 @@ test: ## start Postgres if needed; go vet, sqlc freshness, go test -race, a shor
 	go test -race -count=1 ./...
 	go test -run='^$$' -fuzz=FuzzParse -fuzztime=10s ./internal/intake
 
-bench: ## run the benchmark (cmd/bench)
+bench: ## measure the service beside the machine's HTTP and Postgres ceilings (cmd/bench; writes bin/bench.md)
+	@go run ./cmd/devpg ensure
 	go run ./cmd/bench
 
 generate: ## regenerate the sqlc code from db/migrations and queries/
