@@ -62,7 +62,10 @@ func (e *Expirer) Run(ctx context.Context) error {
 // Tick runs one expiry, if this replica wins the lock.
 func (e *Expirer) Tick(ctx context.Context) (ran bool, deleted int64) {
 	now := e.now()
-	ran, deleted, err := e.store.Expire(ctx, now.Add(-e.window), now.Add(-spoolReplayMemory))
+	// A tick that cannot finish before the next one is pointless: bound it.
+	tctx, cancel := context.WithTimeout(ctx, max(e.every, 5*time.Second))
+	defer cancel()
+	ran, deleted, err := e.store.Expire(tctx, now.Add(-e.window), now.Add(-spoolReplayMemory))
 	if err != nil {
 		if ctx.Err() == nil {
 			e.metrics.DatabaseErrors.WithLabelValues("expiry").Inc()

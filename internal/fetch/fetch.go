@@ -29,6 +29,10 @@ import (
 	"github.com/objwatch/callback/internal/store"
 )
 
+// dbTimeout bounds each database call: a connection that stops answering (a network
+// partition, not a refusal) would otherwise hold a loop until TCP gives up, minutes later.
+const dbTimeout = 10 * time.Second
+
 // Store is what the fetcher needs of storage.
 type Store interface {
 	ClaimDue(ctx context.Context, max int, lease time.Duration) ([]store.Claim, error)
@@ -55,7 +59,7 @@ type Config struct {
 	// paused BackoffBase, doubling to BackoffMax, until a lookup succeeds. Per-object
 	// backoff alone would still let N pending objects make N requests per backoff
 	// period against a dead service.
-	TripAfter int
+	TripAfter     int
 	ShutdownGrace time.Duration // at shutdown, lookups in flight get this long to finish
 }
 
@@ -153,22 +157,25 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 			continue
 		}
 		n := min(free, f.cfg.MaxClaim)
-		if f.tripped() {
-			// The object service looks down: one probe at a time, ever more patiently.
+		probing := f.tripped()
+		if probing {
+			// The object service looks down: wait, ever more patiently, for the one
+			// probe in flight to end, then send one more.
 			if f.inFlight.Load() > 0 {
 				waitAny(ctx, f.done, time.After(f.cfg.PollInterval))
 				continue
 			}
 			probePause = min(max(2*probePause, f.cfg.BackoffBase), f.cfg.BackoffMax)
 			waitAny(ctx, nil, time.After(probePause))
-			if ctx.Err() != nil || !f.tripped() {
+			if ctx.Err() != nil {
 				continue
 			}
-			n = 1
 		} else {
 			probePause = 0
 		}
-		claims, err := f.store.ClaimDue(ctx, n, f.cfg.Lease)
+		cctx, cancel := context.WithTimeout(ctx, dbTimeout)
+		claims, err := f.store.ClaimDue(cctx, n, f.cfg.Lease)
+		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -184,12 +191,22 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 			f.errs.Recovered(ctx, "claim", "claiming lookups works again")
 		}
 		now := f.now()
+		probes := 1
 		for _, c := range claims {
 			if now.Sub(c.ReceivedAt) > f.cfg.ExpireAfter {
 				// Too old to matter: its row would be expired as soon as written.
 				f.metrics.LookupsDropped.Inc()
 				f.results <- store.Result{ObjectID: c.ObjectID, Token: c.Token, Outcome: store.Expired}
 				continue
+			}
+			if probing {
+				if probes == 0 {
+					// Claimed only so that expired receipts are dropped on time even
+					// while the object service is down: handed back unasked.
+					f.results <- store.Result{ObjectID: c.ObjectID, Token: c.Token, Outcome: store.Failed, RetryAfter: f.backoff(c.Attempts)}
+					continue
+				}
+				probes--
 			}
 			f.inFlight.Add(1)
 			f.metrics.LookupsInFlight.Inc()
@@ -296,7 +313,9 @@ func (f *Fetcher) write(batch []store.Result) {
 	giveUp := f.now().Add(f.cfg.Lease)
 	backoff := 50 * time.Millisecond
 	for {
-		done, err := f.store.CompleteLookups(ctx, batch)
+		wctx, cancel := context.WithTimeout(ctx, dbTimeout)
+		done, err := f.store.CompleteLookups(wctx, batch)
+		cancel()
 		if err == nil {
 			f.metrics.RowsWritten.WithLabelValues("upsert").Add(float64(done.Upserted))
 			f.metrics.RowsWritten.WithLabelValues("delete").Add(float64(done.Removed))

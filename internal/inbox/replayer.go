@@ -54,7 +54,10 @@ func (r *Replayer) Run(ctx context.Context) error {
 		case <-time.After(wait):
 		}
 		if r.ReplayOnce(ctx) != nil {
-			wait = min(max(2*wait, r.interval), 30*time.Second)
+			// Capped low: spooled callbacks should reach the inbox within seconds of
+			// Postgres coming back, well inside the expiry window. A ping every few
+			// seconds during an outage costs nothing.
+			wait = min(max(2*wait, r.interval), 2*r.interval)
 		} else {
 			wait = r.interval
 		}
@@ -70,12 +73,18 @@ func (r *Replayer) ReplayOnce(ctx context.Context) error {
 	if segments == 0 {
 		return nil
 	}
-	if err := r.store.Ping(ctx); err != nil {
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	err := r.store.Ping(pctx)
+	cancel()
+	if err != nil {
 		r.errs.Error(ctx, "ping", "database still unreachable; spool kept", err, "segments", segments)
 		return err
 	}
 	n, err := r.spool.Replay(ctx, func(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) error {
-		inserted, err := r.store.ReplaySegment(ctx, segment, cbs)
+		// A segment holds at most ~10,000 callbacks: seconds, even on a slow server.
+		sctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		inserted, err := r.store.ReplaySegment(sctx, segment, cbs)
 		if err != nil {
 			return err
 		}

@@ -88,7 +88,11 @@ func (m *Merger) Run(ctx context.Context) error {
 
 // Pass runs one merge.
 func (m *Merger) Pass(ctx context.Context) (store.Merged, error) {
-	n, err := m.store.MergeInbox(ctx, m.cfg.MaxCallbacks)
+	// Bounded, so that a connection that stops answering cannot hold the loop for
+	// minutes; a pass of 1000 callbacks takes tens of milliseconds.
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	n, err := m.store.MergeInbox(pctx, m.cfg.MaxCallbacks)
 	if err != nil {
 		return n, err
 	}

@@ -28,7 +28,9 @@ func reportStatus(ctx context.Context, db *store.Store, m *metrics.Metrics, f *f
 			return
 		case <-t.C:
 		}
-		st, err := db.Stats(ctx, time.Now())
+		sctx, cancel := context.WithTimeout(ctx, every)
+		st, err := db.Stats(sctx, time.Now())
+		cancel()
 		if err != nil {
 			continue // the loops that do the work report database errors
 		}
