@@ -243,21 +243,25 @@ func seq(n int) []int64 {
 
 func TestCallback_accepts(t *testing.T) {
 	t.Parallel()
+	// want is what the inbox row holds: the distinct ids, sorted (repeats in one
+	// callback share its receipt time, so they carry nothing). sent is the count the
+	// reply and the ids counter report: every id as sent.
 	tests := []struct {
 		name    string
 		body    string
 		headers []string
 		want    []int64
+		sent    int
 	}{
-		{name: "ids", body: `{"object_ids":[1,2,3]}`, want: []int64{1, 2, 3}},
-		{name: "empty_list", body: `{"object_ids":[]}`, want: []int64{}},
-		{name: "duplicates_kept", body: `{"object_ids":[5,5,1,5]}`, want: []int64{5, 5, 1, 5}},
-		{name: "zero", body: `{"object_ids":[0]}`, want: []int64{0}},
-		{name: "max_int64", body: `{"object_ids":[9223372036854775807,0]}`, want: []int64{9223372036854775807, 0}},
-		{name: "unknown_fields_ignored", body: `{"sender":"x","object_ids":[7],"extra":{"a":[1,-2.5]}}`, want: []int64{7}},
-		{name: "whitespace_around", body: " \n{ \"object_ids\" : [ 1 , 2 ] }\r\n", want: []int64{1, 2}},
-		{name: "any_content_type", body: `{"object_ids":[4]}`, headers: []string{"Content-Type", "text/plain"}, want: []int64{4}},
-		{name: "exactly_max_ids", body: idList(10000), want: seq(10000)},
+		{name: "ids", body: `{"object_ids":[1,2,3]}`, want: []int64{1, 2, 3}, sent: 3},
+		{name: "empty_list", body: `{"object_ids":[]}`, want: []int64{}, sent: 0},
+		{name: "duplicates_stored_once", body: `{"object_ids":[5,5,1,5]}`, want: []int64{1, 5}, sent: 4},
+		{name: "zero", body: `{"object_ids":[0]}`, want: []int64{0}, sent: 1},
+		{name: "max_int64", body: `{"object_ids":[9223372036854775807,0]}`, want: []int64{0, 9223372036854775807}, sent: 2},
+		{name: "unknown_fields_ignored", body: `{"sender":"x","object_ids":[7],"extra":{"a":[1,-2.5]}}`, want: []int64{7}, sent: 1},
+		{name: "whitespace_around", body: " \n{ \"object_ids\" : [ 1 , 2 ] }\r\n", want: []int64{1, 2}, sent: 2},
+		{name: "any_content_type", body: `{"object_ids":[4]}`, headers: []string{"Content-Type", "text/plain"}, want: []int64{4}, sent: 1},
+		{name: "exactly_max_ids", body: idList(10000), want: seq(10000), sent: 10000},
 	}
 	b := setup(t)
 	for _, tt := range tests {
@@ -271,7 +275,7 @@ func TestCallback_accepts(t *testing.T) {
 
 			require.Equal(t, http.StatusAccepted, r.status, "reply %s", r.raw)
 			require.Contains(t, r.contentType, "application/json")
-			require.Equal(t, map[string]any{"accepted": float64(len(tt.want))}, r.body)
+			require.Equal(t, map[string]any{"accepted": float64(tt.sent)}, r.body)
 
 			rows := e.inbox(t)
 			require.Len(t, rows, 1, "one inbox row per callback, whatever its size")
@@ -280,7 +284,7 @@ func TestCallback_accepts(t *testing.T) {
 			require.False(t, rows[0].receivedAt.After(after), "received_at %v after the reply (%v)", rows[0].receivedAt, after)
 
 			require.Equal(t, 1.0, value(t, e.m.CallbacksAccepted))
-			require.Equal(t, float64(len(tt.want)), value(t, e.m.IDsReceived))
+			require.Equal(t, float64(tt.sent), value(t, e.m.IDsReceived))
 			require.Zero(t, series(t, e.m.CallbacksRejected), "no rejection counted")
 		})
 	}
@@ -489,7 +493,7 @@ func TestCallback_notDurableIsServiceUnavailable(t *testing.T) {
 			mu.Lock()
 			defer mu.Unlock()
 			require.Len(t, seen, 1)
-			require.Equal(t, []int64{4, 2}, seen[0].ObjectIDs)
+			require.Equal(t, []int64{2, 4}, seen[0].ObjectIDs)
 		})
 	}
 }

@@ -69,7 +69,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	merger := merge.New(merge.DefaultConfig(), db, log, m, fetcher.Wake)
 	ccfg := inbox.DefaultConfig()
 	ccfg.CommitTimeout = cfg.CommitTimeout
-	committer := inbox.NewCommitter(ccfg, db, sp, log, m, merger.Wake)
+	committer := inbox.NewCommitter(ccfg, db, sp, log, m, nil) // the merger keeps its own cadence: see merge.DefaultConfig
 	replayer := inbox.NewReplayer(db, sp, time.Second, log, m, merger.Wake)
 	expirer := expiry.New(db, cfg.ExpireAfter, time.Second, log, m)
 
