@@ -36,7 +36,7 @@ const dbTimeout = 10 * time.Second
 // Store is what the fetcher needs of storage.
 type Store interface {
 	ClaimDue(ctx context.Context, max int, lease time.Duration) ([]store.Claim, error)
-	CompleteLookups(ctx context.Context, results []store.Result) (store.Completed, error)
+	CompleteLookups(ctx context.Context, results []store.Result, cutoff time.Time) (store.Completed, error)
 }
 
 // LookupFunc asks the object service whether id is online.
@@ -314,7 +314,9 @@ func (f *Fetcher) write(batch []store.Result) {
 	backoff := 50 * time.Millisecond
 	for {
 		wctx, cancel := context.WithTimeout(ctx, dbTimeout)
-		done, err := f.store.CompleteLookups(wctx, batch)
+		// The cutoff is taken at each attempt: a batch retried through an outage must
+		// not write rows that expired meanwhile.
+		done, err := f.store.CompleteLookups(wctx, batch, f.now().Add(-f.cfg.ExpireAfter))
 		cancel()
 		if err == nil {
 			f.metrics.RowsWritten.WithLabelValues("upsert").Add(float64(done.Upserted))

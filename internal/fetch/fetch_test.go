@@ -311,7 +311,7 @@ func TestFetch_expiredLeaseIsReclaimedAndStaleResultDiscarded(t *testing.T) {
 
 	// The dead worker's answer arrives while the new lookup is in flight: discarded.
 	late := store.Result{ObjectID: 5, Token: stale[0].Token, Outcome: store.Offline}
-	done, err := f.store.CompleteLookups(context.Background(), []store.Result{late})
+	done, err := f.store.CompleteLookups(context.Background(), []store.Result{late}, time.Time{})
 	require.NoError(t, err)
 	require.Equal(t, store.Completed{}, done, "a result under a lost lease changes nothing")
 	require.Equal(t, 1, f.pending(t), "the reclaimed row is still there")
@@ -322,7 +322,7 @@ func TestFetch_expiredLeaseIsReclaimedAndStaleResultDiscarded(t *testing.T) {
 
 	// And once more after the new claimer finished.
 	late.Outcome = store.Failed
-	done, err = f.store.CompleteLookups(context.Background(), []store.Result{late})
+	done, err = f.store.CompleteLookups(context.Background(), []store.Result{late}, time.Time{})
 	require.NoError(t, err)
 	require.Equal(t, store.Completed{}, done)
 	require.Equal(t, map[int64]time.Time{5: at}, f.objects(t))

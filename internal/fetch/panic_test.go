@@ -31,7 +31,7 @@ func (s *requeueStore) ClaimDue(_ context.Context, max int, _ time.Duration) ([]
 	return out, nil
 }
 
-func (s *requeueStore) CompleteLookups(_ context.Context, results []store.Result) (store.Completed, error) {
+func (s *requeueStore) CompleteLookups(_ context.Context, results []store.Result, _ time.Time) (store.Completed, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, r := range results {

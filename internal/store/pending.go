@@ -67,8 +67,8 @@ type Completed struct {
 
 // CompleteLookups applies results in one statement; see queries/pending.sql. The
 // results are sorted by id (the lock order) and a result repeated for the same lease is
-// applied once.
-func (s *Store) CompleteLookups(ctx context.Context, results []Result) (Completed, error) {
+// applied once. An online result for a receipt older than cutoff writes no row.
+func (s *Store) CompleteLookups(ctx context.Context, results []Result, cutoff time.Time) (Completed, error) {
 	rs := slices.Clone(results)
 	slices.SortStableFunc(rs, func(a, b Result) int { return cmp.Compare(a.ObjectID, b.ObjectID) })
 	rs = slices.CompactFunc(rs, func(a, b Result) bool { return a.ObjectID == b.ObjectID && a.Token == b.Token })
@@ -78,6 +78,7 @@ func (s *Store) CompleteLookups(ctx context.Context, results []Result) (Complete
 		ClaimTokens:  make([]uuid.UUID, len(rs)),
 		Outcomes:     make([]string, len(rs)),
 		RetryAfterMs: make([]int64, len(rs)),
+		Cutoff:       cutoff,
 	}
 	for i, r := range rs {
 		p.ObjectIds[i] = r.ObjectID

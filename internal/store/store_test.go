@@ -74,7 +74,7 @@ func claim(t *testing.T, s *store.Store, max int, lease time.Duration) map[int64
 
 func complete(t *testing.T, s *store.Store, rs ...store.Result) store.Completed {
 	t.Helper()
-	c, err := s.CompleteLookups(context.Background(), rs)
+	c, err := s.CompleteLookups(context.Background(), rs, t0.Add(-time.Hour)) // every receipt inside the window
 	require.NoError(t, err)
 	return c
 }
@@ -234,6 +234,20 @@ func TestLookups(t *testing.T) {
 		require.Equal(t, store.Completed{Owned: 2, Finished: 1, Released: 1}, done)
 		require.Equal(t, map[int64]time.Time{2: at(50)}, pendingTable(t, pool))
 		require.Empty(t, objectsTable(t, pool))
+	})
+
+	t.Run("online_result_for_a_receipt_past_the_window_writes_no_row", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		insert(t, s, callback.New(at(1), []int64{1, 2}))
+		merge(t, s)
+		c := claim(t, s, 10, time.Minute)
+		// The lookups ended after receipt at(1) left the window (cutoff at(5)).
+		done, err := s.CompleteLookups(context.Background(), []store.Result{result(c[1], store.Online), result(c[2], store.Online)}, at(5))
+		require.NoError(t, err)
+		require.Equal(t, store.Completed{Owned: 2, Finished: 2}, done)
+		require.Empty(t, objectsTable(t, pool), "an already expired row must not be written")
+		require.Empty(t, pendingTable(t, pool))
 	})
 
 	t.Run("online_never_moves_last_seen_back", func(t *testing.T) {

@@ -82,7 +82,7 @@ WITH result AS (
 ), upserted AS (
     INSERT INTO objects (id, last_seen)
     SELECT owned.object_id, owned.claimed_received_at FROM owned
-    WHERE owned.outcome = 'online'
+    WHERE owned.outcome = 'online' AND owned.claimed_received_at >= $5::timestamptz
     ORDER BY owned.object_id
     ON CONFLICT (id) DO UPDATE
         SET last_seen = greatest(objects.last_seen, excluded.last_seen)
@@ -122,6 +122,7 @@ type CompleteLookupsParams struct {
 	ClaimTokens  []uuid.UUID
 	Outcomes     []string
 	RetryAfterMs []int64
+	Cutoff       time.Time
 }
 
 type CompleteLookupsRow struct {
@@ -141,7 +142,10 @@ type CompleteLookupsRow struct {
 //
 // outcome: 'online' | 'offline' | 'failed' | 'expired'.
 //
-//	online   upsert the object; last_seen never moves backwards.
+//	online   upsert the object; last_seen never moves backwards. Not if the receipt
+//	         is older than @cutoff (now - the expiry window, the service's clock): a
+//	         lookup that ends after its receipt left the window must not write a row
+//	         that is already expired and would outlive the window until the next tick.
 //	offline  delete the object: this lookup is the latest fetched status.
 //	failed   release the row, due again after @retry_after_ms (backoff, chosen by the caller).
 //	expired  the receipt left the window before the lookup: drop it unless a newer
@@ -155,6 +159,7 @@ func (q *Queries) CompleteLookups(ctx context.Context, arg CompleteLookupsParams
 		arg.ClaimTokens,
 		arg.Outcomes,
 		arg.RetryAfterMs,
+		arg.Cutoff,
 	)
 	var i CompleteLookupsRow
 	err := row.Scan(
