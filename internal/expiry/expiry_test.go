@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/metrics"
@@ -55,32 +53,7 @@ func insertObjects(t *testing.T, pool *pgxpool.Pool, rows map[int64]time.Time) {
 
 func objects(t *testing.T, pool *pgxpool.Pool) map[int64]time.Time {
 	t.Helper()
-	rs, err := pool.Query(context.Background(), "SELECT id, last_seen FROM objects")
-	require.NoError(t, err)
-	defer rs.Close()
-	out := map[int64]time.Time{}
-	for rs.Next() {
-		var id int64
-		var ts time.Time
-		require.NoError(t, rs.Scan(&id, &ts))
-		out[id] = ts.UTC()
-	}
-	require.NoError(t, rs.Err())
-	return out
-}
-
-func value(t *testing.T, c prometheus.Collector) float64 {
-	t.Helper()
-	ch := make(chan prometheus.Metric, 64)
-	c.Collect(ch)
-	close(ch)
-	var sum float64
-	for m := range ch {
-		var d dto.Metric
-		require.NoError(t, m.Write(&d))
-		sum += d.GetCounter().GetValue()
-	}
-	return sum
+	return pgtest.IDTimes(t, pool, "SELECT id, last_seen FROM objects")
 }
 
 func TestTick_deletesRowsOlderThanWindowAndKeepsTheRest(t *testing.T) {
@@ -105,7 +78,7 @@ func TestTick_deletesRowsOlderThanWindowAndKeepsTheRest(t *testing.T) {
 	require.True(t, ran)
 	require.Equal(t, int64(2), deleted)
 	require.Equal(t, keep, objects(t, pool))
-	require.Equal(t, 2.0, value(t, m.RowsExpired))
+	require.Equal(t, 2.0, metrics.Sum(m.RowsExpired))
 
 	ran, deleted = e.Tick(context.Background())
 	require.True(t, ran)
@@ -265,8 +238,8 @@ func TestTick_databaseErrorIsCountedAndReportsNothing(t *testing.T) {
 	ran, deleted := e.Tick(context.Background())
 	require.False(t, ran)
 	require.Zero(t, deleted)
-	require.Equal(t, 1.0, value(t, m.DatabaseErrors.WithLabelValues("expiry")))
-	require.Zero(t, value(t, m.RowsExpired))
+	require.Equal(t, 1.0, metrics.Sum(m.DatabaseErrors.WithLabelValues("expiry")))
+	require.Zero(t, metrics.Sum(m.RowsExpired))
 }
 
 func TestRun_ticksAtOnceAndStopsWithContext(t *testing.T) {

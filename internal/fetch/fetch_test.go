@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
@@ -77,18 +75,7 @@ func (f *fixture) start(t *testing.T, cfg fetch.Config, lookup fetch.LookupFunc)
 // objects reads the objects table.
 func (f *fixture) objects(t *testing.T) map[int64]time.Time {
 	t.Helper()
-	rs, err := f.pool.Query(context.Background(), "SELECT id, last_seen FROM objects")
-	require.NoError(t, err)
-	defer rs.Close()
-	out := map[int64]time.Time{}
-	for rs.Next() {
-		var id int64
-		var ts time.Time
-		require.NoError(t, rs.Scan(&id, &ts))
-		out[id] = ts.UTC()
-	}
-	require.NoError(t, rs.Err())
-	return out
+	return pgtest.IDTimes(t, f.pool, "SELECT id, last_seen FROM objects")
 }
 
 func (f *fixture) pending(t *testing.T) int {
@@ -115,20 +102,6 @@ func eventually(t *testing.T, cond func() bool, msg string) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-}
-
-func value(t *testing.T, c prometheus.Collector) float64 {
-	t.Helper()
-	ch := make(chan prometheus.Metric, 64)
-	c.Collect(ch)
-	close(ch)
-	var sum float64
-	for m := range ch {
-		var d dto.Metric
-		require.NoError(t, m.Write(&d))
-		sum += d.GetCounter().GetValue()
-	}
-	return sum
 }
 
 // objectService is a fake object service. LookupFunc gets the 1-based number of this
@@ -256,8 +229,8 @@ func TestFetch_retriesUntilSuccess(t *testing.T) {
 			f.settle(t)
 			require.Equal(t, map[int64]time.Time{4: at}, f.objects(t))
 			require.Equal(t, map[int64]int{4: 2}, svc.Calls(), "one failed attempt, one retry")
-			require.Equal(t, 1.0, value(t, f.m.Lookups.WithLabelValues("failed")))
-			require.Equal(t, 1.0, value(t, f.m.Lookups.WithLabelValues("online")))
+			require.Equal(t, 1.0, metrics.Sum(f.m.Lookups.WithLabelValues("failed")))
+			require.Equal(t, 1.0, metrics.Sum(f.m.Lookups.WithLabelValues("online")))
 		})
 	}
 }
@@ -389,7 +362,7 @@ func TestFetch_receiptOlderThanWindowIsDroppedWithoutLookup(t *testing.T) {
 	f.settle(t)
 	require.Equal(t, map[int64]int{12: 1}, svc.Calls(), "no lookup for the expired receipt")
 	require.Equal(t, map[int64]time.Time{12: fresh}, f.objects(t))
-	require.Equal(t, 1.0, value(t, f.m.LookupsDropped))
+	require.Equal(t, 1.0, metrics.Sum(f.m.LookupsDropped))
 }
 
 func TestFetch_shutdownHandsBackClaims(t *testing.T) {
@@ -434,5 +407,5 @@ func TestFetch_shutdownHandsBackClaims(t *testing.T) {
 	require.Equal(t, []row{{13, true, true}, {14, true, true}, {15, true, true}}, got,
 		"claims in flight at shutdown are handed back, due at once for any replica")
 	require.Empty(t, f.objects(t))
-	require.Equal(t, 3.0, value(t, f.m.Lookups.WithLabelValues("abandoned")))
+	require.Equal(t, 3.0, metrics.Sum(f.m.Lookups.WithLabelValues("abandoned")))
 }

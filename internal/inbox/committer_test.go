@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
@@ -119,20 +117,6 @@ func requireSame(t *testing.T, want, got []callback.Callback) {
 	require.Equal(t, norm(want), norm(got))
 }
 
-func value(t *testing.T, c prometheus.Collector) float64 {
-	t.Helper()
-	ch := make(chan prometheus.Metric, 64)
-	c.Collect(ch)
-	close(ch)
-	var sum float64
-	for m := range ch {
-		var d dto.Metric
-		require.NoError(t, m.Write(&d))
-		sum += d.GetCounter().GetValue()
-	}
-	return sum
-}
-
 // submit is Submit for goroutines other than the test's: it reports, never stops.
 func submit(t *testing.T, c *Committer, cb callback.Callback) {
 	if err := c.Submit(context.Background(), cb); err != nil {
@@ -211,7 +195,7 @@ func TestSubmit_groupsConcurrentCallbacksIntoOneWrite(t *testing.T) {
 		require.True(t, ok, "callback %d was never inserted", i)
 		require.Greater(t, returnAt[i], at, "Submit %d returned before its batch's insert returned", i)
 	}
-	require.Zero(t, value(t, m.CallbacksSpooled))
+	require.Zero(t, metrics.Sum(m.CallbacksSpooled))
 }
 
 func TestSubmit_batchesAreCappedAtMaxBatch(t *testing.T) {
@@ -267,8 +251,8 @@ func TestSubmit_databaseFailureSpoolsAndSucceeds(t *testing.T) {
 	}
 	require.True(t, c.DatabaseDown())
 	requireSame(t, want, spooled(t, sp))
-	require.Equal(t, 3.0, value(t, m.CallbacksSpooled))
-	require.Equal(t, 1.0, value(t, m.DatabaseErrors), "one failed write; later ones skip the database")
+	require.Equal(t, 3.0, metrics.Sum(m.CallbacksSpooled))
+	require.Equal(t, 1.0, metrics.Sum(m.DatabaseErrors), "one failed write; later ones skip the database")
 }
 
 func TestSubmit_slowDatabaseWriteIsAbandonedForTheSpool(t *testing.T) {
@@ -305,7 +289,7 @@ func TestSubmit_databaseAndSpoolFailureIsUnavailable(t *testing.T) {
 			run(t, c)
 			err := c.Submit(context.Background(), newCallback(1))
 			require.ErrorIs(t, err, ErrUnavailable)
-			require.Zero(t, value(t, m.CallbacksSpooled))
+			require.Zero(t, metrics.Sum(m.CallbacksSpooled))
 		})
 	}
 }
@@ -423,5 +407,5 @@ func TestSubmit_writesAnInboxRowInPostgres(t *testing.T) {
 	}
 	requireSame(t, want, got)
 	require.Equal(t, int64(2), committed.Load(), "the merger is woken after each write")
-	require.Zero(t, value(t, m.CallbacksSpooled))
+	require.Zero(t, metrics.Sum(m.CallbacksSpooled))
 }

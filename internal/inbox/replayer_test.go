@@ -10,8 +10,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
@@ -92,20 +90,6 @@ func callbacks(n int) []callback.Callback {
 	return out
 }
 
-func value(t *testing.T, c prometheus.Collector) float64 {
-	t.Helper()
-	ch := make(chan prometheus.Metric, 64)
-	c.Collect(ch)
-	close(ch)
-	var sum float64
-	for m := range ch {
-		var d dto.Metric
-		require.NoError(t, m.Write(&d))
-		sum += d.GetCounter().GetValue()
-	}
-	return sum
-}
-
 // segmentStore is a fake inbox.SegmentStore.
 type segmentStore struct {
 	PingFunc          func(ctx context.Context) error
@@ -136,7 +120,7 @@ func TestReplayOnce_movesSpooledCallbacksIntoInboxOnce(t *testing.T) {
 	require.NoError(t, r.ReplayOnce(context.Background()))
 	require.Equal(t, want, f.inbox(t))
 	require.Zero(t, f.segments(t), "replayed segments are removed")
-	require.Equal(t, 5.0, value(t, f.m.CallbacksReplayed))
+	require.Equal(t, 5.0, metrics.Sum(f.m.CallbacksReplayed))
 	require.Equal(t, 1, woken, "the merger is woken after a replay")
 
 	require.NoError(t, r.ReplayOnce(context.Background()))
@@ -170,7 +154,7 @@ func TestReplayOnce_segmentCommittedBeforeACrashCountsOnce(t *testing.T) {
 	require.NoError(t, f.replayer(f.store, nil).ReplayOnce(context.Background()))
 	require.Empty(t, f.inbox(t), "a segment already committed is not replayed again")
 	require.Zero(t, f.segments(t), "and its file is removed")
-	require.Zero(t, value(t, f.m.CallbacksReplayed))
+	require.Zero(t, metrics.Sum(f.m.CallbacksReplayed))
 }
 
 func TestReplayOnce_callbackAlreadyInInboxIsNotDuplicated(t *testing.T) {

@@ -182,14 +182,14 @@ func (e *env) requireNothingWritten(t *testing.T) {
 	require.Empty(t, e.rows(t, ""), "inbox rows")
 	segments, _ := e.spool.Stats()
 	require.Zero(t, segments, "spool segments")
-	require.Zero(t, value(t, e.m.CallbacksAccepted), "accepted counter")
+	require.Zero(t, metrics.Sum(e.m.CallbacksAccepted), "accepted counter")
 }
 
 // requireRejected: exactly one rejection, for reason.
 func (e *env) requireRejected(t *testing.T, reason string) {
 	t.Helper()
 	require.Equal(t, 1, series(t, e.m.CallbacksRejected), "rejection reasons counted")
-	require.Equal(t, 1.0, value(t, e.m.CallbacksRejected.WithLabelValues(reason)), "rejections for %q", reason)
+	require.Equal(t, 1.0, metrics.Sum(e.m.CallbacksRejected.WithLabelValues(reason)), "rejections for %q", reason)
 }
 
 // collect reads the counters c holds: their sum, and how many series there are.
@@ -205,12 +205,6 @@ func collect(t *testing.T, c prometheus.Collector) (sum float64, n int) {
 		n++
 	}
 	return sum, n
-}
-
-func value(t *testing.T, c prometheus.Collector) float64 {
-	t.Helper()
-	sum, _ := collect(t, c)
-	return sum
 }
 
 func series(t *testing.T, c prometheus.Collector) int {
@@ -283,8 +277,8 @@ func TestCallback_accepts(t *testing.T) {
 			require.False(t, rows[0].receivedAt.Before(before), "received_at %v before the request (%v)", rows[0].receivedAt, before)
 			require.False(t, rows[0].receivedAt.After(after), "received_at %v after the reply (%v)", rows[0].receivedAt, after)
 
-			require.Equal(t, 1.0, value(t, e.m.CallbacksAccepted))
-			require.Equal(t, float64(tt.sent), value(t, e.m.IDsReceived))
+			require.Equal(t, 1.0, metrics.Sum(e.m.CallbacksAccepted))
+			require.Equal(t, float64(tt.sent), metrics.Sum(e.m.IDsReceived))
 			require.Zero(t, series(t, e.m.CallbacksRejected), "no rejection counted")
 		})
 	}

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
@@ -84,32 +82,7 @@ func (f *fixture) count(t *testing.T, table string) int {
 
 func (f *fixture) pending(t *testing.T) map[int64]time.Time {
 	t.Helper()
-	rs, err := f.pool.Query(context.Background(), "SELECT object_id, received_at FROM pending")
-	require.NoError(t, err)
-	defer rs.Close()
-	out := map[int64]time.Time{}
-	for rs.Next() {
-		var id int64
-		var ts time.Time
-		require.NoError(t, rs.Scan(&id, &ts))
-		out[id] = ts.UTC()
-	}
-	require.NoError(t, rs.Err())
-	return out
-}
-
-func value(t *testing.T, c prometheus.Collector) float64 {
-	t.Helper()
-	ch := make(chan prometheus.Metric, 64)
-	c.Collect(ch)
-	close(ch)
-	var sum float64
-	for m := range ch {
-		var d dto.Metric
-		require.NoError(t, m.Write(&d))
-		sum += d.GetCounter().GetValue()
-	}
-	return sum
+	return pgtest.IDTimes(t, f.pool, "SELECT object_id, received_at FROM pending")
 }
 
 // idle: an interval longer than any test, so only Wake or a full pass starts a pass.
@@ -133,8 +106,8 @@ func TestPass_drainsInboxIntoPending(t *testing.T) {
 	require.Equal(t, map[int64]time.Time{1: at(3), 2: at(5), 3: at(5)}, f.pending(t), "one row per object, newest receipt")
 	require.Zero(t, f.count(t, "inbox"))
 	require.Equal(t, int64(1), woken.Load(), "the fetcher is woken when work changed")
-	require.Equal(t, 4.0, value(t, f.m.MergedCallbacks))
-	require.Equal(t, 3.0, value(t, f.m.MergedIDs))
+	require.Equal(t, 4.0, metrics.Sum(f.m.MergedCallbacks))
+	require.Equal(t, 3.0, metrics.Sum(f.m.MergedIDs))
 
 	// An older receipt for a pending object changes nothing and wakes nobody.
 	f.insert(t, callback.New(at(1), []int64{2}))
@@ -213,5 +186,5 @@ func TestRun_retriesAfterDatabaseError(t *testing.T) {
 	m := merge.New(merge.Config{MaxCallbacks: 10, Interval: idle}, s, slog.New(slog.DiscardHandler), f.m, nil)
 	run(t, m)
 	<-retried // without a Wake or the interval: the failure's own backoff retried
-	require.Equal(t, 1.0, value(t, f.m.DatabaseErrors.WithLabelValues("merge")))
+	require.Equal(t, 1.0, metrics.Sum(f.m.DatabaseErrors.WithLabelValues("merge")))
 }

@@ -10,7 +10,9 @@ import (
 	"net/url"
 	"os"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	_ "github.com/jackc/pgx/v5/stdlib" // pgtestdb opens its admin connections as "pgx"
 	"github.com/peterldowns/pgtestdb"
@@ -84,4 +86,33 @@ func (migrator) Hash() (string, error) {
 func (migrator) Migrate(ctx context.Context, _ *sql.DB, conf pgtestdb.Config) error {
 	// Migrate takes its lock in the maintenance database of the same server.
 	return store.Migrate(ctx, conf.URL(), io.Discard)
+}
+
+// Querier is what IDTimes reads through: a pool, a connection or a transaction.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// IDTimes runs sql, which selects (bigint, timestamptz) pairs such as
+// "SELECT id, last_seen FROM objects", and returns them as a map with times in UTC:
+// the shape most assertions about the tables want.
+func IDTimes(t testing.TB, q Querier, sql string) map[int64]time.Time {
+	t.Helper()
+	rows, err := q.Query(context.Background(), sql)
+	if err != nil {
+		t.Fatalf("querying %q: %v", sql, err)
+	}
+	out := map[int64]time.Time{}
+	var (
+		id int64
+		ts time.Time
+	)
+	_, err = pgx.ForEachRow(rows, []any{&id, &ts}, func() error {
+		out[id] = ts.UTC()
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("reading %q: %v", sql, err)
+	}
+	return out
 }

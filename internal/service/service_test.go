@@ -100,18 +100,7 @@ func (in *instance) post(t *testing.T, body string) (from, to time.Time) {
 
 func (in *instance) objects(t *testing.T) map[int64]time.Time {
 	t.Helper()
-	rows, err := in.pool.Query(context.Background(), "SELECT id, last_seen FROM objects")
-	require.NoError(t, err)
-	defer rows.Close()
-	out := map[int64]time.Time{}
-	for rows.Next() {
-		var id int64
-		var ts time.Time
-		require.NoError(t, rows.Scan(&id, &ts))
-		out[id] = ts
-	}
-	require.NoError(t, rows.Err())
-	return out
+	return pgtest.IDTimes(t, in.pool, "SELECT id, last_seen FROM objects")
 }
 
 // settled: nothing left to merge or look up.

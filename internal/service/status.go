@@ -5,9 +5,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/objwatch/callback/internal/fetch"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/store"
@@ -42,21 +39,13 @@ func reportStatus(ctx context.Context, db *store.Store, m *metrics.Metrics, f *f
 			continue
 		}
 		log.Info("status",
-			"callbacks_accepted", counter(m.CallbacksAccepted),
-			"callbacks_spooled", counter(m.CallbacksSpooled),
+			"callbacks_accepted", int64(metrics.Sum(m.CallbacksAccepted)),
+			"callbacks_spooled", int64(metrics.Sum(m.CallbacksSpooled)),
 			"inbox", st.InboxRows,
 			"ids_pending", st.PendingRows,
 			"lookups_in_flight", f.InFlight(),
 			"objects_online", st.ObjectsRows,
-			"rows_expired", counter(m.RowsExpired),
+			"rows_expired", int64(metrics.Sum(m.RowsExpired)),
 		)
 	}
-}
-
-func counter(c prometheus.Counter) int64 {
-	var d dto.Metric
-	if err := c.Write(&d); err != nil {
-		return 0
-	}
-	return int64(d.GetCounter().GetValue())
 }

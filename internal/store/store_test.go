@@ -27,18 +27,7 @@ func at(sec int) time.Time { return t0.Add(time.Duration(sec) * time.Second) }
 // rows reads a two-column table as id -> time, for asserting exact contents.
 func rows(t *testing.T, pool *pgxpool.Pool, sql string) map[int64]time.Time {
 	t.Helper()
-	rs, err := pool.Query(context.Background(), sql)
-	require.NoError(t, err)
-	defer rs.Close()
-	out := map[int64]time.Time{}
-	for rs.Next() {
-		var id int64
-		var ts time.Time
-		require.NoError(t, rs.Scan(&id, &ts))
-		out[id] = ts.UTC()
-	}
-	require.NoError(t, rs.Err())
-	return out
+	return pgtest.IDTimes(t, pool, sql)
 }
 
 func objectsTable(t *testing.T, pool *pgxpool.Pool) map[int64]time.Time {
