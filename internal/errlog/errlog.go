@@ -12,9 +12,9 @@ import (
 
 // Limiter rate-limits error lines per key.
 type Limiter struct {
-	log   *slog.Logger
-	every time.Duration
-	now   func() time.Time
+	logger *slog.Logger
+	every  time.Duration
+	now    func() time.Time
 
 	mu   sync.Mutex
 	keys map[string]*entry
@@ -27,11 +27,25 @@ type entry struct {
 
 // New logs each key at most once per every.
 func New(log *slog.Logger, every time.Duration) *Limiter {
-	return &Limiter{log: log, every: every, now: time.Now, keys: map[string]*entry{}}
+	return &Limiter{logger: log, every: every, now: time.Now, keys: map[string]*entry{}}
 }
 
 // Error logs msg with err under key, unless key was logged less than every ago.
 func (l *Limiter) Error(ctx context.Context, key, msg string, err error, args ...any) {
+	l.log(ctx, slog.LevelError, key, msg, append(args, "err", err)...)
+}
+
+// Warn is Error for a state worth a warning that has no error value of its own.
+func (l *Limiter) Warn(ctx context.Context, key, msg string, args ...any) {
+	l.log(ctx, slog.LevelWarn, key, msg, args...)
+}
+
+// Info is Warn at info level: a notable change of state that may flap.
+func (l *Limiter) Info(ctx context.Context, key, msg string, args ...any) {
+	l.log(ctx, slog.LevelInfo, key, msg, args...)
+}
+
+func (l *Limiter) log(ctx context.Context, level slog.Level, key, msg string, args ...any) {
 	l.mu.Lock()
 	e := l.keys[key]
 	if e == nil {
@@ -48,11 +62,10 @@ func (l *Limiter) Error(ctx context.Context, key, msg string, err error, args ..
 	e.last, e.suppressed = now, 0
 	l.mu.Unlock()
 
-	args = append(args, "err", err)
 	if suppressed > 0 {
 		args = append(args, "suppressed", suppressed)
 	}
-	l.log.ErrorContext(ctx, msg, args...)
+	l.logger.Log(ctx, level, msg, args...)
 }
 
 // Recovered logs that key works again, once, if it had failed.
@@ -62,6 +75,6 @@ func (l *Limiter) Recovered(ctx context.Context, key, msg string) {
 	delete(l.keys, key)
 	l.mu.Unlock()
 	if e != nil {
-		l.log.InfoContext(ctx, msg, "suppressed", e.suppressed)
+		l.logger.InfoContext(ctx, msg, "suppressed", e.suppressed)
 	}
 }

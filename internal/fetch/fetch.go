@@ -239,7 +239,9 @@ func (f *Fetcher) runLookup(ctx context.Context, c store.Claim) {
 	online, err := f.lookup(lctx, c.ObjectID)
 	f.metrics.LookupSeconds.Observe(f.now().Sub(start).Seconds())
 	if err == nil && f.failures.Swap(0) >= int64(f.cfg.TripAfter) && f.cfg.TripAfter > 0 {
-		f.log.Info("object service answers again: lookups at full speed")
+		// Rate-limited like the trip below: lookups already in flight when the
+		// breaker tripped can still succeed and make it flap for a moment.
+		f.errs.Info(ctx, "breaker-closed", "object service answers again: lookups at full speed")
 	}
 	switch {
 	case err == nil && online:
@@ -254,7 +256,7 @@ func (f *Fetcher) runLookup(ctx context.Context, c store.Claim) {
 	default:
 		res.Outcome, res.RetryAfter = store.Failed, f.backoff(c.Attempts)
 		if f.failures.Add(1) == int64(f.cfg.TripAfter) {
-			f.log.Warn("object service looks down: probing with one lookup at a time until it answers",
+			f.errs.Warn(ctx, "breaker-open", "object service looks down: probing with one lookup at a time until it answers",
 				"consecutive_failures", f.cfg.TripAfter)
 		}
 		f.errs.Error(ctx, "lookup", "lookup failed; retrying with backoff", err, "object_id", c.ObjectID, "attempt", c.Attempts)
