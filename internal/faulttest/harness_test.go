@@ -25,6 +25,7 @@ import (
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/service"
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 // binDir holds the service binary, built once per test binary by serviceBinary.
@@ -122,15 +123,8 @@ func (e env) duration(t *testing.T, key string) time.Duration {
 	return d
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+// freeAddr: see testnet.FreeAddr, and why Listen(":0") is not enough.
+func freeAddr(t *testing.T) string { return testnet.FreeAddr(t) }
 
 // proc is the service binary running as a subprocess.
 type proc struct {

@@ -17,6 +17,7 @@ import (
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/service"
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 // instance is one running service with its own database, spool and object service.
@@ -78,13 +79,8 @@ func start(t *testing.T, env map[string]string) *instance {
 	return inst
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().String()
-}
+// freeAddr: see testnet.FreeAddr, and why Listen(":0") is not enough.
+func freeAddr(t *testing.T) string { return testnet.FreeAddr(t) }
 
 // post sends one callback and returns the interval in which the service received it.
 func (in *instance) post(t *testing.T, body string) (from, to time.Time) {
