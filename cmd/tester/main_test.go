@@ -4,19 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	neturl "net/url"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/stretchr/testify/require"
 )
 
@@ -132,36 +129,12 @@ func TestRun(t *testing.T) {
 	})
 }
 
-// setupDB creates a scratch database with the contract's objects table; it returns the
-// database's URL and a pool on it.
+// setupDB gives the test its own database with the service's real schema (pgtest); it
+// returns the database's URL and a pool on it.
 func setupDB(t *testing.T) (string, *pgxpool.Pool) {
 	t.Helper()
-	url := os.Getenv("DATABASE_URL")
-	if url == "" {
-		url = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-	}
-	ctx := t.Context()
-	admin, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Skipf("no Postgres at DATABASE_URL: %v", err)
-	}
-	t.Cleanup(func() { _ = admin.Close(context.Background()) })
-	name := fmt.Sprintf("tester_cmd_%d_%x", time.Now().Unix(), rand.Uint64())
-	_, err = admin.Exec(ctx, "CREATE DATABASE "+name)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		_, err := admin.Exec(context.Background(), "DROP DATABASE "+name+" WITH (FORCE)")
-		require.NoError(t, err)
-	})
-	u, err := neturl.Parse(url)
-	require.NoError(t, err)
-	u.Path = "/" + name
-	pool, err := pgxpool.New(ctx, u.String())
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
-	_, err = pool.Exec(ctx, "CREATE TABLE objects (id bigint PRIMARY KEY, last_seen timestamptz NOT NULL)")
-	require.NoError(t, err)
-	return u.String(), pool
+	pool, url := pgtest.NewPool(t)
+	return url, pool
 }
 
 // TestVerify runs the tester against a fake service that writes the objects table

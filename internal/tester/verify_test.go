@@ -3,14 +3,12 @@ package tester
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/stretchr/testify/require"
 )
 
@@ -94,39 +92,12 @@ func TestDiff(t *testing.T) {
 	})
 }
 
-// setupDB creates a scratch database holding an empty objects table (as the service's
-// contract defines it) and returns a pool on it (safe to share with a goroutine that
-// plays the service). Verify reads the table by its
-// bare name, so a scratch schema or table name would not do.
+// setupDB gives the test its own database with the service's real schema (pgtest), so
+// the verifier is checked against the table the service writes.
 func setupDB(t *testing.T) *pgxpool.Pool {
 	t.Helper()
-	url := os.Getenv("DATABASE_URL")
-	if url == "" {
-		url = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-	}
-	ctx := t.Context()
-	admin, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Skipf("no Postgres at DATABASE_URL: %v", err)
-	}
-	t.Cleanup(func() { _ = admin.Close(context.Background()) })
-	name := fmt.Sprintf("tester_%d_%x", time.Now().Unix(), rand.Uint64())
-	_, err = admin.Exec(ctx, "CREATE DATABASE "+name)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		_, err := admin.Exec(context.Background(), "DROP DATABASE "+name+" WITH (FORCE)")
-		require.NoError(t, err)
-	})
-
-	cfg, err := pgxpool.ParseConfig(url)
-	require.NoError(t, err)
-	cfg.ConnConfig.Database = name
-	conn, err := pgxpool.NewWithConfig(ctx, cfg)
-	require.NoError(t, err)
-	t.Cleanup(conn.Close)
-	_, err = conn.Exec(ctx, "CREATE TABLE objects (id bigint PRIMARY KEY, last_seen timestamptz NOT NULL)")
-	require.NoError(t, err)
-	return conn
+	pool, _ := pgtest.NewPool(t)
+	return pool
 }
 
 func insert(t *testing.T, conn *pgxpool.Pool, id int64, lastSeen time.Time) {
