@@ -119,15 +119,22 @@ func (b *bench) httpCeiling(ctx context.Context) error {
 	f := b.fig("ceiling", "HTTP ceiling: no-op write, 64 senders", "cb/s")
 	errs := b.fig("ceiling", "HTTP ceiling: errors", "count")
 	lat := b.fig("ceiling", "HTTP ceiling: p99 reply", "ms")
+	cpuSrv := b.fig("ceiling", "HTTP ceiling: CPU of the no-op server", "cores")
+	cpuGen := b.fig("ceiling", "HTTP ceiling: CPU of the load generator", "cores")
 	for i := range b.runs {
+		cpu := startCPU(p.cmd.Process.Pid)
 		r, err := load(ctx, target, 64, b.runTime, 0, 99, uint64(i))
+		cpu.stop()
 		if err != nil {
 			return err
 		}
 		f.add(r.perSec)
 		errs.add(float64(r.errors))
 		lat.add(r.p99)
-		b.progress("HTTP ceiling run %d/%d: %.0f cb/s, p99 %.1f ms, errors %d", i+1, b.runs, r.perSec, r.p99, r.errors)
+		cpuSrv.add(cpu.Service)
+		cpuGen.add(cpu.LoadGen)
+		b.progress("HTTP ceiling run %d/%d: %.0f cb/s, p99 %.1f ms, errors %d; cores: server %.2f, load generator %.2f",
+			i+1, b.runs, r.perSec, r.p99, r.errors, cpu.Service, cpu.LoadGen)
 	}
 	b.httpCeil = f.median()
 	return nil
