@@ -19,15 +19,20 @@ SET default_tablespace = '';
 SET default_table_access_method = heap;
 
 --
--- Name: inbox; Type: TABLE; Schema: public; Owner: -
+-- Name: inbox_batches; Type: TABLE; Schema: public; Owner: -
 --
 
-CREATE TABLE public.inbox (
-    callback_id uuid NOT NULL,
+CREATE TABLE public.inbox_batches (
+    batch_id uuid NOT NULL,
     received_at timestamp with time zone NOT NULL,
-    object_ids bigint[] NOT NULL
+    callbacks integer NOT NULL,
+    ids integer NOT NULL,
+    data bytea NOT NULL,
+    CONSTRAINT inbox_batches_callbacks_check CHECK ((callbacks >= 0)),
+    CONSTRAINT inbox_batches_ids_check CHECK ((ids >= 0))
 )
-WITH (autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='10000', autovacuum_vacuum_cost_delay='0');
+WITH (toast_tuple_target='8160', autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='1000', autovacuum_vacuum_cost_delay='0');
+ALTER TABLE ONLY public.inbox_batches ALTER COLUMN data SET STORAGE EXTERNAL;
 
 
 --
@@ -75,11 +80,11 @@ CREATE TABLE public.spool_replays (
 
 
 --
--- Name: inbox inbox_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+-- Name: inbox_batches inbox_batches_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
-ALTER TABLE ONLY public.inbox
-    ADD CONSTRAINT inbox_pkey PRIMARY KEY (callback_id);
+ALTER TABLE ONLY public.inbox_batches
+    ADD CONSTRAINT inbox_batches_pkey PRIMARY KEY (batch_id);
 
 
 --
@@ -143,4 +148,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261125000001'),
     ('20261125000002'),
     ('20261125000003'),
-    ('20261125000004');
+    ('20261125000004'),
+    ('20261125000005');

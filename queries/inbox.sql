@@ -3,19 +3,12 @@
 -- rows are locked in ascending object_id or with SKIP LOCKED; expiry locks only with
 -- SKIP LOCKED, so it never waits on anyone.
 
--- name: InsertCallbacks :copyfrom
+-- name: InsertBatch :exec
 -- The group commit: every callback that arrived while the previous commit was in
--- flight goes in one COPY, one transaction.
-INSERT INTO inbox (callback_id, received_at, object_ids) VALUES ($1, $2, $3);
-
--- name: ReplayCallback :batchone
--- Spool replay. A callback may already be here (its commit succeeded but the reply was
--- lost, so it was spooled too): the unique callback id makes it count once. Returns
--- the id only when the row is new.
-INSERT INTO inbox (callback_id, received_at, object_ids)
-VALUES (@callback_id, @received_at, @object_ids)
-ON CONFLICT (callback_id) DO NOTHING
-RETURNING callback_id;
+-- flight, in one row (encoded by internal/store/batch.go), one transaction. Spool
+-- replay uses it too.
+INSERT INTO inbox_batches (batch_id, received_at, callbacks, ids, data)
+VALUES (@batch_id, @received_at, @callbacks, @ids, @data);
 
 -- name: MarkSpoolReplayed :execrows
 -- Recorded in the same transaction as the replayed rows: a spool file whose replay
@@ -27,11 +20,35 @@ ON CONFLICT (segment_id) DO NOTHING;
 -- name: ForgetSpoolReplays :execrows
 DELETE FROM spool_replays WHERE replayed_at < @before;
 
--- name: MergeInbox :one
--- Drains up to @max_callbacks inbox rows into pending in one statement, all or
--- nothing: expands the ids, keeps the newest receipt per id, upserts in ascending id
--- order (the lock order), deletes the inbox rows. Many callbacks naming one object
--- become one pending row here: this is where coalescing happens, off the reply path.
+-- name: ClaimBatches :many
+-- A merge pass takes the oldest batches (SKIP LOCKED: mergers of other replicas take
+-- others) and deletes them; the caller decodes them and writes their ids to pending
+-- with MergePending in the same transaction, so a batch leaves the inbox only together
+-- with the pending rows it became. At most @max_batches rows, and no more rows once
+-- @max_ids ids are taken (the row that crosses the bound is still taken, so a pass
+-- always progresses): a pass's memory stays bounded whatever the callbacks hold. Rows
+-- locked but not taken are released at commit, for the next pass.
+WITH locked AS (
+    SELECT b.batch_id, b.ids FROM inbox_batches b
+    ORDER BY b.batch_id
+    LIMIT @max_batches
+    FOR UPDATE SKIP LOCKED
+), taken AS (
+    SELECT w.batch_id FROM (
+        SELECT locked.batch_id, sum(locked.ids) OVER (ORDER BY locked.batch_id) - locked.ids AS ids_before
+        FROM locked
+    ) w
+    WHERE w.ids_before < @max_ids::bigint
+)
+DELETE FROM inbox_batches
+WHERE batch_id IN (SELECT taken.batch_id FROM taken)
+RETURNING callbacks, ids, data;
+
+-- name: MergePending :one
+-- The rest of a merge pass: @ids are distinct, each with the newest receipt naming it
+-- among the batches taken (deduplicated by the caller). Upserts in ascending id order
+-- (the lock order). Many callbacks naming one object become one pending row here: this
+-- is where coalescing happens, off the reply path.
 --
 -- The WHERE on the upsert skips receipts that are not newer: no dead tuple for them.
 --
@@ -39,19 +56,10 @@ DELETE FROM spool_replays WHERE replayed_at < @before;
 -- callback takes the newer receipt as last_seen now, not when its next lookup returns,
 -- so the row cannot expire in between. It reads from upserted, whose rows are already
 -- locked, so each objects row is locked after its pending row: the lock order holds.
-WITH claimed AS (
-    DELETE FROM inbox
-    WHERE callback_id IN (
-        SELECT i.callback_id FROM inbox i
-        ORDER BY i.callback_id
-        LIMIT @max_callbacks
-        FOR UPDATE SKIP LOCKED
-    )
-    RETURNING received_at, object_ids
-), merged AS (
-    SELECT id, max(claimed.received_at) AS received_at
-    FROM claimed, unnest(claimed.object_ids) AS id
-    GROUP BY id
+WITH merged AS (
+    SELECT m.id, m.received_at FROM (
+        SELECT unnest(@ids::bigint[]) AS id, unnest(@received_ats::timestamptz[]) AS received_at
+    ) m
 ), upserted AS (
     INSERT INTO pending (object_id, received_at)
     SELECT merged.id, merged.received_at FROM merged
@@ -67,7 +75,5 @@ WITH claimed AS (
     WHERE o.id = upserted.object_id AND o.last_seen < upserted.received_at
     RETURNING o.id
 )
-SELECT (SELECT count(*) FROM claimed)::bigint   AS callbacks,
-       (SELECT count(*) FROM merged)::bigint    AS ids,
-       (SELECT count(*) FROM upserted)::bigint  AS changed,
+SELECT (SELECT count(*) FROM upserted)::bigint  AS changed,
        (SELECT count(*) FROM refreshed)::bigint AS refreshed;

@@ -92,8 +92,8 @@ SELECT (SELECT count(*) FROM owned)::bigint    AS owned,
 -- service's clock, because receipt times come from it. count(*) scans: call it every
 -- few seconds, not per request.
 SELECT
-    (SELECT count(*) FROM inbox)::bigint AS inbox_rows,
-    coalesce(extract(epoch FROM arg.now - (SELECT min(received_at) FROM inbox)), 0)::float8
+    coalesce((SELECT sum(callbacks) FROM inbox_batches), 0)::bigint AS inbox_callbacks,
+    coalesce(extract(epoch FROM arg.now - (SELECT min(received_at) FROM inbox_batches)), 0)::float8
         AS inbox_oldest_seconds,
     (SELECT count(*) FROM pending)::bigint AS pending_rows,
     (SELECT count(*) FROM pending WHERE claim_token IS NOT NULL)::bigint AS claimed_rows,

@@ -155,7 +155,7 @@ func TestBadInput(t *testing.T) {
 	eventually(t, 5*time.Second, "the service still answers /healthz", func() bool { return healthy(s.base) })
 	var inbox, pending, objects int64
 	if err := pool.QueryRow(context.Background(),
-		"SELECT (SELECT count(*) FROM inbox), (SELECT count(*) FROM pending), (SELECT count(*) FROM objects)").
+		"SELECT (SELECT count(*) FROM inbox_batches), (SELECT count(*) FROM pending), (SELECT count(*) FROM objects)").
 		Scan(&inbox, &pending, &objects); err != nil {
 		t.Fatal(err)
 	}

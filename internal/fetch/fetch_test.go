@@ -50,7 +50,7 @@ func (f *fixture) receive(t *testing.T, ids []int64, at ...time.Time) {
 		cbs[i] = callback.New(ts, ids)
 	}
 	require.NoError(t, f.store.InsertCallbacks(context.Background(), cbs))
-	_, err := f.store.MergeInbox(context.Background(), 1000)
+	_, err := f.store.MergeInbox(context.Background(), 1000, 1<<20)
 	require.NoError(t, err)
 }
 

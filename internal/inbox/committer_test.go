@@ -392,16 +392,8 @@ func TestSubmit_writesAnInboxRowInPostgres(t *testing.T) {
 		require.NoError(t, c.Submit(context.Background(), cb))
 	}
 
-	rs, err := pool.Query(context.Background(), "SELECT callback_id, received_at, object_ids FROM inbox")
+	got, err := store.New(pool).Inbox(context.Background())
 	require.NoError(t, err)
-	defer rs.Close()
-	var got []callback.Callback
-	for rs.Next() {
-		var cb callback.Callback
-		require.NoError(t, rs.Scan(&cb.ID, &cb.ReceivedAt, &cb.ObjectIDs))
-		got = append(got, cb)
-	}
-	require.NoError(t, rs.Err())
 	for i := range want { // timestamptz keeps microseconds; pgx truncates
 		want[i].ReceivedAt = want[i].ReceivedAt.Truncate(time.Microsecond)
 	}

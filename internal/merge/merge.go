@@ -1,8 +1,8 @@
-// Package merge turns inbox rows (one per callback) into pending work (one per
-// object), in bulk and off the reply path. Each pass is one statement
-// (queries/inbox.sql MergeInbox): ids expanded, deduplicated, newest receipt kept,
-// upserted in id order, inbox rows deleted, all in one transaction. Any number of
-// mergers may run, one per replica: they claim disjoint inbox rows (SKIP LOCKED).
+// Package merge turns inbox batches (one per group commit) into pending work (one row
+// per object), in bulk and off the reply path. Each pass is one transaction
+// (store.MergeInbox): the oldest batches taken and deleted, decoded, ids deduplicated
+// with the newest receipt kept, upserted in id order. Any number of mergers may run,
+// one per replica: they claim disjoint batches (SKIP LOCKED).
 package merge
 
 import (
@@ -17,22 +17,29 @@ import (
 
 // Store is what the merger needs of storage.
 type Store interface {
-	MergeInbox(ctx context.Context, maxCallbacks int) (store.Merged, error)
+	MergeInbox(ctx context.Context, maxBatches, maxIDs int) (store.Merged, error)
 }
 
 // Config tunes the merger.
 type Config struct {
-	MaxCallbacks int           // inbox rows per pass
-	Interval     time.Duration // poll for other replicas' inbox rows when not woken
+	MaxBatches int           // inbox rows per pass at most
+	MaxIDs     int           // no further row once a pass holds this many ids
+	Interval   time.Duration // poll for other replicas' inbox rows when not woken
 }
 
 // DefaultConfig merges on a 100 ms cadence rather than after every commit. A pass
 // rewrites every pending row its callbacks name, and a callback of the original sender
 // names most of the ids 0..99, so a pass over 10 callbacks costs nearly what a pass over
-// 1000 does (BenchmarkMergeInbox: ~5x more per callback). Waking per commit made
-// Postgres spend most of a core on tiny passes, taken from intake; the cadence adds at
-// most 100 ms before a lookup starts, inside the freshness budget (4.3 s + 0.5 s).
-func DefaultConfig() Config { return Config{MaxCallbacks: 1000, Interval: 100 * time.Millisecond} }
+// 1000 does (BenchmarkMergeInbox). Waking per commit made Postgres spend most of a core
+// on tiny passes, taken from intake; the cadence adds at most 100 ms before a lookup
+// starts, inside the freshness budget (4.3 s + 0.5 s).
+//
+// A pass of 256 batches or 256k ids holds at most ~20 MB while it deduplicates; at
+// 10,000 callbacks/s of 200 ids a 100 ms pass holds ~200k ids, so one pass per tick
+// keeps up, and a backlog is drained by passes back to back.
+func DefaultConfig() Config {
+	return Config{MaxBatches: 256, MaxIDs: 1 << 18, Interval: 100 * time.Millisecond}
+}
 
 // Merger runs merge passes.
 type Merger struct {
@@ -79,7 +86,7 @@ func (m *Merger) Run(ctx context.Context) error {
 			backoff = 0
 			m.errs.Recovered(ctx, "merge", "merging inbox works again")
 		}
-		if n.Callbacks == int64(m.cfg.MaxCallbacks) {
+		if n.Full {
 			continue // more is waiting
 		}
 		select {
@@ -94,10 +101,10 @@ func (m *Merger) Run(ctx context.Context) error {
 // Pass runs one merge.
 func (m *Merger) Pass(ctx context.Context) (store.Merged, error) {
 	// Bounded, so that a connection that stops answering cannot hold the loop for
-	// minutes; a pass of 1000 callbacks takes tens of milliseconds.
+	// minutes; a full pass takes tens of milliseconds.
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	n, err := m.store.MergeInbox(pctx, m.cfg.MaxCallbacks)
+	n, err := m.store.MergeInbox(pctx, m.cfg.MaxBatches, m.cfg.MaxIDs)
 	if err != nil {
 		return n, err
 	}

@@ -20,11 +20,11 @@ import (
 
 // mergeStore is a fake merge.Store.
 type mergeStore struct {
-	MergeInboxFunc func(ctx context.Context, maxCallbacks int) (store.Merged, error)
+	MergeInboxFunc func(ctx context.Context, maxBatches, maxIDs int) (store.Merged, error)
 }
 
-func (s mergeStore) MergeInbox(ctx context.Context, maxCallbacks int) (store.Merged, error) {
-	return s.MergeInboxFunc(ctx, maxCallbacks)
+func (s mergeStore) MergeInbox(ctx context.Context, maxBatches, maxIDs int) (store.Merged, error) {
+	return s.MergeInboxFunc(ctx, maxBatches, maxIDs)
 }
 
 // fixture is a real store on a fresh database, seen through a fake that reports every
@@ -43,8 +43,8 @@ func setup(t *testing.T) *fixture {
 }
 
 func (f *fixture) reporting() merge.Store {
-	return mergeStore{MergeInboxFunc: func(ctx context.Context, max int) (store.Merged, error) {
-		n, err := f.store.MergeInbox(ctx, max)
+	return mergeStore{MergeInboxFunc: func(ctx context.Context, maxBatches, maxIDs int) (store.Merged, error) {
+		n, err := f.store.MergeInbox(ctx, maxBatches, maxIDs)
 		if err == nil {
 			f.passes <- n
 		}
@@ -98,13 +98,13 @@ func TestPass_drainsInboxIntoPending(t *testing.T) {
 		callback.New(at(9), nil),
 	)
 	var woken atomic.Int64
-	m := merge.New(merge.Config{MaxCallbacks: 1000, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, func() { woken.Add(1) })
+	m := merge.New(merge.Config{MaxBatches: 1000, MaxIDs: 1 << 20, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, func() { woken.Add(1) })
 
 	n, err := m.Pass(context.Background())
 	require.NoError(t, err)
-	require.Equal(t, store.Merged{Callbacks: 4, Ids: 3, Changed: 3}, n)
+	require.Equal(t, store.Merged{Batches: 1, Callbacks: 4, Ids: 3, Changed: 3}, n)
 	require.Equal(t, map[int64]time.Time{1: at(3), 2: at(5), 3: at(5)}, f.pending(t), "one row per object, newest receipt")
-	require.Zero(t, f.count(t, "inbox"))
+	require.Zero(t, f.count(t, "inbox_batches"))
 	require.Equal(t, int64(1), woken.Load(), "the fetcher is woken when work changed")
 	require.Equal(t, 4.0, metrics.Sum(f.m.MergedCallbacks))
 	require.Equal(t, 3.0, metrics.Sum(f.m.MergedIDs))
@@ -113,7 +113,7 @@ func TestPass_drainsInboxIntoPending(t *testing.T) {
 	f.insert(t, callback.New(at(1), []int64{2}))
 	n, err = m.Pass(context.Background())
 	require.NoError(t, err)
-	require.Equal(t, store.Merged{Callbacks: 1, Ids: 1}, n)
+	require.Equal(t, store.Merged{Batches: 1, Callbacks: 1, Ids: 1}, n)
 	require.Equal(t, map[int64]time.Time{1: at(3), 2: at(5), 3: at(5)}, f.pending(t))
 	require.Equal(t, int64(1), woken.Load())
 }
@@ -121,15 +121,15 @@ func TestPass_drainsInboxIntoPending(t *testing.T) {
 func TestRun_wakeStartsAPass(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	m := merge.New(merge.Config{MaxCallbacks: 1000, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
+	m := merge.New(merge.Config{MaxBatches: 1000, MaxIDs: 1 << 20, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
 	run(t, m)
 	require.Equal(t, store.Merged{}, <-f.passes, "the first pass runs at once and finds nothing")
 
 	f.insert(t, callback.New(at(0), []int64{7, 8}))
 	m.Wake()
-	require.Equal(t, store.Merged{Callbacks: 1, Ids: 2, Changed: 2}, <-f.passes)
+	require.Equal(t, store.Merged{Batches: 1, Callbacks: 1, Ids: 2, Changed: 2}, <-f.passes)
 	require.Equal(t, map[int64]time.Time{7: at(0), 8: at(0)}, f.pending(t))
-	require.Zero(t, f.count(t, "inbox"))
+	require.Zero(t, f.count(t, "inbox_batches"))
 }
 
 func TestRun_fullPassLoopsAgainAtOnce(t *testing.T) {
@@ -138,17 +138,17 @@ func TestRun_fullPassLoopsAgainAtOnce(t *testing.T) {
 	for i := range 5 {
 		f.insert(t, callback.New(at(i), []int64{int64(i)}))
 	}
-	m := merge.New(merge.Config{MaxCallbacks: 2, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
+	m := merge.New(merge.Config{MaxBatches: 2, MaxIDs: 1 << 20, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
 	run(t, m)
 
 	// No Wake and an hour's interval: only "a full pass means more is waiting" can
 	// start the second and third passes.
 	var sizes []int64
 	for range 3 {
-		sizes = append(sizes, (<-f.passes).Callbacks)
+		sizes = append(sizes, (<-f.passes).Batches)
 	}
 	require.Equal(t, []int64{2, 2, 1}, sizes)
-	require.Zero(t, f.count(t, "inbox"))
+	require.Zero(t, f.count(t, "inbox_batches"))
 	require.Equal(t, 5, f.count(t, "pending"))
 }
 
@@ -158,22 +158,40 @@ func TestRun_exactMultipleOfMaxEndsWithAnEmptyPass(t *testing.T) {
 	for i := range 4 {
 		f.insert(t, callback.New(at(i), []int64{int64(i)}))
 	}
-	m := merge.New(merge.Config{MaxCallbacks: 2, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
+	m := merge.New(merge.Config{MaxBatches: 2, MaxIDs: 1 << 20, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
 	run(t, m)
 
 	var sizes []int64
 	for range 3 {
-		sizes = append(sizes, (<-f.passes).Callbacks)
+		sizes = append(sizes, (<-f.passes).Batches)
 	}
 	require.Equal(t, []int64{2, 2, 0}, sizes)
-	require.Zero(t, f.count(t, "inbox"))
+	require.Zero(t, f.count(t, "inbox_batches"))
+}
+
+func TestRun_idBoundEndsAPassEarly(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	for i := range 3 {
+		f.insert(t, callback.New(at(i), []int64{int64(10 * i), int64(10*i + 1), int64(10*i + 2)}))
+	}
+	// 4 ids at most: the first batch (3 ids) is under the bound, so the second is taken
+	// too and crosses it; that pass is full, and the third batch waits for the next.
+	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 4, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
+	run(t, m)
+
+	first, second := <-f.passes, <-f.passes
+	require.Equal(t, store.Merged{Batches: 2, Callbacks: 2, Ids: 6, Changed: 6, Full: true}, first)
+	require.Equal(t, store.Merged{Batches: 1, Callbacks: 1, Ids: 3, Changed: 3}, second)
+	require.Zero(t, f.count(t, "inbox_batches"))
+	require.Len(t, f.pending(t), 9)
 }
 
 func TestRun_retriesAfterDatabaseError(t *testing.T) {
 	t.Parallel()
 	var calls atomic.Int64
 	retried := make(chan struct{})
-	s := mergeStore{MergeInboxFunc: func(context.Context, int) (store.Merged, error) {
+	s := mergeStore{MergeInboxFunc: func(context.Context, int, int) (store.Merged, error) {
 		switch calls.Add(1) {
 		case 1:
 			return store.Merged{}, errors.New("connection refused")
@@ -183,7 +201,7 @@ func TestRun_retriesAfterDatabaseError(t *testing.T) {
 		return store.Merged{}, nil
 	}}
 	f := &fixture{m: metrics.New()}
-	m := merge.New(merge.Config{MaxCallbacks: 10, Interval: idle}, s, slog.New(slog.DiscardHandler), f.m, nil)
+	m := merge.New(merge.Config{MaxBatches: 10, MaxIDs: 1 << 20, Interval: idle}, s, slog.New(slog.DiscardHandler), f.m, nil)
 	run(t, m)
 	<-retried // without a Wake or the interval: the failure's own backoff retried
 	require.Equal(t, 1.0, metrics.Sum(f.m.DatabaseErrors.WithLabelValues("merge")))

@@ -39,7 +39,7 @@ type Metrics struct {
 	RowsExpired prometheus.Counter
 
 	// Queues, sampled.
-	InboxRows       prometheus.Gauge
+	InboxCallbacks  prometheus.Gauge
 	PendingRows     prometheus.Gauge
 	PendingOldest   prometheus.Gauge
 	ObjectsOnline   prometheus.Gauge
@@ -65,7 +65,7 @@ func New() *Metrics {
 		CallbacksReplayed: f.counter("callbacks_replayed_total", "Spooled callbacks replayed into Postgres."),
 		SpoolSegments:     f.gauge("spool_segments", "Spool files waiting to be replayed."),
 		SpoolBytes:        f.gauge("spool_bytes", "Bytes in spool files waiting to be replayed."),
-		MergedCallbacks:   f.counter("merged_callbacks_total", "Inbox rows merged into pending work."),
+		MergedCallbacks:   f.counter("merged_callbacks_total", "Callbacks merged from the inbox into pending work."),
 		MergedIDs:         f.counter("merged_ids_total", "Distinct ids per merge batch, summed: lookups requested after coalescing."),
 		Lookups:           f.counterVec("lookups_total", "Object service lookups, by outcome.", "outcome"),
 		LookupSeconds: f.histogram("lookup_seconds", "Object service lookup latency.",
@@ -75,7 +75,7 @@ func New() *Metrics {
 		StaleResults:    f.counter("lookup_results_stale_total", "Lookup results discarded because their lease had been lost."),
 		RowsWritten:     f.counterVec("objects_rows_written_total", "Rows written to objects by lookup results, by op.", "op"),
 		RowsExpired:     f.counter("objects_rows_expired_total", "Rows deleted from objects by expiry."),
-		InboxRows:       f.gauge("inbox_rows", "Callbacks durable in the inbox, not yet merged."),
+		InboxCallbacks:  f.gauge("inbox_callbacks", "Callbacks durable in the inbox, not yet merged."),
 		PendingRows:     f.gauge("pending_rows", "Objects with a lookup to do or in flight."),
 		PendingOldest:   f.gauge("pending_oldest_seconds", "Age of the oldest receipt with a lookup to do."),
 		ObjectsOnline:   f.gauge("objects_online", "Rows in objects."),

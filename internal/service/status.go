@@ -31,7 +31,7 @@ func reportStatus(ctx context.Context, db *store.Store, m *metrics.Metrics, f *f
 		if err != nil {
 			continue // the loops that do the work report database errors
 		}
-		m.InboxRows.Set(float64(st.InboxRows))
+		m.InboxCallbacks.Set(float64(st.InboxCallbacks))
 		m.PendingRows.Set(float64(st.PendingRows))
 		m.PendingOldest.Set(st.PendingOldest.Seconds())
 		m.ObjectsOnline.Set(float64(st.ObjectsRows))
@@ -41,7 +41,7 @@ func reportStatus(ctx context.Context, db *store.Store, m *metrics.Metrics, f *f
 		log.Info("status",
 			"callbacks_accepted", int64(metrics.Sum(m.CallbacksAccepted)),
 			"callbacks_spooled", int64(metrics.Sum(m.CallbacksSpooled)),
-			"inbox", st.InboxRows,
+			"inbox", st.InboxCallbacks,
 			"ids_pending", st.PendingRows,
 			"lookups_in_flight", f.InFlight(),
 			"objects_online", st.ObjectsRows,

@@ -60,9 +60,9 @@
 // window in which a live process's segment is not yet locked.
 //
 // Replay is at-least-once: a crash after apply committed but before the file was removed
-// replays the segment again. apply makes that exactly-once: it inserts the callbacks with
-// ON CONFLICT (callback_id) DO NOTHING and records the segment id in the same
-// transaction, so it recognises a segment it has already committed.
+// replays the segment again. apply makes that exactly-once: it records the segment id in
+// the transaction that inserts the callbacks, so it recognises a segment it has already
+// committed.
 //
 // Segments are replayed whole, never in chunks, so a segment id names one transaction.
 // maxSegmentBytes keeps that transaction, and the memory replay needs, bounded.

@@ -2,8 +2,9 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -13,19 +14,45 @@ import (
 	"github.com/objwatch/callback/internal/store/internal/dbsqlc"
 )
 
-// InsertCallbacks makes a batch of callbacks durable in one COPY, one transaction:
-// when it returns nil, every one of them is in a committed inbox row.
+// Batch bounds, for callers that cut callbacks into batches: a batch holds at most
+// MaxBatchCallbacks callbacks and, unless one callback alone is bigger, at most
+// MaxBatchIDs ids. They keep a merge pass's memory bounded (ClaimBatches).
+const (
+	MaxBatchCallbacks = 1024
+	MaxBatchIDs       = 1 << 16
+)
+
+var batchBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// InsertCallbacks makes a batch of callbacks durable in one row, one transaction: when
+// it returns nil, every one of them is in a committed inbox_batches row.
 func (s *Store) InsertCallbacks(ctx context.Context, cbs []callback.Callback) error {
-	rows := make([]dbsqlc.InsertCallbacksParams, len(cbs))
-	for i, cb := range cbs {
-		ids := cb.ObjectIDs
-		if ids == nil {
-			ids = []int64{} // the column is NOT NULL; an empty callback is still a callback
-		}
-		rows[i] = dbsqlc.InsertCallbacksParams{CallbackID: cb.ID, ReceivedAt: cb.ReceivedAt, ObjectIds: ids}
+	return insertBatch(ctx, s.q, cbs)
+}
+
+func insertBatch(ctx context.Context, q *dbsqlc.Queries, cbs []callback.Callback) error {
+	if len(cbs) == 0 {
+		return nil
 	}
-	if _, err := s.q.InsertCallbacks(ctx, rows); err != nil {
-		return fmt.Errorf("inserting %d callbacks: %w", len(cbs), err)
+	buf := batchBufs.Get().(*[]byte)
+	defer batchBufs.Put(buf)
+	*buf = appendBatch((*buf)[:0], cbs)
+	oldest, ids := cbs[0].ReceivedAt, 0
+	for _, cb := range cbs {
+		if cb.ReceivedAt.Before(oldest) {
+			oldest = cb.ReceivedAt
+		}
+		ids += len(cb.ObjectIDs)
+	}
+	err := q.InsertBatch(ctx, dbsqlc.InsertBatchParams{
+		BatchID:    uuid.Must(uuid.NewV7()),
+		ReceivedAt: oldest,
+		Callbacks:  int32(len(cbs)),
+		Ids:        int32(min(ids, 1<<31-1)),
+		Data:       *buf,
+	})
+	if err != nil {
+		return fmt.Errorf("inserting a batch of %d callbacks: %w", len(cbs), err)
 	}
 	return nil
 }
@@ -33,7 +60,12 @@ func (s *Store) InsertCallbacks(ctx context.Context, cbs []callback.Callback) er
 // ReplaySegment moves the callbacks of one spool segment into the inbox, exactly once:
 // the segment id is recorded in the same transaction, and a segment already recorded
 // is skipped (it was replayed just before a crash that kept its file from being
-// removed). Returns how many callbacks were new.
+// removed). Returns how many callbacks it inserted.
+//
+// A callback may be both in the spool and in the inbox, already merged or not: its
+// commit succeeded but the answer was lost, so the committer spooled it too. It is then
+// merged twice, which changes nothing: a merge keeps the newest receipt per object, and
+// both copies carry the same one.
 func (s *Store) ReplaySegment(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) (int, error) {
 	inserted := 0
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -45,33 +77,32 @@ func (s *Store) ReplaySegment(ctx context.Context, segment uuid.UUID, cbs []call
 		if fresh == 0 {
 			return nil
 		}
-		params := make([]dbsqlc.ReplayCallbackParams, len(cbs))
-		for i, cb := range cbs {
-			ids := cb.ObjectIDs
-			if ids == nil {
-				ids = []int64{}
+		for rest := cbs; len(rest) > 0; {
+			n := batchLen(rest)
+			if err := insertBatch(ctx, q, rest[:n]); err != nil {
+				return err
 			}
-			params[i] = dbsqlc.ReplayCallbackParams{CallbackID: cb.ID, ReceivedAt: cb.ReceivedAt, ObjectIds: ids}
+			rest = rest[n:]
 		}
-		var batchErr error
-		q.ReplayCallback(ctx, params).QueryRow(func(_ int, _ uuid.UUID, err error) {
-			switch {
-			case err == nil:
-				inserted++
-			case errors.Is(err, pgx.ErrNoRows): // already in the inbox
-			case batchErr == nil:
-				batchErr = err
-			}
-		})
-		if batchErr != nil {
-			return fmt.Errorf("inserting replayed callbacks: %w", batchErr)
-		}
+		inserted = len(cbs)
 		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("replaying segment %s: %w", segment, err)
 	}
 	return inserted, nil
+}
+
+// batchLen is how many of cbs, from the first, make one batch within the bounds.
+func batchLen(cbs []callback.Callback) int {
+	ids := 0
+	for i, cb := range cbs {
+		ids += len(cb.ObjectIDs)
+		if i == MaxBatchCallbacks || i > 0 && ids > MaxBatchIDs {
+			return i
+		}
+	}
+	return len(cbs)
 }
 
 // ForgetSpoolReplays drops replay records older than before.
@@ -81,17 +112,97 @@ func (s *Store) ForgetSpoolReplays(ctx context.Context, before time.Time) (int64
 
 // Merged is what one MergeInbox did.
 type Merged struct {
-	Callbacks int64 // inbox rows consumed
+	Batches   int64 // inbox rows consumed
+	Callbacks int64 // callbacks in them
 	Ids       int64 // distinct object ids in them
 	Changed   int64 // pending rows inserted or given a newer receipt
 	Refreshed int64 // online objects whose last_seen moved forward
+	Full      bool  // the pass stopped at a bound: more may be waiting
 }
 
-// MergeInbox moves up to maxCallbacks inbox rows into pending; see queries/inbox.sql.
-func (s *Store) MergeInbox(ctx context.Context, maxCallbacks int) (Merged, error) {
-	r, err := s.q.MergeInbox(ctx, int32(maxCallbacks))
+// MergeInbox moves the oldest inbox batches into pending, in one transaction: at most
+// maxBatches rows, and no further row once maxIDs ids are taken. The batches are decoded
+// here, and every object id they name goes to pending once, with the newest receipt
+// that names it (queries/inbox.sql ClaimBatches and MergePending).
+func (s *Store) MergeInbox(ctx context.Context, maxBatches, maxIDs int) (Merged, error) {
+	var m Merged
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		q := s.q.WithTx(tx)
+		rows, err := q.ClaimBatches(ctx, dbsqlc.ClaimBatchesParams{MaxBatches: int32(maxBatches), MaxIds: int64(maxIDs)})
+		if err != nil {
+			return fmt.Errorf("claiming inbox batches: %w", err)
+		}
+		if len(rows) == 0 {
+			return nil
+		}
+		m.Batches = int64(len(rows))
+		taken := 0
+		newest := make(map[int64]int64) // object id -> newest receipt, Unix microseconds
+		var scratch []int64
+		for _, r := range rows {
+			taken += int(r.Ids)
+			m.Callbacks += int64(r.Callbacks)
+			scratch, err = decodeBatch(r.Data, scratch, func(_ uuid.UUID, t int64, ids []int64) {
+				for _, id := range ids {
+					if old, ok := newest[id]; !ok || t > old {
+						newest[id] = t
+					}
+				}
+			})
+			if err != nil {
+				// Not skipped: a batch that cannot be read would be lost callbacks. The
+				// pass fails and is retried, and the error is logged until it is fixed.
+				return err
+			}
+		}
+		m.Full = len(rows) == maxBatches || taken >= maxIDs
+		ids := make([]int64, 0, len(newest))
+		for id := range newest {
+			ids = append(ids, id)
+		}
+		slices.Sort(ids) // the lock order, and what the upsert reads best
+		times := make([]time.Time, len(ids))
+		for i, id := range ids {
+			times[i] = time.UnixMicro(newest[id])
+		}
+		m.Ids = int64(len(ids))
+		r, err := q.MergePending(ctx, dbsqlc.MergePendingParams{Ids: ids, ReceivedAts: times})
+		if err != nil {
+			return fmt.Errorf("merging into pending: %w", err)
+		}
+		m.Changed, m.Refreshed = r.Changed, r.Refreshed
+		return nil
+	})
 	if err != nil {
 		return Merged{}, fmt.Errorf("merging inbox: %w", err)
 	}
-	return Merged(r), nil
+	return m, nil
+}
+
+// Inbox reads every callback in the inbox without taking it, oldest batch first: for
+// tests and diagnostics.
+func (s *Store) Inbox(ctx context.Context) ([]callback.Callback, error) {
+	rows, err := s.pool.Query(ctx, "SELECT data FROM inbox_batches ORDER BY batch_id")
+	if err != nil {
+		return nil, err
+	}
+	datas, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	if err != nil {
+		return nil, err
+	}
+	var cbs []callback.Callback
+	var scratch []int64
+	for _, d := range datas {
+		scratch, err = decodeBatch(d, scratch, func(id uuid.UUID, t int64, ids []int64) {
+			cb := callback.Callback{ID: id, ReceivedAt: time.UnixMicro(t).UTC()}
+			if len(ids) > 0 {
+				cb.ObjectIDs = slices.Clone(ids)
+			}
+			cbs = append(cbs, cb)
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return cbs, nil
 }

@@ -36,12 +36,12 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // QueueStats is a snapshot of the work queues, for metrics and the status line.
 type QueueStats struct {
-	InboxRows     int64
-	InboxOldest   time.Duration
-	PendingRows   int64
-	ClaimedRows   int64
-	PendingOldest time.Duration
-	ObjectsRows   int64
+	InboxCallbacks int64
+	InboxOldest    time.Duration
+	PendingRows    int64
+	ClaimedRows    int64
+	PendingOldest  time.Duration
+	ObjectsRows    int64
 }
 
 // Stats reads QueueStats; ages are against now, the service's clock.
@@ -51,12 +51,12 @@ func (s *Store) Stats(ctx context.Context, now time.Time) (QueueStats, error) {
 		return QueueStats{}, err
 	}
 	return QueueStats{
-		InboxRows:     r.InboxRows,
-		InboxOldest:   seconds(r.InboxOldestSeconds),
-		PendingRows:   r.PendingRows,
-		ClaimedRows:   r.ClaimedRows,
-		PendingOldest: seconds(r.PendingOldestSeconds),
-		ObjectsRows:   r.ObjectsRows,
+		InboxCallbacks: r.InboxCallbacks,
+		InboxOldest:    seconds(r.InboxOldestSeconds),
+		PendingRows:    r.PendingRows,
+		ClaimedRows:    r.ClaimedRows,
+		PendingOldest:  seconds(r.PendingOldestSeconds),
+		ObjectsRows:    r.ObjectsRows,
 	}, nil
 }
 

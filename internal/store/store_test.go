@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
@@ -45,7 +46,7 @@ func insert(t *testing.T, s *store.Store, cbs ...callback.Callback) {
 
 func merge(t *testing.T, s *store.Store) store.Merged {
 	t.Helper()
-	m, err := s.MergeInbox(context.Background(), 1000)
+	m, err := s.MergeInbox(context.Background(), 1000, 1<<20)
 	require.NoError(t, err)
 	return m
 }
@@ -85,9 +86,9 @@ func TestMerge(t *testing.T) {
 			callback.New(at(3), nil),
 		)
 		m := merge(t, s)
-		require.Equal(t, store.Merged{Callbacks: 4, Ids: 4, Changed: 4}, m)
+		require.Equal(t, store.Merged{Batches: 1, Callbacks: 4, Ids: 4, Changed: 4}, m)
 		require.Equal(t, map[int64]time.Time{0: at(1), 1: at(2), 3: at(1), 9: at(0)}, pendingTable(t, pool))
-		require.Empty(t, rows(t, pool, "SELECT 0::bigint, received_at FROM inbox"))
+		require.Empty(t, rows(t, pool, "SELECT 0::bigint, received_at FROM inbox_batches"))
 	})
 
 	t.Run("older_receipt_does_not_move_pending_back", func(t *testing.T) {
@@ -318,7 +319,7 @@ func TestExpire(t *testing.T) {
 func TestReplaySegment(t *testing.T) {
 	t.Parallel()
 
-	t.Run("counts_only_new_callbacks_and_each_segment_once", func(t *testing.T) {
+	t.Run("each_segment_once", func(t *testing.T) {
 		t.Parallel()
 		s, pool := setup(t)
 		ctx := context.Background()
@@ -329,13 +330,45 @@ func TestReplaySegment(t *testing.T) {
 
 		n, err := s.ReplaySegment(ctx, segment, []callback.Callback{committed, fresh})
 		require.NoError(t, err)
-		require.Equal(t, 1, n)
+		require.Equal(t, 2, n)
 
 		n, err = s.ReplaySegment(ctx, segment, []callback.Callback{committed, fresh})
 		require.NoError(t, err)
 		require.Zero(t, n, "a segment already replayed is skipped")
-		var count int
-		require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM inbox").Scan(&count))
-		require.Equal(t, 2, count)
+		inbox, err := s.Inbox(ctx)
+		require.NoError(t, err)
+		require.Equal(t, []callback.Callback{committed, committed, fresh}, inbox)
+
+		// The callback that is there twice merges as once.
+		require.Equal(t, store.Merged{Batches: 2, Callbacks: 3, Ids: 2, Changed: 2}, merge(t, s))
+		require.Equal(t, map[int64]time.Time{1: at(1), 2: at(2)}, pendingTable(t, pool))
+	})
+
+	t.Run("a_big_segment_becomes_bounded_batches", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		ctx := context.Background()
+		cbs := make([]callback.Callback, store.MaxBatchCallbacks+10)
+		for i := range cbs {
+			cbs[i] = callback.New(at(i), []int64{int64(i)})
+		}
+		big := make([]int64, store.MaxBatchIDs)
+		for i := range big {
+			big[i] = int64(1_000_000 + i)
+		}
+		// Past the id bound: a callback alone over it is a batch of its own.
+		cbs = append(cbs, callback.New(at(5000), big), callback.New(at(5001), big[:10]), callback.New(at(5002), []int64{7}))
+
+		n, err := s.ReplaySegment(ctx, callback.New(at(0), nil).ID, cbs)
+		require.NoError(t, err)
+		require.Equal(t, len(cbs), n)
+		rs, err := pool.Query(ctx, "SELECT callbacks FROM inbox_batches ORDER BY received_at")
+		require.NoError(t, err)
+		sizes, err := pgx.CollectRows(rs, pgx.RowTo[int32])
+		require.NoError(t, err)
+		require.Equal(t, []int32{store.MaxBatchCallbacks, 10, 1, 2}, sizes)
+		inbox, err := s.Inbox(ctx)
+		require.NoError(t, err)
+		require.Equal(t, cbs, inbox)
 	})
 }

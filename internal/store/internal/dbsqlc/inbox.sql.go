@@ -12,6 +12,62 @@ import (
 	"github.com/google/uuid"
 )
 
+const claimBatches = `-- name: ClaimBatches :many
+WITH locked AS (
+    SELECT b.batch_id, b.ids FROM inbox_batches b
+    ORDER BY b.batch_id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), taken AS (
+    SELECT w.batch_id FROM (
+        SELECT locked.batch_id, sum(locked.ids) OVER (ORDER BY locked.batch_id) - locked.ids AS ids_before
+        FROM locked
+    ) w
+    WHERE w.ids_before < $2::bigint
+)
+DELETE FROM inbox_batches
+WHERE batch_id IN (SELECT taken.batch_id FROM taken)
+RETURNING callbacks, ids, data
+`
+
+type ClaimBatchesParams struct {
+	MaxBatches int32
+	MaxIds     int64
+}
+
+type ClaimBatchesRow struct {
+	Callbacks int32
+	Ids       int32
+	Data      []byte
+}
+
+// A merge pass takes the oldest batches (SKIP LOCKED: mergers of other replicas take
+// others) and deletes them; the caller decodes them and writes their ids to pending
+// with MergePending in the same transaction, so a batch leaves the inbox only together
+// with the pending rows it became. At most @max_batches rows, and no more rows once
+// @max_ids ids are taken (the row that crosses the bound is still taken, so a pass
+// always progresses): a pass's memory stays bounded whatever the callbacks hold. Rows
+// locked but not taken are released at commit, for the next pass.
+func (q *Queries) ClaimBatches(ctx context.Context, arg ClaimBatchesParams) ([]ClaimBatchesRow, error) {
+	rows, err := q.db.Query(ctx, claimBatches, arg.MaxBatches, arg.MaxIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ClaimBatchesRow{}
+	for rows.Next() {
+		var i ClaimBatchesRow
+		if err := rows.Scan(&i.Callbacks, &i.Ids, &i.Data); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const forgetSpoolReplays = `-- name: ForgetSpoolReplays :execrows
 DELETE FROM spool_replays WHERE replayed_at < $1
 `
@@ -24,10 +80,36 @@ func (q *Queries) ForgetSpoolReplays(ctx context.Context, before time.Time) (int
 	return result.RowsAffected(), nil
 }
 
-type InsertCallbacksParams struct {
-	CallbackID uuid.UUID
+const insertBatch = `-- name: InsertBatch :exec
+
+INSERT INTO inbox_batches (batch_id, received_at, callbacks, ids, data)
+VALUES ($1, $2, $3, $4, $5)
+`
+
+type InsertBatchParams struct {
+	BatchID    uuid.UUID
 	ReceivedAt time.Time
-	ObjectIds  []int64
+	Callbacks  int32
+	Ids        int32
+	Data       []byte
+}
+
+// Lock order, for every statement in this directory (it is what keeps them free of
+// deadlocks): a pending row is locked before the objects row with the same id; pending
+// rows are locked in ascending object_id or with SKIP LOCKED; expiry locks only with
+// SKIP LOCKED, so it never waits on anyone.
+// The group commit: every callback that arrived while the previous commit was in
+// flight, in one row (encoded by internal/store/batch.go), one transaction. Spool
+// replay uses it too.
+func (q *Queries) InsertBatch(ctx context.Context, arg InsertBatchParams) error {
+	_, err := q.db.Exec(ctx, insertBatch,
+		arg.BatchID,
+		arg.ReceivedAt,
+		arg.Callbacks,
+		arg.Ids,
+		arg.Data,
+	)
+	return err
 }
 
 const markSpoolReplayed = `-- name: MarkSpoolReplayed :execrows
@@ -46,20 +128,11 @@ func (q *Queries) MarkSpoolReplayed(ctx context.Context, segmentID uuid.UUID) (i
 	return result.RowsAffected(), nil
 }
 
-const mergeInbox = `-- name: MergeInbox :one
-WITH claimed AS (
-    DELETE FROM inbox
-    WHERE callback_id IN (
-        SELECT i.callback_id FROM inbox i
-        ORDER BY i.callback_id
-        LIMIT $1
-        FOR UPDATE SKIP LOCKED
-    )
-    RETURNING received_at, object_ids
-), merged AS (
-    SELECT id, max(claimed.received_at) AS received_at
-    FROM claimed, unnest(claimed.object_ids) AS id
-    GROUP BY id
+const mergePending = `-- name: MergePending :one
+WITH merged AS (
+    SELECT m.id, m.received_at FROM (
+        SELECT unnest($1::bigint[]) AS id, unnest($2::timestamptz[]) AS received_at
+    ) m
 ), upserted AS (
     INSERT INTO pending (object_id, received_at)
     SELECT merged.id, merged.received_at FROM merged
@@ -75,23 +148,24 @@ WITH claimed AS (
     WHERE o.id = upserted.object_id AND o.last_seen < upserted.received_at
     RETURNING o.id
 )
-SELECT (SELECT count(*) FROM claimed)::bigint   AS callbacks,
-       (SELECT count(*) FROM merged)::bigint    AS ids,
-       (SELECT count(*) FROM upserted)::bigint  AS changed,
+SELECT (SELECT count(*) FROM upserted)::bigint  AS changed,
        (SELECT count(*) FROM refreshed)::bigint AS refreshed
 `
 
-type MergeInboxRow struct {
-	Callbacks int64
-	Ids       int64
+type MergePendingParams struct {
+	Ids         []int64
+	ReceivedAts []time.Time
+}
+
+type MergePendingRow struct {
 	Changed   int64
 	Refreshed int64
 }
 
-// Drains up to @max_callbacks inbox rows into pending in one statement, all or
-// nothing: expands the ids, keeps the newest receipt per id, upserts in ascending id
-// order (the lock order), deletes the inbox rows. Many callbacks naming one object
-// become one pending row here: this is where coalescing happens, off the reply path.
+// The rest of a merge pass: @ids are distinct, each with the newest receipt naming it
+// among the batches taken (deduplicated by the caller). Upserts in ascending id order
+// (the lock order). Many callbacks naming one object become one pending row here: this
+// is where coalescing happens, off the reply path.
 //
 // The WHERE on the upsert skips receipts that are not newer: no dead tuple for them.
 //
@@ -99,14 +173,9 @@ type MergeInboxRow struct {
 // callback takes the newer receipt as last_seen now, not when its next lookup returns,
 // so the row cannot expire in between. It reads from upserted, whose rows are already
 // locked, so each objects row is locked after its pending row: the lock order holds.
-func (q *Queries) MergeInbox(ctx context.Context, maxCallbacks int32) (MergeInboxRow, error) {
-	row := q.db.QueryRow(ctx, mergeInbox, maxCallbacks)
-	var i MergeInboxRow
-	err := row.Scan(
-		&i.Callbacks,
-		&i.Ids,
-		&i.Changed,
-		&i.Refreshed,
-	)
+func (q *Queries) MergePending(ctx context.Context, arg MergePendingParams) (MergePendingRow, error) {
+	row := q.db.QueryRow(ctx, mergePending, arg.Ids, arg.ReceivedAts)
+	var i MergePendingRow
+	err := row.Scan(&i.Changed, &i.Refreshed)
 	return i, err
 }

@@ -11,10 +11,12 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-type Inbox struct {
-	CallbackID uuid.UUID
+type InboxBatch struct {
+	BatchID    uuid.UUID
 	ReceivedAt time.Time
-	ObjectIds  []int64
+	Callbacks  int32
+	Ids        int32
+	Data       []byte
 }
 
 type Object struct {

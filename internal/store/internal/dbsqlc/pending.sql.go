@@ -174,8 +174,8 @@ func (q *Queries) CompleteLookups(ctx context.Context, arg CompleteLookupsParams
 
 const queueStats = `-- name: QueueStats :one
 SELECT
-    (SELECT count(*) FROM inbox)::bigint AS inbox_rows,
-    coalesce(extract(epoch FROM arg.now - (SELECT min(received_at) FROM inbox)), 0)::float8
+    coalesce((SELECT sum(callbacks) FROM inbox_batches), 0)::bigint AS inbox_callbacks,
+    coalesce(extract(epoch FROM arg.now - (SELECT min(received_at) FROM inbox_batches)), 0)::float8
         AS inbox_oldest_seconds,
     (SELECT count(*) FROM pending)::bigint AS pending_rows,
     (SELECT count(*) FROM pending WHERE claim_token IS NOT NULL)::bigint AS claimed_rows,
@@ -186,7 +186,7 @@ FROM (SELECT $1::timestamptz AS now) arg
 `
 
 type QueueStatsRow struct {
-	InboxRows            int64
+	InboxCallbacks       int64
 	InboxOldestSeconds   float64
 	PendingRows          int64
 	ClaimedRows          int64
@@ -201,7 +201,7 @@ func (q *Queries) QueueStats(ctx context.Context, now time.Time) (QueueStatsRow,
 	row := q.db.QueryRow(ctx, queueStats, now)
 	var i QueueStatsRow
 	err := row.Scan(
-		&i.InboxRows,
+		&i.InboxCallbacks,
 		&i.InboxOldestSeconds,
 		&i.PendingRows,
 		&i.ClaimedRows,
