@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -126,8 +125,7 @@ func (h *Handler) Callback(c *gin.Context) {
 	// row, its WAL and the merger's work proportional to the distinct ids (the original
 	// sender repeats about four ids in ten). Intake is bound by WAL volume.
 	sent := len(ids)
-	slices.Sort(ids)
-	unique := slices.Compact(ids)
+	unique := sortedDistinct(ids)
 
 	// unique stays valid until Submit returns: the committer copies it into the
 	// statement or the spool record before answering.
