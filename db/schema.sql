@@ -36,6 +36,21 @@ ALTER TABLE ONLY public.inbox_batches ALTER COLUMN data SET STORAGE EXTERNAL;
 
 
 --
+-- Name: inbox_quarantine; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.inbox_quarantine (
+    batch_id uuid NOT NULL,
+    received_at timestamp with time zone NOT NULL,
+    callbacks integer NOT NULL,
+    ids integer NOT NULL,
+    data bytea NOT NULL,
+    error text NOT NULL,
+    quarantined_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
 -- Name: objects; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -85,6 +100,14 @@ CREATE TABLE public.spool_replays (
 
 ALTER TABLE ONLY public.inbox_batches
     ADD CONSTRAINT inbox_batches_pkey PRIMARY KEY (batch_id);
+
+
+--
+-- Name: inbox_quarantine inbox_quarantine_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.inbox_quarantine
+    ADD CONSTRAINT inbox_quarantine_pkey PRIMARY KEY (batch_id);
 
 
 --

@@ -42,7 +42,14 @@ WITH locked AS (
 )
 DELETE FROM inbox_batches
 WHERE batch_id IN (SELECT taken.batch_id FROM taken)
-RETURNING callbacks, ids, data;
+RETURNING batch_id, received_at, callbacks, ids, data;
+
+-- name: QuarantineBatch :exec
+-- A batch taken by ClaimBatches that cannot be decoded: kept aside, in the same
+-- transaction, so that it neither blocks the merge nor is lost.
+INSERT INTO inbox_quarantine (batch_id, received_at, callbacks, ids, data, error)
+VALUES (@batch_id, @received_at, @callbacks, @ids, @data, @error)
+ON CONFLICT (batch_id) DO NOTHING;
 
 -- name: MergePending :one
 -- The rest of a merge pass: @ids are distinct, each with the newest receipt naming it

@@ -41,6 +41,21 @@ CREATE TABLE inbox_batches (
 );
 ALTER TABLE inbox_batches ALTER COLUMN data SET STORAGE EXTERNAL;
 
+-- A batch the merger cannot decode (a bug, or a hand edit) is moved here in the merge's
+-- own transaction, with the reason, instead of failing every pass behind it: the rest
+-- of the inbox keeps flowing, and the callbacks in it are kept for a human, not
+-- dropped. The service never reads this table; callback_inbox_batches_quarantined_total
+-- counts what lands in it.
+CREATE TABLE inbox_quarantine (
+    batch_id       uuid        PRIMARY KEY,
+    received_at    timestamptz NOT NULL,
+    callbacks      integer     NOT NULL,
+    ids            integer     NOT NULL,
+    data           bytea       NOT NULL,
+    error          text        NOT NULL,
+    quarantined_at timestamptz NOT NULL DEFAULT now()
+);
+
 -- Callbacks accepted by an older version and not merged yet become one batch each, in
 -- encoding version 0 (one callback, fixed-width fields: what SQL can build). The
 -- callback id becomes the batch id. Nothing accepted is dropped by an upgrade.
@@ -66,6 +81,7 @@ BEGIN
     END IF;
 END
 $$;
+DROP TABLE inbox_quarantine;
 DROP TABLE inbox_batches;
 CREATE TABLE inbox (
     callback_id uuid        PRIMARY KEY,

@@ -108,6 +108,12 @@ func (m *Merger) Pass(ctx context.Context) (store.Merged, error) {
 	if err != nil {
 		return n, err
 	}
+	for _, q := range n.Quarantined {
+		// Every one is logged: each is callbacks that a human has to look at.
+		m.metrics.Quarantined.Inc()
+		m.log.ErrorContext(ctx, "inbox batch cannot be decoded; moved to table inbox_quarantine",
+			"batch_id", q.BatchID, "callbacks", q.Callbacks, "err", q.Err)
+	}
 	m.metrics.MergedCallbacks.Add(float64(n.Callbacks))
 	m.metrics.MergedIDs.Add(float64(n.Ids))
 	if n.Changed > 0 {

@@ -1,6 +1,7 @@
 package merge_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -185,6 +186,25 @@ func TestRun_idBoundEndsAPassEarly(t *testing.T) {
 	require.Equal(t, store.Merged{Batches: 1, Callbacks: 1, Ids: 3, Changed: 3}, second)
 	require.Zero(t, f.count(t, "inbox_batches"))
 	require.Len(t, f.pending(t), 9)
+}
+
+func TestPass_quarantineIsCountedAndLogged(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	_, err := f.pool.Exec(context.Background(),
+		"INSERT INTO inbox_batches (batch_id, received_at, callbacks, ids, data) VALUES ($1, $2, 1, 1, '\\x09')", callback.New(at(0), nil).ID, at(0))
+	require.NoError(t, err)
+	f.insert(t, callback.New(at(1), []int64{4}))
+	var logs bytes.Buffer
+	m := merge.New(merge.Config{MaxBatches: 10, MaxIDs: 1 << 20, Interval: idle}, f.store, slog.New(slog.NewTextHandler(&logs, nil)), f.m, nil)
+
+	n, err := m.Pass(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, int64(1), n.Callbacks)
+	require.Equal(t, 1.0, metrics.Sum(f.m.Quarantined))
+	require.Contains(t, logs.String(), "unknown version 9")
+	require.Equal(t, 1, f.count(t, "inbox_quarantine"))
+	require.Equal(t, map[int64]time.Time{4: at(1)}, f.pending(t))
 }
 
 func TestRun_retriesAfterDatabaseError(t *testing.T) {

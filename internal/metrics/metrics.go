@@ -26,6 +26,7 @@ type Metrics struct {
 	// Merge.
 	MergedCallbacks prometheus.Counter
 	MergedIDs       prometheus.Counter
+	Quarantined     prometheus.Counter // inbox batches that could not be decoded
 
 	// Lookups.
 	Lookups         *prometheus.CounterVec // outcome
@@ -67,6 +68,7 @@ func New() *Metrics {
 		SpoolBytes:        f.gauge("spool_bytes", "Bytes in spool files waiting to be replayed."),
 		MergedCallbacks:   f.counter("merged_callbacks_total", "Callbacks merged from the inbox into pending work."),
 		MergedIDs:         f.counter("merged_ids_total", "Distinct ids per merge batch, summed: lookups requested after coalescing."),
+		Quarantined:       f.counter("inbox_batches_quarantined_total", "Inbox batches the merger could not decode, moved to the inbox_quarantine table."),
 		Lookups:           f.counterVec("lookups_total", "Object service lookups, by outcome.", "outcome"),
 		LookupSeconds: f.histogram("lookup_seconds", "Object service lookup latency.",
 			[]float64{.05, .1, .25, .5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 7.5, 10}),

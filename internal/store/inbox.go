@@ -118,7 +118,19 @@ type Merged struct {
 	Changed   int64 // pending rows inserted or given a newer receipt
 	Refreshed int64 // online objects whose last_seen moved forward
 	Full      bool  // the pass stopped at a bound: more may be waiting
+
+	// Quarantined: batches that could not be decoded, moved to inbox_quarantine.
+	Quarantined []Quarantined
 }
+
+// Quarantined is one batch the merger set aside.
+type Quarantined struct {
+	BatchID   uuid.UUID
+	Callbacks int
+	Err       error
+}
+
+type idTime struct{ id, t int64 }
 
 // MergeInbox moves the oldest inbox batches into pending, in one transaction: at most
 // maxBatches rows, and no further row once maxIDs ids are taken. The batches are decoded
@@ -139,20 +151,33 @@ func (s *Store) MergeInbox(ctx context.Context, maxBatches, maxIDs int) (Merged,
 		taken := 0
 		newest := make(map[int64]int64) // object id -> newest receipt, Unix microseconds
 		var scratch []int64
+		var staged []idTime
 		for _, r := range rows {
 			taken += int(r.Ids)
-			m.Callbacks += int64(r.Callbacks)
+			// Decoded whole before any of it counts: a batch that breaks off halfway
+			// contributes nothing rather than a prefix of possible garbage.
+			staged = staged[:0]
 			scratch, err = decodeBatch(r.Data, scratch, func(_ uuid.UUID, t int64, ids []int64) {
 				for _, id := range ids {
-					if old, ok := newest[id]; !ok || t > old {
-						newest[id] = t
-					}
+					staged = append(staged, idTime{id, t})
 				}
 			})
 			if err != nil {
-				// Not skipped: a batch that cannot be read would be lost callbacks. The
-				// pass fails and is retried, and the error is logged until it is fixed.
-				return err
+				// Kept aside in this transaction, never dropped, and never allowed to
+				// stop every later pass at the same row.
+				if err := q.QuarantineBatch(ctx, dbsqlc.QuarantineBatchParams{
+					BatchID: r.BatchID, ReceivedAt: r.ReceivedAt, Callbacks: r.Callbacks, Ids: r.Ids, Data: r.Data, Error: err.Error(),
+				}); err != nil {
+					return fmt.Errorf("quarantining inbox batch %s: %w", r.BatchID, err)
+				}
+				m.Quarantined = append(m.Quarantined, Quarantined{BatchID: r.BatchID, Callbacks: int(r.Callbacks), Err: err})
+				continue
+			}
+			m.Callbacks += int64(r.Callbacks)
+			for _, s := range staged {
+				if old, ok := newest[s.id]; !ok || s.t > old {
+					newest[s.id] = s.t
+				}
 			}
 		}
 		m.Full = len(rows) == maxBatches || taken >= maxIDs
@@ -166,6 +191,9 @@ func (s *Store) MergeInbox(ctx context.Context, maxBatches, maxIDs int) (Merged,
 			times[i] = time.UnixMicro(newest[id])
 		}
 		m.Ids = int64(len(ids))
+		if len(ids) == 0 {
+			return nil
+		}
 		r, err := q.MergePending(ctx, dbsqlc.MergePendingParams{Ids: ids, ReceivedAts: times})
 		if err != nil {
 			return fmt.Errorf("merging into pending: %w", err)

@@ -91,6 +91,32 @@ func TestMerge(t *testing.T) {
 		require.Empty(t, rows(t, pool, "SELECT 0::bigint, received_at FROM inbox_batches"))
 	})
 
+	t.Run("an_undecodable_batch_is_quarantined_and_the_rest_merged", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		ctx := context.Background()
+		insert(t, s, callback.New(at(1), []int64{1}))
+		bad := callback.New(at(2), nil).ID
+		// Version 1, then a callback id cut short.
+		_, err := pool.Exec(ctx, "INSERT INTO inbox_batches (batch_id, received_at, callbacks, ids, data) VALUES ($1, $2, 1, 1, '\\x0102')", bad, at(2))
+		require.NoError(t, err)
+		insert(t, s, callback.New(at(3), []int64{3}))
+
+		m := merge(t, s)
+		require.Len(t, m.Quarantined, 1)
+		require.Equal(t, bad, m.Quarantined[0].BatchID)
+		require.ErrorContains(t, m.Quarantined[0].Err, "truncated callback id")
+		m.Quarantined = nil
+		require.Equal(t, store.Merged{Batches: 3, Callbacks: 2, Ids: 2, Changed: 2}, m)
+		require.Equal(t, map[int64]time.Time{1: at(1), 3: at(3)}, pendingTable(t, pool))
+		require.Empty(t, rows(t, pool, "SELECT 0::bigint, received_at FROM inbox_batches"))
+		var data []byte
+		var reason string
+		require.NoError(t, pool.QueryRow(ctx, "SELECT data, error FROM inbox_quarantine WHERE batch_id = $1", bad).Scan(&data, &reason))
+		require.Equal(t, []byte{1, 2}, data, "kept as it was")
+		require.Contains(t, reason, "truncated callback id")
+	})
+
 	t.Run("older_receipt_does_not_move_pending_back", func(t *testing.T) {
 		t.Parallel()
 		s, pool := setup(t)

@@ -27,18 +27,12 @@ WITH locked AS (
 )
 DELETE FROM inbox_batches
 WHERE batch_id IN (SELECT taken.batch_id FROM taken)
-RETURNING callbacks, ids, data
+RETURNING batch_id, received_at, callbacks, ids, data
 `
 
 type ClaimBatchesParams struct {
 	MaxBatches int32
 	MaxIds     int64
-}
-
-type ClaimBatchesRow struct {
-	Callbacks int32
-	Ids       int32
-	Data      []byte
 }
 
 // A merge pass takes the oldest batches (SKIP LOCKED: mergers of other replicas take
@@ -48,16 +42,22 @@ type ClaimBatchesRow struct {
 // @max_ids ids are taken (the row that crosses the bound is still taken, so a pass
 // always progresses): a pass's memory stays bounded whatever the callbacks hold. Rows
 // locked but not taken are released at commit, for the next pass.
-func (q *Queries) ClaimBatches(ctx context.Context, arg ClaimBatchesParams) ([]ClaimBatchesRow, error) {
+func (q *Queries) ClaimBatches(ctx context.Context, arg ClaimBatchesParams) ([]InboxBatch, error) {
 	rows, err := q.db.Query(ctx, claimBatches, arg.MaxBatches, arg.MaxIds)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	items := []ClaimBatchesRow{}
+	items := []InboxBatch{}
 	for rows.Next() {
-		var i ClaimBatchesRow
-		if err := rows.Scan(&i.Callbacks, &i.Ids, &i.Data); err != nil {
+		var i InboxBatch
+		if err := rows.Scan(
+			&i.BatchID,
+			&i.ReceivedAt,
+			&i.Callbacks,
+			&i.Ids,
+			&i.Data,
+		); err != nil {
 			return nil, err
 		}
 		items = append(items, i)
@@ -178,4 +178,33 @@ func (q *Queries) MergePending(ctx context.Context, arg MergePendingParams) (Mer
 	var i MergePendingRow
 	err := row.Scan(&i.Changed, &i.Refreshed)
 	return i, err
+}
+
+const quarantineBatch = `-- name: QuarantineBatch :exec
+INSERT INTO inbox_quarantine (batch_id, received_at, callbacks, ids, data, error)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (batch_id) DO NOTHING
+`
+
+type QuarantineBatchParams struct {
+	BatchID    uuid.UUID
+	ReceivedAt time.Time
+	Callbacks  int32
+	Ids        int32
+	Data       []byte
+	Error      string
+}
+
+// A batch taken by ClaimBatches that cannot be decoded: kept aside, in the same
+// transaction, so that it neither blocks the merge nor is lost.
+func (q *Queries) QuarantineBatch(ctx context.Context, arg QuarantineBatchParams) error {
+	_, err := q.db.Exec(ctx, quarantineBatch,
+		arg.BatchID,
+		arg.ReceivedAt,
+		arg.Callbacks,
+		arg.Ids,
+		arg.Data,
+		arg.Error,
+	)
+	return err
 }

@@ -19,6 +19,16 @@ type InboxBatch struct {
 	Data       []byte
 }
 
+type InboxQuarantine struct {
+	BatchID       uuid.UUID
+	ReceivedAt    time.Time
+	Callbacks     int32
+	Ids           int32
+	Data          []byte
+	Error         string
+	QuarantinedAt time.Time
+}
+
 type Object struct {
 	ID       int64
 	LastSeen time.Time
