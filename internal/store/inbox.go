@@ -35,7 +35,11 @@ func insertBatch(ctx context.Context, q *dbsqlc.Queries, cbs []callback.Callback
 		return nil
 	}
 	buf := batchBufs.Get().(*[]byte)
-	defer batchBufs.Put(buf)
+	defer func() {
+		if cap(*buf) <= 1<<20 { // a rare huge batch is not kept around
+			batchBufs.Put(buf)
+		}
+	}()
 	*buf = appendBatch((*buf)[:0], cbs)
 	oldest, ids := cbs[0].ReceivedAt, 0
 	for _, cb := range cbs {
