@@ -1,8 +1,10 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -79,8 +81,10 @@ func compareVersions(a, b string) int {
 	return 0
 }
 
-// findBinDir returns the first candidate directory that holds all server binaries.
-func findBinDir(candidates []string, isExecutable func(path string) bool) (string, error) {
+// findBinDir returns the first candidate directory that holds all server binaries and
+// whose server is of major version want ("" takes any). version tells a directory's.
+func findBinDir(candidates []string, isExecutable func(path string) bool, want string, version func(dir string) string) (string, error) {
+	var others []string
 	for _, dir := range candidates {
 		ok := true
 		for _, bin := range serverBinaries {
@@ -89,15 +93,31 @@ func findBinDir(candidates []string, isExecutable func(path string) bool) (strin
 				break
 			}
 		}
-		if ok {
+		if !ok {
+			continue
+		}
+		if want == "" {
 			return dir, nil
 		}
+		v := version(dir)
+		if v == want {
+			return dir, nil
+		}
+		others = append(others, fmt.Sprintf("%s in %s", cmp.Or(v, "an unknown version"), dir))
+	}
+	if len(others) > 0 {
+		return "", fmt.Errorf("%w: the data directory was made by PostgreSQL %s, and only %s is installed",
+			errWrongVersion, want, strings.Join(others, ", "))
 	}
 	return "", errNoBinaries
 }
 
-// discoverBinDir looks on this machine.
-func discoverBinDir(ctx context.Context) (string, error) {
+// errWrongVersion: a data directory can only be started by its own major version.
+var errWrongVersion = errors.New("no PostgreSQL server of the data directory's version")
+
+// discoverBinDir looks on this machine for server binaries of major version want ("":
+// any).
+func discoverBinDir(ctx context.Context, want string) (string, error) {
 	var pgConfigDir string
 	if out, err := exec.CommandContext(ctx, "pg_config", "--bindir").Output(); err == nil {
 		pgConfigDir = strings.TrimSpace(string(out))
@@ -112,7 +132,33 @@ func discoverBinDir(ctx context.Context) (string, error) {
 		}
 		pathInitdb = p
 	}
-	return findBinDir(candidateBinDirs(pgConfigDir, debianDirs, pathInitdb), isExecutable)
+	version := func(dir string) string {
+		out, err := exec.CommandContext(ctx, filepath.Join(dir, "postgres"), "--version").Output()
+		if err != nil {
+			return ""
+		}
+		return majorVersion(string(out))
+	}
+	return findBinDir(candidateBinDirs(pgConfigDir, debianDirs, pathInitdb), isExecutable, want, version)
+}
+
+// majorVersion reads the major version, as PG_VERSION spells it, from the output of
+// postgres --version: "postgres (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)" is "15",
+// "postgres (PostgreSQL) 9.6.24" is "9.6".
+func majorVersion(out string) string {
+	_, rest, ok := strings.Cut(out, "(PostgreSQL) ")
+	if !ok {
+		return ""
+	}
+	v, _, _ := strings.Cut(strings.TrimSpace(rest), " ")
+	parts := strings.Split(v, ".")
+	if parts[0] == "9" && len(parts) > 1 {
+		return parts[0] + "." + parts[1]
+	}
+	if n := strings.IndexFunc(parts[0], func(r rune) bool { return r < '0' || r > '9' }); n >= 0 {
+		return parts[0][:n] // "17beta1" -> "17"
+	}
+	return parts[0]
 }
 
 func isExecutable(path string) bool {

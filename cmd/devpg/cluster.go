@@ -43,16 +43,21 @@ func ensure(ctx context.Context, t target, opts options, stdout io.Writer) error
 		return fmt.Errorf("%w, and %s is not this machine: start the server there or point DATABASE_URL elsewhere", err, t.Host)
 	}
 
-	binDir, err := discoverBinDir(ctx)
-	if err != nil {
-		return err
-	}
 	as, err := currentRunner()
 	if err != nil {
 		return err
 	}
 	dir, err := prepareDataDir(ctx, as, opts.dir, t.Port)
 	if err != nil {
+		return err
+	}
+	// A data directory left by an earlier run starts only with its own major version:
+	// prefer those binaries, and say so plainly when they are not installed.
+	binDir, err := discoverBinDir(ctx, clusterVersion(dir))
+	if err != nil {
+		if errors.Is(err, errWrongVersion) {
+			return fmt.Errorf("%s: %w; install that version, or remove the directory (it is a throwaway cluster) or set DEVPG_DIR elsewhere", dir, err)
+		}
 		return err
 	}
 
@@ -107,7 +112,7 @@ func stopCluster(ctx context.Context, t target, opts options, stdout io.Writer) 
 		if !isCluster(dir) {
 			continue
 		}
-		binDir, err := discoverBinDir(ctx)
+		binDir, err := discoverBinDir(ctx, clusterVersion(dir))
 		if err != nil {
 			return err
 		}
@@ -200,6 +205,15 @@ func prepareDataDir(ctx context.Context, as runner, explicit string, port uint16
 		errs = append(errs, err)
 	}
 	return "", fmt.Errorf("preparing a data directory: %w", errors.Join(errs...))
+}
+
+// clusterVersion is the major version that made the cluster in dir ("": none there).
+func clusterVersion(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, "PG_VERSION"))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // isCluster tells whether dir holds an initialised cluster.

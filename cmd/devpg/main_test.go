@@ -132,6 +132,7 @@ func TestFindBinDir(t *testing.T) {
 		name       string
 		candidates []string
 		exec       func(string) bool
+		version    string // of the data directory: "" for none
 		want       string
 		wantErr    error
 	}{
@@ -149,6 +150,21 @@ func TestFindBinDir(t *testing.T) {
 			want:       "/a",
 		},
 		{
+			name:       "an_existing_cluster_takes_its_own_major_version",
+			candidates: []string{"/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"},
+			exec: installed("/usr/lib/postgresql/16/bin/initdb", "/usr/lib/postgresql/16/bin/pg_ctl", "/usr/lib/postgresql/16/bin/postgres",
+				"/usr/lib/postgresql/15/bin/initdb", "/usr/lib/postgresql/15/bin/pg_ctl", "/usr/lib/postgresql/15/bin/postgres"),
+			version: "15",
+			want:    "/usr/lib/postgresql/15/bin",
+		},
+		{
+			name:       "an_existing_cluster_of_a_version_not_installed",
+			candidates: []string{"/usr/lib/postgresql/16/bin"},
+			exec:       installed("/usr/lib/postgresql/16/bin/initdb", "/usr/lib/postgresql/16/bin/pg_ctl", "/usr/lib/postgresql/16/bin/postgres"),
+			version:    "15",
+			wantErr:    errWrongVersion,
+		},
+		{
 			name:       "none_found_says_how_to_install",
 			candidates: []string{"/a"},
 			exec:       installed("/a/initdb"),
@@ -158,7 +174,7 @@ func TestFindBinDir(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			got, err := findBinDir(tc.candidates, tc.exec)
+			got, err := findBinDir(tc.candidates, tc.exec, tc.version, versionOf)
 			if !errors.Is(err, tc.wantErr) || got != tc.want {
 				t.Errorf("findBinDir() = %q, %v; want %q, %v", got, err, tc.want, tc.wantErr)
 			}
@@ -168,6 +184,61 @@ func TestFindBinDir(t *testing.T) {
 		if !strings.Contains(errNoBinaries.Error(), hint) {
 			t.Errorf("errNoBinaries does not mention %q", hint)
 		}
+	}
+}
+
+// versionOf reads the version from a Debian-style path, standing in for postgres --version.
+func versionOf(dir string) string { return debianVersion(dir) }
+
+func TestMajorVersion(t *testing.T) {
+	t.Parallel()
+	for out, want := range map[string]string{
+		"postgres (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)\n": "15",
+		"postgres (PostgreSQL) 9.6.24\n":                         "9.6",
+		"postgres (PostgreSQL) 17beta1\n":                        "17",
+		"postgres (PostgreSQL) 16.4":                             "16",
+		"something else":                                         "",
+	} {
+		if got := majorVersion(out); got != want {
+			t.Errorf("majorVersion(%q) = %q, want %q", out, got, want)
+		}
+	}
+}
+
+// A cluster left by a version that is no longer installed: ensure says which and what
+// to do, and touches nothing.
+func TestRun_ensure_refuses_a_cluster_of_another_version(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	if _, err := discoverBinDir(ctx, ""); err != nil {
+		t.Skipf("no PostgreSQL server binaries on this machine: %v", err)
+	}
+	root := t.TempDir()
+	for _, d := range []string{filepath.Dir(root), root} { // as in the test above
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := filepath.Join(root, "data")
+	// 0777: as root, the server's user must be able to use what a root-owned test made.
+	if err := os.Mkdir(dir, 0o777); err != nil || os.Chmod(dir, 0o777) != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "PG_VERSION"), []byte("9.1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := mapEnv(map[string]string{
+		"DATABASE_URL": fmt.Sprintf("postgres://postgres@127.0.0.1:%d/callback?sslmode=disable", freePort(t)),
+		"DEVPG_DIR":    dir,
+	})
+	var out bytes.Buffer
+	err := run(ctx, []string{"ensure"}, env, &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "made by PostgreSQL 9.1") || !strings.Contains(err.Error(), "DEVPG_DIR") {
+		t.Fatalf("ensure = %v\n%s; want an error naming version 9.1 and DEVPG_DIR", err, out.String())
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Errorf("the data directory was changed: %v", entries)
 	}
 }
 
@@ -261,7 +332,7 @@ func TestRun_ensure_starts_a_cluster_where_none_answers(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if _, err := discoverBinDir(ctx); err != nil {
+	if _, err := discoverBinDir(ctx, ""); err != nil {
 		t.Skipf("no PostgreSQL server binaries on this machine: %v", err)
 	}
 
