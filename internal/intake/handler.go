@@ -68,6 +68,13 @@ func (h *Handler) Callback(c *gin.Context) {
 		return
 	}
 
+	// A declared length over the limit is refused before a byte of it is read: no
+	// reading megabytes to reject them, and no race with the body deadline.
+	if c.Request.ContentLength > h.cfg.MaxBodyBytes {
+		h.rejectTooLarge(c)
+		return
+	}
+
 	if h.cfg.BodyTimeout > 0 {
 		// The sender gives up after 1 s: a body still arriving after that is abuse or
 		// a dead client, and holding the connection for the server's ReadTimeout would
@@ -85,8 +92,7 @@ func (h *Handler) Callback(c *gin.Context) {
 	}()
 	if _, err := body.ReadFrom(http.MaxBytesReader(c.Writer, c.Request.Body, h.cfg.MaxBodyBytes)); err != nil {
 		if _, tooLarge := errors.AsType[*http.MaxBytesError](err); tooLarge {
-			h.reject(c, http.StatusRequestEntityTooLarge, "body_too_large",
-				"body exceeds "+strconv.FormatInt(h.cfg.MaxBodyBytes, 10)+" bytes")
+			h.rejectTooLarge(c)
 			return
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -143,6 +149,11 @@ func (h *Handler) Callback(c *gin.Context) {
 	b = strconv.AppendInt(b, int64(sent), 10)
 	b = append(b, '}')
 	c.Data(http.StatusAccepted, "application/json", b)
+}
+
+func (h *Handler) rejectTooLarge(c *gin.Context) {
+	h.reject(c, http.StatusRequestEntityTooLarge, "body_too_large",
+		"body exceeds "+strconv.FormatInt(h.cfg.MaxBodyBytes, 10)+" bytes")
 }
 
 func (h *Handler) authorized(header string) bool {

@@ -351,8 +351,19 @@ func TestCallback_bodyLimitIsExact(t *testing.T) {
 	r := e.do(t, http.MethodPost, body)
 	require.Equal(t, http.StatusAccepted, r.status, "a body of exactly the limit is accepted: %s", r.raw)
 
+	// Declared too large: refused from the header alone.
 	r = e.do(t, http.MethodPost, body+" ")
 	requireError(t, r, http.StatusRequestEntityTooLarge)
+
+	// No length declared (chunked): refused once the limit is passed while reading.
+	req, err := http.NewRequest(http.MethodPost, e.url+"/callback", io.MultiReader(strings.NewReader(body), strings.NewReader(" ")))
+	require.NoError(t, err)
+	req.ContentLength = -1 // unknown: the client sends it chunked
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	requireError(t, readReply(t, resp), http.StatusRequestEntityTooLarge)
+
 	require.Len(t, e.inbox(t), 1, "only the first callback was written")
 }
 
