@@ -50,10 +50,22 @@ func Migrate(ctx context.Context, databaseURL string, log io.Writer) error {
 	m.MigrationsDir = []string{db.MigrationsDir}
 	m.AutoDumpSchema = false
 	m.Log = log
-	if err := m.CreateAndMigrate(); err != nil {
+	if err := createAndMigrate(m); err != nil {
 		return fmt.Errorf("applying migrations: %w", err)
 	}
 	return nil
+}
+
+// createAndMigrate runs dbmate, turning its panics into errors: some of its helpers
+// (dbutil.MustClose) panic when a connection breaks mid-query, which an outage at
+// start-up does. The caller retries; a panic would have ended the whole service.
+func createAndMigrate(m *dbmate.DB) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("dbmate panicked (connection lost?): %v", r)
+		}
+	}()
+	return m.CreateAndMigrate()
 }
 
 // libpqURL adapts a pgx URL for dbmate, whose driver is lib/pq: lib/pq insists on TLS
