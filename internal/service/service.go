@@ -48,6 +48,10 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	poolCfg.MaxConns = int32(cfg.DBMaxConns)
 	poolCfg.ConnConfig.ConnectTimeout = 2 * time.Second
+	// Two connections opened in the background from the start and kept: the flusher's
+	// first commit after a start or an idle spell does not pay for a connection
+	// (TCP, auth, type loading) inside its COMMIT_TIMEOUT.
+	poolCfg.MinConns = min(2, poolCfg.MaxConns)
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg) // connects lazily: Postgres may be down now
 	if err != nil {
 		return fmt.Errorf("creating database pool: %w", err)
