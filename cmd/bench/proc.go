@@ -105,6 +105,9 @@ type proc struct {
 }
 
 func startProc(cmd *exec.Cmd, logPath string) (*proc, error) {
+	// The service and the no-op server die with the bench, even when it crashes or is
+	// interrupted, so that no stray process skews the next measurement.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	f, err := os.Create(logPath)
 	if err != nil {
 		return nil, err

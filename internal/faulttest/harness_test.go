@@ -155,6 +155,9 @@ func startProc(t *testing.T, e env) *proc {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin)
+	// Dies with the test binary, even when that one crashes: a panic in an in-process
+	// service once left three of these running, retrying against dropped databases.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Env = subprocessEnv(e)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
