@@ -10,8 +10,8 @@ import (
 
 // Callback is one accepted POST /callback.
 type Callback struct {
-	// ID is minted when the request arrives (UUIDv7: time-ordered, so inbox inserts
-	// stay at the right edge of the primary key). It makes spool replay idempotent.
+	// ID is minted when the request arrives (UUIDv7: time-ordered). It travels with the
+	// callback into its inbox batch or spool record, and names it in logs and tests.
 	ID uuid.UUID
 	// ReceivedAt is the service's clock when the request arrived. It becomes last_seen
 	// of every object the callback names.

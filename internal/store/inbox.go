@@ -178,9 +178,9 @@ func (s *Store) MergeInbox(ctx context.Context, maxBatches, maxIDs int) (Merged,
 				continue
 			}
 			m.Callbacks += int64(r.Callbacks)
-			for _, s := range staged {
-				if old, ok := newest[s.id]; !ok || s.t > old {
-					newest[s.id] = s.t
+			for _, it := range staged {
+				if old, ok := newest[it.id]; !ok || it.t > old {
+					newest[it.id] = it.t
 				}
 			}
 		}
