@@ -61,7 +61,7 @@ func TestObjectServiceFaults(t *testing.T) {
 	if st.Overlapping != 0 {
 		t.Errorf("%d lookups of an id overlapped another lookup of the same id", st.Overlapping)
 	}
-	if n := metric(t, s.base, "callback_lookups_dropped_total"); n != 0 {
+	if n := metric(t, s.base, "callback_work_dropped_total"); n != 0 {
 		t.Errorf("%v lookups were dropped although every id was looked up well inside the window", n)
 	}
 }
@@ -127,9 +127,9 @@ func TestObjectServiceDown(t *testing.T) {
 					FROM (SELECT * FROM pending ORDER BY object_id LIMIT 5) p`).Scan(&st)
 				return fmt.Sprintf("accepted %v, merged %v, queued %d, spool %v, pending %s, dropped %v, failed %v", accepted,
 					metric(t, s.base, "callback_merged_callbacks_total"), queued(t, pool), spoolSegments(t, e["SPOOL_DIR"]), st,
-					metric(t, s.base, "callback_lookups_dropped_total"), metric(t, s.base, "callback_lookups_total"))
+					metric(t, s.base, "callback_work_dropped_total"), metric(t, s.base, "callback_lookups_total"))
 			})
-			dropped := metric(t, s.base, "callback_lookups_dropped_total")
+			dropped := metric(t, s.base, "callback_work_dropped_total")
 			failed := metric(t, s.base, "callback_lookups_total", `outcome="failed"`)
 			attempts := failed
 			if seen != nil {

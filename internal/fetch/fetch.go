@@ -195,7 +195,7 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 		for _, c := range claims {
 			if now.Sub(c.ReceivedAt) > f.cfg.ExpireAfter {
 				// Too old to matter: its row would be expired as soon as written.
-				f.metrics.LookupsDropped.Inc()
+				f.metrics.Dropped.WithLabelValues("claim", "expired").Inc()
 				f.results <- store.Result{ObjectID: c.ObjectID, Token: c.Token, Outcome: store.Expired}
 				continue
 			}

@@ -362,7 +362,7 @@ func TestFetch_receiptOlderThanWindowIsDroppedWithoutLookup(t *testing.T) {
 	f.settle(t)
 	require.Equal(t, map[int64]int{12: 1}, svc.Calls(), "no lookup for the expired receipt")
 	require.Equal(t, map[int64]time.Time{12: fresh}, f.objects(t))
-	require.Equal(t, 1.0, metrics.Sum(f.m.LookupsDropped))
+	require.Equal(t, 1.0, metrics.Sum(f.m.Dropped))
 }
 
 func TestFetch_shutdownHandsBackClaims(t *testing.T) {

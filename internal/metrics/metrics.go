@@ -26,13 +26,21 @@ type Metrics struct {
 	// Merge.
 	MergedCallbacks prometheus.Counter
 	MergedIDs       prometheus.Counter
-	Quarantined     prometheus.Counter // inbox batches that could not be decoded
+	Quarantined     prometheus.Counter   // inbox batches that could not be decoded
+	MergeSeconds    prometheus.Histogram // one merge pass
+
+	// Work dropped before it cost anything, by stage (inbox, merge, claim, lookup) and
+	// reason (expired: its receipt left the window; capacity: no room for it before it
+	// would). Nothing accepted is lost by this: see the inbox package's durability
+	// argument.
+	Dropped    *prometheus.CounterVec
+	Overloaded prometheus.Gauge // 1 while work is dropped for capacity
 
 	// Lookups.
 	Lookups         *prometheus.CounterVec // outcome
 	LookupSeconds   prometheus.Histogram
 	LookupsInFlight prometheus.Gauge
-	LookupsDropped  prometheus.Counter // receipt left the window before a successful lookup
+	LookupLimit     prometheus.Gauge   // the adaptive concurrency limit now
 	StaleResults    prometheus.Counter // lease lost before the result was written
 
 	// Objects.
@@ -41,7 +49,9 @@ type Metrics struct {
 
 	// Queues, sampled.
 	InboxCallbacks  prometheus.Gauge
+	InboxOldest     prometheus.Gauge // age of the oldest unmerged receipt
 	PendingRows     prometheus.Gauge
+	PendingWaiting  prometheus.Gauge // pending rows not claimed: distinct ids waiting for a lookup
 	PendingOldest   prometheus.Gauge
 	ObjectsOnline   prometheus.Gauge
 	DatabaseErrors  *prometheus.CounterVec // component
@@ -69,16 +79,24 @@ func New() *Metrics {
 		MergedCallbacks:   f.counter("merged_callbacks_total", "Callbacks merged from the inbox into pending work."),
 		MergedIDs:         f.counter("merged_ids_total", "Distinct ids per merge batch, summed: lookups requested after coalescing."),
 		Quarantined:       f.counter("inbox_batches_quarantined_total", "Inbox batches the merger could not decode, moved to the inbox_quarantine table."),
-		Lookups:           f.counterVec("lookups_total", "Object service lookups, by outcome.", "outcome"),
+		MergeSeconds: f.histogram("merge_pass_seconds", "Duration of one merge pass.",
+			prometheus.ExponentialBuckets(0.001, 2, 14)),
+		Dropped: f.counterVec("work_dropped_total",
+			"Receipts (ids; callbacks for whole inbox batches) dropped before they cost anything, by stage (inbox, merge, claim, lookup) and reason (expired, capacity).",
+			"stage", "reason"),
+		Overloaded: f.gauge("overloaded", "1 while work is being dropped for lack of lookup capacity, else 0."),
+		Lookups:    f.counterVec("lookups_total", "Object service lookups, by outcome.", "outcome"),
 		LookupSeconds: f.histogram("lookup_seconds", "Object service lookup latency.",
 			[]float64{.05, .1, .25, .5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 7.5, 10}),
 		LookupsInFlight: f.gauge("lookups_in_flight", "Lookups waiting for the object service."),
-		LookupsDropped:  f.counter("lookups_dropped_total", "Pending lookups dropped because their receipt left the expiry window first."),
+		LookupLimit:     f.gauge("lookup_limit", "Adaptive limit of lookups in flight at once (between a floor and FETCH_CONCURRENCY)."),
 		StaleResults:    f.counter("lookup_results_stale_total", "Lookup results discarded because their lease had been lost."),
 		RowsWritten:     f.counterVec("objects_rows_written_total", "Rows written to objects by lookup results, by op.", "op"),
 		RowsExpired:     f.counter("objects_rows_expired_total", "Rows deleted from objects by expiry."),
 		InboxCallbacks:  f.gauge("inbox_callbacks", "Callbacks durable in the inbox, not yet merged."),
+		InboxOldest:     f.gauge("inbox_oldest_seconds", "Age of the oldest receipt in the inbox, not yet merged."),
 		PendingRows:     f.gauge("pending_rows", "Objects with a lookup to do or in flight."),
+		PendingWaiting:  f.gauge("pending_waiting_rows", "Objects waiting for a lookup (pending, not claimed)."),
 		PendingOldest:   f.gauge("pending_oldest_seconds", "Age of the oldest receipt with a lookup to do."),
 		ObjectsOnline:   f.gauge("objects_online", "Rows in objects."),
 		DatabaseErrors:  f.counterVec("database_errors_total", "Failed database operations, by component.", "component"),
