@@ -51,6 +51,17 @@ CREATE TABLE public.inbox_quarantine (
 
 
 --
+-- Name: merged_batches; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.merged_batches (
+    batch_id uuid NOT NULL,
+    merged_at timestamp with time zone DEFAULT now() NOT NULL
+)
+WITH (autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='10000');
+
+
+--
 -- Name: objects; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -108,6 +119,14 @@ ALTER TABLE ONLY public.inbox_batches
 
 ALTER TABLE ONLY public.inbox_quarantine
     ADD CONSTRAINT inbox_quarantine_pkey PRIMARY KEY (batch_id);
+
+
+--
+-- Name: merged_batches merged_batches_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.merged_batches
+    ADD CONSTRAINT merged_batches_pkey PRIMARY KEY (batch_id);
 
 
 --
@@ -172,4 +191,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261125000002'),
     ('20261125000003'),
     ('20261125000004'),
-    ('20261125000005');
+    ('20261125000005'),
+    ('20261202000002');

@@ -10,6 +10,43 @@
 INSERT INTO inbox_batches (batch_id, received_at, callbacks, ids, data)
 VALUES (@batch_id, @received_at, @callbacks, @ids, @data);
 
+-- name: InsertReplayedBatch :execrows
+-- Spool replay of a batch under the id the committer minted for it. A copy of the batch
+-- may be in the inbox already (the commit that timed out did commit): then it is not
+-- inserted again. It may also have been merged already: then merged_batches names it.
+-- One gap is left to DropMergedReplays: a merger that took the inbox copy and has not
+-- committed yet. Its delete makes this insert wait on the primary key and, once it
+-- commits, succeed, while NOT EXISTS was read before that commit.
+INSERT INTO inbox_batches (batch_id, received_at, callbacks, ids, data)
+SELECT @batch_id::uuid, @received_at::timestamptz, @callbacks::integer, @ids::integer, @data::bytea
+WHERE NOT EXISTS (SELECT 1 FROM merged_batches m WHERE m.batch_id = @batch_id::uuid)
+ON CONFLICT (batch_id) DO NOTHING;
+
+-- name: DropMergedReplays :one
+-- Run after the InsertReplayedBatch statements of a segment, in the same transaction:
+-- a new statement, so it sees every merge that committed while they waited (see
+-- above), and removes the batches those merges had already taken. Returns how many
+-- callbacks it removed.
+WITH dropped AS (
+    DELETE FROM inbox_batches b
+    USING merged_batches m
+    WHERE b.batch_id = m.batch_id AND b.batch_id = ANY(@batch_ids::uuid[])
+    RETURNING b.callbacks
+)
+SELECT coalesce(sum(dropped.callbacks), 0)::bigint AS callbacks FROM dropped;
+
+-- name: RememberMergedBatches :exec
+-- Called by a merge pass, in its transaction, with every batch id ClaimBatches took,
+-- quarantined ones too: see merged_batches. ON CONFLICT only so that a batch id that did
+-- get into the inbox twice (which replay prevents) cannot fail every later merge.
+INSERT INTO merged_batches (batch_id)
+SELECT unnest(@batch_ids::uuid[])
+ON CONFLICT (batch_id) DO NOTHING;
+
+-- name: ForgetMergedBatches :execrows
+-- @before_id is the smallest UUIDv7 of the cutoff instant: ids minted before it go.
+DELETE FROM merged_batches WHERE batch_id < @before_id::uuid;
+
 -- name: MarkSpoolReplayed :execrows
 -- Recorded in the same transaction as the replayed rows: a spool file whose replay
 -- committed but which was not yet removed when the process died is recognised and

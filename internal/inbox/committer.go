@@ -30,6 +30,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/objwatch/callback/internal/callback"
 	"github.com/objwatch/callback/internal/errlog"
 	"github.com/objwatch/callback/internal/metrics"
@@ -40,14 +42,14 @@ import (
 // spool. The handler answers 503: never a 2xx for anything that is not durable.
 var ErrUnavailable = errors.New("cannot store callback durably")
 
-// Inserter writes callbacks into the inbox table in one transaction.
+// Inserter writes callbacks into the inbox table in one transaction, as one batch.
 type Inserter interface {
-	InsertCallbacks(ctx context.Context, cbs []callback.Callback) error
+	InsertBatch(ctx context.Context, batchID uuid.UUID, cbs []callback.Callback) error
 }
 
-// Appender writes callbacks to the local spool durably.
+// Appender writes callbacks to the local spool durably, as one batch.
 type Appender interface {
-	Append(cbs []callback.Callback) error
+	AppendBatch(batchID uuid.UUID, cbs []callback.Callback) error
 }
 
 // Config tunes the committer.
@@ -194,10 +196,13 @@ func (c *Committer) flush(ctx context.Context, batch []*request, cbs []callback.
 // write makes cbs durable in the database or, failing that, in the spool.
 func (c *Committer) write(ctx context.Context, cbs []callback.Callback) error {
 	c.metrics.CommitBatchSize.Observe(float64(len(cbs)))
+	// Minted before the write, and the same for both copies, so that a batch that ends up
+	// both in the inbox and in the spool is recognised at replay (store.ReplaySegment).
+	batchID := uuid.Must(uuid.NewV7())
 	if c.now().UnixNano() >= c.dbDownUntil.Load() {
 		start := c.now()
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.CommitTimeout)
-		err := c.db.InsertCallbacks(wctx, cbs)
+		err := c.db.InsertBatch(wctx, batchID, cbs)
 		cancel()
 		if err == nil {
 			c.metrics.CommitSeconds.WithLabelValues("inbox").Observe(c.now().Sub(start).Seconds())
@@ -205,9 +210,9 @@ func (c *Committer) write(ctx context.Context, cbs []callback.Callback) error {
 			c.committed()
 			return nil
 		}
-		// The write may even have committed (the connection died during COMMIT's
-		// reply). Spooling it as well is safe: replay then puts the same callbacks in
-		// the inbox a second time, and merging a receipt twice changes nothing.
+		// The write may even have committed (the timeout or a dead connection came
+		// during COMMIT's reply). Spooling it as well is safe: it goes under the same
+		// batch id, and replay skips a batch id that is in the inbox or was merged.
 		c.metrics.DatabaseErrors.WithLabelValues("commit").Inc()
 		c.dbDownUntil.Store(c.now().Add(c.cfg.RetryDBAfter).UnixNano())
 		c.errs.Error(ctx, "insert", "inbox write failed; spooling callbacks to disk", err, "callbacks", len(cbs))
@@ -216,7 +221,7 @@ func (c *Committer) write(ctx context.Context, cbs []callback.Callback) error {
 		return fmt.Errorf("%w: database unavailable and no spool", ErrUnavailable)
 	}
 	start := c.now()
-	if err := c.spool.Append(cbs); err != nil {
+	if err := c.spool.AppendBatch(batchID, cbs); err != nil {
 		c.errs.Error(ctx, "spool", "spool write failed; answering 503", err, "callbacks", len(cbs))
 		return fmt.Errorf("%w: database unavailable and spool failed: %v", ErrUnavailable, err)
 	}

@@ -29,7 +29,7 @@ type inserter struct {
 	InsertCallbacksFunc func(ctx context.Context, cbs []callback.Callback) error
 }
 
-func (f inserter) InsertCallbacks(ctx context.Context, cbs []callback.Callback) error {
+func (f inserter) InsertBatch(ctx context.Context, _ uuid.UUID, cbs []callback.Callback) error {
 	return f.InsertCallbacksFunc(ctx, cbs)
 }
 
@@ -38,7 +38,7 @@ type appender struct {
 	AppendFunc func(cbs []callback.Callback) error
 }
 
-func (f appender) Append(cbs []callback.Callback) error { return f.AppendFunc(cbs) }
+func (f appender) AppendBatch(_ uuid.UUID, cbs []callback.Callback) error { return f.AppendFunc(cbs) }
 
 // clock is a settable time source.
 type clock struct {
@@ -91,8 +91,10 @@ func openSpool(t *testing.T) *spool.Spool {
 func spooled(t *testing.T, sp *spool.Spool) []callback.Callback {
 	t.Helper()
 	var got []callback.Callback
-	_, err := sp.Replay(context.Background(), func(_ context.Context, _ uuid.UUID, cbs []callback.Callback) error {
-		got = append(got, cbs...)
+	_, err := sp.Replay(context.Background(), func(_ context.Context, _ uuid.UUID, batches []callback.Batch) error {
+		for _, b := range batches {
+			got = append(got, b.Callbacks...)
+		}
 		return nil
 	})
 	require.NoError(t, err)

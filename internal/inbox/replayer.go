@@ -15,12 +15,12 @@ import (
 // SegmentStore replays one spool segment into the inbox exactly once.
 type SegmentStore interface {
 	Ping(ctx context.Context) error
-	ReplaySegment(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) (int, error)
+	ReplaySegment(ctx context.Context, segment uuid.UUID, batches []callback.Batch) (int, error)
 }
 
 // Spool is the spool as the replayer uses it.
 type Spool interface {
-	Replay(ctx context.Context, apply func(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) error) (int, error)
+	Replay(ctx context.Context, apply func(ctx context.Context, segment uuid.UUID, batches []callback.Batch) error) (int, error)
 	Stats() (segments int, bytes int64)
 }
 
@@ -80,16 +80,20 @@ func (r *Replayer) ReplayOnce(ctx context.Context) error {
 		r.errs.Error(ctx, "ping", "database still unreachable; spool kept", err, "segments", segments)
 		return err
 	}
-	n, err := r.spool.Replay(ctx, func(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) error {
+	n, err := r.spool.Replay(ctx, func(ctx context.Context, segment uuid.UUID, batches []callback.Batch) error {
 		// A segment holds at most ~10,000 callbacks: seconds, even on a slow server.
 		sctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
-		inserted, err := r.store.ReplaySegment(sctx, segment, cbs)
+		inserted, err := r.store.ReplaySegment(sctx, segment, batches)
 		if err != nil {
 			return err
 		}
 		r.metrics.CallbacksReplayed.Add(float64(inserted))
-		r.log.InfoContext(ctx, "spool segment replayed", "segment", segment, "callbacks", len(cbs), "new", inserted)
+		callbacks := 0
+		for _, b := range batches {
+			callbacks += len(b.Callbacks)
+		}
+		r.log.InfoContext(ctx, "spool segment replayed", "segment", segment, "callbacks", callbacks, "new", inserted)
 		return nil
 	})
 	if n > 0 {

@@ -89,13 +89,13 @@ func callbacks(n int) []callback.Callback {
 // segmentStore is a fake inbox.SegmentStore.
 type segmentStore struct {
 	PingFunc          func(ctx context.Context) error
-	ReplaySegmentFunc func(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) (int, error)
+	ReplaySegmentFunc func(ctx context.Context, segment uuid.UUID, batches []callback.Batch) (int, error)
 }
 
 func (s segmentStore) Ping(ctx context.Context) error { return s.PingFunc(ctx) }
 
-func (s segmentStore) ReplaySegment(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) (int, error) {
-	return s.ReplaySegmentFunc(ctx, segment, cbs)
+func (s segmentStore) ReplaySegment(ctx context.Context, segment uuid.UUID, batches []callback.Batch) (int, error) {
+	return s.ReplaySegmentFunc(ctx, segment, batches)
 }
 
 func TestReplayOnce_movesSpooledCallbacksIntoInboxOnce(t *testing.T) {
@@ -132,8 +132,8 @@ func TestReplayOnce_segmentCommittedBeforeACrashCountsOnce(t *testing.T) {
 
 	// The crash: a replay commits the segment, and the process dies before removing
 	// the file (here: apply commits, then fails, so the file stays).
-	_, err := f.spool.Replay(context.Background(), func(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) error {
-		n, err := f.store.ReplaySegment(ctx, segment, cbs)
+	_, err := f.spool.Replay(context.Background(), func(ctx context.Context, segment uuid.UUID, batches []callback.Batch) error {
+		n, err := f.store.ReplaySegment(ctx, segment, batches)
 		require.NoError(t, err)
 		require.Equal(t, 3, n)
 		return errors.New("killed before removing the file")
@@ -153,23 +153,24 @@ func TestReplayOnce_segmentCommittedBeforeACrashCountsOnce(t *testing.T) {
 	require.Zero(t, metrics.Sum(f.m.CallbacksReplayed))
 }
 
-func TestReplayOnce_callbackAlreadyInInboxMergesOnce(t *testing.T) {
+func TestReplayOnce_batchStillInInboxIsNotInsertedAgain(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	want := callbacks(3)
 	// The committer's write committed but its reply was lost, so it spooled the same
-	// callbacks as well.
-	require.NoError(t, f.store.InsertCallbacks(context.Background(), want))
-	require.NoError(t, f.spool.Append(want))
+	// batch as well, under the same id.
+	batchID := uuid.Must(uuid.NewV7())
+	require.NoError(t, f.store.InsertBatch(context.Background(), batchID, want))
+	require.NoError(t, f.spool.AppendBatch(batchID, want))
 
 	require.NoError(t, f.replayer(f.store, nil).ReplayOnce(context.Background()))
-	require.Equal(t, append(slices.Clone(want), want...), f.inbox(t), "in the inbox twice")
+	require.Equal(t, want, f.inbox(t), "in the inbox once")
 	require.Zero(t, f.segments(t))
+	require.Zero(t, metrics.Sum(f.m.CallbacksReplayed), "nothing was new")
 
-	// and merged as once: the same receipts, so the same pending rows.
 	m, err := f.store.MergeInbox(context.Background(), 100, 1<<20)
 	require.NoError(t, err)
-	require.Equal(t, store.Merged{Batches: 2, Callbacks: 6, Ids: 2, Changed: 2}, m)
+	require.Equal(t, store.Merged{Batches: 1, Callbacks: 3, Ids: 2, Changed: 2}, m)
 	require.Equal(t, map[int64]time.Time{0: want[2].ReceivedAt, 7: want[2].ReceivedAt},
 		pgtest.IDTimes(t, f.pool, "SELECT object_id, received_at FROM pending"))
 }
@@ -182,13 +183,13 @@ func TestReplayOnce_databaseDownKeepsSpool(t *testing.T) {
 	}{
 		{name: "ping_fails", db: segmentStore{
 			PingFunc: func(context.Context) error { return errors.New("connection refused") },
-			ReplaySegmentFunc: func(context.Context, uuid.UUID, []callback.Callback) (int, error) {
+			ReplaySegmentFunc: func(context.Context, uuid.UUID, []callback.Batch) (int, error) {
 				return 0, errors.New("replay must not be tried while ping fails")
 			},
 		}},
 		{name: "replay_fails", db: segmentStore{
 			PingFunc: func(context.Context) error { return nil },
-			ReplaySegmentFunc: func(context.Context, uuid.UUID, []callback.Callback) (int, error) {
+			ReplaySegmentFunc: func(context.Context, uuid.UUID, []callback.Batch) (int, error) {
 				return 0, errors.New("connection reset")
 			},
 		}},

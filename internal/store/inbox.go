@@ -24,22 +24,34 @@ const (
 
 var batchBufs = sync.Pool{New: func() any { return new([]byte) }}
 
-// InsertCallbacks makes a batch of callbacks durable in one row, one transaction: when
-// it returns nil, every one of them is in a committed inbox_batches row.
+// InsertCallbacks makes a batch of callbacks durable in one row, one transaction, under
+// a new batch id: when it returns nil, every one of them is in a committed inbox_batches
+// row.
 func (s *Store) InsertCallbacks(ctx context.Context, cbs []callback.Callback) error {
-	return insertBatch(ctx, s.q, cbs)
+	return s.InsertBatch(ctx, uuid.Must(uuid.NewV7()), cbs)
 }
 
-func insertBatch(ctx context.Context, q *dbsqlc.Queries, cbs []callback.Callback) error {
+// InsertBatch is InsertCallbacks under the batch id the caller minted: the group
+// committer mints it before the write so that the spooled copy of a write whose outcome
+// it never learnt carries the same id (ReplaySegment).
+func (s *Store) InsertBatch(ctx context.Context, batchID uuid.UUID, cbs []callback.Callback) error {
+	return insertBatch(ctx, s.q, batchID, cbs)
+}
+
+func insertBatch(ctx context.Context, q *dbsqlc.Queries, batchID uuid.UUID, cbs []callback.Callback) error {
 	if len(cbs) == 0 {
 		return nil
 	}
 	buf := batchBufs.Get().(*[]byte)
-	defer func() {
-		if cap(*buf) <= 1<<20 { // a rare huge batch is not kept around
-			batchBufs.Put(buf)
-		}
-	}()
+	defer putBatchBuf(buf)
+	if err := q.InsertBatch(ctx, dbsqlc.InsertBatchParams(batchRow(buf, batchID, cbs))); err != nil {
+		return fmt.Errorf("inserting a batch of %d callbacks: %w", len(cbs), err)
+	}
+	return nil
+}
+
+// batchRow encodes cbs into *buf and returns the inbox row that holds them.
+func batchRow(buf *[]byte, batchID uuid.UUID, cbs []callback.Callback) dbsqlc.InsertReplayedBatchParams {
 	*buf = appendBatch((*buf)[:0], cbs)
 	oldest, ids := cbs[0].ReceivedAt, 0
 	for _, cb := range cbs {
@@ -48,29 +60,38 @@ func insertBatch(ctx context.Context, q *dbsqlc.Queries, cbs []callback.Callback
 		}
 		ids += len(cb.ObjectIDs)
 	}
-	err := q.InsertBatch(ctx, dbsqlc.InsertBatchParams{
-		BatchID:    uuid.Must(uuid.NewV7()),
+	return dbsqlc.InsertReplayedBatchParams{
+		BatchID:    batchID,
 		ReceivedAt: oldest,
 		Callbacks:  int32(len(cbs)),
 		Ids:        int32(min(ids, 1<<31-1)),
 		Data:       *buf,
-	})
-	if err != nil {
-		return fmt.Errorf("inserting a batch of %d callbacks: %w", len(cbs), err)
 	}
-	return nil
 }
 
-// ReplaySegment moves the callbacks of one spool segment into the inbox, exactly once:
+func putBatchBuf(buf *[]byte) {
+	if cap(*buf) <= 1<<20 { // a rare huge batch is not kept around
+		batchBufs.Put(buf)
+	}
+}
+
+// ReplaySegment moves the batches of one spool segment into the inbox, exactly once:
 // the segment id is recorded in the same transaction, and a segment already recorded
 // is skipped (it was replayed just before a crash that kept its file from being
 // removed). Returns how many callbacks it inserted.
 //
-// A callback may be both in the spool and in the inbox, already merged or not: its
-// commit succeeded but the answer was lost, so the committer spooled it too. It is then
-// merged twice, which changes nothing: a merge keeps the newest receipt per object, and
-// both copies carry the same one.
-func (s *Store) ReplaySegment(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) (int, error) {
+// A batch may be both in the spool and in the inbox: its commit timed out but
+// committed, so the committer spooled it too, under the same batch id. Its inbox copy
+// may still be there, or may have been merged and looked up long ago. Merging it again
+// would look its objects up again (up to 65,536 lookups for one batch), and with two
+// replicas could put back a row, with an old last_seen, that a newer lookup deleted. So
+// a batch is inserted under its own id, and not at all if the inbox still holds that id
+// or merged_batches says it was merged (queries/inbox.sql InsertReplayedBatch and
+// DropMergedReplays; how long merged ids are remembered: ForgetMergedBatches).
+//
+// A batch without an id comes from a segment written before batches had ids: it gets
+// new ids, as it always did, and may be merged twice.
+func (s *Store) ReplaySegment(ctx context.Context, segment uuid.UUID, batches []callback.Batch) (int, error) {
 	inserted := 0
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		q := s.q.WithTx(tx)
@@ -81,14 +102,41 @@ func (s *Store) ReplaySegment(ctx context.Context, segment uuid.UUID, cbs []call
 		if fresh == 0 {
 			return nil
 		}
-		for rest := cbs; len(rest) > 0; {
-			n := batchLen(rest)
-			if err := insertBatch(ctx, q, rest[:n]); err != nil {
-				return err
+		var ids []uuid.UUID
+		buf := batchBufs.Get().(*[]byte)
+		defer putBatchBuf(buf)
+		for _, b := range batches {
+			if len(b.Callbacks) == 0 {
+				continue
 			}
-			rest = rest[n:]
+			if b.ID == uuid.Nil {
+				for rest := b.Callbacks; len(rest) > 0; {
+					n := batchLen(rest)
+					if err := insertBatch(ctx, q, uuid.Must(uuid.NewV7()), rest[:n]); err != nil {
+						return err
+					}
+					inserted += n
+					rest = rest[n:]
+				}
+				continue
+			}
+			// Written by one group commit, so already within the batch bounds.
+			n, err := q.InsertReplayedBatch(ctx, batchRow(buf, b.ID, b.Callbacks))
+			if err != nil {
+				return fmt.Errorf("inserting batch %s of %d callbacks: %w", b.ID, len(b.Callbacks), err)
+			}
+			if n > 0 {
+				inserted += len(b.Callbacks)
+				ids = append(ids, b.ID)
+			}
 		}
-		inserted = len(cbs)
+		if len(ids) > 0 {
+			dropped, err := q.DropMergedReplays(ctx, ids)
+			if err != nil {
+				return fmt.Errorf("dropping batches merged meanwhile: %w", err)
+			}
+			inserted -= int(dropped)
+		}
 		return nil
 	})
 	if err != nil {
@@ -107,6 +155,54 @@ func batchLen(cbs []callback.Callback) int {
 		}
 	}
 	return len(cbs)
+}
+
+// rememberMergedBatches records, in a merge pass's transaction, every batch it took,
+// so that a spooled copy of one of them is not merged again (ReplaySegment).
+func rememberMergedBatches(ctx context.Context, q *dbsqlc.Queries, rows []dbsqlc.InboxBatch) error {
+	ids := make([]uuid.UUID, len(rows))
+	for i, r := range rows {
+		ids[i] = r.BatchID
+	}
+	if err := q.RememberMergedBatches(ctx, ids); err != nil {
+		return fmt.Errorf("remembering merged batches: %w", err)
+	}
+	return nil
+}
+
+// ForgetMergedBatches forgets the merged batches whose ids were minted before before,
+// and returns how many. Batch ids are UUIDv7 minted by the committer just before the
+// write, so this is a range delete on the primary key.
+//
+// How long to remember. A spooled copy of a merged batch can come back at any time:
+// the spool keeps it for as long as Postgres is unreachable from that host, which has no
+// bound. But every receipt in a batch is older than its id (the committer mints the id
+// after the callbacks arrived). So a copy replayed after its id was forgotten holds only
+// receipts older than before, and if before is at least the expiry window in the past,
+// every one of them has left the window: the fetcher drops such a pending row at claim
+// without a lookup, CompleteLookups never writes a receipt older than its cutoff, and a
+// merge only ever moves last_seen forward. The late duplicate then costs one pending row
+// per id and changes nothing in objects.
+//
+// So the bound for correctness is: before <= now - EXPIRE_AFTER - the clock skew between
+// replicas (ids are minted on the replicas' clocks). Remembering longer only spares
+// pending rows after longer outages; the table grows with the merge rate (one row per
+// group commit, ~450/s at 10k callbacks/s), so an hour is a reasonable default.
+func (s *Store) ForgetMergedBatches(ctx context.Context, before time.Time) (int64, error) {
+	return s.q.ForgetMergedBatches(ctx, minUUIDv7(before))
+}
+
+// minUUIDv7 is the smallest UUIDv7 of t's millisecond: every UUIDv7 minted before t's
+// millisecond sorts below it, byte by byte, as Postgres compares uuids.
+func minUUIDv7(t time.Time) uuid.UUID {
+	var u uuid.UUID
+	ms := uint64(max(t.UnixMilli(), 0))
+	for i := range 6 {
+		u[i] = byte(ms >> (40 - 8*i))
+	}
+	u[6] = 0x70 // version 7
+	u[8] = 0x80 // RFC 4122 variant
+	return u
 }
 
 // ForgetSpoolReplays drops replay records older than before.
@@ -150,6 +246,9 @@ func (s *Store) MergeInbox(ctx context.Context, maxBatches, maxIDs int) (Merged,
 		}
 		if len(rows) == 0 {
 			return nil
+		}
+		if err := rememberMergedBatches(ctx, q, rows); err != nil {
+			return err
 		}
 		m.Batches = int64(len(rows))
 		taken := 0

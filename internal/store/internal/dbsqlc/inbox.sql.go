@@ -68,6 +68,40 @@ func (q *Queries) ClaimBatches(ctx context.Context, arg ClaimBatchesParams) ([]I
 	return items, nil
 }
 
+const dropMergedReplays = `-- name: DropMergedReplays :one
+WITH dropped AS (
+    DELETE FROM inbox_batches b
+    USING merged_batches m
+    WHERE b.batch_id = m.batch_id AND b.batch_id = ANY($1::uuid[])
+    RETURNING b.callbacks
+)
+SELECT coalesce(sum(dropped.callbacks), 0)::bigint AS callbacks FROM dropped
+`
+
+// Run after the InsertReplayedBatch statements of a segment, in the same transaction:
+// a new statement, so it sees every merge that committed while they waited (see
+// above), and removes the batches those merges had already taken. Returns how many
+// callbacks it removed.
+func (q *Queries) DropMergedReplays(ctx context.Context, batchIds []uuid.UUID) (int64, error) {
+	row := q.db.QueryRow(ctx, dropMergedReplays, batchIds)
+	var callbacks int64
+	err := row.Scan(&callbacks)
+	return callbacks, err
+}
+
+const forgetMergedBatches = `-- name: ForgetMergedBatches :execrows
+DELETE FROM merged_batches WHERE batch_id < $1::uuid
+`
+
+// @before_id is the smallest UUIDv7 of the cutoff instant: ids minted before it go.
+func (q *Queries) ForgetMergedBatches(ctx context.Context, beforeID uuid.UUID) (int64, error) {
+	result, err := q.db.Exec(ctx, forgetMergedBatches, beforeID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const forgetSpoolReplays = `-- name: ForgetSpoolReplays :execrows
 DELETE FROM spool_replays WHERE replayed_at < $1
 `
@@ -110,6 +144,41 @@ func (q *Queries) InsertBatch(ctx context.Context, arg InsertBatchParams) error 
 		arg.Data,
 	)
 	return err
+}
+
+const insertReplayedBatch = `-- name: InsertReplayedBatch :execrows
+INSERT INTO inbox_batches (batch_id, received_at, callbacks, ids, data)
+SELECT $1::uuid, $2::timestamptz, $3::integer, $4::integer, $5::bytea
+WHERE NOT EXISTS (SELECT 1 FROM merged_batches m WHERE m.batch_id = $1::uuid)
+ON CONFLICT (batch_id) DO NOTHING
+`
+
+type InsertReplayedBatchParams struct {
+	BatchID    uuid.UUID
+	ReceivedAt time.Time
+	Callbacks  int32
+	Ids        int32
+	Data       []byte
+}
+
+// Spool replay of a batch under the id the committer minted for it. A copy of the batch
+// may be in the inbox already (the commit that timed out did commit): then it is not
+// inserted again. It may also have been merged already: then merged_batches names it.
+// One gap is left to DropMergedReplays: a merger that took the inbox copy and has not
+// committed yet. Its delete makes this insert wait on the primary key and, once it
+// commits, succeed, while NOT EXISTS was read before that commit.
+func (q *Queries) InsertReplayedBatch(ctx context.Context, arg InsertReplayedBatchParams) (int64, error) {
+	result, err := q.db.Exec(ctx, insertReplayedBatch,
+		arg.BatchID,
+		arg.ReceivedAt,
+		arg.Callbacks,
+		arg.Ids,
+		arg.Data,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
 const markSpoolReplayed = `-- name: MarkSpoolReplayed :execrows
@@ -206,5 +275,19 @@ func (q *Queries) QuarantineBatch(ctx context.Context, arg QuarantineBatchParams
 		arg.Data,
 		arg.Error,
 	)
+	return err
+}
+
+const rememberMergedBatches = `-- name: RememberMergedBatches :exec
+INSERT INTO merged_batches (batch_id)
+SELECT unnest($1::uuid[])
+ON CONFLICT (batch_id) DO NOTHING
+`
+
+// Called by a merge pass, in its transaction, with every batch id ClaimBatches took,
+// quarantined ones too: see merged_batches. ON CONFLICT only so that a batch id that did
+// get into the inbox twice (which replay prevents) cannot fail every later merge.
+func (q *Queries) RememberMergedBatches(ctx context.Context, batchIds []uuid.UUID) error {
+	_, err := q.db.Exec(ctx, rememberMergedBatches, batchIds)
 	return err
 }

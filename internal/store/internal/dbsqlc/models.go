@@ -29,6 +29,11 @@ type InboxQuarantine struct {
 	QuarantinedAt time.Time
 }
 
+type MergedBatch struct {
+	BatchID  uuid.UUID
+	MergedAt time.Time
+}
+
 type Object struct {
 	ID       int64
 	LastSeen time.Time
