@@ -361,6 +361,10 @@ func (s *Spool) Replay(ctx context.Context, apply func(ctx context.Context, segm
 		switch {
 		case strings.HasSuffix(name, tmpExt):
 			s.removeStaleTmp(name)
+		case strings.HasSuffix(name, corruptExt):
+			if id, ok := s.reclaimSetAside(ctx, name); ok {
+				ids = append(ids, id)
+			}
 		case strings.HasSuffix(name, segmentExt):
 			id, err := uuid.Parse(strings.TrimSuffix(name, segmentExt))
 			if err != nil {
@@ -445,6 +449,36 @@ func (s *Spool) replaySegment(ctx context.Context, id uuid.UUID, apply func(cont
 	}
 	s.syncDirAfterRemove(ctx, id)
 	return n, nil
+}
+
+// reclaimSetAside takes back a segment that a replica of an older version set aside
+// because it did not know its header: during a rolling upgrade, replicas of two
+// versions share one spool directory, and the older one moves the newer one's segments
+// aside. A set-aside file with a header this version knows is renamed back and
+// replayed. Anything else stays where it is, for a human.
+func (s *Spool) reclaimSetAside(ctx context.Context, name string) (uuid.UUID, bool) {
+	id, err := uuid.Parse(strings.TrimSuffix(name, corruptExt))
+	if err != nil {
+		return uuid.UUID{}, false
+	}
+	path := filepath.Join(s.dir, name)
+	f, err := os.Open(path)
+	if err != nil {
+		return uuid.UUID{}, false
+	}
+	var h [headerSize]byte
+	_, err = io.ReadFull(f, h[:])
+	f.Close()
+	if err != nil || h != header && h != headerV1 {
+		return uuid.UUID{}, false
+	}
+	// Another replica may do the same at once: a rename is atomic, and the loser's
+	// fails harmlessly; replaySegment locks the file either way.
+	if err := os.Rename(path, filepath.Join(s.dir, id.String()+segmentExt)); err != nil {
+		return uuid.UUID{}, false
+	}
+	s.logger.InfoContext(ctx, "replaying a spool segment an older version had set aside", "segment", id)
+	return id, true
 }
 
 // syncDirAfterRemove makes a removal durable. If it fails, a crash may bring the file

@@ -212,6 +212,33 @@ func TestReplay_versionOneSegment(t *testing.T) {
 	}
 }
 
+// During a rolling upgrade a replica of the previous version, sharing the directory,
+// sets a version 2 segment aside as unreadable; this version takes it back. A file
+// that is really unreadable stays aside.
+func TestReplay_segmentSetAsideByAnOlderVersion(t *testing.T) {
+	t.Parallel()
+	s, dir := setup(t)
+	cbs := batch(2, 8)
+	path := writeSegment(t, dir, cbs)
+	aside := strings.TrimSuffix(path, segmentExt) + corruptExt
+	if err := os.Rename(path, aside); err != nil {
+		t.Fatal(err)
+	}
+	garbage := filepath.Join(dir, uuid.Must(uuid.NewV7()).String()+corruptExt)
+	if err := os.WriteFile(garbage, []byte("OWSPOOL\x09 from the future"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	r := replay(t, s)
+	assertCallbacks(t, r.cbs, cbs)
+	if _, err := os.Stat(aside); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the set-aside segment is still there: %v", err)
+	}
+	if _, err := os.Stat(garbage); err != nil {
+		t.Fatalf("an unreadable file was not kept aside: %v", err)
+	}
+}
+
 func TestAppend(t *testing.T) {
 	t.Parallel()
 
