@@ -49,8 +49,9 @@
 // Open fsyncs the parent of every directory it creates. So when Append returns nil, the
 // record bytes and the name that leads to them are on stable storage, and a kill -9 or a
 // power cut after that cannot lose them. When Append returns an error nothing is claimed
-// (the caller answers 503), although some or all of the batch may have reached the disk
-// and may be replayed later: a duplicate of a refused callback, which is harmless. After
+// (the caller answers 503). A record cut short by the failure is a torn record, never
+// replayed; a whole one whose fsync failed may still be replayed later: a refused batch
+// then counts as accepted after all, which is harmless. After
 // a failed write or fsync the segment is sealed, so that no acknowledged record ever
 // follows garbage, and because after a failed fsync Linux may have dropped the dirty
 // pages and a later fsync of the same file could succeed without them.
