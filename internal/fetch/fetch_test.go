@@ -269,7 +269,7 @@ func TestFetch_expiredLeaseIsReclaimedAndStaleResultDiscarded(t *testing.T) {
 	f.receive(t, []int64{5}, at)
 
 	// A worker claims the row and dies (or hangs) with it: a 1 ms lease.
-	stale, err := f.store.ClaimDue(context.Background(), 10, time.Millisecond)
+	stale, err := f.store.ClaimDue(context.Background(), 10, time.Millisecond, time.Time{})
 	require.NoError(t, err)
 	require.Len(t, stale, 1)
 
