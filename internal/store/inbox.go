@@ -267,8 +267,8 @@ func (s *Store) Merge(ctx context.Context, p MergeParams) (Merged, error) {
 		if err != nil {
 			return fmt.Errorf("merging into pending: %w", err)
 		}
-		m.Changed = r.Updated + r.Inserted
-		m.NoRoom = max(r.Fresh-r.Inserted, 0)
+		m.Changed = r.Changed
+		m.NoRoom = r.Fresh - r.FreshTaken
 		return nil
 	})
 	if err != nil {

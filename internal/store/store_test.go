@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
@@ -75,6 +76,42 @@ func result(c store.Claim, o store.Outcome) store.Result {
 
 func TestMerge(t *testing.T) {
 	t.Parallel()
+
+	t.Run("a_pending_row_finished_during_the_merge_is_made_again", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		ctx := context.Background()
+		insert(t, s, callback.New(at(1), []int64{4}))
+		merge(t, s)
+		insert(t, s, callback.New(at(2), []int64{4}))
+
+		// A lookup result for the first receipt is being written: it holds the pending
+		// row, and will delete it (finished). The merge of the newer receipt, which saw
+		// the row in its snapshot, waits for it.
+		result, err := pool.Begin(ctx)
+		require.NoError(t, err)
+		defer result.Rollback(ctx) //nolint:errcheck
+		_, err = result.Exec(ctx, "SELECT 1 FROM pending WHERE object_id = 4 FOR UPDATE")
+		require.NoError(t, err)
+		merged := make(chan store.Merged, 1)
+		go func() {
+			m, err := s.MergeInbox(ctx, 10, 100)
+			assert.NoError(t, err)
+			merged <- m
+		}()
+		require.Eventually(t, func() bool {
+			var waiting bool
+			require.NoError(t, pool.QueryRow(ctx,
+				"SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock')").Scan(&waiting))
+			return waiting
+		}, 15*time.Second, 2*time.Millisecond)
+		_, err = result.Exec(ctx, "DELETE FROM pending WHERE object_id = 4")
+		require.NoError(t, err)
+		require.NoError(t, result.Commit(ctx))
+
+		require.Equal(t, int64(1), (<-merged).Changed)
+		require.Equal(t, map[int64]time.Time{4: at(2)}, pendingTable(t, pool), "the newer receipt still gets its lookup")
+	})
 
 	t.Run("coalesces_ids_keeping_the_newest_receipt", func(t *testing.T) {
 		t.Parallel()

@@ -208,40 +208,28 @@ WITH merged AS (
     SELECT m.id, m.received_at FROM (
         SELECT unnest($1::bigint[]) AS id, unnest($2::timestamptz[]) AS received_at
     ) m
-), known AS (
-    SELECT p.object_id, merged.received_at FROM pending p
-    JOIN merged ON merged.id = p.object_id
-    WHERE p.received_at < merged.received_at
-    ORDER BY p.object_id
-    FOR UPDATE OF p
-), updated AS (
-    UPDATE pending p
-    SET received_at = known.received_at,
-        due_at      = greatest(p.due_at, known.received_at)
-    FROM known
-    WHERE p.object_id = known.object_id
-    RETURNING p.object_id
-), fresh AS (
-    SELECT merged.id, merged.received_at FROM merged
-    WHERE NOT EXISTS (SELECT 1 FROM pending p WHERE p.object_id = merged.id)
 ), ranked AS (
-    SELECT fresh.id, fresh.received_at,
-           row_number() OVER (ORDER BY fresh.received_at DESC, fresh.id) AS rank
-    FROM fresh
-), inserted AS (
+    SELECT merged.id, merged.received_at, p.object_id IS NOT NULL AS known,
+           row_number() OVER (PARTITION BY p.object_id IS NOT NULL
+                              ORDER BY merged.received_at DESC, merged.id) AS rank
+    FROM merged
+    LEFT JOIN pending p ON p.object_id = merged.id
+), chosen AS (
+    SELECT ranked.id, ranked.received_at, ranked.known FROM ranked
+    WHERE ranked.known OR ranked.rank <= $3::bigint
+), upserted AS (
     INSERT INTO pending (object_id, received_at, due_at)
-    SELECT ranked.id, ranked.received_at, ranked.received_at FROM ranked
-    WHERE ranked.rank <= $3::bigint
-    ORDER BY ranked.id
+    SELECT chosen.id, chosen.received_at, chosen.received_at FROM chosen
+    ORDER BY chosen.id
     ON CONFLICT (object_id) DO UPDATE
         SET received_at = excluded.received_at,
             due_at      = greatest(pending.due_at, excluded.received_at)
         WHERE pending.received_at < excluded.received_at
     RETURNING pending.object_id
 )
-SELECT (SELECT count(*) FROM updated)::bigint  AS updated,
-       (SELECT count(*) FROM fresh)::bigint    AS fresh,
-       (SELECT count(*) FROM inserted)::bigint AS inserted
+SELECT (SELECT count(*) FROM upserted)::bigint                          AS changed,
+       (SELECT count(*) FROM ranked WHERE NOT ranked.known)::bigint     AS fresh,
+       (SELECT count(*) FROM chosen WHERE NOT chosen.known)::bigint     AS fresh_taken
 `
 
 type MergePendingParams struct {
@@ -251,35 +239,33 @@ type MergePendingParams struct {
 }
 
 type MergePendingRow struct {
-	Updated  int64
-	Fresh    int64
-	Inserted int64
+	Changed    int64
+	Fresh      int64
+	FreshTaken int64
 }
 
-// The pending half of a merge pass: ids are distinct, each with the newest receipt
+// The pending half of a merge pass: @ids are distinct, each with the newest receipt
 // naming it among the batches taken (deduplicated by the caller). Many callbacks naming
 // one object become one pending row here: this is where coalescing happens, off the
 // reply path.
 //
-// known: objects already pending take the newer receipt, and move up the queue
-// (due_at is the priority: see the migration 20261202000001); a lease or a backoff,
-// both in the future, is kept. Locked in ascending id order, the lock order.
+// Objects already pending (known, as of the statement's snapshot) always take the newer
+// receipt, and move up the queue: due_at is the priority (migration 20261202000001),
+// and greatest() keeps a lease or a backoff, both in the future. Objects not pending
+// yet are inserted up to max_new (the caller passes the room left under its bound on
+// pending rows, CountPending), newest receipts first; the rest are dropped here for
+// capacity (counted by the caller). Rows past the bound would only wait, leave the
+// window and be swept, at the cost of an insert, an index entry and a delete each.
 //
-// fresh: objects not pending yet. At most max_new of them are inserted (the caller
-// passes the room left under its bound on pending rows, CountPending): the rest are
-// dropped here for capacity (the caller counts them), newest receipts kept first.
-// The bound is what lookups can use within the window; rows past it would only wait,
-// leave the window and be swept, at the cost of an insert, an index entry and a delete
-// each. Inserted in ascending id order. A fresh id that another replica's merger
-// inserted meanwhile is updated instead (ON CONFLICT), as in known.
-//
-// The statement reads the CTEs in this order (updated, then fresh, then inserted), so
-// every pending row this pass locks is locked in ascending id order within each phase,
-// and no objects row is touched here at all: RefreshObjects runs on its own.
+// One INSERT ... ON CONFLICT for both, in ascending id order (the lock order): it
+// decides insert or update against the latest committed row, not the snapshot, so an
+// object whose pending row a lookup result deletes meanwhile is inserted again with the
+// newer receipt (and looked up once more) instead of being lost between the two.
+// No objects row is touched here: RefreshObjects runs on its own.
 func (q *Queries) MergePending(ctx context.Context, arg MergePendingParams) (MergePendingRow, error) {
 	row := q.db.QueryRow(ctx, mergePending, arg.Ids, arg.ReceivedAts, arg.MaxNew)
 	var i MergePendingRow
-	err := row.Scan(&i.Updated, &i.Fresh, &i.Inserted)
+	err := row.Scan(&i.Changed, &i.Fresh, &i.FreshTaken)
 	return i, err
 }
 
