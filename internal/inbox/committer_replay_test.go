@@ -46,7 +46,7 @@ func TestCommitter_timedOutCommitThatCommittedIsMergedOnce(t *testing.T) {
 	m, err := f.store.MergeInbox(ctx, 100, 1<<20)
 	require.NoError(t, err)
 	require.Equal(t, int64(2), m.Ids)
-	claims, err := f.store.ClaimDue(ctx, 10, time.Minute)
+	claims, err := f.store.ClaimDue(ctx, 10, time.Minute, time.Now().Add(-time.Hour))
 	require.NoError(t, err)
 	require.Len(t, claims, 2)
 	var results []store.Result

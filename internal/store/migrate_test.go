@@ -30,25 +30,10 @@ func TestMigration_inboxBatchesKeepsUnmergedCallbacks(t *testing.T) {
 	m.AutoDumpSchema = false
 	m.Log = io.Discard
 
-	// Back to the migration under test, past any that came after it.
-	for {
-		ms, err := m.FindMigrations()
-		require.NoError(t, err)
-		newest := ""
-		for _, mg := range ms {
-			if mg.Applied {
-				newest = max(newest, mg.Version)
-			}
-		}
-		if newest <= "20261125000005" {
-			break
-		}
-		require.NoError(t, m.Rollback())
-	}
-
 	// Going back refuses to drop callbacks.
 	s := store.New(pool)
 	insert(t, s, callback.New(at(0), []int64{1}))
+	rollBackNewerThan(t, m, "20261125000005")
 	require.ErrorContains(t, m.Rollback(), "not empty")
 	_, err = pool.Exec(ctx, "DELETE FROM inbox_batches")
 	require.NoError(t, err)
@@ -72,4 +57,24 @@ func TestMigration_inboxBatchesKeepsUnmergedCallbacks(t *testing.T) {
 	require.Equal(t, []callback.Callback{older, empty, newer}, inbox)
 	require.Equal(t, store.Merged{Batches: 3, Callbacks: 3, Ids: 3, Changed: 3}, merge(t, s))
 	require.Equal(t, map[int64]time.Time{-7: at(1), 3: at(3), 5: at(1)}, pendingTable(t, pool))
+}
+
+// rollBackNewerThan rolls migrations back, newest first, until none newer than version
+// is applied.
+func rollBackNewerThan(t *testing.T, m *dbmate.DB, version string) {
+	t.Helper()
+	for {
+		ms, err := m.FindMigrations()
+		require.NoError(t, err)
+		latest := ""
+		for _, mg := range ms {
+			if mg.Applied && mg.Version > latest {
+				latest = mg.Version
+			}
+		}
+		if latest <= version {
+			return
+		}
+		require.NoError(t, m.Rollback())
+	}
 }
