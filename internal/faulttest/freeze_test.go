@@ -26,7 +26,10 @@ func TestFrozenReplica(t *testing.T) {
 	cfg.LatencyMin, cfg.LatencyMax = 300*time.Millisecond, 800*time.Millisecond
 	_, objectsURL := objectService(t, cfg, nil)
 	ea := baseEnv(t, dbURL, objectsURL).with("EXPIRE_AFTER", "20s") // FETCH_TIMEOUT=1s, LEASE=3s
-	eb := ea.with("LISTEN_ADDR", freeAddr(t))                       // same database, same spool
+	// B has room for more lookups than its own load needs: lookups go newest receipt
+	// first, so a saturated replica would leave A's claims (the oldest receipts) to
+	// leave the window rather than take them over.
+	eb := ea.with("LISTEN_ADDR", freeAddr(t), "FETCH_CONCURRENCY", "256") // same database, same spool
 	lease := ea.duration(t, "LEASE")
 
 	a := startProc(t, ea)
@@ -57,7 +60,7 @@ func TestFrozenReplica(t *testing.T) {
 	}
 
 	b := startProc(t, eb)
-	lb := sendLoad(t, b.base, 12, 1000, 150)
+	lb := sendLoad(t, b.base, 12, 1000, 30)
 
 	// Only B runs, so only B can take A's claims: by claiming them again after the
 	// lease, and completing them. A row that a frozen transaction of A holds locked
