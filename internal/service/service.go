@@ -42,7 +42,9 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	log := newLogger(cfg, stderr)
 	m := metrics.New()
 
-	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	// DATABASE_URL may name a primary and its standbys: PoolConfig's pool drops
+	// connections that cannot write and re-dials, which finds the promoted standby.
+	poolCfg, err := store.PoolConfig(cfg.DatabaseURL)
 	if err != nil {
 		return fmt.Errorf("invalid DATABASE_URL: %w", err)
 	}
