@@ -76,7 +76,12 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	ccfg := inbox.DefaultConfig()
 	ccfg.CommitTimeout = cfg.CommitTimeout
 	committer := inbox.NewCommitter(ccfg, db, sp, log, m, nil) // the merger keeps its own cadence: see merge.DefaultConfig
-	replayer := inbox.NewReplayer(db, sp, time.Second, log, m, merger.Wake)
+	// When the database answers again (a replay or a commit worked after a failure),
+	// every stage that backed off while it was away starts at once: spooled and
+	// queued callbacks reach the table within a second, not after the longest backoff.
+	wakeWorkers := func() { merger.Wake(); fetcher.Wake() }
+	replayer := inbox.NewReplayer(db, sp, time.Second, log, m, wakeWorkers)
+	committer.OnRecovered(func() { wakeWorkers(); replayer.Wake() })
 	expirer := expiry.New(db, cfg.ExpireAfter, time.Second, log, m)
 
 	handler := server.New(server.Deps{
