@@ -24,11 +24,18 @@ type options struct {
 func ensure(ctx context.Context, t target, opts options, stdout io.Writer) error {
 	err := probe(ctx, t)
 	if err == nil {
-		fmt.Fprintf(stdout, "devpg: PostgreSQL answers at %s\n", t.Addr())
+		fmt.Fprintf(stdout, "devpg: PostgreSQL answers at %s\n", t.Addrs())
 		return nil
 	}
 	if !errors.Is(err, errNotAnswering) {
 		return err
+	}
+	// A URL that names several hosts points at a primary and its standbys: a
+	// replicated set that someone runs on purpose. devpg starts nothing for it (one
+	// throwaway cluster on the first port would be no such set, and would take a
+	// standby's place); it only requires that some host answers.
+	if len(t.Others) > 0 {
+		return fmt.Errorf("%w: DATABASE_URL names several hosts (%s), and devpg starts a cluster only for a single-host URL: start the servers, or point DATABASE_URL at one host", err, t.Addrs())
 	}
 	if isSocketDir(t.Host) {
 		return fmt.Errorf("%w; devpg starts clusters on TCP addresses only, not on socket directory %s", err, t.Host)
@@ -102,6 +109,10 @@ func ensure(ctx context.Context, t target, opts options, stdout io.Writer) error
 
 // stopCluster stops the cluster devpg started for t's port, if there is one.
 func stopCluster(ctx context.Context, t target, opts options, stdout io.Writer) error {
+	if len(t.Others) > 0 {
+		fmt.Fprintf(stdout, "devpg: DATABASE_URL names several hosts (%s); devpg starts and stops nothing for those\n", t.Addrs())
+		return nil
+	}
 	as, err := devpg.CurrentRunner()
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -257,4 +258,66 @@ func freePort(t *testing.T) int {
 
 func mapEnv(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }
+}
+
+func TestParseTarget_multi_host(t *testing.T) {
+	t.Parallel()
+	got, err := parseTarget("postgres://postgres@127.0.0.1:55460,127.0.0.1:55461/app?target_session_attrs=read-write")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Addr() != "127.0.0.1:55460" || !slices.Equal(got.Others, []string{"127.0.0.1:55461"}) {
+		t.Errorf("parseTarget = %s and %q, want 127.0.0.1:55460 and [127.0.0.1:55461]", got.Addr(), got.Others)
+	}
+}
+
+// A URL naming a primary and its standbys is a replicated set someone runs: when none
+// of its hosts answers, ensure says so and starts nothing (a single cluster on the first
+// port would be no such set).
+func TestRun_ensure_multi_host_url_starts_nothing(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "data")
+	env := mapEnv(map[string]string{
+		"DATABASE_URL": fmt.Sprintf("postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/callback?sslmode=disable", freePort(t), freePort(t)),
+		"DEVPG_DIR":    dir,
+	})
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"ensure"}, env, &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "several hosts") {
+		t.Fatalf("ensure = %v\n%s; want an error about several hosts", err, out.String())
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("ensure made %s for a multi-host URL: %v", dir, err)
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"stop"}, env, &out, &out); err != nil || !strings.Contains(out.String(), "several hosts") {
+		t.Errorf("stop = %v\n%s; want it to say it stops nothing", err, out.String())
+	}
+}
+
+// When some host of a multi-host URL answers, that is enough: here a dead port first,
+// then the server the tests use.
+func TestRun_ensure_multi_host_url_with_a_live_host(t *testing.T) {
+	t.Parallel()
+	live := os.Getenv("DATABASE_URL")
+	if live == "" {
+		live = defaultDatabaseURL
+	}
+	tg, err := parseTarget(live)
+	if err != nil || len(tg.Others) > 0 || isSocketDir(tg.Host) {
+		t.Skipf("DATABASE_URL is not one TCP host: %v", err)
+	}
+	if err := probe(context.Background(), tg); err != nil {
+		t.Skipf("no server answers at DATABASE_URL: %v", err)
+	}
+	env := mapEnv(map[string]string{
+		"DATABASE_URL": fmt.Sprintf("postgres://%s@127.0.0.1:%d,%s/callback?sslmode=disable", tg.User, freePort(t), tg.Addr()),
+	})
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"ensure"}, env, &out, &out); err != nil {
+		t.Fatalf("ensure: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "answers at") {
+		t.Errorf("ensure said %q", out.String())
+	}
 }
