@@ -114,9 +114,11 @@ func (c *cluster) standby(t *testing.T, settings ...string) *cluster {
 	return s
 }
 
-// kill sends SIGKILL to the postmaster, as a crashed host would leave it: no shutdown
-// checkpoint, no goodbye to clients or standbys. Its backends notice their parent is
-// gone and exit by themselves.
+// kill crashes the server as a dying host would: SIGKILL to the postmaster and to
+// every process it started, at once. No shutdown checkpoint, no goodbye to clients or
+// standbys. Killing the postmaster alone is not that: its backends and its WAL sender
+// live on until they notice, and the sender streams what the standby lacked (with an
+// asynchronous standby, nothing was ever lost that way).
 func (c *cluster) kill(t *testing.T) {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(c.data, "postmaster.pid"))
@@ -128,8 +130,13 @@ func (c *cluster) kill(t *testing.T) {
 	if err != nil {
 		t.Fatalf("postmaster.pid: %v", err)
 	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatalf("kill -9 %d: %v", pid, err)
+	// Stopped, the postmaster starts no process between the listing and the kill.
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("kill -STOP %d: %v", pid, err)
+	}
+	children := childProcesses(t, pid)
+	for _, p := range append([]int{pid}, children...) {
+		_ = syscall.Kill(p, syscall.SIGKILL) // a child may have exited meanwhile
 	}
 	// Gone once its port refuses connections.
 	eventually(t, 10*time.Second, "the killed postmaster stops listening", func() bool {
@@ -140,6 +147,33 @@ func (c *cluster) kill(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// childProcesses lists the processes whose parent is pid, from /proc.
+func childProcesses(t *testing.T, pid int) []int {
+	t.Helper()
+	stats, err := filepath.Glob("/proc/[0-9]*/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, path := range stats {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue // exited
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+		i := strings.LastIndexByte(string(b), ')')
+		fields := strings.Fields(string(b[i+1:]))
+		if len(fields) < 2 || fields[1] != strconv.Itoa(pid) {
+			continue
+		}
+		child, err := strconv.Atoi(filepath.Base(filepath.Dir(path)))
+		if err == nil {
+			out = append(out, child)
+		}
+	}
+	return out
 }
 
 // url is a single-host URL of database db on c.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,12 +63,32 @@ func failover(t *testing.T, synchronous bool) {
 		})
 	}
 
-	// Ids 0..999 before, during and after the failover; ids 1000..1999 only once the
-	// standby is promoted, so that they are known to be sent to the new primary.
+	// Ids 0..999 while the primary lives; ids 1000..1999 from its death on, through
+	// the spool and into the new primary. An asynchronous standby may lose the first
+	// kind only, and later callbacks do not name them again, so what it lost shows.
 	before := []*load{sendLoadIDs(t, a.base, 11, 0, 999, 150), sendLoadIDs(t, b.base, 12, 0, 999, 150)}
 	sleep(2 * time.Second)
-	primary.kill(t)
-	t.Logf("killed the primary's postmaster (kill -9)")
+	if !synchronous {
+		// On one machine an asynchronous standby is rarely behind by more than a
+		// commit or two. Freeze the primary's WAL sender for a second, so that the
+		// primary acknowledges commits the standby never gets: what a lagging standby
+		// loses. (Freezing the standby's receiver is not enough: the WAL waits in the
+		// socket's buffers and arrives after the crash.)
+		var sender int
+		if err := primary.query(ctx, "SELECT pid FROM pg_stat_replication", &sender); err != nil {
+			t.Fatalf("finding the primary's WAL sender: %v", err)
+		}
+		if err := syscall.Kill(sender, syscall.SIGSTOP); err != nil {
+			t.Fatalf("SIGSTOP to the WAL sender: %v", err)
+		}
+		sleep(time.Second)
+	}
+	primary.kill(t) // the frozen sender with the rest
+	t.Logf("killed the primary's postmaster and its processes (kill -9)")
+	after := []*load{sendLoadIDs(t, a.base, 13, 1000, 1999, 150), sendLoadIDs(t, b.base, 14, 1000, 1999, 150)}
+	for _, l := range before {
+		l.Stop()
+	}
 	sleep(time.Second) // no primary: both replicas spool
 
 	// Commits into the inbox stopped with the primary; they resume on the new one.
@@ -75,7 +96,6 @@ func failover(t *testing.T, synchronous bool) {
 	ca, cb := inboxCommits(a), inboxCommits(b)
 	standby.ctl(t, "-w", "-t", "60", "promote")
 	promoted := time.Now()
-	after := []*load{sendLoadIDs(t, a.base, 13, 1000, 1999, 150), sendLoadIDs(t, b.base, 14, 1000, 1999, 150)}
 	// Generous: a test is no timing benchmark. The number is logged.
 	eventually(t, 15*time.Second, "both replicas commit into the promoted standby", func() bool {
 		return inboxCommits(a) > ca && inboxCommits(b) > cb
@@ -85,7 +105,7 @@ func failover(t *testing.T, synchronous bool) {
 	sleep(2 * time.Second)
 	var stats []tester.SenderStats
 	for _, l := range append(before, after...) {
-		l.Stop()
+		l.Stop() // again for before: a no-op
 		stats = append(stats, l.s.Stats())
 	}
 	t.Logf("senders (before, before, after, after): %+v", stats)
@@ -115,8 +135,8 @@ func failover(t *testing.T, synchronous bool) {
 // verifyAfterAsyncFailover is verifyTable for a failover to an asynchronous standby:
 // an id whose latest accepted callback was committed by the old primary and never
 // streamed may be missing, or show an older receipt. Those are logged, not failed. All
-// else must be exact: ids sent only after the promotion (1000 and up) have their
-// rows, nothing is there that should not be, and nothing is newer than sent.
+// else must be exact: ids sent from the old primary's death on (1000 and up) have
+// their rows, nothing is there that should not be, and nothing is newer than sent.
 func verifyAfterAsyncFailover(t *testing.T, pool *pgxpool.Pool, records map[int64]tester.SendRecord, window, late time.Duration) {
 	t.Helper()
 	expected := tester.Expect(records, tester.OnlineParity)
