@@ -24,19 +24,27 @@ import (
 // an asynchronous one the commits the old primary acknowledged but had not streamed
 // yet are gone (usually none on one machine, but it is allowed): the test logs them and
 // checks that the service recovers and is exact for everything the new primary holds.
+//
+// A third case reaches the primary through a proxy that blackholes at the crash, as a
+// host that vanishes from the network does: no connection is refused, every dial to it
+// waits for its timeout before pgx tries the next host.
 func TestFailover(t *testing.T) {
 	t.Parallel()
 	t.Run("synchronous_standby_loses_nothing", func(t *testing.T) {
 		t.Parallel()
-		failover(t, true)
+		failover(t, true, false)
 	})
 	t.Run("asynchronous_standby_loses_only_unstreamed_commits", func(t *testing.T) {
 		t.Parallel()
-		failover(t, false)
+		failover(t, false, false)
+	})
+	t.Run("primary_host_vanishes_from_the_network", func(t *testing.T) {
+		t.Parallel()
+		failover(t, true, true)
 	})
 }
 
-func failover(t *testing.T, synchronous bool) {
+func failover(t *testing.T, synchronous, blackhole bool) {
 	ctx := context.Background()
 	names, state := "", "async"
 	if synchronous {
@@ -49,8 +57,18 @@ func failover(t *testing.T, synchronous bool) {
 		return primary.query(ctx, "SELECT sync_state FROM pg_stat_replication", &got) == nil && got == state
 	})
 
+	primaryAddr := primary.addr()
+	var proxy *Proxy
+	if blackhole {
+		var err error
+		if proxy, err = NewProxy(primaryAddr); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(proxy.Close)
+		primaryAddr = proxy.Addr()
+	}
 	dbURL := fmt.Sprintf("postgres://postgres@%s,%s/callback?sslmode=disable&target_session_attrs=read-write",
-		primary.addr(), standby.addr())
+		primaryAddr, standby.addr())
 	_, objectsURL := objectService(t, fastObjects(11), nil)
 	ea := baseEnv(t, dbURL, objectsURL)
 	eb := ea.with("LISTEN_ADDR", freeAddr(t), "SPOOL_DIR", t.TempDir())
@@ -82,6 +100,9 @@ func failover(t *testing.T, synchronous bool) {
 			t.Fatalf("SIGSTOP to the WAL sender: %v", err)
 		}
 		sleep(time.Second)
+	}
+	if proxy != nil {
+		proxy.Blackhole()
 	}
 	primary.kill(t) // the frozen sender with the rest
 	t.Logf("killed the primary's postmaster and its processes (kill -9)")
