@@ -28,6 +28,7 @@ CREATE TABLE public.inbox_batches (
     callbacks integer NOT NULL,
     ids integer NOT NULL,
     data bytea NOT NULL,
+    last_received_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT inbox_batches_callbacks_check CHECK ((callbacks >= 0)),
     CONSTRAINT inbox_batches_ids_check CHECK ((ids >= 0))
 )
@@ -143,6 +144,13 @@ ALTER TABLE ONLY public.spool_replays
 
 
 --
+-- Name: inbox_batches_received_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX inbox_batches_received_at_idx ON public.inbox_batches USING btree (received_at);
+
+
+--
 -- Name: objects_last_seen_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -172,4 +180,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261125000002'),
     ('20261125000003'),
     ('20261125000004'),
-    ('20261125000005');
+    ('20261125000005'),
+    ('20261202000001');

@@ -72,7 +72,9 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fcfg := fetch.DefaultConfig()
 	fcfg.Concurrency, fcfg.Timeout, fcfg.Lease, fcfg.ExpireAfter = cfg.FetchConcurrency, cfg.FetchTimeout, cfg.Lease, cfg.ExpireAfter
 	fetcher := fetch.New(fcfg, db, lookups.Lookup, log, m)
-	merger := merge.New(merge.DefaultConfig(), db, log, m, fetcher.Wake)
+	mcfg := merge.DefaultConfig()
+	mcfg.MaxPending, mcfg.ExpireAfter = cfg.MaxPending, cfg.ExpireAfter
+	merger := merge.New(mcfg, db, log, m, fetcher.Wake)
 	ccfg := inbox.DefaultConfig()
 	ccfg.CommitTimeout = cfg.CommitTimeout
 	committer := inbox.NewCommitter(ccfg, db, sp, log, m, nil) // the merger keeps its own cadence: see merge.DefaultConfig
@@ -82,7 +84,10 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	wakeWorkers := func() { merger.Wake(); fetcher.Wake() }
 	replayer := inbox.NewReplayer(db, sp, time.Second, log, m, wakeWorkers)
 	committer.OnRecovered(func() { wakeWorkers(); replayer.Wake() })
-	expirer := expiry.New(db, cfg.ExpireAfter, time.Second, log, m)
+	ecfg := expiry.DefaultConfig()
+	ecfg.Window, ecfg.Grace = cfg.ExpireAfter, cfg.CommitTimeout+100*time.Millisecond
+	ecfg.SpoolHolds = func() bool { segments, _ := sp.Stats(); return segments > 0 }
+	expirer := expiry.New(ecfg, db, log, m)
 
 	handler := server.New(server.Deps{
 		Log:      log,

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
@@ -53,7 +54,7 @@ func merge(t *testing.T, s *store.Store) store.Merged {
 
 func claim(t *testing.T, s *store.Store, max int, lease time.Duration) map[int64]store.Claim {
 	t.Helper()
-	cs, err := s.ClaimDue(context.Background(), max, lease)
+	cs, err := s.ClaimDue(context.Background(), max, lease, t0.Add(-time.Hour)) // every receipt inside the window
 	require.NoError(t, err)
 	out := map[int64]store.Claim{}
 	for _, c := range cs {
@@ -75,6 +76,42 @@ func result(c store.Claim, o store.Outcome) store.Result {
 
 func TestMerge(t *testing.T) {
 	t.Parallel()
+
+	t.Run("a_pending_row_finished_during_the_merge_is_made_again", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		ctx := context.Background()
+		insert(t, s, callback.New(at(1), []int64{4}))
+		merge(t, s)
+		insert(t, s, callback.New(at(2), []int64{4}))
+
+		// A lookup result for the first receipt is being written: it holds the pending
+		// row, and will delete it (finished). The merge of the newer receipt, which saw
+		// the row in its snapshot, waits for it.
+		result, err := pool.Begin(ctx)
+		require.NoError(t, err)
+		defer result.Rollback(ctx) //nolint:errcheck
+		_, err = result.Exec(ctx, "SELECT 1 FROM pending WHERE object_id = 4 FOR UPDATE")
+		require.NoError(t, err)
+		merged := make(chan store.Merged, 1)
+		go func() {
+			m, err := s.MergeInbox(ctx, 10, 100)
+			assert.NoError(t, err)
+			merged <- m
+		}()
+		require.Eventually(t, func() bool {
+			var waiting bool
+			require.NoError(t, pool.QueryRow(ctx,
+				"SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock')").Scan(&waiting))
+			return waiting
+		}, 15*time.Second, 2*time.Millisecond)
+		_, err = result.Exec(ctx, "DELETE FROM pending WHERE object_id = 4")
+		require.NoError(t, err)
+		require.NoError(t, result.Commit(ctx))
+
+		require.Equal(t, int64(1), (<-merged).Changed)
+		require.Equal(t, map[int64]time.Time{4: at(2)}, pendingTable(t, pool), "the newer receipt still gets its lookup")
+	})
 
 	t.Run("coalesces_ids_keeping_the_newest_receipt", func(t *testing.T) {
 		t.Parallel()
@@ -167,6 +204,49 @@ func TestLookups(t *testing.T) {
 		require.Empty(t, objectsTable(t, pool))
 	})
 
+	t.Run("claims_the_newest_receipts_first", func(t *testing.T) {
+		t.Parallel()
+		s, _ := setup(t)
+		insert(t, s, callback.New(at(1), []int64{1}), callback.New(at(3), []int64{3}), callback.New(at(2), []int64{2}))
+		merge(t, s)
+		var order []int64
+		for range 3 {
+			for id := range claim(t, s, 1, time.Minute) {
+				order = append(order, id)
+			}
+		}
+		require.Equal(t, []int64{3, 2, 1}, order)
+	})
+
+	t.Run("a_newer_receipt_moves_a_waiting_row_up", func(t *testing.T) {
+		t.Parallel()
+		s, _ := setup(t)
+		insert(t, s, callback.New(at(1), []int64{1}), callback.New(at(5), []int64{2}))
+		merge(t, s)
+		insert(t, s, callback.New(at(9), []int64{1}))
+		merge(t, s)
+		first := claim(t, s, 1, time.Minute)
+		require.Contains(t, first, int64(1))
+		require.Equal(t, at(9), first[1].ReceivedAt.UTC())
+	})
+
+	t.Run("never_claims_a_receipt_past_the_window", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		insert(t, s, callback.New(at(1), []int64{1}), callback.New(at(5), []int64{2}))
+		merge(t, s)
+		cs, err := s.ClaimDue(context.Background(), 10, time.Minute, at(3))
+		require.NoError(t, err)
+		require.Len(t, cs, 1)
+		require.Equal(t, int64(2), cs[0].ObjectID)
+		require.Len(t, pendingTable(t, pool), 2, "left for the sweep, not claimed")
+
+		tk, err := s.Expire(context.Background(), store.ExpireParams{PendingCutoff: at(3), Chunk: 10})
+		require.NoError(t, err)
+		require.Equal(t, int64(1), tk.Swept)
+		require.Len(t, pendingTable(t, pool), 1, "the claimed row stays: its lease is live")
+	})
+
 	t.Run("claimed_rows_are_not_claimed_twice", func(t *testing.T) {
 		t.Parallel()
 		s, _ := setup(t)
@@ -195,7 +275,8 @@ func TestLookups(t *testing.T) {
 
 		done := complete(t, s, result(c[4], store.Online))
 		require.Equal(t, int64(1), done.Released)
-		require.Equal(t, map[int64]time.Time{4: at(1)}, objectsTable(t, pool), "the lookup answers for its own receipt")
+		require.Equal(t, map[int64]time.Time{4: at(2)}, objectsTable(t, pool),
+			"online: the row takes the newest receipt known, not the one the lookup was claimed for")
 
 		again := claim(t, s, 10, time.Minute)
 		require.Equal(t, at(2), again[4].ReceivedAt.UTC())
@@ -305,7 +386,8 @@ func TestExpire(t *testing.T) {
 		s, pool := setup(t)
 		_, err := pool.Exec(context.Background(), "INSERT INTO objects VALUES (1, $1), (2, $2), (3, $3)", at(0), at(10), at(20))
 		require.NoError(t, err)
-		ran, deleted, err := s.Expire(context.Background(), at(10), at(0))
+		tk, err := s.Expire(context.Background(), store.ExpireParams{ObjectsCutoff: at(10), ForgetBefore: at(0), Chunk: 100})
+		ran, deleted := tk.Ran, tk.Deleted
 		require.NoError(t, err)
 		require.True(t, ran)
 		require.Equal(t, int64(1), deleted)
@@ -327,7 +409,8 @@ func TestExpire(t *testing.T) {
 		require.NoError(t, other.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", store.ExpiryLockKey).Scan(&locked))
 		require.True(t, locked)
 
-		ran, deleted, err := s.Expire(ctx, at(10), at(0))
+		tk, err := s.Expire(ctx, store.ExpireParams{ObjectsCutoff: at(10), ForgetBefore: at(0), Chunk: 100})
+		ran, deleted := tk.Ran, tk.Deleted
 		require.NoError(t, err)
 		require.False(t, ran)
 		require.Zero(t, deleted)
@@ -335,7 +418,8 @@ func TestExpire(t *testing.T) {
 
 		// Its tick ends (or it dies): the next tick here takes over.
 		require.NoError(t, other.Rollback(ctx))
-		ran, deleted, err = s.Expire(ctx, at(10), at(0))
+		tk, err = s.Expire(ctx, store.ExpireParams{ObjectsCutoff: at(10), ForgetBefore: at(0), Chunk: 100})
+		ran, deleted = tk.Ran, tk.Deleted
 		require.NoError(t, err)
 		require.True(t, ran)
 		require.Equal(t, int64(1), deleted)
