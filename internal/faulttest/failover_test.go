@@ -84,7 +84,7 @@ func failover(t *testing.T, synchronous, blackhole bool) {
 	// Ids 0..999 while the primary lives; ids 1000..1999 from its death on, through
 	// the spool and into the new primary. An asynchronous standby may lose the first
 	// kind only, and later callbacks do not name them again, so what it lost shows.
-	before := []*load{sendLoadIDs(t, a.base, 11, 0, 999, 150), sendLoadIDs(t, b.base, 12, 0, 999, 150)}
+	before := []*load{sendLoadIDs(t, a.base, 11, 0, 999, 100), sendLoadIDs(t, b.base, 12, 0, 999, 100)}
 	sleep(2 * time.Second)
 	if !synchronous {
 		// On one machine an asynchronous standby is rarely behind by more than a
@@ -106,7 +106,7 @@ func failover(t *testing.T, synchronous, blackhole bool) {
 	}
 	primary.kill(t) // the frozen sender with the rest
 	t.Logf("killed the primary's postmaster and its processes (kill -9)")
-	after := []*load{sendLoadIDs(t, a.base, 13, 1000, 1999, 150), sendLoadIDs(t, b.base, 14, 1000, 1999, 150)}
+	after := []*load{sendLoadIDs(t, a.base, 13, 1000, 1999, 100), sendLoadIDs(t, b.base, 14, 1000, 1999, 100)}
 	for _, l := range before {
 		l.Stop()
 	}
