@@ -94,6 +94,11 @@ type Committer struct {
 	// then, so that a dead database costs one timeout, not one per batch.
 	dbDownUntil atomic.Int64
 	committed   func() // called after each database write: wakes the merger
+
+	// failed is set by a failed database write and cleared by the next one that
+	// works, which then calls recovered (see OnRecovered).
+	failed    atomic.Bool
+	recovered func()
 }
 
 // NewCommitter builds a committer; Run starts its flushers. committed may be nil.
@@ -104,7 +109,16 @@ func NewCommitter(cfg Config, db Inserter, spool Appender, log *slog.Logger, m *
 	return &Committer{
 		cfg: cfg, db: db, spool: spool, log: log, errs: errlog.New(log, 10*time.Second), metrics: m,
 		queue: make(chan *request, cfg.QueueSize), now: time.Now, committed: committed,
+		recovered: func() {},
 	}
+}
+
+// OnRecovered sets f to be called after the first database write that works after a
+// failed one: the database is back, and the stages that back off while it is away
+// (the merger, the fetchers, the replayer) should not sleep through their backoff
+// while callbacks wait. Call it before Run; f must not block.
+func (c *Committer) OnRecovered(f func()) {
+	c.recovered = f
 }
 
 // Submit blocks until cb is durable (nil) or cannot be made so (ErrUnavailable, or
@@ -203,6 +217,9 @@ func (c *Committer) write(ctx context.Context, cbs []callback.Callback) error {
 			c.metrics.CommitSeconds.WithLabelValues("inbox").Observe(c.now().Sub(start).Seconds())
 			c.errs.Recovered(ctx, "insert", "inbox writes work again")
 			c.committed()
+			if c.failed.Swap(false) {
+				c.recovered()
+			}
 			return nil
 		}
 		// The write may even have committed (the connection died during COMMIT's
@@ -210,6 +227,7 @@ func (c *Committer) write(ctx context.Context, cbs []callback.Callback) error {
 		// the inbox a second time, and merging a receipt twice changes nothing.
 		c.metrics.DatabaseErrors.WithLabelValues("commit").Inc()
 		c.dbDownUntil.Store(c.now().Add(c.cfg.RetryDBAfter).UnixNano())
+		c.failed.Store(true)
 		c.errs.Error(ctx, "insert", "inbox write failed; spooling callbacks to disk", err, "callbacks", len(cbs))
 	}
 	if c.spool == nil {
