@@ -30,7 +30,7 @@ func svgChart(title string, ps []point, ss []series, marks []mark) string {
 		top0, panelH, gap  = 40.0, 90.0, 28.0
 	)
 	plotW := width - left - right
-	titleLines := wrap(title, 110)
+	titleLines := wrap(title, 95)
 	top := top0 + 18*float64(len(titleLines)-1)
 	height := top + float64(len(ss))*(panelH+gap) + 30
 	tMax := 1.0
