@@ -129,6 +129,7 @@ func (b *bench) scaleOne(ctx context.Context, space int64) error {
 	wg.Go(func() { fresh = pollFreshness(pollCtx, svc) })
 	defer func() { stopPoll(); wg.Wait() }()
 	w := b.watch(svc, obj, nil)
+	defer w.done() // on an early return; done twice is harmless
 
 	var runErr error
 	sent := make(chan struct{})
@@ -290,13 +291,13 @@ func (b *bench) flood(ctx context.Context, tag string, floodTime, after time.Dur
 	}
 
 	w := b.watch(svc, obj, check)
+	defer w.done() // on an early return; done twice is harmless
 	var wg sync.WaitGroup
 	var normalErr error
 	wg.Go(func() { normalErr = normal.Run(ctx) })
 	r, err := load(ctx, target, 64, floodTime, 0, 999_999, 500)
 	if err != nil {
 		wg.Wait()
-		w.done()
 		return err
 	}
 	floodEnd := time.Since(w.start).Seconds()
@@ -304,7 +305,6 @@ func (b *bench) flood(ctx context.Context, tag string, floodTime, after time.Dur
 		tag, floodEnd, r.perSec, r.p99, r.errors, after)
 	wg.Wait()
 	if normalErr != nil {
-		w.done()
 		return normalErr
 	}
 	// The last differences: with the traffic stopped, nothing is in flight any more
@@ -315,7 +315,6 @@ func (b *bench) flood(ctx context.Context, tag string, floodTime, after time.Dur
 		for {
 			rows, err := tester.ReadObjects(ctx, svc.pool)
 			if err != nil {
-				w.done()
 				return err
 			}
 			_, left = settled(normal.Records(), isNormal, rows, time.Now(), window, 0, tester.OnlineParity)
@@ -430,8 +429,8 @@ func (b *bench) limiter(ctx context.Context) error {
 	rejected.target, rejected.ok = "≤ 0.05", func(v float64) bool { return v <= 0.05 }
 
 	w := b.watch(svc, obj, nil)
+	defer w.done() // on an early return; done twice is harmless
 	if err := s.Run(ctx); err != nil {
-		w.done()
 		return err
 	}
 	ps := w.done()
