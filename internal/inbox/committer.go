@@ -7,12 +7,30 @@
 //     inbox_batches row), or
 //   - the spool appended the callback and fsynced the file and its directory entry.
 //
-// From there nothing loses it: inbox rows are deleted only by the merger, in the same
-// transaction that records their ids in pending; pending rows are deleted only when a
-// lookup result for their newest receipt is written, or the receipt left the window;
-// spool files are deleted only after the transaction that replayed them committed.
-// Every stage can die at any point; what it held is either still committed where it
-// was or already committed in the next stage.
+// From there nothing loses it. Every stage can die at any point; what it held is either
+// still committed where it was or already committed in the next stage:
+//   - Spool files are deleted only after the transaction that replayed them into the
+//     inbox committed (and recorded the segment, so a replay is never repeated).
+//   - Inbox batches are deleted only by the merger, in the transaction that writes
+//     their ids to pending; the refresh of online objects they name commits just
+//     before it (a crash in between merges them again, and a refresh is idempotent). A
+//     batch that cannot be decoded is moved to inbox_quarantine in that transaction,
+//     kept for a human, never dropped.
+//   - Pending rows are deleted only when a lookup result for their newest receipt is
+//     written to objects in the same statement, or when that receipt left the window.
+//   - A lookup holds no transaction, only a lease; a worker that dies loses the lease
+//     when it runs out, and any replica claims the row again.
+//   - Expiry never reads the clock past the oldest receipt not merged yet, nor while
+//     the spool holds callbacks, so it never deletes a row an accepted callback still
+//     keeps alive (internal/expiry).
+//
+// What is dropped is never accepted work that could still matter. Under overload the
+// merger and the sweep drop receipts that left the window (EXPIRE_AFTER), and ids for
+// which no lookup can be afforded (MAX_PENDING, counted in work_dropped_total). A
+// receipt older than the window cannot keep any row in the table: the row it would
+// refresh or create must be deleted anyway. An id dropped for capacity still refreshes
+// its object if that is online; what it loses is a lookup the object service could not
+// have answered within the window, newer receipts being served first.
 //
 // Group commit. Handlers do not write: they hand their callback to a flusher and wait.
 // A flusher takes every callback queued at that moment and writes them as one inbox
