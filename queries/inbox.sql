@@ -14,8 +14,9 @@ VALUES (@batch_id, @received_at, @last_received_at, @callbacks, @ids, @data);
 -- Spool replay of a batch under the id the committer minted for it. A copy of the batch
 -- may be in the inbox already (the commit that timed out did commit): then it is not
 -- inserted again. It may also have been merged already: then merged_batches names it.
--- One gap is left to DropMergedReplays: a merger that took the inbox copy and has not
--- committed yet. Its delete makes this insert wait on the primary key and, once it
+-- A merger that has only locked the inbox copy leaves it a conflict: nothing inserted.
+-- One gap is left to DropMergedReplays: a merger that has deleted the inbox copy and
+-- not committed yet. Its delete makes this insert wait on the primary key and, once it
 -- commits, succeed, while NOT EXISTS was read before that commit.
 INSERT INTO inbox_batches (batch_id, received_at, last_received_at, callbacks, ids, data)
 SELECT @batch_id::uuid, @received_at::timestamptz, @last_received_at::timestamptz, @callbacks::integer, @ids::integer, @data::bytea
@@ -36,8 +37,8 @@ WITH dropped AS (
 SELECT coalesce(sum(dropped.callbacks), 0)::bigint AS callbacks FROM dropped;
 
 -- name: RememberMergedBatches :exec
--- Called by a merge pass, in its transaction, with every batch id ClaimBatches took,
--- quarantined ones too: see merged_batches. ON CONFLICT only so that a batch id that did
+-- Called by a merge pass, in its transaction, with every batch id LockBatches read (all
+-- of them are consumed, quarantined ones too): see merged_batches. ON CONFLICT only so that a batch id that did
 -- get into the inbox twice (which replay prevents) cannot fail every later merge.
 INSERT INTO merged_batches (batch_id)
 SELECT unnest(@batch_ids::uuid[])
@@ -77,18 +78,18 @@ SELECT count(*)::bigint                          AS batches,
        coalesce(sum(dropped.ids), 0)::bigint       AS ids
 FROM dropped;
 
--- name: ClaimBatches :many
--- A merge pass takes the NEWEST batches (SKIP LOCKED: mergers of other replicas take
--- others) and deletes them; the caller decodes them and writes their ids to pending
--- with MergePending in the same transaction, so a batch leaves the inbox only together
--- with the pending rows it became. Newest first is adaptive LIFO: with no backlog a
--- pass takes everything and order does not matter; under a backlog the receipts that
--- are worth most (the newest, furthest from expiring) are merged first and the oldest
--- wait, and leave the window, and are dropped unread by DropStaleBatches.
--- At most max_batches rows, and no more rows once max_ids ids are taken (the row that
--- crosses the bound is still taken, so a pass always progresses): a pass's memory stays
--- bounded whatever the callbacks hold. Rows locked but not taken are released at
--- commit, for the next pass.
+-- name: LockBatches :many
+-- A merge pass locks the NEWEST batches (SKIP LOCKED: mergers of other replicas take
+-- others) and reads them; the caller decodes them, newest first, until its pass holds
+-- enough distinct ids, and deletes those it used (DeleteBatches) in the same
+-- transaction that writes their ids to pending, so a batch leaves the inbox only
+-- together with the pending rows it became. The rest are unlocked at commit, for the
+-- next pass. Newest first is adaptive LIFO: with no backlog a pass takes everything
+-- and order does not matter; under a backlog the receipts that are worth most (the
+-- newest, furthest from leaving the window) are merged first, and the oldest wait,
+-- leave the window and are dropped unread by DropStaleBatches.
+-- At most max_batches rows, and no more rows once max_ids ids are read (the row that
+-- crosses the bound is still read, so a pass always progresses).
 WITH locked AS (
     SELECT b.batch_id, b.received_at, b.ids FROM inbox_batches b
     WHERE b.last_received_at >= @cutoff::timestamptz
@@ -103,9 +104,12 @@ WITH locked AS (
     ) w
     WHERE w.ids_before < @max_ids::bigint
 )
-DELETE FROM inbox_batches
-WHERE batch_id IN (SELECT taken.batch_id FROM taken)
-RETURNING batch_id, received_at, callbacks, ids, data;
+SELECT i.batch_id, i.received_at, i.callbacks, i.ids, i.data FROM inbox_batches i
+WHERE i.batch_id IN (SELECT taken.batch_id FROM taken)
+ORDER BY i.received_at DESC, i.batch_id DESC;
+
+-- name: DeleteBatches :exec
+DELETE FROM inbox_batches WHERE batch_id = ANY(@batch_ids::uuid[]);
 
 -- name: QuarantineBatch :exec
 -- A batch taken by ClaimBatches that cannot be decoded: kept aside, in the same
@@ -137,15 +141,16 @@ WITH merged AS (
     SELECT m.id, m.received_at FROM (
         SELECT unnest(@ids::bigint[]) AS id, unnest(@received_ats::timestamptz[]) AS received_at
     ) m
-), ranked AS (
-    SELECT merged.id, merged.received_at, p.object_id IS NOT NULL AS known,
-           row_number() OVER (PARTITION BY p.object_id IS NOT NULL
-                              ORDER BY merged.received_at DESC, merged.id) AS rank
+), joined AS (
+    SELECT merged.id, merged.received_at, p.object_id IS NOT NULL AS known
     FROM merged
     LEFT JOIN pending p ON p.object_id = merged.id
 ), chosen AS (
-    SELECT ranked.id, ranked.received_at, ranked.known FROM ranked
-    WHERE ranked.known OR ranked.rank <= @max_new::bigint
+    SELECT joined.id, joined.received_at, joined.known FROM joined WHERE joined.known
+    UNION ALL
+    (SELECT joined.id, joined.received_at, joined.known FROM joined WHERE NOT joined.known
+     ORDER BY joined.received_at DESC, joined.id
+     LIMIT @max_new)
 ), upserted AS (
     INSERT INTO pending (object_id, received_at, due_at)
     SELECT chosen.id, chosen.received_at, chosen.received_at FROM chosen
@@ -157,7 +162,7 @@ WITH merged AS (
     RETURNING pending.object_id
 )
 SELECT (SELECT count(*) FROM upserted)::bigint                          AS changed,
-       (SELECT count(*) FROM ranked WHERE NOT ranked.known)::bigint     AS fresh,
+       (SELECT count(*) FROM joined WHERE NOT joined.known)::bigint     AS fresh,
        (SELECT count(*) FROM chosen WHERE NOT chosen.known)::bigint     AS fresh_taken;
 
 -- name: RefreshObjects :execrows

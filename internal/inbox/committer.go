@@ -7,12 +7,30 @@
 //     inbox_batches row), or
 //   - the spool appended the callback and fsynced the file and its directory entry.
 //
-// From there nothing loses it: inbox rows are deleted only by the merger, in the same
-// transaction that records their ids in pending; pending rows are deleted only when a
-// lookup result for their newest receipt is written, or the receipt left the window;
-// spool files are deleted only after the transaction that replayed them committed.
-// Every stage can die at any point; what it held is either still committed where it
-// was or already committed in the next stage.
+// From there nothing loses it. Every stage can die at any point; what it held is either
+// still committed where it was or already committed in the next stage:
+//   - Spool files are deleted only after the transaction that replayed them into the
+//     inbox committed (and recorded the segment, so a replay is never repeated).
+//   - Inbox batches are deleted only by the merger, in the transaction that writes
+//     their ids to pending; the refresh of online objects they name commits just
+//     before it (a crash in between merges them again, and a refresh is idempotent). A
+//     batch that cannot be decoded is moved to inbox_quarantine in that transaction,
+//     kept for a human, never dropped.
+//   - Pending rows are deleted only when a lookup result for their newest receipt is
+//     written to objects in the same statement, or when that receipt left the window.
+//   - A lookup holds no transaction, only a lease; a worker that dies loses the lease
+//     when it runs out, and any replica claims the row again.
+//   - Expiry never reads the clock past the oldest receipt not merged yet, nor while
+//     the spool holds callbacks, so it never deletes a row an accepted callback still
+//     keeps alive (internal/expiry).
+//
+// What is dropped is never accepted work that could still matter. Under overload the
+// merger and the sweep drop receipts that left the window (EXPIRE_AFTER), and ids for
+// which no lookup can be afforded (MAX_PENDING, counted in work_dropped_total). A
+// receipt older than the window cannot keep any row in the table: the row it would
+// refresh or create must be deleted anyway. An id dropped for capacity still refreshes
+// its object if that is online; what it loses is a lookup the object service could not
+// have answered within the window, newer receipts being served first.
 //
 // Group commit. Handlers do not write: they hand their callback to a flusher and wait.
 // A flusher takes every callback queued at that moment and writes them as one inbox
@@ -96,6 +114,11 @@ type Committer struct {
 	// then, so that a dead database costs one timeout, not one per batch.
 	dbDownUntil atomic.Int64
 	committed   func() // called after each database write: wakes the merger
+
+	// failed is set by a failed database write and cleared by the next one that
+	// works, which then calls recovered (see OnRecovered).
+	failed    atomic.Bool
+	recovered func()
 }
 
 // NewCommitter builds a committer; Run starts its flushers. committed may be nil.
@@ -106,7 +129,16 @@ func NewCommitter(cfg Config, db Inserter, spool Appender, log *slog.Logger, m *
 	return &Committer{
 		cfg: cfg, db: db, spool: spool, log: log, errs: errlog.New(log, 10*time.Second), metrics: m,
 		queue: make(chan *request, cfg.QueueSize), now: time.Now, committed: committed,
+		recovered: func() {},
 	}
+}
+
+// OnRecovered sets f to be called after the first database write that works after a
+// failed one: the database is back, and the stages that back off while it is away
+// (the merger, the fetchers, the replayer) should not sleep through their backoff
+// while callbacks wait. Call it before Run; f must not block.
+func (c *Committer) OnRecovered(f func()) {
+	c.recovered = f
 }
 
 // Submit blocks until cb is durable (nil) or cannot be made so (ErrUnavailable, or
@@ -208,6 +240,9 @@ func (c *Committer) write(ctx context.Context, cbs []callback.Callback) error {
 			c.metrics.CommitSeconds.WithLabelValues("inbox").Observe(c.now().Sub(start).Seconds())
 			c.errs.Recovered(ctx, "insert", "inbox writes work again")
 			c.committed()
+			if c.failed.Swap(false) {
+				c.recovered()
+			}
 			return nil
 		}
 		// The write may even have committed (the timeout or a dead connection came
@@ -215,6 +250,7 @@ func (c *Committer) write(ctx context.Context, cbs []callback.Callback) error {
 		// batch id, and replay skips a batch id that is in the inbox or was merged.
 		c.metrics.DatabaseErrors.WithLabelValues("commit").Inc()
 		c.dbDownUntil.Store(c.now().Add(c.cfg.RetryDBAfter).UnixNano())
+		c.failed.Store(true)
 		c.errs.Error(ctx, "insert", "inbox write failed; spooling callbacks to disk", err, "callbacks", len(cbs))
 	}
 	if c.spool == nil {

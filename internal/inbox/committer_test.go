@@ -403,3 +403,30 @@ func TestSubmit_writesAnInboxRowInPostgres(t *testing.T) {
 	require.Equal(t, int64(2), committed.Load(), "the merger is woken after each write")
 	require.Zero(t, metrics.Sum(m.CallbacksSpooled))
 }
+
+// The first write that works after a failure calls the recovered hook, once: the
+// service wakes the stages that back off while the database is away.
+func TestSubmit_firstCommitAfterAFailureCallsRecovered(t *testing.T) {
+	t.Parallel()
+	var down atomic.Bool
+	down.Store(true)
+	cfg := DefaultConfig()
+	c, clk, _ := setup(t, cfg, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
+		if down.Load() {
+			return failing
+		}
+		return nil
+	}}, openSpool(t))
+	var recovered atomic.Int64
+	c.OnRecovered(func() { recovered.Add(1) })
+	run(t, c)
+
+	require.NoError(t, c.Submit(context.Background(), newCallback(1)))
+	require.Zero(t, recovered.Load(), "spooled, not committed")
+	down.Store(false)
+	clk.Advance(cfg.RetryDBAfter)
+	require.NoError(t, c.Submit(context.Background(), newCallback(2)))
+	require.Equal(t, int64(1), recovered.Load(), "the first commit after the failure")
+	require.NoError(t, c.Submit(context.Background(), newCallback(3)))
+	require.Equal(t, int64(1), recovered.Load(), "later commits are no recovery")
+}

@@ -240,3 +240,80 @@ func TestRun_replaysAtStart(t *testing.T) {
 	require.NoError(t, <-done)
 	require.Equal(t, want, f.inbox(t))
 }
+
+// runReplayer runs r until the test ends.
+func runReplayer(t *testing.T, r *inbox.Replayer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+}
+
+// waitWoken waits for the replayed hook. The limit is no timing assertion: without the
+// behaviour under test the wait is the replayer's interval, an hour here.
+func waitWoken(t *testing.T, woken <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-woken:
+	case <-time.After(20 * time.Second):
+		t.Fatal("nothing was replayed")
+	}
+}
+
+// While the spool holds work, a failed pass is retried within ReplayRetry, not after
+// the interval or a growing backoff: spooled callbacks reach the inbox soon after the
+// database answers again.
+func TestRun_retriesSoonWhileTheSpoolHoldsWork(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	want := callbacks(2)
+	require.NoError(t, f.spool.Append(want))
+
+	var pings int
+	db := segmentStore{
+		PingFunc: func(ctx context.Context) error {
+			if pings++; pings <= 3 { // down for three passes, then back
+				return errors.New("connection refused")
+			}
+			return f.store.Ping(ctx)
+		},
+		ReplaySegmentFunc: f.store.ReplaySegment,
+	}
+	woken := make(chan struct{}, 1)
+	runReplayer(t, f.replayer(db, func() { woken <- struct{}{} }))
+	waitWoken(t, woken)
+	require.Equal(t, want, f.inbox(t))
+}
+
+// passSpy is the spool, telling when a pass looks at it.
+type passSpy struct {
+	*spool.Spool
+	passes chan struct{}
+}
+
+func (s passSpy) Stats() (int, int64) {
+	segments, bytes := s.Spool.Stats()
+	select {
+	case s.passes <- struct{}{}:
+	default:
+	}
+	return segments, bytes
+}
+
+// Wake starts a pass at once: the service calls it when a commit works again.
+func TestRun_wakeReplaysAtOnce(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	spy := passSpy{Spool: f.spool, passes: make(chan struct{}, 1)}
+	woken := make(chan struct{}, 1)
+	r := inbox.NewReplayer(f.store, spy, time.Hour, discard, f.m, func() { woken <- struct{}{} })
+	runReplayer(t, r)
+	<-spy.passes // the first pass found the spool empty and sleeps for an hour
+
+	want := callbacks(3)
+	require.NoError(t, f.spool.Append(want))
+	r.Wake()
+	waitWoken(t, woken)
+	require.Equal(t, want, f.inbox(t))
+}

@@ -32,7 +32,9 @@ type Store interface {
 // Config tunes the merger.
 type Config struct {
 	MaxBatches  int           // inbox rows per pass at most
-	MaxIDs      int           // no further row once a pass holds this many ids
+	MaxIDs      int           // no further row read once a pass holds this many ids
+	MaxDistinct int           // distinct ids a pass offers to pending at most; see store.MergeParams
+	MaxNew      int           // ids made pending per pass at most
 	MaxPending  int           // pending rows at most (0: no bound); see store.MergeParams
 	ExpireAfter time.Duration // receipts older than this are dropped (0: none)
 	Interval    time.Duration // poll for other replicas' inbox rows when not woken
@@ -42,15 +44,23 @@ type Config struct {
 }
 
 // DefaultConfig merges on a 100 ms cadence rather than after every commit, so that
-// passes coalesce. A pass holds at most 1M ids (MaxIDs): the map that deduplicates them
-// and the arrays sent to Postgres take at most ~80 MB, well inside the service's memory
-// budget, and at 1M distinct ids the pass is a few seconds of Postgres. MaxPending
-// (256k) is about twice what the highest lookup limit (10,000 in flight at the object
-// service's mean 2.3 s) can look up within a 30 s window; see store.MergeParams.
+// passes coalesce. A pass reads up to 4M ids (MaxIDs; a few MB of batches, and decoding
+// is ~20 ns an id) and consumes all of it: every id read refreshes its object if online.
+// It offers the first 128k distinct ids, newest batches first, to pending (MaxDistinct):
+// with ids from a small space that is all of them, coalesced into few rows; with fresh
+// ids from a huge space the rest are dropped for capacity, since lookups could not use
+// them, and the pass stays under a second of Postgres. It makes at most 32k ids pending
+// (MaxNew): several seconds of lookups at the highest limit. MaxPending (256k) is about
+// twice what that limit (10,000 in flight at the object service's mean 2.3 s) can look
+// up within a 30 s window. The rest after a pass is capped at maxRest.
 func DefaultConfig() Config {
-	return Config{MaxBatches: 4096, MaxIDs: 1 << 20, MaxPending: 1 << 18, ExpireAfter: 30 * time.Second,
+	return Config{MaxBatches: 16384, MaxIDs: 1 << 22, MaxDistinct: 1 << 17, MaxNew: 1 << 15, MaxPending: 1 << 18, ExpireAfter: 30 * time.Second,
 		Interval: 100 * time.Millisecond, Rest: 1}
 }
+
+// maxRest bounds the rest after one slow pass (a loaded machine, a lock wait): the
+// merger must come back well within the window.
+const maxRest = 2 * time.Second
 
 // Merger runs merge passes.
 type Merger struct {
@@ -104,7 +114,7 @@ func (m *Merger) Run(ctx context.Context) error {
 		}
 		// Rest in proportion to the pass, whether or not more is waiting: intake
 		// comes first, and a backlog is met by coalescing, not by working harder.
-		rest := time.Duration(float64(m.lastPass) * m.cfg.Rest)
+		rest := min(time.Duration(float64(m.lastPass)*m.cfg.Rest), maxRest)
 		if n.Full {
 			if rest > 0 {
 				sleep(ctx, rest)
@@ -138,7 +148,8 @@ func (m *Merger) Pass(ctx context.Context) (store.Merged, error) {
 	// minutes; a full pass takes tens of milliseconds.
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	p := store.MergeParams{MaxBatches: m.cfg.MaxBatches, MaxIDs: m.cfg.MaxIDs, MaxPending: m.cfg.MaxPending}
+	p := store.MergeParams{MaxBatches: m.cfg.MaxBatches, MaxIDs: m.cfg.MaxIDs, MaxDistinct: m.cfg.MaxDistinct,
+		MaxNew: m.cfg.MaxNew, MaxPending: m.cfg.MaxPending}
 	if m.cfg.ExpireAfter > 0 {
 		p.Cutoff = m.now().Add(-m.cfg.ExpireAfter)
 	}

@@ -305,3 +305,22 @@ func TestPass_refreshesOnlineObjectsEvenWithoutRoom(t *testing.T) {
 		"an online object named again takes the newer receipt at once, lookup or not; last_seen never goes back")
 	require.Len(t, f.pending(t), 1)
 }
+
+func TestPass_pastTheDistinctBoundOnlyRefreshes(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	pgtest.InsertObjects(t, f.pool, map[int64]time.Time{2: at(0)})
+	// One distinct id per pass may go to pending: the newest batch's. Of the ids named
+	// after it, the online one is refreshed anyway, the other dropped for capacity.
+	f.insert(t, callback.New(at(10), []int64{2, 3}))
+	f.insert(t, callback.New(at(20), []int64{1}))
+	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxDistinct: 1, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
+
+	n, err := m.Pass(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, int64(2), n.Batches, "every batch read is consumed")
+	require.Equal(t, map[int64]time.Time{1: at(20)}, f.pending(t))
+	require.Equal(t, map[int64]time.Time{2: at(10)}, pgtest.IDTimes(t, f.pool, "SELECT id, last_seen FROM objects"))
+	require.Equal(t, 1.0, metrics.Sum(f.m.Dropped.WithLabelValues("merge", "capacity")))
+	require.Zero(t, f.count(t, "inbox_batches"))
+}

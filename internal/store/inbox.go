@@ -164,7 +164,7 @@ func batchLen(cbs []callback.Callback) int {
 
 // rememberMergedBatches records, in a merge pass's transaction, every batch it took,
 // so that a spooled copy of one of them is not merged again (ReplaySegment).
-func rememberMergedBatches(ctx context.Context, q *dbsqlc.Queries, rows []dbsqlc.ClaimBatchesRow) error {
+func rememberMergedBatches(ctx context.Context, q *dbsqlc.Queries, rows []dbsqlc.LockBatchesRow) error {
 	ids := make([]uuid.UUID, len(rows))
 	for i, r := range rows {
 		ids[i] = r.BatchID
@@ -217,8 +217,16 @@ func (s *Store) ForgetSpoolReplays(ctx context.Context, before time.Time) (int64
 
 // MergeParams bounds one merge pass.
 type MergeParams struct {
-	MaxBatches int // inbox rows per pass at most
-	MaxIDs     int // no further row once a pass holds this many ids
+	MaxBatches int // inbox rows read per pass at most
+	MaxIDs     int // no further row read once the pass holds this many ids
+	// MaxDistinct: distinct ids the pass offers to pending at most, newest batches
+	// first; ids named only after that refresh online objects and are otherwise dropped
+	// for capacity. 0: no bound. The pending upsert costs per distinct id: this bounds
+	// the pass's duration and the locks it holds, while every batch read is consumed.
+	MaxDistinct int
+	// MaxNew: ids not pending yet that one pass makes pending, at most (0: no bound
+	// but MaxPending). Lookups take a few thousand a second; more would only wait.
+	MaxNew int
 	// MaxPending bounds the pending rows the pass leaves: ids not pending yet beyond it
 	// are dropped for capacity, the newest receipts kept. 0: no bound.
 	MaxPending int
@@ -285,22 +293,31 @@ func (s *Store) Merge(ctx context.Context, p MergeParams) (Merged, error) {
 			}
 			m.StaleBatches, m.StaleCallbacks, m.StaleBatchIDs = d.Batches, d.Callbacks, d.Ids
 		}
-		rows, err := q.ClaimBatches(ctx, dbsqlc.ClaimBatchesParams{Cutoff: p.Cutoff, MaxBatches: int32(p.MaxBatches), MaxIds: int64(p.MaxIDs)})
+		rows, err := q.LockBatches(ctx, dbsqlc.LockBatchesParams{Cutoff: p.Cutoff, MaxBatches: int32(p.MaxBatches), MaxIds: int64(p.MaxIDs)})
 		if err != nil {
-			return fmt.Errorf("claiming inbox batches: %w", err)
+			return fmt.Errorf("reading inbox batches: %w", err)
 		}
 		if len(rows) == 0 {
 			return nil
 		}
+		// Every batch read is consumed (DeleteBatches below, in this transaction).
 		if err := rememberMergedBatches(ctx, q, rows); err != nil {
 			return err
 		}
-		m.Batches = int64(len(rows))
 		taken := 0
-		newest := make(map[int64]int64) // object id -> newest receipt, Unix microseconds
+		// newest: object id -> newest receipt (Unix microseconds) of the ids this pass
+		// offers to pending: the first MaxDistinct distinct ids, newest batches first.
+		// Ids named after that bound only refresh online objects (online, read when the
+		// bound is first reached) and are otherwise dropped for capacity: the batches are
+		// consumed whole either way, so the refresh path sees every receipt read.
+		newest := make(map[int64]int64)
+		var online map[int64]struct{}
+		refresh := make(map[int64]int64)
 		var scratch []int64
 		var staged []idTime
+		used := make([]uuid.UUID, 0, len(rows))
 		for _, r := range rows {
+			used = append(used, r.BatchID)
 			taken += int(r.Ids)
 			// Decoded whole before any of it counts: a batch that breaks off halfway
 			// contributes nothing rather than a prefix of possible garbage.
@@ -329,21 +346,39 @@ func (s *Store) Merge(ctx context.Context, p MergeParams) (Merged, error) {
 			m.Callbacks += int64(r.Callbacks)
 			m.StaleIDs += stale
 			for _, it := range staged {
-				if old, ok := newest[it.id]; !ok || it.t > old {
+				if old, ok := newest[it.id]; ok {
+					if it.t > old {
+						newest[it.id] = it.t
+					}
+					continue
+				}
+				if p.MaxDistinct <= 0 || len(newest) < p.MaxDistinct {
 					newest[it.id] = it.t
+					continue
+				}
+				if online == nil {
+					ids, err := q.OnlineIDs(ctx)
+					if err != nil {
+						return fmt.Errorf("reading online objects: %w", err)
+					}
+					online = make(map[int64]struct{}, len(ids))
+					for _, id := range ids {
+						online[id] = struct{}{}
+					}
+				}
+				if _, ok := online[it.id]; !ok {
+					m.NoRoom++
+				} else if old, ok := refresh[it.id]; !ok || it.t > old {
+					refresh[it.id] = it.t
 				}
 			}
 		}
+		m.Batches = int64(len(used))
+		if err := q.DeleteBatches(ctx, used); err != nil {
+			return fmt.Errorf("deleting merged inbox batches: %w", err)
+		}
 		m.Full = len(rows) == p.MaxBatches || taken >= p.MaxIDs
-		ids := make([]int64, 0, len(newest))
-		for id := range newest {
-			ids = append(ids, id)
-		}
-		slices.Sort(ids) // the lock order, and what the statements read best
-		times := make([]time.Time, len(ids))
-		for i, id := range ids {
-			times[i] = time.UnixMicro(newest[id])
-		}
+		ids, times := sortedByID(newest)
 		clear(newest)
 		m.Ids = int64(len(ids))
 		if len(ids) == 0 {
@@ -351,29 +386,54 @@ func (s *Store) Merge(ctx context.Context, p MergeParams) (Merged, error) {
 		}
 		// The refresh commits on its own connection before this transaction, which so
 		// far holds only the inbox rows it took; see RefreshObjects.
-		if m.Refreshed, err = s.refreshObjects(ctx, ids, times); err != nil {
+		rids, rtimes := ids, times
+		if len(refresh) > 0 {
+			for i, id := range ids {
+				refresh[id] = times[i].UnixMicro()
+			}
+			rids, rtimes = sortedByID(refresh)
+		}
+		if m.Refreshed, err = s.refreshObjects(ctx, rids, rtimes); err != nil {
 			return err
 		}
-		maxNew := int64(math.MaxInt64)
+		maxNew := int64(math.MaxInt32)
+		if p.MaxNew > 0 {
+			maxNew = int64(p.MaxNew)
+		}
 		if p.MaxPending > 0 {
 			n, err := q.CountPending(ctx)
 			if err != nil {
 				return fmt.Errorf("counting pending rows: %w", err)
 			}
-			maxNew = max(int64(p.MaxPending)-n, 0)
+			maxNew = min(maxNew, max(int64(p.MaxPending)-n, 0))
 		}
-		r, err := q.MergePending(ctx, dbsqlc.MergePendingParams{Ids: ids, ReceivedAts: times, MaxNew: maxNew})
+		r, err := q.MergePending(ctx, dbsqlc.MergePendingParams{Ids: ids, ReceivedAts: times, MaxNew: int32(maxNew)})
 		if err != nil {
 			return fmt.Errorf("merging into pending: %w", err)
 		}
 		m.Changed = r.Changed
-		m.NoRoom = r.Fresh - r.FreshTaken
+		m.NoRoom += r.Fresh - r.FreshTaken
 		return nil
 	})
 	if err != nil {
 		return Merged{}, fmt.Errorf("merging inbox: %w", err)
 	}
 	return m, nil
+}
+
+// sortedByID turns id -> receipt (Unix microseconds) into parallel slices in ascending
+// id order: the lock order, and what the statements read best.
+func sortedByID(m map[int64]int64) ([]int64, []time.Time) {
+	ids := make([]int64, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	times := make([]time.Time, len(ids))
+	for i, id := range ids {
+		times[i] = time.UnixMicro(m[id])
+	}
+	return ids, times
 }
 
 // refreshObjects moves last_seen of online objects forward to the receipts given (ids

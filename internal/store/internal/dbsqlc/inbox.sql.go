@@ -12,77 +12,6 @@ import (
 	"github.com/google/uuid"
 )
 
-const claimBatches = `-- name: ClaimBatches :many
-WITH locked AS (
-    SELECT b.batch_id, b.received_at, b.ids FROM inbox_batches b
-    WHERE b.last_received_at >= $1::timestamptz
-    ORDER BY b.received_at DESC, b.batch_id DESC
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-), taken AS (
-    SELECT w.batch_id FROM (
-        SELECT locked.batch_id,
-               sum(locked.ids) OVER (ORDER BY locked.received_at DESC, locked.batch_id DESC) - locked.ids AS ids_before
-        FROM locked
-    ) w
-    WHERE w.ids_before < $3::bigint
-)
-DELETE FROM inbox_batches
-WHERE batch_id IN (SELECT taken.batch_id FROM taken)
-RETURNING batch_id, received_at, callbacks, ids, data
-`
-
-type ClaimBatchesParams struct {
-	Cutoff     time.Time
-	MaxBatches int32
-	MaxIds     int64
-}
-
-type ClaimBatchesRow struct {
-	BatchID    uuid.UUID
-	ReceivedAt time.Time
-	Callbacks  int32
-	Ids        int32
-	Data       []byte
-}
-
-// A merge pass takes the NEWEST batches (SKIP LOCKED: mergers of other replicas take
-// others) and deletes them; the caller decodes them and writes their ids to pending
-// with MergePending in the same transaction, so a batch leaves the inbox only together
-// with the pending rows it became. Newest first is adaptive LIFO: with no backlog a
-// pass takes everything and order does not matter; under a backlog the receipts that
-// are worth most (the newest, furthest from expiring) are merged first and the oldest
-// wait, and leave the window, and are dropped unread by DropStaleBatches.
-// At most max_batches rows, and no more rows once max_ids ids are taken (the row that
-// crosses the bound is still taken, so a pass always progresses): a pass's memory stays
-// bounded whatever the callbacks hold. Rows locked but not taken are released at
-// commit, for the next pass.
-func (q *Queries) ClaimBatches(ctx context.Context, arg ClaimBatchesParams) ([]ClaimBatchesRow, error) {
-	rows, err := q.db.Query(ctx, claimBatches, arg.Cutoff, arg.MaxBatches, arg.MaxIds)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []ClaimBatchesRow{}
-	for rows.Next() {
-		var i ClaimBatchesRow
-		if err := rows.Scan(
-			&i.BatchID,
-			&i.ReceivedAt,
-			&i.Callbacks,
-			&i.Ids,
-			&i.Data,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
 const countPending = `-- name: CountPending :one
 SELECT count(*)::bigint AS pending FROM pending
 `
@@ -92,6 +21,15 @@ func (q *Queries) CountPending(ctx context.Context) (int64, error) {
 	var pending int64
 	err := row.Scan(&pending)
 	return pending, err
+}
+
+const deleteBatches = `-- name: DeleteBatches :exec
+DELETE FROM inbox_batches WHERE batch_id = ANY($1::uuid[])
+`
+
+func (q *Queries) DeleteBatches(ctx context.Context, batchIds []uuid.UUID) error {
+	_, err := q.db.Exec(ctx, deleteBatches, batchIds)
+	return err
 }
 
 const dropMergedReplays = `-- name: DropMergedReplays :one
@@ -240,8 +178,9 @@ type InsertReplayedBatchParams struct {
 // Spool replay of a batch under the id the committer minted for it. A copy of the batch
 // may be in the inbox already (the commit that timed out did commit): then it is not
 // inserted again. It may also have been merged already: then merged_batches names it.
-// One gap is left to DropMergedReplays: a merger that took the inbox copy and has not
-// committed yet. Its delete makes this insert wait on the primary key and, once it
+// A merger that has only locked the inbox copy leaves it a conflict: nothing inserted.
+// One gap is left to DropMergedReplays: a merger that has deleted the inbox copy and
+// not committed yet. Its delete makes this insert wait on the primary key and, once it
 // commits, succeed, while NOT EXISTS was read before that commit.
 func (q *Queries) InsertReplayedBatch(ctx context.Context, arg InsertReplayedBatchParams) (int64, error) {
 	result, err := q.db.Exec(ctx, insertReplayedBatch,
@@ -256,6 +195,77 @@ func (q *Queries) InsertReplayedBatch(ctx context.Context, arg InsertReplayedBat
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const lockBatches = `-- name: LockBatches :many
+WITH locked AS (
+    SELECT b.batch_id, b.received_at, b.ids FROM inbox_batches b
+    WHERE b.last_received_at >= $1::timestamptz
+    ORDER BY b.received_at DESC, b.batch_id DESC
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), taken AS (
+    SELECT w.batch_id FROM (
+        SELECT locked.batch_id,
+               sum(locked.ids) OVER (ORDER BY locked.received_at DESC, locked.batch_id DESC) - locked.ids AS ids_before
+        FROM locked
+    ) w
+    WHERE w.ids_before < $3::bigint
+)
+SELECT i.batch_id, i.received_at, i.callbacks, i.ids, i.data FROM inbox_batches i
+WHERE i.batch_id IN (SELECT taken.batch_id FROM taken)
+ORDER BY i.received_at DESC, i.batch_id DESC
+`
+
+type LockBatchesParams struct {
+	Cutoff     time.Time
+	MaxBatches int32
+	MaxIds     int64
+}
+
+type LockBatchesRow struct {
+	BatchID    uuid.UUID
+	ReceivedAt time.Time
+	Callbacks  int32
+	Ids        int32
+	Data       []byte
+}
+
+// A merge pass locks the NEWEST batches (SKIP LOCKED: mergers of other replicas take
+// others) and reads them; the caller decodes them, newest first, until its pass holds
+// enough distinct ids, and deletes those it used (DeleteBatches) in the same
+// transaction that writes their ids to pending, so a batch leaves the inbox only
+// together with the pending rows it became. The rest are unlocked at commit, for the
+// next pass. Newest first is adaptive LIFO: with no backlog a pass takes everything
+// and order does not matter; under a backlog the receipts that are worth most (the
+// newest, furthest from leaving the window) are merged first, and the oldest wait,
+// leave the window and are dropped unread by DropStaleBatches.
+// At most max_batches rows, and no more rows once max_ids ids are read (the row that
+// crosses the bound is still read, so a pass always progresses).
+func (q *Queries) LockBatches(ctx context.Context, arg LockBatchesParams) ([]LockBatchesRow, error) {
+	rows, err := q.db.Query(ctx, lockBatches, arg.Cutoff, arg.MaxBatches, arg.MaxIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []LockBatchesRow{}
+	for rows.Next() {
+		var i LockBatchesRow
+		if err := rows.Scan(
+			&i.BatchID,
+			&i.ReceivedAt,
+			&i.Callbacks,
+			&i.Ids,
+			&i.Data,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const markSpoolReplayed = `-- name: MarkSpoolReplayed :execrows
@@ -279,15 +289,16 @@ WITH merged AS (
     SELECT m.id, m.received_at FROM (
         SELECT unnest($1::bigint[]) AS id, unnest($2::timestamptz[]) AS received_at
     ) m
-), ranked AS (
-    SELECT merged.id, merged.received_at, p.object_id IS NOT NULL AS known,
-           row_number() OVER (PARTITION BY p.object_id IS NOT NULL
-                              ORDER BY merged.received_at DESC, merged.id) AS rank
+), joined AS (
+    SELECT merged.id, merged.received_at, p.object_id IS NOT NULL AS known
     FROM merged
     LEFT JOIN pending p ON p.object_id = merged.id
 ), chosen AS (
-    SELECT ranked.id, ranked.received_at, ranked.known FROM ranked
-    WHERE ranked.known OR ranked.rank <= $3::bigint
+    SELECT joined.id, joined.received_at, joined.known FROM joined WHERE joined.known
+    UNION ALL
+    (SELECT joined.id, joined.received_at, joined.known FROM joined WHERE NOT joined.known
+     ORDER BY joined.received_at DESC, joined.id
+     LIMIT $3)
 ), upserted AS (
     INSERT INTO pending (object_id, received_at, due_at)
     SELECT chosen.id, chosen.received_at, chosen.received_at FROM chosen
@@ -299,14 +310,14 @@ WITH merged AS (
     RETURNING pending.object_id
 )
 SELECT (SELECT count(*) FROM upserted)::bigint                          AS changed,
-       (SELECT count(*) FROM ranked WHERE NOT ranked.known)::bigint     AS fresh,
+       (SELECT count(*) FROM joined WHERE NOT joined.known)::bigint     AS fresh,
        (SELECT count(*) FROM chosen WHERE NOT chosen.known)::bigint     AS fresh_taken
 `
 
 type MergePendingParams struct {
 	Ids         []int64
 	ReceivedAts []time.Time
-	MaxNew      int64
+	MaxNew      int32
 }
 
 type MergePendingRow struct {
@@ -434,8 +445,8 @@ SELECT unnest($1::uuid[])
 ON CONFLICT (batch_id) DO NOTHING
 `
 
-// Called by a merge pass, in its transaction, with every batch id ClaimBatches took,
-// quarantined ones too: see merged_batches. ON CONFLICT only so that a batch id that did
+// Called by a merge pass, in its transaction, with every batch id LockBatches read (all
+// of them are consumed, quarantined ones too): see merged_batches. ON CONFLICT only so that a batch id that did
 // get into the inbox twice (which replay prevents) cannot fail every later merge.
 func (q *Queries) RememberMergedBatches(ctx context.Context, batchIds []uuid.UUID) error {
 	_, err := q.db.Exec(ctx, rememberMergedBatches, batchIds)
