@@ -11,6 +11,9 @@
 // still committed where it was or already committed in the next stage:
 //   - Spool files are deleted only after the transaction that replayed them into the
 //     inbox committed (and recorded the segment, so a replay is never repeated).
+//   - A batch whose commit timed out but committed is both in the inbox and in the
+//     spool, under the one batch id the committer minted; replay inserts no batch id
+//     that the inbox holds or that was merged, so it counts once (store.ReplaySegment).
 //   - Inbox batches are deleted only by the merger, in the transaction that writes
 //     their ids to pending; the refresh of online objects they name commits just
 //     before it (a crash in between merges them again, and a refresh is idempotent). A
