@@ -105,7 +105,10 @@ func (e *Expirer) Tick(ctx context.Context) store.ExpiryTick {
 	tctx, cancel := context.WithTimeout(ctx, max(e.cfg.Tick, 5*time.Second))
 	defer cancel()
 	edge := now.Add(-e.cfg.Window)
-	p := store.ExpireParams{PendingCutoff: edge, ForgetBefore: now.Add(-spoolReplayMemory), Chunk: e.cfg.Chunk}
+	// A merged batch id is kept two windows: a spooled copy of the batch replayed after
+	// that holds only receipts past the window, which change nothing (store.ForgetMergedBatches).
+	p := store.ExpireParams{PendingCutoff: edge, ForgetBefore: now.Add(-spoolReplayMemory),
+		ForgetMergedBefore: now.Add(-2 * e.cfg.Window), Chunk: e.cfg.Chunk}
 	if !e.cfg.SpoolHolds() {
 		oldest, err := e.store.OldestUnmerged(tctx, edge, now)
 		if err != nil {

@@ -226,10 +226,11 @@ func TestTick_passesCutoffsFromItsClock(t *testing.T) {
 	require.True(t, ran)
 	require.Equal(t, int64(3), deleted)
 	require.Equal(t, store.ExpireParams{
-		ObjectsCutoff: t0.Add(-time.Second - window), // not past callbacks that may not be committed yet
-		PendingCutoff: t0.Add(-window),
-		ForgetBefore:  t0.Add(-spoolReplayMemory),
-		Chunk:         7,
+		ObjectsCutoff:      t0.Add(-time.Second - window), // not past callbacks that may not be committed yet
+		PendingCutoff:      t0.Add(-window),
+		ForgetBefore:       t0.Add(-spoolReplayMemory),
+		ForgetMergedBefore: t0.Add(-2 * window),
+		Chunk:              7,
 	}, got)
 	require.Equal(t, 2.0, metrics.Sum(m.Dropped.WithLabelValues("pending", "expired")))
 }

@@ -22,6 +22,9 @@ type ExpireParams struct {
 	PendingCutoff time.Time
 	// Spool replay records older than ForgetBefore are forgotten.
 	ForgetBefore time.Time
+	// Merged batch ids minted before ForgetMergedBefore are forgotten (see
+	// ForgetMergedBatches for how long they must be kept). Zero: none is.
+	ForgetMergedBefore time.Time
 	// Chunk: rows per statement and transaction at most.
 	Chunk int
 }
@@ -64,6 +67,11 @@ func (s *Store) Expire(ctx context.Context, p ExpireParams) (ExpiryTick, error) 
 			if first {
 				if _, err := q.ForgetSpoolReplays(ctx, p.ForgetBefore); err != nil {
 					return fmt.Errorf("forgetting spool replays: %w", err)
+				}
+				if !p.ForgetMergedBefore.IsZero() {
+					if _, err := q.ForgetMergedBatches(ctx, minUUIDv7(p.ForgetMergedBefore)); err != nil {
+						return fmt.Errorf("forgetting merged batches: %w", err)
+					}
 				}
 			}
 			return nil
