@@ -51,6 +51,13 @@ func PoolConfig(databaseURL string) (*pgxpool.Config, error) {
 	if cfg.ConnConfig.ValidateConnect == nil && hostCount(cfg.ConnConfig) > 1 {
 		cfg.ConnConfig.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsReadWrite
 	}
+	// Every transaction of the service is a few statements long. One left idle (its
+	// process frozen, a SIGSTOP or a long GC pause under swap) would hold row locks on
+	// pending rows that other replicas must take over; the server ends it instead. A
+	// URL that sets its own value keeps it.
+	if _, ok := cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"]; !ok {
+		cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = "10s"
+	}
 	cfg.ConnConfig.Tracer = readOnlyTracer{}
 	cfg.PrepareConn = func(_ context.Context, conn *pgx.Conn) (bool, error) {
 		pc := conn.PgConn()
