@@ -57,6 +57,13 @@ func (f *fixture) receive(t *testing.T, ids []int64, at ...time.Time) {
 // start runs a fetcher until stop (or the end of the test); stop returns once Run has.
 func (f *fixture) start(t *testing.T, cfg fetch.Config, lookup fetch.LookupFunc) (stop func()) {
 	t.Helper()
+	_, stop = f.run(t, cfg, lookup)
+	return stop
+}
+
+// run is start that also returns the fetcher.
+func (f *fixture) run(t *testing.T, cfg fetch.Config, lookup fetch.LookupFunc) (fetcher *fetch.Fetcher, stop func()) {
+	t.Helper()
 	fetcher, err := fetch.New(cfg, f.store, lookup, slog.New(slog.DiscardHandler), f.m)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -70,7 +77,7 @@ func (f *fixture) start(t *testing.T, cfg fetch.Config, lookup fetch.LookupFunc)
 		})
 	}
 	t.Cleanup(stop)
-	return stop
+	return fetcher, stop
 }
 
 // objects reads the objects table.

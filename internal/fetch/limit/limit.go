@@ -196,10 +196,12 @@ func (l *Limiter) record(end time.Time, latency float64, timedOut bool) bool {
 	if timedOut {
 		share = 1
 	}
-	l.shortTimeouts, l.longTimeouts = l.mean(l.shortTimeouts, share, l.shareSamples, l.alpha), l.mean(l.longTimeouts, share, l.shareSamples, w)
+	l.shortTimeouts = mean(l.shortTimeouts, share, l.shareSamples, l.alpha)
+	l.longTimeouts = mean(l.longTimeouts, share, l.shareSamples, w)
 	l.shareSamples++
 	if !timedOut {
-		l.shortLatency, l.longLatency = l.mean(l.shortLatency, latency, l.latencySamples, l.alpha), l.mean(l.longLatency, latency, l.latencySamples, w)
+		l.shortLatency = mean(l.shortLatency, latency, l.latencySamples, l.alpha)
+		l.longLatency = mean(l.longLatency, latency, l.latencySamples, w)
 		l.latencySamples++
 	}
 	if l.samples <= l.cfg.Warmup {
@@ -209,13 +211,12 @@ func (l *Limiter) record(end time.Time, latency float64, timedOut bool) bool {
 		l.latencySamples > l.cfg.Warmup && l.shortLatency > l.cfg.Tolerance*l.longLatency
 }
 
-// mean moves an exponentially weighted mean towards x by weight w; the first sample is
-// the mean.
-func (*Limiter) mean(m, x float64, n int, w float64) float64 {
-	if n == 0 {
-		return x
-	}
-	return m + w*(x-m)
+// mean moves an exponentially weighted mean of n samples towards x by weight w, or by
+// 1/(n+1) while that is more: until the weights have covered their span, it is the
+// plain mean of the samples so far, so that the first few (a lookup that dialled, a
+// fast start) do not stand for the whole history.
+func mean(m, x float64, n int, w float64) float64 {
+	return m + max(w, 1/float64(n+1))*(x-m)
 }
 
 func later(a, b time.Time) time.Time {
