@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,6 +70,19 @@ func TestLookup(t *testing.T) {
 			require.Equal(t, tt.want, got)
 		})
 	}
+}
+
+// The connection buffers are small (see New): a header line longer than them must still
+// be read whole.
+func TestLookup_headerLongerThanTheBuffers(t *testing.T) {
+	t.Parallel()
+	c := setup(t, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("X-Padding", strings.Repeat("x", 8<<10))
+		_, _ = io.WriteString(w, `{"id":7,"online":true}`)
+	})
+	online, err := c.Lookup(context.Background(), 7)
+	require.NoError(t, err)
+	require.True(t, online)
 }
 
 func TestLookup_asksForTheObjectByPath(t *testing.T) {
