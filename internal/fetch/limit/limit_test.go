@@ -1,6 +1,7 @@
 package limit_test
 
 import (
+	"container/heap"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -250,3 +251,97 @@ type draw struct {
 }
 
 func uniform(rng *rand.Rand, lo, hi float64) float64 { return lo + rng.Float64()*(hi-lo) }
+
+// simulate runs a limiter against a simulated object service for d of simulated time:
+// latency uniform in 0.3-4.3 s, at most capacity requests at once (0: no limit), any
+// more answered 503 with Retry-After: 1 s after a millisecond. The limit is always
+// filled (a backlog). It returns lookups answered and rejected over the second half,
+// the lowest limit after the first, and whether the limit ever came down.
+func simulate(l *limit.Limiter, capacity int, d time.Duration, seed uint64) (answered, rejected int, everCut bool) {
+	rng := rand.New(rand.NewPCG(seed, seed))
+	var (
+		clock    time.Time = t0
+		queue    events
+		inFlight int
+		serving  int // lookups the service is working on (not rejections on their way back)
+		last     = l.Limit()
+	)
+	for clock.Before(t0.Add(d)) {
+		for inFlight < l.Limit() {
+			inFlight++
+			e := event{start: clock, outcome: limit.Answered}
+			if capacity > 0 && serving >= capacity {
+				e.end, e.outcome = clock.Add(time.Millisecond), limit.Rejected
+			} else {
+				serving++
+				e.end = clock.Add(300*time.Millisecond + time.Duration(rng.Int64N(int64(4*time.Second)+1)))
+			}
+			heap.Push(&queue, e)
+		}
+		e := heap.Pop(&queue).(event)
+		clock = e.end
+		if e.outcome == limit.Answered {
+			serving--
+		}
+		s := limit.Sample{Start: e.start, End: e.end, Outcome: e.outcome, InFlight: inFlight}
+		if e.outcome == limit.Rejected {
+			s.RetryAfter = time.Second
+		}
+		now := l.Observe(s)
+		everCut = everCut || now < last
+		last = now
+		inFlight--
+		if clock.After(t0.Add(d / 2)) {
+			if e.outcome == limit.Answered {
+				answered++
+			} else {
+				rejected++
+			}
+		}
+	}
+	return answered, rejected, everCut
+}
+
+type event struct {
+	start, end time.Time
+	outcome    limit.Outcome
+}
+
+// events is a min-heap of lookups in flight by end time.
+type events []event
+
+func (q events) Len() int           { return len(q) }
+func (q events) Less(i, j int) bool { return q[i].end.Before(q[j].end) }
+func (q events) Swap(i, j int)      { q[i], q[j] = q[j], q[i] }
+func (q *events) Push(x any)        { *q = append(*q, x.(event)) }
+func (q *events) Pop() any {
+	old := *q
+	e := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return e
+}
+
+// The targets, on a simulated object service: no timing involved.
+func TestLimiter_simulated(t *testing.T) {
+	t.Parallel()
+	const mean = 2.3 // seconds
+	t.Run("unlimited_service_slow_start_to_the_ceiling_without_a_cut", func(t *testing.T) {
+		t.Parallel()
+		l := limit.New(limit.DefaultConfig(128, 10000))
+		answered, _, cut := simulate(l, 0, 5*time.Minute, 1)
+		require.False(t, cut, "random latency and the end of slow start cut the limit")
+		require.Equal(t, 10000, l.Limit())
+		rate := float64(answered) / 150
+		require.GreaterOrEqual(t, rate, 0.9*10000/mean, "lookups/s at 0.9 of the Little's-law bound of the ceiling")
+	})
+	t.Run("capacity_1000_rate_and_rejections", func(t *testing.T) {
+		t.Parallel()
+		l := limit.New(limit.DefaultConfig(128, 10000))
+		answered, rejected, _ := simulate(l, 1000, 5*time.Minute, 2)
+		rate := float64(answered) / 150
+		require.GreaterOrEqual(t, rate, 0.8*1000/mean, "lookups/s at 0.8 of capacity / mean latency")
+		require.LessOrEqual(t, float64(rejected)/float64(answered+rejected), 0.05, "at most 5% rejected")
+		t.Logf("%.0f lookups/s (%.2f of the bound), %.2f%% rejected, limit %d",
+			rate, rate/(1000/mean), 100*float64(rejected)/float64(answered+rejected), l.Limit())
+	})
+}
