@@ -70,11 +70,10 @@ type Config struct {
 //     and crosses it once every two or three round trips (a handful of 503s each time).
 //   - ShortSamples 100 and Tolerance 1.5: with latency uniform in 0.3-4.3 s, a mean of
 //     100 samples has a standard deviation of 5% of the mean, so noise alone never
-//     reaches 1.5. Less would not do: while the limit grows, more lookups start every
-//     moment than a latency ago, so the answers coming in are biased towards the fast
-//     ones (by about a fifth in slow start); when growth stops, their mean rises by that
-//     much with no change at the service. TimeoutRise 0.1 is about five standard
-//     deviations of a 5% share.
+//     reaches 1.5. Some margin is needed beyond the noise: while the limit grows, more
+//     lookups start every moment than a latency ago, so the answers coming in are
+//     biased towards the fast ones, and a client on a busy machine adds latency of its
+//     own. TimeoutRise 0.1 is about five standard deviations of a 5% share.
 //   - Warmup 100 samples, and the comparisons start only once the samples span ten
 //     mean latencies: in the first round trips only the fast answers are in.
 //   - LongWindow 60 s: many round trips, so a latency that rises over a few of them is
