@@ -104,9 +104,9 @@ func TestLimit_growsAgainstAnUnlimitedService(t *testing.T) {
 	f := setup(t)
 	const n = 3000
 	f.receive(t, ids(n), now())
-	// The latency is the real one's (0.3-4.3 s) scaled by 1/10: far above the local
-	// noise of a loaded test machine, which a service of a few milliseconds is not.
-	svc, lookup := newCapacityService(t, 0, 30*time.Millisecond, 430*time.Millisecond, 0)
+	// Latency well above the local noise of a loaded test machine, which a service of
+	// a few milliseconds is not.
+	svc, lookup := newCapacityService(t, 0, 20*time.Millisecond, 220*time.Millisecond, 0)
 	cfg := limitConfig()
 	fetcher, _ := f.run(t, cfg, lookup)
 
@@ -143,11 +143,11 @@ func TestLimit_backsOffOn503AndHonoursRetryAfter(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	const (
-		n        = 1000
+		n        = 400
 		capacity = 40
 	)
 	f.receive(t, ids(n), now())
-	svc, lookup := newCapacityService(t, capacity, 30*time.Millisecond, 430*time.Millisecond, time.Second)
+	svc, lookup := newCapacityService(t, capacity, 20*time.Millisecond, 220*time.Millisecond, time.Second)
 	fetcher, _ := f.run(t, limitConfig(), lookup)
 
 	// Watch the limit's direction until every object is written.
