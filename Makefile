@@ -44,9 +44,14 @@ test: ## start Postgres if needed; go vet, sqlc freshness, go test -race, a shor
 	go test -race -count=1 ./...
 	go test -run='^$$' -fuzz=FuzzParse -fuzztime=10s ./internal/intake
 
-bench: ## measure the service beside the machine's HTTP and Postgres ceilings (cmd/bench; writes bin/bench.md)
+# Flags for cmd/bench, e.g. a short run of some phases:
+#   make bench BENCH_FLAGS='-phases ceilings,intake -runs 1'
+# docs/benchmarks.md lists the phases and their flags.
+BENCH_FLAGS ?=
+
+bench: ## measure the service beside the machine's HTTP and Postgres ceilings (cmd/bench; writes bin/bench.md and charts)
 	@go run ./cmd/devpg ensure
-	go run ./cmd/bench
+	go run ./cmd/bench $(BENCH_FLAGS)
 
 generate: ## regenerate the sqlc code from db/migrations and queries/
 	$(SQLC) generate

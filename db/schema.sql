@@ -28,6 +28,7 @@ CREATE TABLE public.inbox_batches (
     callbacks integer NOT NULL,
     ids integer NOT NULL,
     data bytea NOT NULL,
+    last_received_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT inbox_batches_callbacks_check CHECK ((callbacks >= 0)),
     CONSTRAINT inbox_batches_ids_check CHECK ((ids >= 0))
 )
@@ -48,6 +49,17 @@ CREATE TABLE public.inbox_quarantine (
     error text NOT NULL,
     quarantined_at timestamp with time zone DEFAULT now() NOT NULL
 );
+
+
+--
+-- Name: merged_batches; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.merged_batches (
+    batch_id uuid NOT NULL,
+    merged_at timestamp with time zone DEFAULT now() NOT NULL
+)
+WITH (autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='10000');
 
 
 --
@@ -111,6 +123,14 @@ ALTER TABLE ONLY public.inbox_quarantine
 
 
 --
+-- Name: merged_batches merged_batches_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.merged_batches
+    ADD CONSTRAINT merged_batches_pkey PRIMARY KEY (batch_id);
+
+
+--
 -- Name: objects objects_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -143,6 +163,13 @@ ALTER TABLE ONLY public.spool_replays
 
 
 --
+-- Name: inbox_batches_received_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX inbox_batches_received_at_idx ON public.inbox_batches USING btree (received_at);
+
+
+--
 -- Name: objects_last_seen_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -172,4 +199,6 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261125000002'),
     ('20261125000003'),
     ('20261125000004'),
-    ('20261125000005');
+    ('20261125000005'),
+    ('20261202000001'),
+    ('20261202000002');

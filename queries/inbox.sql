@@ -7,8 +7,46 @@
 -- The group commit: every callback that arrived while the previous commit was in
 -- flight, in one row (encoded by internal/store/batch.go), one transaction. Spool
 -- replay uses it too.
-INSERT INTO inbox_batches (batch_id, received_at, callbacks, ids, data)
-VALUES (@batch_id, @received_at, @callbacks, @ids, @data);
+INSERT INTO inbox_batches (batch_id, received_at, last_received_at, callbacks, ids, data)
+VALUES (@batch_id, @received_at, @last_received_at, @callbacks, @ids, @data);
+
+-- name: InsertReplayedBatch :execrows
+-- Spool replay of a batch under the id the committer minted for it. A copy of the batch
+-- may be in the inbox already (the commit that timed out did commit): then it is not
+-- inserted again. It may also have been merged already: then merged_batches names it.
+-- A merger that has only locked the inbox copy leaves it a conflict: nothing inserted.
+-- One gap is left to DropMergedReplays: a merger that has deleted the inbox copy and
+-- not committed yet. Its delete makes this insert wait on the primary key and, once it
+-- commits, succeed, while NOT EXISTS was read before that commit.
+INSERT INTO inbox_batches (batch_id, received_at, last_received_at, callbacks, ids, data)
+SELECT @batch_id::uuid, @received_at::timestamptz, @last_received_at::timestamptz, @callbacks::integer, @ids::integer, @data::bytea
+WHERE NOT EXISTS (SELECT 1 FROM merged_batches m WHERE m.batch_id = @batch_id::uuid)
+ON CONFLICT (batch_id) DO NOTHING;
+
+-- name: DropMergedReplays :one
+-- Run after the InsertReplayedBatch statements of a segment, in the same transaction:
+-- a new statement, so it sees every merge that committed while they waited (see
+-- above), and removes the batches those merges had already taken. Returns how many
+-- callbacks it removed.
+WITH dropped AS (
+    DELETE FROM inbox_batches b
+    USING merged_batches m
+    WHERE b.batch_id = m.batch_id AND b.batch_id = ANY(@batch_ids::uuid[])
+    RETURNING b.callbacks
+)
+SELECT coalesce(sum(dropped.callbacks), 0)::bigint AS callbacks FROM dropped;
+
+-- name: RememberMergedBatches :exec
+-- Called by a merge pass, in its transaction, with every batch id LockBatches read (all
+-- of them are consumed, quarantined ones too): see merged_batches. ON CONFLICT only so that a batch id that did
+-- get into the inbox twice (which replay prevents) cannot fail every later merge.
+INSERT INTO merged_batches (batch_id)
+SELECT unnest(@batch_ids::uuid[])
+ON CONFLICT (batch_id) DO NOTHING;
+
+-- name: ForgetMergedBatches :execrows
+-- @before_id is the smallest UUIDv7 of the cutoff instant: ids minted before it go.
+DELETE FROM merged_batches WHERE batch_id < @before_id::uuid;
 
 -- name: MarkSpoolReplayed :execrows
 -- Recorded in the same transaction as the replayed rows: a spool file whose replay
@@ -20,29 +58,58 @@ ON CONFLICT (segment_id) DO NOTHING;
 -- name: ForgetSpoolReplays :execrows
 DELETE FROM spool_replays WHERE replayed_at < @before;
 
--- name: ClaimBatches :many
--- A merge pass takes the oldest batches (SKIP LOCKED: mergers of other replicas take
--- others) and deletes them; the caller decodes them and writes their ids to pending
--- with MergePending in the same transaction, so a batch leaves the inbox only together
--- with the pending rows it became. At most @max_batches rows, and no more rows once
--- @max_ids ids are taken (the row that crosses the bound is still taken, so a pass
--- always progresses): a pass's memory stays bounded whatever the callbacks hold. Rows
--- locked but not taken are released at commit, for the next pass.
+-- name: DropStaleBatches :one
+-- Batches whose newest receipt left the window, deleted unread: merging them could not
+-- move any row (every receipt in them is older than the cutoff, so no row they name may
+-- live on their account). SKIP LOCKED: a batch another merger holds is its business.
+-- The range on received_at walks inbox_batches_received_at_idx (received_at <=
+-- last_received_at).
+WITH stale AS (
+    SELECT b.batch_id FROM inbox_batches b
+    WHERE b.received_at < @cutoff AND b.last_received_at < @cutoff
+    FOR UPDATE SKIP LOCKED
+), dropped AS (
+    DELETE FROM inbox_batches d
+    WHERE d.batch_id IN (SELECT stale.batch_id FROM stale)
+    RETURNING d.callbacks, d.ids
+)
+SELECT count(*)::bigint                          AS batches,
+       coalesce(sum(dropped.callbacks), 0)::bigint AS callbacks,
+       coalesce(sum(dropped.ids), 0)::bigint       AS ids
+FROM dropped;
+
+-- name: LockBatches :many
+-- A merge pass locks the NEWEST batches (SKIP LOCKED: mergers of other replicas take
+-- others) and reads them; the caller decodes them, newest first, until its pass holds
+-- enough distinct ids, and deletes those it used (DeleteBatches) in the same
+-- transaction that writes their ids to pending, so a batch leaves the inbox only
+-- together with the pending rows it became. The rest are unlocked at commit, for the
+-- next pass. Newest first is adaptive LIFO: with no backlog a pass takes everything
+-- and order does not matter; under a backlog the receipts that are worth most (the
+-- newest, furthest from leaving the window) are merged first, and the oldest wait,
+-- leave the window and are dropped unread by DropStaleBatches.
+-- At most max_batches rows, and no more rows once max_ids ids are read (the row that
+-- crosses the bound is still read, so a pass always progresses).
 WITH locked AS (
-    SELECT b.batch_id, b.ids FROM inbox_batches b
-    ORDER BY b.batch_id
+    SELECT b.batch_id, b.received_at, b.ids FROM inbox_batches b
+    WHERE b.last_received_at >= @cutoff::timestamptz
+    ORDER BY b.received_at DESC, b.batch_id DESC
     LIMIT @max_batches
     FOR UPDATE SKIP LOCKED
 ), taken AS (
     SELECT w.batch_id FROM (
-        SELECT locked.batch_id, sum(locked.ids) OVER (ORDER BY locked.batch_id) - locked.ids AS ids_before
+        SELECT locked.batch_id,
+               sum(locked.ids) OVER (ORDER BY locked.received_at DESC, locked.batch_id DESC) - locked.ids AS ids_before
         FROM locked
     ) w
     WHERE w.ids_before < @max_ids::bigint
 )
-DELETE FROM inbox_batches
-WHERE batch_id IN (SELECT taken.batch_id FROM taken)
-RETURNING batch_id, received_at, callbacks, ids, data;
+SELECT i.batch_id, i.received_at, i.callbacks, i.ids, i.data FROM inbox_batches i
+WHERE i.batch_id IN (SELECT taken.batch_id FROM taken)
+ORDER BY i.received_at DESC, i.batch_id DESC;
+
+-- name: DeleteBatches :exec
+DELETE FROM inbox_batches WHERE batch_id = ANY(@batch_ids::uuid[]);
 
 -- name: QuarantineBatch :exec
 -- A batch taken by ClaimBatches that cannot be decoded: kept aside, in the same
@@ -52,35 +119,90 @@ VALUES (@batch_id, @received_at, @callbacks, @ids, @data, @error)
 ON CONFLICT (batch_id) DO NOTHING;
 
 -- name: MergePending :one
--- The rest of a merge pass: @ids are distinct, each with the newest receipt naming it
--- among the batches taken (deduplicated by the caller). Upserts in ascending id order
--- (the lock order). Many callbacks naming one object become one pending row here: this
--- is where coalescing happens, off the reply path.
+-- The pending half of a merge pass: @ids are distinct, each with the newest receipt
+-- naming it among the batches taken (deduplicated by the caller). Many callbacks naming
+-- one object become one pending row here: this is where coalescing happens, off the
+-- reply path.
 --
--- The WHERE on the upsert skips receipts that are not newer: no dead tuple for them.
+-- Objects already pending (known, as of the statement's snapshot) always take the newer
+-- receipt, and move up the queue: due_at is the priority (migration 20261202000001),
+-- and greatest() keeps a lease or a backoff, both in the future. Objects not pending
+-- yet are inserted up to max_new (the caller passes the room left under its bound on
+-- pending rows, CountPending), newest receipts first; the rest are dropped here for
+-- capacity (counted by the caller). Rows past the bound would only wait, leave the
+-- window and be swept, at the cost of an insert, an index entry and a delete each.
 --
--- refreshed: an object that is online as of its latest lookup and is named by a newer
--- callback takes the newer receipt as last_seen now, not when its next lookup returns,
--- so the row cannot expire in between. It reads from upserted, whose rows are already
--- locked, so each objects row is locked after its pending row: the lock order holds.
+-- One INSERT ... ON CONFLICT for both, in ascending id order (the lock order): it
+-- decides insert or update against the latest committed row, not the snapshot, so an
+-- object whose pending row a lookup result deletes meanwhile is inserted again with the
+-- newer receipt (and looked up once more) instead of being lost between the two.
+-- No objects row is touched here: RefreshObjects runs on its own.
 WITH merged AS (
     SELECT m.id, m.received_at FROM (
         SELECT unnest(@ids::bigint[]) AS id, unnest(@received_ats::timestamptz[]) AS received_at
     ) m
+), joined AS (
+    SELECT merged.id, merged.received_at, p.object_id IS NOT NULL AS known
+    FROM merged
+    LEFT JOIN pending p ON p.object_id = merged.id
+), chosen AS (
+    SELECT joined.id, joined.received_at, joined.known FROM joined WHERE joined.known
+    UNION ALL
+    (SELECT joined.id, joined.received_at, joined.known FROM joined WHERE NOT joined.known
+     ORDER BY joined.received_at DESC, joined.id
+     LIMIT @max_new)
 ), upserted AS (
-    INSERT INTO pending (object_id, received_at)
-    SELECT merged.id, merged.received_at FROM merged
-    ORDER BY merged.id
+    INSERT INTO pending (object_id, received_at, due_at)
+    SELECT chosen.id, chosen.received_at, chosen.received_at FROM chosen
+    ORDER BY chosen.id
     ON CONFLICT (object_id) DO UPDATE
-        SET received_at = excluded.received_at
+        SET received_at = excluded.received_at,
+            due_at      = greatest(pending.due_at, excluded.received_at)
         WHERE pending.received_at < excluded.received_at
-    RETURNING object_id, received_at
-), refreshed AS (
-    UPDATE objects o
-    SET last_seen = upserted.received_at
-    FROM upserted
-    WHERE o.id = upserted.object_id AND o.last_seen < upserted.received_at
-    RETURNING o.id
+    RETURNING pending.object_id
 )
-SELECT (SELECT count(*) FROM upserted)::bigint  AS changed,
-       (SELECT count(*) FROM refreshed)::bigint AS refreshed;
+SELECT (SELECT count(*) FROM upserted)::bigint                          AS changed,
+       (SELECT count(*) FROM joined WHERE NOT joined.known)::bigint     AS fresh,
+       (SELECT count(*) FROM chosen WHERE NOT chosen.known)::bigint     AS fresh_taken;
+
+-- name: RefreshObjects :execrows
+-- The refresh path: an object that is online as of its latest lookup and is named by a
+-- newer callback takes the newer receipt as last_seen now, with no lookup, whether or
+-- not a lookup for it can be afforded. Runs in its own transaction, before the pass
+-- that deletes the batches commits (a crash in between merges them again: a refresh is
+-- idempotent). Rows locked in ascending id order (the ORDER BY sits below the row
+-- locks), the order in which CompleteLookups writes objects; it holds no pending row,
+-- and expiry only ever skips locked rows: no cycle.
+WITH merged AS (
+    SELECT m.id, m.received_at FROM (
+        SELECT unnest(@ids::bigint[]) AS id, unnest(@received_ats::timestamptz[]) AS received_at
+    ) m
+), due AS (
+    SELECT o.id, merged.received_at FROM objects o
+    JOIN merged ON merged.id = o.id
+    WHERE o.last_seen < merged.received_at
+    ORDER BY o.id
+    FOR UPDATE OF o
+)
+UPDATE objects o
+SET last_seen = due.received_at
+FROM due
+WHERE o.id = due.id;
+
+-- name: CountPending :one
+SELECT count(*)::bigint AS pending FROM pending;
+
+-- name: OldestUnmerged :one
+-- The oldest receipt still waiting in the inbox within the window, or @now if there is
+-- none: expiry never deletes a row that such a callback may still name (see
+-- internal/expiry). min() walks inbox_batches_received_at_idx from the old end.
+SELECT coalesce(min(b.received_at), @now::timestamptz)::timestamptz AS oldest
+FROM inbox_batches b
+WHERE b.last_received_at >= @cutoff::timestamptz;
+
+-- name: ForceCustomPlans :exec
+-- For the rest of the transaction, plan every statement for its actual parameters. A
+-- merge pass sends arrays of one to a million ids; a cached generic plan assumes ten
+-- (the estimate for unnest of a parameter) and picks a nested loop of index probes
+-- that is ruinous at a million, where a hash join over a small table costs little.
+SET LOCAL plan_cache_mode = force_custom_plan;

@@ -5,6 +5,9 @@
 SELECT pg_try_advisory_xact_lock(@lock_key::bigint) AS locked;
 
 -- name: ExpireObjects :execrows
+-- At most max_rows rows per call, oldest first: after a long outage a large table may
+-- hold many expired rows, and one unbounded DELETE under a deadline could roll back on
+-- every tick and never finish. The caller loops while chunks come back full.
 -- SKIP LOCKED: a row that is locked right now is being refreshed or written by a lookup
 -- result; expiry never waits (so it is never part of a deadlock) and the next tick,
 -- one second later, takes the row if it is still old.
@@ -12,6 +15,8 @@ DELETE FROM objects
 WHERE id IN (
     SELECT o.id FROM objects o
     WHERE o.last_seen < @cutoff
+    ORDER BY o.last_seen
+    LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
 );
 
@@ -26,8 +31,15 @@ ORDER BY id
 LIMIT @max_rows;
 
 -- name: ListObjectsNewest :many
--- Keyset paging, newest first: the next page starts after (@before_seen, @before_id).
+-- Keyset paging, newest first: the next page starts after (before_seen, before_id).
 SELECT id, last_seen FROM objects
 WHERE (last_seen, id) < (@before_seen::timestamptz, @before_id::bigint) AND last_seen >= @cutoff
 ORDER BY last_seen DESC, id DESC
 LIMIT @max_rows;
+
+-- name: OnlineIDs :many
+-- Every object online now, for a merge pass that has more ids than it can make pending:
+-- it refreshes those of the rest that are online (RefreshObjects) without a lookup. An
+-- index-only scan of objects_pkey; the table holds what lookups could afford, not the
+-- id space.
+SELECT id FROM objects;

@@ -1,8 +1,14 @@
 -- name: ClaimDue :many
--- Claims up to max_rows due rows for one lookup each. SKIP LOCKED: claimers never wait
--- for each other or for the merger. The lease is due_at itself: moving it to
--- now() + lease means a row whose worker dies becomes due again when the lease runs out.
--- The index on due_at serves both the WHERE and the ORDER BY.
+-- Claims up to max_rows due rows for one lookup each, NEWEST receipt first: due_at is
+-- the row's priority (its newest receipt while it waits; see the migration
+-- 20261202000001), and the scan walks pending_due_at_idx backwards from now(). With no
+-- backlog every due row is taken and the order does not matter; under a backlog the
+-- receipts furthest from leaving the window are looked up first (adaptive LIFO).
+-- A row whose receipt already left the window (cutoff, service clock) is never
+-- claimed: the sweep deletes it (SweepPending), so no claim loop spins on dead work.
+-- SKIP LOCKED: claimers never wait for each other or for the merger. The lease is
+-- due_at itself: moving it to now() + lease means a row whose worker dies becomes due
+-- again when the lease runs out.
 UPDATE pending p
 SET claim_token         = arg.claim_token,
     claimed_received_at = p.received_at,
@@ -10,8 +16,8 @@ SET claim_token         = arg.claim_token,
     attempts            = p.attempts + 1
 FROM (
     SELECT d.object_id FROM pending d
-    WHERE d.due_at <= now()
-    ORDER BY d.due_at
+    WHERE d.due_at <= now() AND d.received_at >= @cutoff
+    ORDER BY d.due_at DESC
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
 ) due, (
@@ -19,6 +25,23 @@ FROM (
 ) arg
 WHERE p.object_id = due.object_id
 RETURNING p.object_id, p.received_at, p.attempts;
+
+-- name: SweepPending :one
+-- Pending rows whose newest receipt left the window and that no live lease holds
+-- (due_at, the lease's end or the receipt, is past the cutoff too): their lookup could
+-- not write a row any more. At most max_rows per call, oldest first, SKIP LOCKED.
+WITH stale AS (
+    SELECT d.object_id FROM pending d
+    WHERE d.due_at < @cutoff AND d.received_at < @cutoff
+    ORDER BY d.due_at
+    LIMIT @max_rows
+    FOR UPDATE SKIP LOCKED
+), swept AS (
+    DELETE FROM pending p
+    WHERE p.object_id IN (SELECT stale.object_id FROM stale)
+    RETURNING p.object_id
+)
+SELECT count(*)::bigint AS swept FROM swept;
 
 -- name: CompleteLookups :one
 -- Applies a batch of lookup outcomes in one statement. Only rows that still carry the
@@ -29,12 +52,17 @@ RETURNING p.object_id, p.received_at, p.attempts;
 -- the lookup was in flight.
 --
 -- outcome: 'online' | 'offline' | 'failed' | 'expired'.
---   online   upsert the object; last_seen never moves backwards. Not if the receipt
---            is older than @cutoff (now - the expiry window, the service's clock): a
---            lookup that ends after its receipt left the window must not write a row
---            that is already expired and would outlive the window until the next tick.
+--   online   upsert the object with the NEWEST receipt known for it (owned.received_at,
+--            which a callback merged while the lookup ran may have moved past the one
+--            the lookup was claimed for): otherwise the row would carry the older
+--            receipt until the extra lookup below returns, and could expire in between
+--            although the object was named since. last_seen never moves backwards. Not
+--            if that receipt is older than cutoff (now - the expiry window, the
+--            service's clock): a lookup that ends after its receipt left the window
+--            must not write a row that is already expired and would outlive the window
+--            until the next tick.
 --   offline  delete the object: this lookup is the latest fetched status.
---   failed   release the row, due again after @retry_after_ms (backoff, chosen by the caller).
+--   failed   release the row, due again after retry_after_ms (backoff, chosen by the caller).
 --   expired  the receipt left the window before the lookup: drop it unless a newer
 --            receipt arrived.
 -- Then, for online/offline/expired: a row with no newer receipt is done (deleted); a
@@ -52,8 +80,8 @@ WITH result AS (
     FOR UPDATE OF p
 ), upserted AS (
     INSERT INTO objects (id, last_seen)
-    SELECT owned.object_id, owned.claimed_received_at FROM owned
-    WHERE owned.outcome = 'online' AND owned.claimed_received_at >= @cutoff::timestamptz
+    SELECT owned.object_id, owned.received_at FROM owned
+    WHERE owned.outcome = 'online' AND owned.received_at >= @cutoff::timestamptz
     ORDER BY owned.object_id
     ON CONFLICT (id) DO UPDATE
         SET last_seen = greatest(objects.last_seen, excluded.last_seen)

@@ -414,3 +414,56 @@ func (c *cpuSplit) stop() *cpuSplit {
 	c.PG = pg / el
 	return c
 }
+
+// rss is VmRSS from /proc: the process's resident memory now, in MiB.
+func (p *proc) rss() float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// inboxOldest is the age in seconds of the oldest unmerged receipt, read from
+// inbox_batches directly (the gauge is sampled on a cadence, this is exact); 0 when
+// the inbox is empty. Should the table be renamed, the service's gauge is the fallback.
+func (s *service) inboxOldest(ctx context.Context) (float64, error) {
+	var age float64
+	err := s.pool.QueryRow(ctx, "SELECT coalesce(extract(epoch FROM now() - min(received_at)), 0)::float8 FROM inbox_batches").Scan(&age)
+	if err == nil {
+		return age, nil
+	}
+	m, merr := s.metrics()
+	if merr != nil {
+		return 0, fmt.Errorf("oldest unmerged receipt: %w", errors.Join(err, merr))
+	}
+	return m["callback_inbox_oldest_seconds"], nil
+}
+
+// waitMerged polls until the inbox is empty (merged or dropped as out of window), at
+// most limit; past it, it returns limit: the figure then reads "at least".
+func waitMerged(ctx context.Context, svc *service, limit time.Duration) (time.Duration, error) {
+	start := time.Now()
+	for {
+		var empty bool
+		if err := svc.pool.QueryRow(ctx, "SELECT NOT EXISTS (SELECT 1 FROM inbox_batches)").Scan(&empty); err != nil {
+			return 0, fmt.Errorf("waiting for the inbox to drain: %w", err)
+		}
+		if empty {
+			return time.Since(start), nil
+		}
+		if time.Since(start) > limit {
+			return limit, nil
+		}
+		sleepCtx(ctx, 100*time.Millisecond)
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+	}
+}

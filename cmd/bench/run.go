@@ -35,10 +35,24 @@ type bench struct {
 	pprofOut    string
 	stderr      io.Writer
 
+	intakeSpaces []int64 // id spaces of the 64-sender intake runs
+	scaleSpaces  []int64 // id spaces of the end-to-end runs at 2,000 ids/s
+	scaleTime    time.Duration
+	scaleRate    float64
+	floodTime    time.Duration
+	floodAfter   time.Duration
+	limiterTime  time.Duration
+	capacity     int
+	soak         bool
+	soakTime     time.Duration
+	sampleEvery  time.Duration
+	outDir       string
+
 	figs             []*figure
 	httpCeil, dbCeil float64
 	intake64         float64
 	plan             string
+	charts           []string // markdown lines linking the charts written beside the table
 	started          time.Time
 }
 
@@ -59,9 +73,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.DurationVar(&b.chewTime, "chew-time", 10*time.Second, "how long the service works on the big backlog")
 	fs.IntVar(&b.fetchConc, "fetch-concurrency", 512, "FETCH_CONCURRENCY of the service in the end-to-end phases")
 	fs.StringVar(&b.pprofOut, "pprof", "", "write a CPU profile of the service during the first 64-sender intake run to this file")
-	out := fs.String("out", "bin/bench.md", "also write the table here")
+	intakeSpaces := fs.String("intake-spaces", "100,100000,1000000", "id spaces (objects) of the 64-sender intake runs, comma-separated")
+	scaleSpaces := fs.String("scale-spaces", "100,20000,100000,1000000", "id spaces of the end-to-end runs (phase scale), comma-separated")
+	fs.DurationVar(&b.scaleTime, "scale-time", 60*time.Second, "length of one end-to-end run at an id space (phase scale; also the limiter's)")
+	fs.Float64Var(&b.scaleRate, "scale-rate", 20, "callbacks/s of 0..199 ids (mean ~100) in the phases scale, flood (normal traffic) and limiter: 20 is ~2,000 ids/s")
+	fs.DurationVar(&b.floodTime, "flood-time", 60*time.Second, "length of the flood: 64 senders x 200 ids from 1,000,000 objects (phase flood)")
+	fs.DurationVar(&b.floodAfter, "flood-after", 40*time.Second, "normal traffic alone after the flood (one window plus ~10 s)")
+	fs.DurationVar(&b.limiterTime, "limiter-time", 60*time.Second, "length of the run against a capacity-limited object service (phase limiter)")
+	fs.IntVar(&b.capacity, "capacity", 1000, "the object service's capacity in the limiter phase (tester objects -capacity)")
+	fs.BoolVar(&b.soak, "soak", false, "add the soak phase: a flood for -soak-time with the service's RSS sampled")
+	fs.DurationVar(&b.soakTime, "soak-time", 10*time.Minute, "length of the soak's flood")
+	fs.DurationVar(&b.sampleEvery, "sample-every", time.Second, "sampling period of the flood, limiter and soak time series")
+	out := fs.String("out", "bin/bench.md", "also write the table here (charts go beside it)")
 	bin := fs.String("service-bin", "", "the service binary (default: go build ./cmd/callback)")
-	phases := fs.String("phases", "ceilings,intake,e2e,backlog,cost", "phases to run, comma-separated")
+	phases := fs.String("phases", "ceilings,intake,e2e,scale,flood,limiter,backlog,cost", "phases to run, comma-separated (soak: also with -soak)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -72,10 +97,29 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	for _, p := range strings.Split(*phases, ",") {
 		want[strings.TrimSpace(p)] = true
 	}
+	want["soak"] = want["soak"] || b.soak
+	var err error
+	if b.intakeSpaces, err = parseSpaces(*intakeSpaces); err != nil {
+		return fmt.Errorf("-intake-spaces: %w", err)
+	}
+	if b.scaleSpaces, err = parseSpaces(*scaleSpaces); err != nil {
+		return fmt.Errorf("-scale-spaces: %w", err)
+	}
+	if b.sampleEvery <= 0 {
+		return fmt.Errorf("-sample-every must be positive")
+	}
+	if *out != "" {
+		b.outDir = filepath.Dir(*out)
+	}
 
 	dbURL := getenv("DATABASE_URL")
 	if dbURL == "" {
 		dbURL = defaultDatabaseURL
+	}
+	if b.outDir != "" {
+		if err := os.MkdirAll(b.outDir, 0o755); err != nil {
+			return err
+		}
 	}
 	tmp, err := os.MkdirTemp("", "callback-bench-")
 	if err != nil {
@@ -106,18 +150,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	before := b.background(ctx)
 
-	steps := []struct {
-		phase, what string
-		do          func(context.Context) error
-	}{
+	steps := []step{
 		{"ceilings", "HTTP ceiling", b.httpCeiling},
 		{"ceilings", "database ceiling", b.dbCeiling},
-		{"intake", "intake, 16 senders", func(ctx context.Context) error { return b.intake(ctx, 16) }},
-		{"intake", "intake, 64 senders", func(ctx context.Context) error { return b.intake(ctx, 64) }},
+		{"intake", "intake, 16 senders", func(ctx context.Context) error { return b.intake(ctx, 16, 100) }},
+	}
+	for _, space := range b.intakeSpaces {
+		steps = append(steps, step{"intake", "intake, 64 senders, ids from " + thousands(space), func(ctx context.Context) error { return b.intake(ctx, 64, space) }})
+	}
+	steps = append(steps, []step{
 		{"e2e", "end to end, ids 0..99", b.coalescing},
+		{"scale", "end to end at id spaces " + *scaleSpaces, b.scale},
+		{"flood", "a flood, then normal traffic", func(ctx context.Context) error { return b.flood(ctx, "flood", b.floodTime, b.floodAfter) }},
+		{"limiter", "lookups against a capacity-limited object service", b.limiter},
 		{"backlog", "end to end with a backlog", b.backlog},
 		{"cost", "a big backlog of pending ids", b.bigBacklog},
-	}
+		{"soak", "soak: a long flood", func(ctx context.Context) error { return b.flood(ctx, "soak", b.soakTime, 0) }},
+	}...)
 	for _, s := range steps {
 		if !want[s.phase] {
 			continue
@@ -131,7 +180,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	after := b.background(ctx)
 	header += fmt.Sprintf("- background, from other users of the machine and of the server (before / after the phases): load average %s / %s; WAL written %s / %s MB/s while the bench wrote nothing\n\n",
 		before.load, after.load, before.wal, after.wal)
-	report := header + b.table() + b.planBlock()
+	report := header + b.table() + b.chartBlock() + b.planBlock()
 	fmt.Fprint(stdout, report)
 	if *out != "" {
 		if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
@@ -143,6 +192,29 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		b.progress("written to %s (%.0f s in all)", *out, time.Since(b.started).Seconds())
 	}
 	return nil
+}
+
+// step is one measurement of a phase.
+type step struct {
+	phase, what string
+	do          func(context.Context) error
+}
+
+// parseSpaces reads a comma-separated list of id spaces (numbers of objects).
+func parseSpaces(s string) ([]int64, error) {
+	var out []int64
+	for _, f := range strings.Split(s, ",") {
+		f = strings.ReplaceAll(strings.TrimSpace(f), "_", "")
+		if f == "" {
+			continue
+		}
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q: want a positive number of objects", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func (b *bench) progress(format string, args ...any) {
@@ -178,10 +250,14 @@ func (b *bench) header(ctx context.Context, args []string) (string, error) {
 	fmt.Fprintf(&h, "- Go %s; PostgreSQL %s (fsync=%s, synchronous_commit=%s, shared_buffers=%s)\n",
 		strings.TrimPrefix(runtime.Version(), "go"), show("server_version"), show("fsync"), show("synchronous_commit"), show("shared_buffers"))
 	fmt.Fprintf(&h, "- command: `%s`; each figure is the median of %d runs (min, max)\n", strings.Join(append([]string{"go run ./cmd/bench"}, args...), " "), b.runs)
-	fmt.Fprintf(&h, "- loads (tester sender, 200 ids per callback, 1 s timeout, keep-alive): ceilings and intake as fast as possible for %v per run, ids 0..99;"+
+	fmt.Fprintf(&h, "- loads (tester sender, 200 ids per callback, 1 s timeout, keep-alive): ceilings and intake as fast as possible for %v per run, ids 0..99 (64-sender intake: ids from each id space named);"+
 		" e2e ids 0..99 at %.0f cb/s (16 senders) for %v plus 10 sample callbacks/s of 5 fresh even ids;"+
-		" backlog ids 0..999,999 at %.0f cb/s for %v; object service latency 300 ms to 4.3 s; FETCH_CONCURRENCY=%d\n",
+		" backlog ids 0..999,999 at %.0f cb/s for %v; object service latency 300 ms to 4.3 s; FETCH_CONCURRENCY=%d (e2e, backlog and cost only)\n",
 		b.runTime, b.e2eRate, b.e2eTime, b.backlogRate, b.backlogTime, b.fetchConc)
+	fmt.Fprintf(&h, "- scale, flood, limiter, soak: default service settings; normal traffic is %.0f cb/s of 0..199 ids (~%s ids/s, 4 senders);"+
+		" scale runs %v per id space; flood 64 senders x 200 ids from 1,000,000 objects for %v beside normal traffic from 20,000 other objects, which goes on %v after it;"+
+		" limiter: normal traffic from 1,000,000 objects for %v against an object service of capacity %d; one run each\n",
+		b.scaleRate, thousands(int64(b.scaleRate*100)), b.scaleTime, b.floodTime, b.floodAfter, b.limiterTime, b.capacity)
 	return h.String(), nil
 }
 

@@ -1,19 +1,17 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/objwatch/callback/internal/devpg"
 )
 
 // options are the knobs from the environment.
@@ -26,11 +24,18 @@ type options struct {
 func ensure(ctx context.Context, t target, opts options, stdout io.Writer) error {
 	err := probe(ctx, t)
 	if err == nil {
-		fmt.Fprintf(stdout, "devpg: PostgreSQL answers at %s\n", t.Addr())
+		fmt.Fprintf(stdout, "devpg: PostgreSQL answers at %s\n", t.Addrs())
 		return nil
 	}
 	if !errors.Is(err, errNotAnswering) {
 		return err
+	}
+	// A URL that names several hosts points at a primary and its standbys: a
+	// replicated set that someone runs on purpose. devpg starts nothing for it (one
+	// throwaway cluster on the first port would be no such set, and would take a
+	// standby's place); it only requires that some host answers.
+	if len(t.Others) > 0 {
+		return fmt.Errorf("%w: DATABASE_URL names several hosts (%s), and devpg starts a cluster only for a single-host URL: start the servers, or point DATABASE_URL at one host", err, t.Addrs())
 	}
 	if isSocketDir(t.Host) {
 		return fmt.Errorf("%w; devpg starts clusters on TCP addresses only, not on socket directory %s", err, t.Host)
@@ -43,7 +48,7 @@ func ensure(ctx context.Context, t target, opts options, stdout io.Writer) error
 		return fmt.Errorf("%w, and %s is not this machine: start the server there or point DATABASE_URL elsewhere", err, t.Host)
 	}
 
-	as, err := currentRunner()
+	as, err := devpg.CurrentRunner()
 	if err != nil {
 		return err
 	}
@@ -53,17 +58,17 @@ func ensure(ctx context.Context, t target, opts options, stdout io.Writer) error
 	}
 	// A data directory left by an earlier run starts only with its own major version:
 	// prefer those binaries, and say so plainly when they are not installed.
-	binDir, err := discoverBinDir(ctx, clusterVersion(dir))
+	binDir, err := devpg.DiscoverBinDir(ctx, devpg.ClusterVersion(dir))
 	if err != nil {
-		if errors.Is(err, errWrongVersion) {
+		if errors.Is(err, devpg.ErrWrongVersion) {
 			return fmt.Errorf("%s: %w; install that version, or remove the directory (it is a throwaway cluster) or set DEVPG_DIR elsewhere", dir, err)
 		}
 		return err
 	}
 
-	if !isCluster(dir) {
+	if !devpg.IsCluster(dir) {
 		// --locale=C with UTF8: the same result whatever LANG the machine (or CI) has.
-		out, err := as.run(ctx, dir, filepath.Join(binDir, "initdb"),
+		out, err := as.Run(ctx, dir, filepath.Join(binDir, "initdb"),
 			"-D", dir, "-U", t.User, "--auth=trust", "--no-sync",
 			"--encoding=UTF8", "--locale=C")
 		if err != nil {
@@ -72,12 +77,12 @@ func ensure(ctx context.Context, t target, opts options, stdout io.Writer) error
 	}
 
 	logFile := filepath.Join(dir, "log")
-	out, err := as.run(ctx, dir, filepath.Join(binDir, "pg_ctl"),
+	out, err := as.Run(ctx, dir, filepath.Join(binDir, "pg_ctl"),
 		"-D", dir, "-w", "-t", "60", "-l", logFile,
 		"-o", serverOptions(t, socketDir(dir, t.Port), opts.fast), "start")
 	if err != nil {
 		return fmt.Errorf("pg_ctl start in %s: %w\n%s\nlast lines of %s:\n%s",
-			dir, err, out, logFile, tail(logFile, 20))
+			dir, err, out, logFile, devpg.Tail(logFile, 20))
 	}
 
 	// pg_ctl -w waited for the postmaster; check it is reachable the way clients are.
@@ -89,7 +94,7 @@ func ensure(ctx context.Context, t target, opts options, stdout io.Writer) error
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return fmt.Errorf("started a cluster in %s but cannot connect: %w\nlast lines of %s:\n%s",
-				dir, err, logFile, tail(logFile, 20))
+				dir, err, logFile, devpg.Tail(logFile, 20))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -104,24 +109,28 @@ func ensure(ctx context.Context, t target, opts options, stdout io.Writer) error
 
 // stopCluster stops the cluster devpg started for t's port, if there is one.
 func stopCluster(ctx context.Context, t target, opts options, stdout io.Writer) error {
-	as, err := currentRunner()
+	if len(t.Others) > 0 {
+		fmt.Fprintf(stdout, "devpg: DATABASE_URL names several hosts (%s); devpg starts and stops nothing for those\n", t.Addrs())
+		return nil
+	}
+	as, err := devpg.CurrentRunner()
 	if err != nil {
 		return err
 	}
 	for _, dir := range dataDirCandidates(opts.dir, t.Port) {
-		if !isCluster(dir) {
+		if !devpg.IsCluster(dir) {
 			continue
 		}
-		binDir, err := discoverBinDir(ctx, clusterVersion(dir))
+		binDir, err := devpg.DiscoverBinDir(ctx, devpg.ClusterVersion(dir))
 		if err != nil {
 			return err
 		}
 		// pg_ctl status exits 3 when no server runs, a stale postmaster.pid included.
-		if _, err := as.run(ctx, dir, filepath.Join(binDir, "pg_ctl"), "-D", dir, "status"); err != nil {
+		if _, err := as.Run(ctx, dir, filepath.Join(binDir, "pg_ctl"), "-D", dir, "status"); err != nil {
 			fmt.Fprintf(stdout, "devpg: the cluster in %s is not running\n", dir)
 			return nil
 		}
-		out, err := as.run(ctx, dir, filepath.Join(binDir, "pg_ctl"), "-D", dir, "-m", "fast", "-w", "stop")
+		out, err := as.Run(ctx, dir, filepath.Join(binDir, "pg_ctl"), "-D", dir, "-m", "fast", "-w", "stop")
 		if err != nil {
 			return fmt.Errorf("pg_ctl stop in %s: %w\n%s", dir, err, out)
 		}
@@ -136,8 +145,8 @@ func stopCluster(ctx context.Context, t target, opts options, stdout io.Writer) 
 func serverOptions(t target, sockDir string, fast bool) string {
 	opts := []string{
 		"-p", strconv.Itoa(int(t.Port)),
-		"-k", shellQuote(sockDir),
-		"-c", "listen_addresses=" + shellQuote(t.Host),
+		"-k", devpg.ShellQuote(sockDir),
+		"-c", "listen_addresses=" + devpg.ShellQuote(t.Host),
 		// The service's worker pools, pgtestdb's template databases and parallel
 		// test packages add up to more than the default 100.
 		"-c", "max_connections=200",
@@ -157,21 +166,6 @@ func socketDir(dataDir string, port uint16) string {
 		return dataDir
 	}
 	return os.TempDir()
-}
-
-// shellQuote quotes s for /bin/sh when it has anything but safe characters.
-func shellQuote(s string) string {
-	safe := s != ""
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-:=,+@", r)) {
-			safe = false
-			break
-		}
-	}
-	if safe {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // dataDirCandidates lists where the cluster for port may live: DEVPG_DIR when set;
@@ -195,125 +189,14 @@ func dataDirCandidates(explicit string, port uint16) []string {
 // prepareDataDir creates the data directory and, when running as root, hands it to the
 // postgres user. A working tree under a private directory (say /root) is out of that
 // user's reach; the default then falls back to the temp directory.
-func prepareDataDir(ctx context.Context, as runner, explicit string, port uint16) (string, error) {
+func prepareDataDir(ctx context.Context, as devpg.Runner, explicit string, port uint16) (string, error) {
 	var errs []error
 	for _, dir := range dataDirCandidates(explicit, port) {
-		err := as.takeDir(ctx, dir)
+		err := as.TakeDir(ctx, dir)
 		if err == nil {
 			return dir, nil
 		}
 		errs = append(errs, err)
 	}
 	return "", fmt.Errorf("preparing a data directory: %w", errors.Join(errs...))
-}
-
-// clusterVersion is the major version that made the cluster in dir ("": none there).
-func clusterVersion(dir string) string {
-	b, err := os.ReadFile(filepath.Join(dir, "PG_VERSION"))
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(b))
-}
-
-// isCluster tells whether dir holds an initialised cluster.
-func isCluster(dir string) bool {
-	_, err := os.Stat(filepath.Join(dir, "PG_VERSION"))
-	return err == nil
-}
-
-// runner runs the server programs: as this user, or, when this is root (initdb and
-// pg_ctl refuse to run as root), as the postgres user.
-type runner struct {
-	cred *syscall.Credential // nil: run as ourselves
-}
-
-func currentRunner() (runner, error) {
-	if os.Geteuid() != 0 {
-		return runner{}, nil
-	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		return runner{}, fmt.Errorf("running as root, and initdb and pg_ctl refuse root: need the postgres user: %w", err)
-	}
-	uid, err := strconv.ParseUint(u.Uid, 10, 32)
-	if err != nil {
-		return runner{}, fmt.Errorf("postgres uid %q: %w", u.Uid, err)
-	}
-	gid, err := strconv.ParseUint(u.Gid, 10, 32)
-	if err != nil {
-		return runner{}, fmt.Errorf("postgres gid %q: %w", u.Gid, err)
-	}
-	return runner{cred: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}, nil
-}
-
-// run runs a program in dir and returns its combined output. pg_ctl's server
-// redirects all three standard streams to the log file, so Wait does not hang on it.
-func (r runner) run(ctx context.Context, dir, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Dir = dir
-	cmd.Env = serverEnv(os.Environ())
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.WaitDelay = 5 * time.Second
-	if r.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: r.cred}
-	}
-	err := cmd.Run()
-	return bytes.TrimSpace(out.Bytes()), err
-}
-
-// takeDir creates dir (mode 0700, as the server requires) and makes sure the user
-// that runs the server can use it.
-func (r runner) takeDir(ctx context.Context, dir string) error {
-	_, statErr := os.Stat(dir)
-	created := errors.Is(statErr, os.ErrNotExist)
-	// The parents stay traversable for the postgres user; the data directory itself
-	// is private, as the server requires.
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return fmt.Errorf("creating %s: %w", filepath.Dir(dir), err)
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("creating %s: %w", dir, err)
-	}
-	if r.cred == nil {
-		return nil
-	}
-	if !isCluster(dir) {
-		if err := os.Chown(dir, int(r.cred.Uid), int(r.cred.Gid)); err != nil {
-			return fmt.Errorf("handing %s to the postgres user: %w", dir, err)
-		}
-	}
-	if _, err := r.run(ctx, "/", "/bin/sh", "-c", `test -r "$1" && test -w "$1" && test -x "$1"`, "sh", dir); err != nil {
-		if created {
-			os.Remove(dir) // only if still empty; leave nothing behind we cannot use
-		}
-		return fmt.Errorf("the postgres user cannot use %s (a parent directory is private?)", dir)
-	}
-	return nil
-}
-
-// serverEnv drops libpq variables that would steer pg_ctl away from our flags.
-func serverEnv(env []string) []string {
-	out := make([]string, 0, len(env))
-	for _, kv := range env {
-		if strings.HasPrefix(kv, "PG") {
-			continue
-		}
-		out = append(out, kv)
-	}
-	return out
-}
-
-// tail returns the last n lines of a file, for error messages.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(" + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/objwatch/callback/internal/devpg"
 )
 
 func TestParseTarget(t *testing.T) {
@@ -69,148 +71,12 @@ func TestParseTarget_keeps_password_out_of_errors(t *testing.T) {
 	}
 }
 
-func TestCandidateBinDirs(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name       string
-		pgConfig   string
-		debian     []string
-		pathInitdb string
-		want       []string
-	}{
-		{
-			name:   "nothing_installed",
-			debian: nil,
-			want:   nil,
-		},
-		{
-			name:       "pg_config_first_then_debian_newest_first_then_path",
-			pgConfig:   "/opt/pg/bin",
-			debian:     []string{"/usr/lib/postgresql/9.6/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"},
-			pathInitdb: "/usr/local/pgsql/bin/initdb",
-			want: []string{
-				"/opt/pg/bin",
-				"/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/9.6/bin",
-				"/usr/local/pgsql/bin",
-			},
-		},
-		{
-			name:       "duplicates_dropped_keeping_the_first_place",
-			pgConfig:   "/usr/lib/postgresql/15/bin/",
-			debian:     []string{"/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/17/bin"},
-			pathInitdb: "/usr/lib/postgresql/17/bin/initdb",
-			want:       []string{"/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/17/bin"},
-		},
-		{
-			name:       "only_path",
-			pathInitdb: "/usr/bin/initdb",
-			want:       []string{"/usr/bin"},
-		},
-		{
-			name:   "non_numeric_version_sorts_last",
-			debian: []string{"/usr/lib/postgresql/devel/bin", "/usr/lib/postgresql/14/bin"},
-			want:   []string{"/usr/lib/postgresql/14/bin", "/usr/lib/postgresql/devel/bin"},
-		},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			got := candidateBinDirs(tc.pgConfig, tc.debian, tc.pathInitdb)
-			if !slices.Equal(got, tc.want) {
-				t.Errorf("candidateBinDirs() = %q, want %q", got, tc.want)
-			}
-		})
-	}
-}
-
-func TestFindBinDir(t *testing.T) {
-	t.Parallel()
-	installed := func(paths ...string) func(string) bool {
-		return func(p string) bool { return slices.Contains(paths, p) }
-	}
-	tests := []struct {
-		name       string
-		candidates []string
-		exec       func(string) bool
-		version    string // of the data directory: "" for none
-		want       string
-		wantErr    error
-	}{
-		{
-			name:       "skips_a_client_only_dir",
-			candidates: []string{"/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"},
-			exec: installed("/usr/lib/postgresql/16/bin/pg_ctl",
-				"/usr/lib/postgresql/15/bin/initdb", "/usr/lib/postgresql/15/bin/pg_ctl", "/usr/lib/postgresql/15/bin/postgres"),
-			want: "/usr/lib/postgresql/15/bin",
-		},
-		{
-			name:       "first_complete_dir_wins",
-			candidates: []string{"/a", "/b"},
-			exec:       installed("/a/initdb", "/a/pg_ctl", "/a/postgres", "/b/initdb", "/b/pg_ctl", "/b/postgres"),
-			want:       "/a",
-		},
-		{
-			name:       "an_existing_cluster_takes_its_own_major_version",
-			candidates: []string{"/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"},
-			exec: installed("/usr/lib/postgresql/16/bin/initdb", "/usr/lib/postgresql/16/bin/pg_ctl", "/usr/lib/postgresql/16/bin/postgres",
-				"/usr/lib/postgresql/15/bin/initdb", "/usr/lib/postgresql/15/bin/pg_ctl", "/usr/lib/postgresql/15/bin/postgres"),
-			version: "15",
-			want:    "/usr/lib/postgresql/15/bin",
-		},
-		{
-			name:       "an_existing_cluster_of_a_version_not_installed",
-			candidates: []string{"/usr/lib/postgresql/16/bin"},
-			exec:       installed("/usr/lib/postgresql/16/bin/initdb", "/usr/lib/postgresql/16/bin/pg_ctl", "/usr/lib/postgresql/16/bin/postgres"),
-			version:    "15",
-			wantErr:    errWrongVersion,
-		},
-		{
-			name:       "none_found_says_how_to_install",
-			candidates: []string{"/a"},
-			exec:       installed("/a/initdb"),
-			wantErr:    errNoBinaries,
-		},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			got, err := findBinDir(tc.candidates, tc.exec, tc.version, versionOf)
-			if !errors.Is(err, tc.wantErr) || got != tc.want {
-				t.Errorf("findBinDir() = %q, %v; want %q, %v", got, err, tc.want, tc.wantErr)
-			}
-		})
-	}
-	for _, hint := range []string{"apt-get install postgresql-15", "docker compose up"} {
-		if !strings.Contains(errNoBinaries.Error(), hint) {
-			t.Errorf("errNoBinaries does not mention %q", hint)
-		}
-	}
-}
-
-// versionOf reads the version from a Debian-style path, standing in for postgres --version.
-func versionOf(dir string) string { return debianVersion(dir) }
-
-func TestMajorVersion(t *testing.T) {
-	t.Parallel()
-	for out, want := range map[string]string{
-		"postgres (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)\n": "15",
-		"postgres (PostgreSQL) 9.6.24\n":                         "9.6",
-		"postgres (PostgreSQL) 17beta1\n":                        "17",
-		"postgres (PostgreSQL) 16.4":                             "16",
-		"something else":                                         "",
-	} {
-		if got := majorVersion(out); got != want {
-			t.Errorf("majorVersion(%q) = %q, want %q", out, got, want)
-		}
-	}
-}
-
 // A cluster left by a version that is no longer installed: ensure says which and what
 // to do, and touches nothing.
 func TestRun_ensure_refuses_a_cluster_of_another_version(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	if _, err := discoverBinDir(ctx, ""); err != nil {
+	if _, err := devpg.DiscoverBinDir(ctx, ""); err != nil {
 		t.Skipf("no PostgreSQL server binaries on this machine: %v", err)
 	}
 	root := t.TempDir()
@@ -242,25 +108,6 @@ func TestRun_ensure_refuses_a_cluster_of_another_version(t *testing.T) {
 	}
 }
 
-func TestCompareVersions(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		a, b string
-		want int
-	}{
-		{"15", "15", 0},
-		{"9.6", "15", -1},
-		{"16", "15", 1},
-		{"16.1", "16", 1},
-		{"devel", "9", -1},
-	}
-	for _, tc := range tests {
-		if got := compareVersions(tc.a, tc.b); got != tc.want {
-			t.Errorf("compareVersions(%q, %q) = %d, want %d", tc.a, tc.b, got, tc.want)
-		}
-	}
-}
-
 func TestServerOptions(t *testing.T) {
 	t.Parallel()
 	tg := target{Host: "127.0.0.1", Port: 55432}
@@ -277,23 +124,6 @@ func TestServerOptions(t *testing.T) {
 	for _, want := range []string{"fsync=off", "synchronous_commit=off", "full_page_writes=off"} {
 		if !strings.Contains(fast, want) {
 			t.Errorf("serverOptions() with DEVPG_FAST = %q, want it to contain %q", fast, want)
-		}
-	}
-}
-
-func TestShellQuote(t *testing.T) {
-	t.Parallel()
-	tests := map[string]string{
-		"/tmp/x":      "/tmp/x",
-		"::1":         "::1",
-		"a b":         "'a b'",
-		"it's":        `'it'\''s'`,
-		"":            "''",
-		"$(rm -rf /)": "'$(rm -rf /)'",
-	}
-	for in, want := range tests {
-		if got := shellQuote(in); got != want {
-			t.Errorf("shellQuote(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
@@ -332,7 +162,7 @@ func TestRun_ensure_starts_a_cluster_where_none_answers(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if _, err := discoverBinDir(ctx, ""); err != nil {
+	if _, err := devpg.DiscoverBinDir(ctx, ""); err != nil {
 		t.Skipf("no PostgreSQL server binaries on this machine: %v", err)
 	}
 
@@ -428,4 +258,66 @@ func freePort(t *testing.T) int {
 
 func mapEnv(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }
+}
+
+func TestParseTarget_multi_host(t *testing.T) {
+	t.Parallel()
+	got, err := parseTarget("postgres://postgres@127.0.0.1:55460,127.0.0.1:55461/app?target_session_attrs=read-write")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Addr() != "127.0.0.1:55460" || !slices.Equal(got.Others, []string{"127.0.0.1:55461"}) {
+		t.Errorf("parseTarget = %s and %q, want 127.0.0.1:55460 and [127.0.0.1:55461]", got.Addr(), got.Others)
+	}
+}
+
+// A URL naming a primary and its standbys is a replicated set someone runs: when none
+// of its hosts answers, ensure says so and starts nothing (a single cluster on the first
+// port would be no such set).
+func TestRun_ensure_multi_host_url_starts_nothing(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "data")
+	env := mapEnv(map[string]string{
+		"DATABASE_URL": fmt.Sprintf("postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/callback?sslmode=disable", freePort(t), freePort(t)),
+		"DEVPG_DIR":    dir,
+	})
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"ensure"}, env, &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "several hosts") {
+		t.Fatalf("ensure = %v\n%s; want an error about several hosts", err, out.String())
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("ensure made %s for a multi-host URL: %v", dir, err)
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"stop"}, env, &out, &out); err != nil || !strings.Contains(out.String(), "several hosts") {
+		t.Errorf("stop = %v\n%s; want it to say it stops nothing", err, out.String())
+	}
+}
+
+// When some host of a multi-host URL answers, that is enough: here a dead port first,
+// then the server the tests use.
+func TestRun_ensure_multi_host_url_with_a_live_host(t *testing.T) {
+	t.Parallel()
+	live := os.Getenv("DATABASE_URL")
+	if live == "" {
+		live = defaultDatabaseURL
+	}
+	tg, err := parseTarget(live)
+	if err != nil || len(tg.Others) > 0 || isSocketDir(tg.Host) {
+		t.Skipf("DATABASE_URL is not one TCP host: %v", err)
+	}
+	if err := probe(context.Background(), tg); err != nil {
+		t.Skipf("no server answers at DATABASE_URL: %v", err)
+	}
+	env := mapEnv(map[string]string{
+		"DATABASE_URL": fmt.Sprintf("postgres://%s@127.0.0.1:%d,%s/callback?sslmode=disable", tg.User, freePort(t), tg.Addr()),
+	})
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"ensure"}, env, &out, &out); err != nil {
+		t.Fatalf("ensure: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "answers at") {
+		t.Errorf("ensure said %q", out.String())
+	}
 }

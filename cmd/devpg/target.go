@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +19,8 @@ type target struct {
 	Host string // a host name or IP address; a path means a Unix socket directory
 	Port uint16
 	User string
+	// Others are the further hosts of a multi-host URL (host:port), in order.
+	Others []string
 	// admin connects to the same server as the same user, but to the database
 	// "postgres": the app database may not exist yet (dbmate creates it).
 	admin *pgx.ConnConfig
@@ -40,7 +43,20 @@ func parseTarget(databaseURL string) (target, error) {
 	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > 3*time.Second {
 		cfg.ConnectTimeout = 3 * time.Second
 	}
-	return target{Host: cfg.Host, Port: cfg.Port, User: cfg.User, admin: cfg}, nil
+	t := target{Host: cfg.Host, Port: cfg.Port, User: cfg.User, admin: cfg}
+	for _, f := range cfg.Fallbacks {
+		// sslmode=prefer lists each host twice, with and without TLS.
+		addr := net.JoinHostPort(f.Host, strconv.Itoa(int(f.Port)))
+		if addr != t.Addr() && !slices.Contains(t.Others, addr) {
+			t.Others = append(t.Others, addr)
+		}
+	}
+	return t, nil
+}
+
+// Addrs is every host:port of the URL, for messages.
+func (t target) Addrs() string {
+	return strings.Join(append([]string{t.Addr()}, t.Others...), ",")
 }
 
 // errNotAnswering means nothing speaks the Postgres protocol at the target: the
@@ -55,14 +71,14 @@ func probe(ctx context.Context, t target) error {
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) {
-			return fmt.Errorf("a server answers at %s but refuses user %q: %w", t.Addr(), t.User, err)
+			return fmt.Errorf("a server answers at %s but refuses user %q: %w", t.Addrs(), t.User, err)
 		}
-		return fmt.Errorf("%w at %s: %w", errNotAnswering, t.Addr(), err)
+		return fmt.Errorf("%w at %s: %w", errNotAnswering, t.Addrs(), err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	var one int
 	if err := conn.QueryRow(ctx, "select 1").Scan(&one); err != nil {
-		return fmt.Errorf("querying %s: %w", t.Addr(), err)
+		return fmt.Errorf("querying %s: %w", t.Addrs(), err)
 	}
 	return nil
 }

@@ -82,6 +82,8 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (config,
 	fs.Float64Var(&o.MalformedPct, "malformed-pct", 0, "percent of lookups answered 200 with a truncated body")
 	fs.Float64Var(&o.DropPct, "drop-pct", 0, "percent of lookups whose connection is closed without an answer")
 	fs.DurationVar(&o.HangFor, "hang-for", o.HangFor, "longest hang")
+	fs.IntVar(&o.Capacity, "capacity", 0, "lookups served at once; more are answered 503 at once, with Retry-After (0: no limit)")
+	fs.DurationVar(&o.RetryAfter, "retry-after", o.RetryAfter, "Retry-After of a 503 for capacity (whole seconds)")
 	// The sender.
 	fs.StringVar(&s.Target, "target", s.Target, "URL callbacks are posted to")
 	fs.DurationVar(&s.Interval, "interval", s.Interval, "pause after each reply before a sender's next callback (used when -rate is 0; both 0: as fast as possible)")
@@ -181,8 +183,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		go func() { served <- objects.Serve(objectsCtx, ln, cfg.grace) }()
 		c := objects.Config()
-		fmt.Fprintf(out, "objects: serving GET /objects/{id} on %s, latency %s..%s, faults 500 %g%%, hang %g%%, malformed %g%%, drop %g%%\n",
-			ln.Addr(), c.LatencyMin, c.LatencyMax, c.FailPct, c.HangPct, c.MalformedPct, c.DropPct)
+		capacity := "no capacity limit"
+		if c.Capacity > 0 {
+			capacity = fmt.Sprintf("capacity %d at once (503, Retry-After %s, beyond)", c.Capacity, c.RetryAfter)
+		}
+		fmt.Fprintf(out, "objects: serving GET /objects/{id} on %s, latency %s..%s, faults 500 %g%%, hang %g%%, malformed %g%%, drop %g%%, %s\n",
+			ln.Addr(), c.LatencyMin, c.LatencyMax, c.FailPct, c.HangPct, c.MalformedPct, c.DropPct, capacity)
 	} else {
 		served <- nil
 	}

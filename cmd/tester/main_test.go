@@ -97,6 +97,48 @@ func TestRun(t *testing.T) {
 		require.NotContains(t, out.String(), "callbacks:")
 	})
 
+	t.Run("objects_with_a_capacity_answer_503_beyond_it_and_count_it", func(t *testing.T) {
+		t.Parallel()
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		var out lockedBuffer
+		done := make(chan error, 1)
+		go func() {
+			done <- run(ctx, []string{"objects", "-objects-addr", "127.0.0.1:0", "-capacity", "1",
+				"-latency-min", "1h", "-latency-max", "1h", "-progress", "5ms"}, env(nil), &out, &out)
+		}()
+		var addr string
+		require.Eventually(t, func() bool {
+			_, rest, ok := strings.Cut(out.String(), "objects: serving GET /objects/{id} on ")
+			addr, _, _ = strings.Cut(rest, ",")
+			return ok && strings.Contains(rest, "capacity 1 at once")
+		}, 10*time.Second, time.Millisecond)
+
+		// The first lookup holds the only slot (its latency is an hour) until its client
+		// gives up; the progress line shows when it is in.
+		holdCtx, release := context.WithCancel(t.Context())
+		held := make(chan struct{})
+		go func() {
+			defer close(held)
+			req, _ := http.NewRequestWithContext(holdCtx, http.MethodGet, "http://"+addr+"/objects/2", nil)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+		require.Eventually(t, func() bool { return strings.Contains(out.String(), "inflight=1") }, 10*time.Second, time.Millisecond)
+		resp, err := http.Get("http://" + addr + "/objects/4")
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+		require.Equal(t, "1", resp.Header.Get("Retry-After"))
+
+		release()
+		<-held
+		cancel()
+		require.NoError(t, <-done)
+		require.Contains(t, out.String(), "rejected for capacity 1 (50.0% of 2 requests)")
+	})
+
 	t.Run("reports_a_busy_port", func(t *testing.T) {
 		t.Parallel()
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -115,6 +157,7 @@ func TestRun(t *testing.T) {
 			{"frobnicate"},
 			{"-ids-min", "5", "-ids-max", "4"},
 			{"-fail-pct", "101"},
+			{"-capacity", "-1"},
 			{"-verify", "-duration", "1s"},                       // no DATABASE_URL
 			{"objects", "-verify"},                               // nothing sent to verify
 			{"send", "-verify", "-target", "http://127.0.0.1:1"}, // no end to sending

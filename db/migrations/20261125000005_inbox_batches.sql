@@ -1,5 +1,14 @@
 -- migrate:up
 
+-- First of all, lock the old table against writers: during a rolling upgrade, replicas
+-- of the old version still insert into inbox. Without the lock, a callback they commit
+-- after the copy below took its snapshot and before DROP TABLE is acknowledged and then
+-- dropped with the table. With it, their inserts wait for this transaction and then
+-- fail (the table is gone), and an old replica spools what it could not commit, as in
+-- any database outage. The lock is held only for the copy: milliseconds for the few
+-- rows a running service leaves unmerged.
+LOCK TABLE inbox IN ACCESS EXCLUSIVE MODE;
+
 -- One inbox row per group commit instead of one per callback.
 --
 -- Measured on the 2-core machine (64 senders, 200 ids each, merging paused): one row per

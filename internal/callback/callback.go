@@ -24,3 +24,12 @@ type Callback struct {
 func New(t time.Time, ids []int64) Callback {
 	return Callback{ID: uuid.Must(uuid.NewV7()), ReceivedAt: t, ObjectIDs: ids}
 }
+
+// Batch is the callbacks of one group commit under the id the committer minted for it
+// (UUIDv7) before writing them: the inbox row's batch_id and, when that write's outcome
+// is unknown, the spool record's too, so that a batch made durable twice is merged once.
+// ID is zero for callbacks read from a spool segment written before batches had ids.
+type Batch struct {
+	ID        uuid.UUID
+	Callbacks []Callback
+}

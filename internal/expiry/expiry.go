@@ -1,14 +1,28 @@
-// Package expiry deletes objects not named by any callback for longer than the window.
-// Every replica ticks; the tick runs inside a transaction holding a transaction-scoped
+// Package expiry deletes what left the window: objects not named by any callback for
+// longer than the window, and pending lookups whose newest receipt is older than that.
+// Every replica ticks; each tick runs in transactions holding a transaction-scoped
 // advisory lock, so one replica per tick does the work and, if it dies, the lock dies
 // with its connection and another replica's next tick takes over. Running twice would
-// be harmless anyway: the delete is idempotent.
+// be harmless anyway: the deletes are idempotent.
+//
+// Never past unmerged work. A row must not be deleted while an accepted callback that
+// names it within the window has not been merged yet: merging would have moved its
+// last_seen forward. Which ids a waiting callback names is not known without decoding
+// it, so expiry reads the clock only as far as merging has got: its "now" is the
+// oldest receipt still waiting in the inbox (within the window), and no later than now
+// minus Grace, which covers callbacks accepted but not yet committed (the group
+// commit's timeout). While this host's spool holds callbacks (Postgres was unreachable
+// and they are not replayed yet) objects are not expired at all. A row deleted on these
+// terms was not named within the window before the oldest receipt not yet merged, so
+// no callback accepted so far can keep it. Under a merge backlog rows thus live longer
+// than the window, never shorter; the backlog itself is bounded by the window (the
+// merger drops what left it), so expiry lags by at most one window.
 //
 // The clock: receipt times (last_seen) come from the service's clock, so the cutoff
-// does too (now - window, computed here and passed as a parameter). With several
-// hosts, their clocks must agree to within the precision you expect of expiry; NTP
-// gives milliseconds. Leases use the database's clock instead (see queries/pending.sql),
-// so skew can never cause two lookups of one object at once.
+// does too (computed here and passed as a parameter). With several hosts, their clocks
+// must agree to within the precision you expect of expiry; NTP gives milliseconds.
+// Leases use the database's clock instead (see queries/pending.sql), so skew can never
+// cause two lookups of one object at once.
 package expiry
 
 import (
@@ -18,36 +32,60 @@ import (
 
 	"github.com/objwatch/callback/internal/errlog"
 	"github.com/objwatch/callback/internal/metrics"
+	"github.com/objwatch/callback/internal/store"
 )
 
 // Store is what expiry needs of storage.
 type Store interface {
-	Expire(ctx context.Context, cutoff, forgetBefore time.Time) (ran bool, deleted int64, err error)
+	Expire(ctx context.Context, p store.ExpireParams) (store.ExpiryTick, error)
+	OldestUnmerged(ctx context.Context, cutoff, now time.Time) (time.Time, error)
 }
 
 // spoolReplayMemory: how long a replayed spool segment is remembered. A segment file
 // outlives its replay only by the time it takes to unlink it; a week is plenty.
 const spoolReplayMemory = 7 * 24 * time.Hour
 
+// Config tunes expiry.
+type Config struct {
+	Window time.Duration // EXPIRE_AFTER
+	Tick   time.Duration // how often
+	// Grace: callbacks accepted less than this ago may not be committed yet (the group
+	// commit's timeout, plus a margin); expiry does not read the clock past them.
+	Grace time.Duration
+	// Chunk: rows deleted per statement and transaction at most.
+	Chunk int
+	// SpoolHolds reports whether this host's spool holds callbacks not yet replayed
+	// (nil: never).
+	SpoolHolds func() bool
+}
+
+// DefaultConfig: a 30 s window checked every second; chunks of 10,000 rows take tens of
+// milliseconds each.
+func DefaultConfig() Config {
+	return Config{Window: 30 * time.Second, Tick: time.Second, Grace: 500 * time.Millisecond, Chunk: 10_000}
+}
+
 // Expirer runs the ticks.
 type Expirer struct {
+	cfg     Config
 	store   Store
-	window  time.Duration
-	every   time.Duration
 	log     *slog.Logger
 	errs    *errlog.Limiter
 	metrics *metrics.Metrics
 	now     func() time.Time
 }
 
-// New expires rows older than window, checking every tick.
-func New(s Store, window, tick time.Duration, log *slog.Logger, m *metrics.Metrics) *Expirer {
-	return &Expirer{store: s, window: window, every: tick, log: log, errs: errlog.New(log, 10*time.Second), metrics: m, now: time.Now}
+// New builds an expirer.
+func New(cfg Config, s Store, log *slog.Logger, m *metrics.Metrics) *Expirer {
+	if cfg.SpoolHolds == nil {
+		cfg.SpoolHolds = func() bool { return false }
+	}
+	return &Expirer{cfg: cfg, store: s, log: log, errs: errlog.New(log, 10*time.Second), metrics: m, now: time.Now}
 }
 
 // Run ticks until ctx ends.
 func (e *Expirer) Run(ctx context.Context) error {
-	t := time.NewTicker(e.every)
+	t := time.NewTicker(e.cfg.Tick)
 	defer t.Stop()
 	for {
 		e.Tick(ctx)
@@ -60,20 +98,41 @@ func (e *Expirer) Run(ctx context.Context) error {
 }
 
 // Tick runs one expiry, if this replica wins the lock.
-func (e *Expirer) Tick(ctx context.Context) (ran bool, deleted int64) {
+func (e *Expirer) Tick(ctx context.Context) store.ExpiryTick {
 	now := e.now()
-	// A tick that cannot finish before the next one is pointless: bound it.
-	tctx, cancel := context.WithTimeout(ctx, max(e.every, 5*time.Second))
+	// A tick that cannot finish before the next one is pointless: bound it. Work done
+	// by the chunks that finished stays done.
+	tctx, cancel := context.WithTimeout(ctx, max(e.cfg.Tick, 5*time.Second))
 	defer cancel()
-	ran, deleted, err := e.store.Expire(tctx, now.Add(-e.window), now.Add(-spoolReplayMemory))
-	if err != nil {
-		if ctx.Err() == nil {
-			e.metrics.DatabaseErrors.WithLabelValues("expiry").Inc()
-			e.errs.Error(ctx, "expire", "expiry failed; next tick retries", err)
+	edge := now.Add(-e.cfg.Window)
+	p := store.ExpireParams{PendingCutoff: edge, ForgetBefore: now.Add(-spoolReplayMemory), Chunk: e.cfg.Chunk}
+	if !e.cfg.SpoolHolds() {
+		oldest, err := e.store.OldestUnmerged(tctx, edge, now)
+		if err != nil {
+			e.fail(ctx, err)
+			return store.ExpiryTick{}
 		}
-		return false, 0
+		seenUpTo := now.Add(-e.cfg.Grace)
+		if oldest.Before(seenUpTo) {
+			seenUpTo = oldest
+		}
+		p.ObjectsCutoff = seenUpTo.Add(-e.cfg.Window)
+	} // else: the zero cutoff deletes no object
+	t, err := e.store.Expire(tctx, p)
+	if err != nil {
+		e.fail(ctx, err)
+	} else {
+		e.errs.Recovered(ctx, "expire", "expiry works again")
 	}
-	e.errs.Recovered(ctx, "expire", "expiry works again")
-	e.metrics.RowsExpired.Add(float64(deleted))
-	return ran, deleted
+	// What the chunks that finished did counts, even after an error.
+	e.metrics.RowsExpired.Add(float64(t.Deleted))
+	e.metrics.Dropped.WithLabelValues("pending", "expired").Add(float64(t.Swept))
+	return t
+}
+
+func (e *Expirer) fail(ctx context.Context, err error) {
+	if ctx.Err() == nil {
+		e.metrics.DatabaseErrors.WithLabelValues("expiry").Inc()
+		e.errs.Error(ctx, "expire", "expiry failed; next tick retries", err)
+	}
 }

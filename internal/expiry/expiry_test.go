@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/objwatch/callback/internal/callback"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
@@ -29,27 +30,13 @@ func setup(t *testing.T) (*pgxpool.Pool, func(now func() time.Time) (*Expirer, *
 	pool, _ := pgtest.NewPool(t)
 	return pool, func(now func() time.Time) (*Expirer, *metrics.Metrics) {
 		m := metrics.New()
-		e := New(store.New(pool), window, time.Hour, slog.New(slog.DiscardHandler), m)
+		e := New(Config{Window: window, Tick: time.Hour, Chunk: 10_000}, store.New(pool), slog.New(slog.DiscardHandler), m)
 		e.now = now
 		return e, m
 	}
 }
 
 func fixed(t time.Time) func() time.Time { return func() time.Time { return t } }
-
-// insertObjects writes objects rows with explicit last_seen.
-func insertObjects(t *testing.T, pool *pgxpool.Pool, rows map[int64]time.Time) {
-	t.Helper()
-	ids := make([]int64, 0, len(rows))
-	seen := make([]time.Time, 0, len(rows))
-	for id, ts := range rows {
-		ids = append(ids, id)
-		seen = append(seen, ts)
-	}
-	_, err := pool.Exec(context.Background(),
-		"INSERT INTO objects (id, last_seen) SELECT * FROM unnest($1::bigint[], $2::timestamptz[])", ids, seen)
-	require.NoError(t, err)
-}
 
 func objects(t *testing.T, pool *pgxpool.Pool) map[int64]time.Time {
 	t.Helper()
@@ -70,17 +57,17 @@ func TestTick_deletesRowsOlderThanWindowAndKeepsTheRest(t *testing.T) {
 		1: t0.Add(-time.Hour),
 		2: t0.Add(-window - time.Microsecond), // just outside
 	}
-	insertObjects(t, pool, keep)
-	insertObjects(t, pool, gone)
+	pgtest.InsertObjects(t, pool, keep)
+	pgtest.InsertObjects(t, pool, gone)
 
 	e, m := newExpirer(fixed(t0))
-	ran, deleted := e.Tick(context.Background())
+	ran, deleted := tick(e, context.Background())
 	require.True(t, ran)
 	require.Equal(t, int64(2), deleted)
 	require.Equal(t, keep, objects(t, pool))
 	require.Equal(t, 2.0, metrics.Sum(m.RowsExpired))
 
-	ran, deleted = e.Tick(context.Background())
+	ran, deleted = tick(e, context.Background())
 	require.True(t, ran)
 	require.Zero(t, deleted, "a second tick at the same time finds nothing")
 	require.Equal(t, keep, objects(t, pool))
@@ -89,17 +76,17 @@ func TestTick_deletesRowsOlderThanWindowAndKeepsTheRest(t *testing.T) {
 func TestTick_followsTheClock(t *testing.T) {
 	t.Parallel()
 	pool, newExpirer := setup(t)
-	insertObjects(t, pool, map[int64]time.Time{1: t0, 2: t0.Add(5 * time.Second)})
+	pgtest.InsertObjects(t, pool, map[int64]time.Time{1: t0, 2: t0.Add(5 * time.Second)})
 	var now atomic.Pointer[time.Time]
 	set := func(ts time.Time) { now.Store(&ts) }
 	e, _ := newExpirer(func() time.Time { return *now.Load() })
 
 	set(t0.Add(window))
-	_, deleted := e.Tick(context.Background())
+	_, deleted := tick(e, context.Background())
 	require.Zero(t, deleted)
 
 	set(t0.Add(window + time.Microsecond))
-	_, deleted = e.Tick(context.Background())
+	_, deleted = tick(e, context.Background())
 	require.Equal(t, int64(1), deleted)
 	require.Equal(t, map[int64]time.Time{2: t0.Add(5 * time.Second)}, objects(t, pool))
 }
@@ -114,7 +101,7 @@ func TestTick_twoReplicasDeleteEachRowExactlyOnce(t *testing.T) {
 	for i := range int64(rows) {
 		all[i] = t0.Add(time.Duration(i) * 50 * time.Millisecond)
 	}
-	insertObjects(t, pool, all)
+	pgtest.InsertObjects(t, pool, all)
 
 	var (
 		wg      sync.WaitGroup
@@ -122,13 +109,13 @@ func TestTick_twoReplicasDeleteEachRowExactlyOnce(t *testing.T) {
 		ran     atomic.Int64
 	)
 	for range 2 {
-		var tick atomic.Int64
+		var clockTicks atomic.Int64
 		e, _ := newExpirer(func() time.Time {
-			return t0.Add(window + time.Duration(tick.Add(1))*2*time.Second)
+			return t0.Add(window + time.Duration(clockTicks.Add(1))*2*time.Second)
 		})
 		wg.Go(func() {
 			for range ticks {
-				r, d := e.Tick(context.Background())
+				r, d := tick(e, context.Background())
 				if r {
 					ran.Add(1)
 				} else if d != 0 {
@@ -148,7 +135,7 @@ func TestTick_secondReplicaDoesNotRunWhileFirstHoldsTheLock(t *testing.T) {
 	t.Parallel()
 	pool, newExpirer := setup(t)
 	ctx := context.Background()
-	insertObjects(t, pool, map[int64]time.Time{1: t0.Add(-time.Hour)})
+	pgtest.InsertObjects(t, pool, map[int64]time.Time{1: t0.Add(-time.Hour)})
 
 	// Keep the first replica's tick inside its transaction, holding the expiry lock:
 	// it also forgets old spool replay records, and one of them is locked here.
@@ -162,14 +149,14 @@ func TestTick_secondReplicaDoesNotRunWhileFirstHoldsTheLock(t *testing.T) {
 	require.NoError(t, err)
 
 	first, _ := newExpirer(fixed(t0))
-	type tick struct {
+	type tickResult struct {
 		ran     bool
 		deleted int64
 	}
-	firstDone := make(chan tick, 1)
+	firstDone := make(chan tickResult, 1)
 	go func() {
-		r, d := first.Tick(ctx)
-		firstDone <- tick{r, d}
+		r, d := tick(first, ctx)
+		firstDone <- tickResult{r, d}
 	}()
 	// Wait until the first replica waits on our row lock: it got that far only by
 	// taking the expiry lock, which it holds until its transaction ends.
@@ -181,13 +168,13 @@ func TestTick_secondReplicaDoesNotRunWhileFirstHoldsTheLock(t *testing.T) {
 	})
 
 	second, _ := newExpirer(fixed(t0))
-	ran, deleted := second.Tick(ctx)
+	ran, deleted := tick(second, ctx)
 	require.False(t, ran, "the second replica must not run expiry while the first does")
 	require.Zero(t, deleted)
 
 	require.NoError(t, blocker.Rollback(ctx))
 	got := <-firstDone
-	require.Equal(t, tick{ran: true, deleted: 1}, got)
+	require.Equal(t, tickResult{ran: true, deleted: 1}, got)
 	require.Empty(t, objects(t, pool))
 }
 
@@ -202,60 +189,152 @@ func eventually(t *testing.T, cond func() bool) {
 	}
 }
 
-// expireStore is a fake Store.
-type expireStore struct {
-	ExpireFunc func(ctx context.Context, cutoff, forgetBefore time.Time) (bool, int64, error)
+// tick runs one Tick and returns what the older tests read of it.
+func tick(e *Expirer, ctx context.Context) (ran bool, deleted int64) {
+	t := e.Tick(ctx)
+	return t.Ran, t.Deleted
 }
 
-func (s expireStore) Expire(ctx context.Context, cutoff, forgetBefore time.Time) (bool, int64, error) {
-	return s.ExpireFunc(ctx, cutoff, forgetBefore)
+// expireStore is a fake Store.
+type expireStore struct {
+	ExpireFunc         func(ctx context.Context, p store.ExpireParams) (store.ExpiryTick, error)
+	OldestUnmergedFunc func(ctx context.Context, cutoff, now time.Time) (time.Time, error)
+}
+
+func (s expireStore) Expire(ctx context.Context, p store.ExpireParams) (store.ExpiryTick, error) {
+	return s.ExpireFunc(ctx, p)
+}
+
+func (s expireStore) OldestUnmerged(ctx context.Context, cutoff, now time.Time) (time.Time, error) {
+	if s.OldestUnmergedFunc == nil {
+		return now, nil
+	}
+	return s.OldestUnmergedFunc(ctx, cutoff, now)
 }
 
 func TestTick_passesCutoffsFromItsClock(t *testing.T) {
 	t.Parallel()
-	var gotCutoff, gotForget time.Time
+	var got store.ExpireParams
 	m := metrics.New()
-	e := New(expireStore{ExpireFunc: func(_ context.Context, cutoff, forgetBefore time.Time) (bool, int64, error) {
-		gotCutoff, gotForget = cutoff, forgetBefore
-		return true, 3, nil
-	}}, window, time.Hour, slog.New(slog.DiscardHandler), m)
+	e := New(Config{Window: window, Tick: time.Hour, Grace: time.Second, Chunk: 7}, expireStore{ExpireFunc: func(_ context.Context, p store.ExpireParams) (store.ExpiryTick, error) {
+		got = p
+		return store.ExpiryTick{Ran: true, Deleted: 3, Swept: 2}, nil
+	}}, slog.New(slog.DiscardHandler), m)
 	e.now = fixed(t0)
 
-	ran, deleted := e.Tick(context.Background())
+	ran, deleted := tick(e, context.Background())
 	require.True(t, ran)
 	require.Equal(t, int64(3), deleted)
-	require.Equal(t, t0.Add(-window), gotCutoff)
-	require.Equal(t, t0.Add(-spoolReplayMemory), gotForget)
+	require.Equal(t, store.ExpireParams{
+		ObjectsCutoff: t0.Add(-time.Second - window), // not past callbacks that may not be committed yet
+		PendingCutoff: t0.Add(-window),
+		ForgetBefore:  t0.Add(-spoolReplayMemory),
+		Chunk:         7,
+	}, got)
+	require.Equal(t, 2.0, metrics.Sum(m.Dropped.WithLabelValues("pending", "expired")))
 }
 
-func TestTick_databaseErrorIsCountedAndReportsNothing(t *testing.T) {
+func TestTick_databaseErrorIsCountedAndFinishedChunksStillCount(t *testing.T) {
 	t.Parallel()
 	m := metrics.New()
-	e := New(expireStore{ExpireFunc: func(context.Context, time.Time, time.Time) (bool, int64, error) {
-		return true, 5, errors.New("connection refused")
-	}}, window, time.Hour, slog.New(slog.DiscardHandler), m)
+	e := New(Config{Window: window, Tick: time.Hour}, expireStore{ExpireFunc: func(context.Context, store.ExpireParams) (store.ExpiryTick, error) {
+		return store.ExpiryTick{Ran: true, Deleted: 5}, errors.New("connection refused")
+	}}, slog.New(slog.DiscardHandler), m)
 
-	ran, deleted := e.Tick(context.Background())
-	require.False(t, ran)
-	require.Zero(t, deleted)
+	tk := e.Tick(context.Background())
+	require.Equal(t, int64(5), tk.Deleted)
 	require.Equal(t, 1.0, metrics.Sum(m.DatabaseErrors.WithLabelValues("expiry")))
-	require.Zero(t, metrics.Sum(m.RowsExpired))
+	require.Equal(t, 5.0, metrics.Sum(m.RowsExpired), "rows deleted by chunks that committed before the error are gone")
 }
 
 func TestRun_ticksAtOnceAndStopsWithContext(t *testing.T) {
 	t.Parallel()
 	ticked := make(chan struct{}, 1)
-	e := New(expireStore{ExpireFunc: func(context.Context, time.Time, time.Time) (bool, int64, error) {
+	e := New(Config{Window: window, Tick: time.Hour}, expireStore{ExpireFunc: func(context.Context, store.ExpireParams) (store.ExpiryTick, error) {
 		select {
 		case ticked <- struct{}{}:
 		default:
 		}
-		return true, 0, nil
-	}}, window, time.Hour, slog.New(slog.DiscardHandler), metrics.New())
+		return store.ExpiryTick{Ran: true}, nil
+	}}, slog.New(slog.DiscardHandler), metrics.New())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()
 	<-ticked // the first tick does not wait for the interval (an hour here)
 	cancel()
 	require.NoError(t, <-done)
+}
+
+func TestTick_neverPastCallbacksNotMergedYet(t *testing.T) {
+	t.Parallel()
+	pool, newExpirer := setup(t)
+	ctx := context.Background()
+	db := store.New(pool)
+	// Object 1 was last named 32 s ago: outside the window, were it not for a callback
+	// accepted 3 s ago and not merged yet, which may name it (it does).
+	pgtest.InsertObjects(t, pool, map[int64]time.Time{1: t0.Add(-window - 2*time.Second), 2: t0.Add(-2 * window)})
+	require.NoError(t, db.InsertCallbacks(ctx, []callback.Callback{callback.New(t0.Add(-3*time.Second), []int64{1})}))
+	e, _ := newExpirer(fixed(t0))
+
+	_, deleted := tick(e, ctx)
+	require.Equal(t, int64(1), deleted, "only the row older than the window before the oldest unmerged receipt")
+	require.Equal(t, map[int64]time.Time{1: t0.Add(-window - 2*time.Second)}, objects(t, pool))
+
+	// Once merged, the callback has refreshed the row, and the clock is expiry's own again.
+	_, err := db.Merge(ctx, store.MergeParams{MaxBatches: 10, MaxIDs: 100})
+	require.NoError(t, err)
+	_, deleted = tick(e, ctx)
+	require.Zero(t, deleted)
+	require.Equal(t, map[int64]time.Time{1: t0.Add(-3 * time.Second)}, objects(t, pool))
+}
+
+func TestTick_deletesNoObjectWhileTheSpoolHoldsCallbacks(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewPool(t)
+	pgtest.InsertObjects(t, pool, map[int64]time.Time{1: t0.Add(-time.Hour)})
+	var holds atomic.Bool
+	holds.Store(true)
+	e := New(Config{Window: window, Tick: time.Hour, Chunk: 100, SpoolHolds: holds.Load}, store.New(pool), slog.New(slog.DiscardHandler), metrics.New())
+	e.now = fixed(t0)
+
+	_, deleted := tick(e, context.Background())
+	require.Zero(t, deleted, "spooled callbacks may name the row: they are not even in the inbox yet")
+	holds.Store(false)
+	_, deleted = tick(e, context.Background())
+	require.Equal(t, int64(1), deleted)
+}
+
+func TestTick_deletesInChunksUntilDone(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewPool(t)
+	old := make(map[int64]time.Time)
+	for i := range int64(95) {
+		old[i] = t0.Add(-time.Hour - time.Duration(i)*time.Second)
+	}
+	pgtest.InsertObjects(t, pool, old)
+	pgtest.InsertObjects(t, pool, map[int64]time.Time{1000: t0})
+	e := New(Config{Window: window, Tick: time.Hour, Chunk: 10}, store.New(pool), slog.New(slog.DiscardHandler), metrics.New())
+	e.now = fixed(t0)
+
+	_, deleted := tick(e, context.Background())
+	require.Equal(t, int64(95), deleted, "ten chunks of at most ten rows, in one tick")
+	require.Equal(t, map[int64]time.Time{1000: t0}, objects(t, pool))
+}
+
+func TestTick_sweepsPendingWorkThatLeftTheWindow(t *testing.T) {
+	t.Parallel()
+	pool, newExpirer := setup(t)
+	ctx := context.Background()
+	_, err := pool.Exec(ctx, `INSERT INTO pending (object_id, received_at, due_at) VALUES
+		(1, $1, $1), (2, $2, $2), (3, $1, $3)`,
+		t0.Add(-window-time.Second), t0.Add(-time.Second), t0.Add(time.Minute))
+	require.NoError(t, err)
+	e, m := newExpirer(fixed(t0))
+
+	tk := e.Tick(ctx)
+	require.Equal(t, int64(1), tk.Swept)
+	require.Equal(t, map[int64]time.Time{2: t0.Add(-time.Second), 3: t0.Add(-window - time.Second)},
+		pgtest.IDTimes(t, pool, "SELECT object_id, received_at FROM pending"),
+		"a row whose receipt is in the window stays, and so does one under a lease or backoff")
+	require.Equal(t, 1.0, metrics.Sum(m.Dropped.WithLabelValues("pending", "expired")))
 }

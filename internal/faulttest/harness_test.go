@@ -413,9 +413,15 @@ type load struct {
 // rate, with ids from 0 to maxID, until stopped.
 func sendLoad(t *testing.T, base string, seed uint64, maxID int64, rate float64) *load {
 	t.Helper()
+	return sendLoadIDs(t, base, seed, 0, maxID, rate)
+}
+
+// sendLoadIDs is sendLoad with ids from minID to maxID.
+func sendLoadIDs(t *testing.T, base string, seed uint64, minID, maxID int64, rate float64) *load {
+	t.Helper()
 	s, err := tester.NewSender(tester.SenderConfig{
 		Target: base + "/callback", Rate: rate, Senders: 16,
-		IDsMin: 1, IDsMax: 20, IDMin: 0, IDMax: maxID,
+		IDsMin: 1, IDsMax: 20, IDMin: minID, IDMax: maxID,
 		Seed: seed, Timeout: time.Second, Track: true,
 	})
 	if err != nil {

@@ -18,11 +18,17 @@ import (
 //     rule. Data already read is held, not lost, and flows again after Restore.
 //
 // Restore undoes either. The address stays the same throughout.
+//
+// Delay makes a server that answers, but slowly: every chunk sent to the upstream is
+// held for the delay before it is forwarded, so that every round trip (a statement, a
+// COMMIT, each step of a new connection's handshake) takes that much longer. It is
+// latency, not a bandwidth limit: chunks are not held behind each other's delay.
 type Proxy struct {
 	upstream string
 	addr     string
 
 	accepted atomic.Int64
+	delay    atomic.Int64 // nanoseconds each chunk to the upstream is held
 
 	mu     sync.Mutex
 	ln     net.Listener // nil while refusing
@@ -101,6 +107,10 @@ func (p *Proxy) Restore() error {
 	}
 	return fmt.Errorf("proxy relisten on %s: %w", p.addr, err)
 }
+
+// Delay holds every chunk sent to the upstream for d from now on (0: no delay). Chunks
+// already held keep their delay, and order is kept.
+func (p *Proxy) Delay(d time.Duration) { p.delay.Store(int64(d)) }
 
 // Close stops the proxy for good.
 func (p *Proxy) Close() {
@@ -202,13 +212,71 @@ func (p *Proxy) serve(client net.Conn) {
 	defer upstream.Close()
 
 	var wg sync.WaitGroup
-	wg.Go(func() { p.pump(upstream, client, dead, kill) })
-	wg.Go(func() { p.pump(client, upstream, dead, kill) })
+	wg.Go(func() { p.pump(upstream, client, dead, kill, true) })
+	wg.Go(func() { p.pump(client, upstream, dead, kill, false) })
 	wg.Wait()
 }
 
-// pump copies src to dst, holding each chunk while blackholed.
-func (p *Proxy) pump(dst, src net.Conn, dead <-chan struct{}, kill func()) {
+// chunk is data read from one side, due to be written to the other at due.
+type chunk struct {
+	data []byte
+	due  time.Time
+}
+
+// pump copies src to dst, holding each chunk while blackholed and, when delayed is
+// set, for the proxy's delay.
+func (p *Proxy) pump(dst, src net.Conn, dead <-chan struct{}, kill func(), delayed bool) {
+	if !delayed {
+		p.copy(dst, src, dead, kill)
+		return
+	}
+	// A writer that waits for each chunk's due time, so that a chunk read while an
+	// earlier one waits is not delayed twice.
+	chunks := make(chan chunk, 1024)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		defer kill()
+		for c := range chunks {
+			if wait := time.Until(c.due); wait > 0 {
+				select {
+				case <-time.After(wait):
+				case <-dead:
+					return
+				}
+			}
+			if !p.wait(dead) {
+				return
+			}
+			if _, err := dst.Write(c.data); err != nil {
+				return
+			}
+		}
+	})
+	defer close(chunks)
+	defer func() {
+		kill()
+		dst.Close()
+		src.Close()
+	}()
+	for {
+		buf := make([]byte, 32<<10)
+		n, err := src.Read(buf)
+		if n > 0 {
+			select {
+			case chunks <- chunk{data: buf[:n], due: time.Now().Add(time.Duration(p.delay.Load()))}:
+			case <-dead:
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// copy copies src to dst, holding each chunk while blackholed.
+func (p *Proxy) copy(dst, src net.Conn, dead <-chan struct{}, kill func()) {
 	defer func() {
 		kill()
 		dst.Close()

@@ -45,7 +45,7 @@ const dbTimeout = 10 * time.Second
 
 // Store is what the fetcher needs of storage.
 type Store interface {
-	ClaimDue(ctx context.Context, max int, lease time.Duration) ([]store.Claim, error)
+	ClaimDue(ctx context.Context, max int, lease time.Duration, cutoff time.Time) ([]store.Claim, error)
 	CompleteLookups(ctx context.Context, results []store.Result, cutoff time.Time) (store.Completed, error)
 }
 
@@ -243,7 +243,7 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 		// than now: the lookups' deadline to start is reckoned from here.
 		claimedAt := f.now()
 		cctx, cancel := context.WithTimeout(ctx, dbTimeout)
-		claims, err := f.store.ClaimDue(cctx, n, f.cfg.Lease)
+		claims, err := f.store.ClaimDue(cctx, n, f.cfg.Lease, f.now().Add(-f.cfg.ExpireAfter))
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {

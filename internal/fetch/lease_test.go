@@ -27,7 +27,7 @@ type stuckStore struct {
 	onClaim          func() // run inside ClaimDue, after the claims are made
 }
 
-func (s *stuckStore) ClaimDue(_ context.Context, max int, _ time.Duration) ([]store.Claim, error) {
+func (s *stuckStore) ClaimDue(_ context.Context, max int, _ time.Duration, _ time.Time) ([]store.Claim, error) {
 	if held := s.claimed.Load() - s.written.Load(); held >= s.maxHeld {
 		s.t.Errorf("claimed again with %d rows claimed and not written (at most %d)", held, s.maxHeld)
 	}

@@ -22,7 +22,7 @@ type requeueStore struct {
 	results []store.Result
 }
 
-func (s *requeueStore) ClaimDue(_ context.Context, max int, _ time.Duration) ([]store.Claim, error) {
+func (s *requeueStore) ClaimDue(_ context.Context, max int, _ time.Duration, _ time.Time) ([]store.Claim, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := min(max, len(s.due))

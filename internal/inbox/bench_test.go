@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/objwatch/callback/internal/callback"
 	"github.com/objwatch/callback/internal/inbox"
 	"github.com/objwatch/callback/internal/metrics"
@@ -23,10 +25,10 @@ type countingInserter struct {
 	writes, wrote atomic.Int64
 }
 
-func (c *countingInserter) InsertCallbacks(ctx context.Context, cbs []callback.Callback) error {
+func (c *countingInserter) InsertBatch(ctx context.Context, batchID uuid.UUID, cbs []callback.Callback) error {
 	c.writes.Add(1)
 	c.wrote.Add(int64(len(cbs)))
-	return c.inner.InsertCallbacks(ctx, cbs)
+	return c.inner.InsertBatch(ctx, batchID, cbs)
 }
 
 // BenchmarkCommitter is the group commit against real Postgres (fsync as the server

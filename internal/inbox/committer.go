@@ -7,12 +7,33 @@
 //     inbox_batches row), or
 //   - the spool appended the callback and fsynced the file and its directory entry.
 //
-// From there nothing loses it: inbox rows are deleted only by the merger, in the same
-// transaction that records their ids in pending; pending rows are deleted only when a
-// lookup result for their newest receipt is written, or the receipt left the window;
-// spool files are deleted only after the transaction that replayed them committed.
-// Every stage can die at any point; what it held is either still committed where it
-// was or already committed in the next stage.
+// From there nothing loses it. Every stage can die at any point; what it held is either
+// still committed where it was or already committed in the next stage:
+//   - Spool files are deleted only after the transaction that replayed them into the
+//     inbox committed (and recorded the segment, so a replay is never repeated).
+//   - A batch whose commit timed out but committed is both in the inbox and in the
+//     spool, under the one batch id the committer minted; replay inserts no batch id
+//     that the inbox holds or that was merged, so it counts once (store.ReplaySegment).
+//   - Inbox batches are deleted only by the merger, in the transaction that writes
+//     their ids to pending; the refresh of online objects they name commits just
+//     before it (a crash in between merges them again, and a refresh is idempotent). A
+//     batch that cannot be decoded is moved to inbox_quarantine in that transaction,
+//     kept for a human, never dropped.
+//   - Pending rows are deleted only when a lookup result for their newest receipt is
+//     written to objects in the same statement, or when that receipt left the window.
+//   - A lookup holds no transaction, only a lease; a worker that dies loses the lease
+//     when it runs out, and any replica claims the row again.
+//   - Expiry never reads the clock past the oldest receipt not merged yet, nor while
+//     the spool holds callbacks, so it never deletes a row an accepted callback still
+//     keeps alive (internal/expiry).
+//
+// What is dropped is never accepted work that could still matter. Under overload the
+// merger and the sweep drop receipts that left the window (EXPIRE_AFTER), and ids for
+// which no lookup can be afforded (MAX_PENDING, counted in work_dropped_total). A
+// receipt older than the window cannot keep any row in the table: the row it would
+// refresh or create must be deleted anyway. An id dropped for capacity still refreshes
+// its object if that is online; what it loses is a lookup the object service could not
+// have answered within the window, newer receipts being served first.
 //
 // Group commit. Handlers do not write: they hand their callback to a flusher and wait.
 // A flusher takes every callback queued at that moment and writes them as one inbox
@@ -30,6 +51,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/objwatch/callback/internal/callback"
 	"github.com/objwatch/callback/internal/errlog"
 	"github.com/objwatch/callback/internal/metrics"
@@ -40,14 +63,14 @@ import (
 // spool. The handler answers 503: never a 2xx for anything that is not durable.
 var ErrUnavailable = errors.New("cannot store callback durably")
 
-// Inserter writes callbacks into the inbox table in one transaction.
+// Inserter writes callbacks into the inbox table in one transaction, as one batch.
 type Inserter interface {
-	InsertCallbacks(ctx context.Context, cbs []callback.Callback) error
+	InsertBatch(ctx context.Context, batchID uuid.UUID, cbs []callback.Callback) error
 }
 
-// Appender writes callbacks to the local spool durably.
+// Appender writes callbacks to the local spool durably, as one batch.
 type Appender interface {
-	Append(cbs []callback.Callback) error
+	AppendBatch(batchID uuid.UUID, cbs []callback.Callback) error
 }
 
 // Config tunes the committer.
@@ -94,6 +117,11 @@ type Committer struct {
 	// then, so that a dead database costs one timeout, not one per batch.
 	dbDownUntil atomic.Int64
 	committed   func() // called after each database write: wakes the merger
+
+	// failed is set by a failed database write and cleared by the next one that
+	// works, which then calls recovered (see OnRecovered).
+	failed    atomic.Bool
+	recovered func()
 }
 
 // NewCommitter builds a committer; Run starts its flushers. committed may be nil.
@@ -104,7 +132,16 @@ func NewCommitter(cfg Config, db Inserter, spool Appender, log *slog.Logger, m *
 	return &Committer{
 		cfg: cfg, db: db, spool: spool, log: log, errs: errlog.New(log, 10*time.Second), metrics: m,
 		queue: make(chan *request, cfg.QueueSize), now: time.Now, committed: committed,
+		recovered: func() {},
 	}
+}
+
+// OnRecovered sets f to be called after the first database write that works after a
+// failed one: the database is back, and the stages that back off while it is away
+// (the merger, the fetchers, the replayer) should not sleep through their backoff
+// while callbacks wait. Call it before Run; f must not block.
+func (c *Committer) OnRecovered(f func()) {
+	c.recovered = f
 }
 
 // Submit blocks until cb is durable (nil) or cannot be made so (ErrUnavailable, or
@@ -194,29 +231,36 @@ func (c *Committer) flush(ctx context.Context, batch []*request, cbs []callback.
 // write makes cbs durable in the database or, failing that, in the spool.
 func (c *Committer) write(ctx context.Context, cbs []callback.Callback) error {
 	c.metrics.CommitBatchSize.Observe(float64(len(cbs)))
+	// Minted before the write, and the same for both copies, so that a batch that ends up
+	// both in the inbox and in the spool is recognised at replay (store.ReplaySegment).
+	batchID := uuid.Must(uuid.NewV7())
 	if c.now().UnixNano() >= c.dbDownUntil.Load() {
 		start := c.now()
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.CommitTimeout)
-		err := c.db.InsertCallbacks(wctx, cbs)
+		err := c.db.InsertBatch(wctx, batchID, cbs)
 		cancel()
 		if err == nil {
 			c.metrics.CommitSeconds.WithLabelValues("inbox").Observe(c.now().Sub(start).Seconds())
 			c.errs.Recovered(ctx, "insert", "inbox writes work again")
 			c.committed()
+			if c.failed.Swap(false) {
+				c.recovered()
+			}
 			return nil
 		}
-		// The write may even have committed (the connection died during COMMIT's
-		// reply). Spooling it as well is safe: replay then puts the same callbacks in
-		// the inbox a second time, and merging a receipt twice changes nothing.
+		// The write may even have committed (the timeout or a dead connection came
+		// during COMMIT's reply). Spooling it as well is safe: it goes under the same
+		// batch id, and replay skips a batch id that is in the inbox or was merged.
 		c.metrics.DatabaseErrors.WithLabelValues("commit").Inc()
 		c.dbDownUntil.Store(c.now().Add(c.cfg.RetryDBAfter).UnixNano())
+		c.failed.Store(true)
 		c.errs.Error(ctx, "insert", "inbox write failed; spooling callbacks to disk", err, "callbacks", len(cbs))
 	}
 	if c.spool == nil {
 		return fmt.Errorf("%w: database unavailable and no spool", ErrUnavailable)
 	}
 	start := c.now()
-	if err := c.spool.Append(cbs); err != nil {
+	if err := c.spool.AppendBatch(batchID, cbs); err != nil {
 		c.errs.Error(ctx, "spool", "spool write failed; answering 503", err, "callbacks", len(cbs))
 		return fmt.Errorf("%w: database unavailable and spool failed: %v", ErrUnavailable, err)
 	}

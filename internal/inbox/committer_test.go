@@ -29,7 +29,7 @@ type inserter struct {
 	InsertCallbacksFunc func(ctx context.Context, cbs []callback.Callback) error
 }
 
-func (f inserter) InsertCallbacks(ctx context.Context, cbs []callback.Callback) error {
+func (f inserter) InsertBatch(ctx context.Context, _ uuid.UUID, cbs []callback.Callback) error {
 	return f.InsertCallbacksFunc(ctx, cbs)
 }
 
@@ -38,7 +38,7 @@ type appender struct {
 	AppendFunc func(cbs []callback.Callback) error
 }
 
-func (f appender) Append(cbs []callback.Callback) error { return f.AppendFunc(cbs) }
+func (f appender) AppendBatch(_ uuid.UUID, cbs []callback.Callback) error { return f.AppendFunc(cbs) }
 
 // clock is a settable time source.
 type clock struct {
@@ -91,8 +91,10 @@ func openSpool(t *testing.T) *spool.Spool {
 func spooled(t *testing.T, sp *spool.Spool) []callback.Callback {
 	t.Helper()
 	var got []callback.Callback
-	_, err := sp.Replay(context.Background(), func(_ context.Context, _ uuid.UUID, cbs []callback.Callback) error {
-		got = append(got, cbs...)
+	_, err := sp.Replay(context.Background(), func(_ context.Context, _ uuid.UUID, batches []callback.Batch) error {
+		for _, b := range batches {
+			got = append(got, b.Callbacks...)
+		}
 		return nil
 	})
 	require.NoError(t, err)
@@ -400,4 +402,31 @@ func TestSubmit_writesAnInboxRowInPostgres(t *testing.T) {
 	requireSame(t, want, got)
 	require.Equal(t, int64(2), committed.Load(), "the merger is woken after each write")
 	require.Zero(t, metrics.Sum(m.CallbacksSpooled))
+}
+
+// The first write that works after a failure calls the recovered hook, once: the
+// service wakes the stages that back off while the database is away.
+func TestSubmit_firstCommitAfterAFailureCallsRecovered(t *testing.T) {
+	t.Parallel()
+	var down atomic.Bool
+	down.Store(true)
+	cfg := DefaultConfig()
+	c, clk, _ := setup(t, cfg, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
+		if down.Load() {
+			return failing
+		}
+		return nil
+	}}, openSpool(t))
+	var recovered atomic.Int64
+	c.OnRecovered(func() { recovered.Add(1) })
+	run(t, c)
+
+	require.NoError(t, c.Submit(context.Background(), newCallback(1)))
+	require.Zero(t, recovered.Load(), "spooled, not committed")
+	down.Store(false)
+	clk.Advance(cfg.RetryDBAfter)
+	require.NoError(t, c.Submit(context.Background(), newCallback(2)))
+	require.Equal(t, int64(1), recovered.Load(), "the first commit after the failure")
+	require.NoError(t, c.Submit(context.Background(), newCallback(3)))
+	require.Equal(t, int64(1), recovered.Load(), "later commits are no recovery")
 }

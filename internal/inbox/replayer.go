@@ -15,12 +15,12 @@ import (
 // SegmentStore replays one spool segment into the inbox exactly once.
 type SegmentStore interface {
 	Ping(ctx context.Context) error
-	ReplaySegment(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) (int, error)
+	ReplaySegment(ctx context.Context, segment uuid.UUID, batches []callback.Batch) (int, error)
 }
 
 // Spool is the spool as the replayer uses it.
 type Spool interface {
-	Replay(ctx context.Context, apply func(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) error) (int, error)
+	Replay(ctx context.Context, apply func(ctx context.Context, segment uuid.UUID, batches []callback.Batch) error) (int, error)
 	Stats() (segments int, bytes int64)
 }
 
@@ -33,31 +33,57 @@ type Replayer struct {
 	errs     *errlog.Limiter
 	metrics  *metrics.Metrics
 	interval time.Duration
-	replayed func() // wakes the merger
+	replayed func() // wakes the merger and the fetchers
+	wake     chan struct{}
 }
 
-// NewReplayer checks the spool every interval (and backs off while the database is down).
+// ReplayRetry is how soon a pass that left work in the spool (the database did not
+// answer, or a replay failed) is tried again. Spooled callbacks wait in no table, so
+// nothing else moves them: an outage must not end in a backoff. Low, so that they
+// reach the inbox well within a second of Postgres answering again (issue 11, case 7);
+// a failed ping costs a refused connection or at most pingTimeout, and runs only while
+// the spool holds work.
+const ReplayRetry = 200 * time.Millisecond
+
+// pingTimeout bounds the check that the database answers before a replay. Short: a
+// blackholed server must not hold the next retry back for long.
+const pingTimeout = time.Second
+
+// NewReplayer checks the spool every interval, and every ReplayRetry while it holds
+// work the database did not take. replayed is called after a pass that replayed
+// something; it may be nil.
 func NewReplayer(store SegmentStore, spool Spool, interval time.Duration, log *slog.Logger, m *metrics.Metrics, replayed func()) *Replayer {
 	if replayed == nil {
 		replayed = func() {}
 	}
-	return &Replayer{store: store, spool: spool, log: log, errs: errlog.New(log, 10*time.Second), metrics: m, interval: interval, replayed: replayed}
+	return &Replayer{store: store, spool: spool, log: log, errs: errlog.New(log, 10*time.Second), metrics: m,
+		interval: interval, replayed: replayed, wake: make(chan struct{}, 1)}
+}
+
+// Wake makes Run take its next pass now: the database answers again (a commit worked).
+// It never blocks.
+func (r *Replayer) Wake() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
 }
 
 // Run replays until ctx ends.
 func (r *Replayer) Run(ctx context.Context) error {
 	wait := time.Duration(0) // first pass at once: a restart finds the previous run's spool
 	for {
+		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			timer.Stop()
 			return nil
-		case <-time.After(wait):
+		case <-timer.C:
+		case <-r.wake:
+			timer.Stop()
 		}
 		if r.ReplayOnce(ctx) != nil {
-			// Capped low: spooled callbacks should reach the inbox within seconds of
-			// Postgres coming back, well inside the expiry window. A ping every few
-			// seconds during an outage costs nothing.
-			wait = min(max(2*wait, r.interval), 2*r.interval)
+			wait = min(ReplayRetry, r.interval)
 		} else {
 			wait = r.interval
 		}
@@ -73,23 +99,27 @@ func (r *Replayer) ReplayOnce(ctx context.Context) error {
 	if segments == 0 {
 		return nil
 	}
-	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	pctx, cancel := context.WithTimeout(ctx, pingTimeout)
 	err := r.store.Ping(pctx)
 	cancel()
 	if err != nil {
 		r.errs.Error(ctx, "ping", "database still unreachable; spool kept", err, "segments", segments)
 		return err
 	}
-	n, err := r.spool.Replay(ctx, func(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) error {
+	n, err := r.spool.Replay(ctx, func(ctx context.Context, segment uuid.UUID, batches []callback.Batch) error {
 		// A segment holds at most ~10,000 callbacks: seconds, even on a slow server.
 		sctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
-		inserted, err := r.store.ReplaySegment(sctx, segment, cbs)
+		inserted, err := r.store.ReplaySegment(sctx, segment, batches)
 		if err != nil {
 			return err
 		}
 		r.metrics.CallbacksReplayed.Add(float64(inserted))
-		r.log.InfoContext(ctx, "spool segment replayed", "segment", segment, "callbacks", len(cbs), "new", inserted)
+		callbacks := 0
+		for _, b := range batches {
+			callbacks += len(b.Callbacks)
+		}
+		r.log.InfoContext(ctx, "spool segment replayed", "segment", segment, "callbacks", callbacks, "new", inserted)
 		return nil
 	})
 	if n > 0 {

@@ -89,13 +89,13 @@ func callbacks(n int) []callback.Callback {
 // segmentStore is a fake inbox.SegmentStore.
 type segmentStore struct {
 	PingFunc          func(ctx context.Context) error
-	ReplaySegmentFunc func(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) (int, error)
+	ReplaySegmentFunc func(ctx context.Context, segment uuid.UUID, batches []callback.Batch) (int, error)
 }
 
 func (s segmentStore) Ping(ctx context.Context) error { return s.PingFunc(ctx) }
 
-func (s segmentStore) ReplaySegment(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) (int, error) {
-	return s.ReplaySegmentFunc(ctx, segment, cbs)
+func (s segmentStore) ReplaySegment(ctx context.Context, segment uuid.UUID, batches []callback.Batch) (int, error) {
+	return s.ReplaySegmentFunc(ctx, segment, batches)
 }
 
 func TestReplayOnce_movesSpooledCallbacksIntoInboxOnce(t *testing.T) {
@@ -132,8 +132,8 @@ func TestReplayOnce_segmentCommittedBeforeACrashCountsOnce(t *testing.T) {
 
 	// The crash: a replay commits the segment, and the process dies before removing
 	// the file (here: apply commits, then fails, so the file stays).
-	_, err := f.spool.Replay(context.Background(), func(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) error {
-		n, err := f.store.ReplaySegment(ctx, segment, cbs)
+	_, err := f.spool.Replay(context.Background(), func(ctx context.Context, segment uuid.UUID, batches []callback.Batch) error {
+		n, err := f.store.ReplaySegment(ctx, segment, batches)
 		require.NoError(t, err)
 		require.Equal(t, 3, n)
 		return errors.New("killed before removing the file")
@@ -153,23 +153,24 @@ func TestReplayOnce_segmentCommittedBeforeACrashCountsOnce(t *testing.T) {
 	require.Zero(t, metrics.Sum(f.m.CallbacksReplayed))
 }
 
-func TestReplayOnce_callbackAlreadyInInboxMergesOnce(t *testing.T) {
+func TestReplayOnce_batchStillInInboxIsNotInsertedAgain(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	want := callbacks(3)
 	// The committer's write committed but its reply was lost, so it spooled the same
-	// callbacks as well.
-	require.NoError(t, f.store.InsertCallbacks(context.Background(), want))
-	require.NoError(t, f.spool.Append(want))
+	// batch as well, under the same id.
+	batchID := uuid.Must(uuid.NewV7())
+	require.NoError(t, f.store.InsertBatch(context.Background(), batchID, want))
+	require.NoError(t, f.spool.AppendBatch(batchID, want))
 
 	require.NoError(t, f.replayer(f.store, nil).ReplayOnce(context.Background()))
-	require.Equal(t, append(slices.Clone(want), want...), f.inbox(t), "in the inbox twice")
+	require.Equal(t, want, f.inbox(t), "in the inbox once")
 	require.Zero(t, f.segments(t))
+	require.Zero(t, metrics.Sum(f.m.CallbacksReplayed), "nothing was new")
 
-	// and merged as once: the same receipts, so the same pending rows.
 	m, err := f.store.MergeInbox(context.Background(), 100, 1<<20)
 	require.NoError(t, err)
-	require.Equal(t, store.Merged{Batches: 2, Callbacks: 6, Ids: 2, Changed: 2}, m)
+	require.Equal(t, store.Merged{Batches: 1, Callbacks: 3, Ids: 2, Changed: 2}, m)
 	require.Equal(t, map[int64]time.Time{0: want[2].ReceivedAt, 7: want[2].ReceivedAt},
 		pgtest.IDTimes(t, f.pool, "SELECT object_id, received_at FROM pending"))
 }
@@ -182,13 +183,13 @@ func TestReplayOnce_databaseDownKeepsSpool(t *testing.T) {
 	}{
 		{name: "ping_fails", db: segmentStore{
 			PingFunc: func(context.Context) error { return errors.New("connection refused") },
-			ReplaySegmentFunc: func(context.Context, uuid.UUID, []callback.Callback) (int, error) {
+			ReplaySegmentFunc: func(context.Context, uuid.UUID, []callback.Batch) (int, error) {
 				return 0, errors.New("replay must not be tried while ping fails")
 			},
 		}},
 		{name: "replay_fails", db: segmentStore{
 			PingFunc: func(context.Context) error { return nil },
-			ReplaySegmentFunc: func(context.Context, uuid.UUID, []callback.Callback) (int, error) {
+			ReplaySegmentFunc: func(context.Context, uuid.UUID, []callback.Batch) (int, error) {
 				return 0, errors.New("connection reset")
 			},
 		}},
@@ -237,5 +238,82 @@ func TestRun_replaysAtStart(t *testing.T) {
 	<-woken // the first pass runs at once, not after the interval (an hour here)
 	cancel()
 	require.NoError(t, <-done)
+	require.Equal(t, want, f.inbox(t))
+}
+
+// runReplayer runs r until the test ends.
+func runReplayer(t *testing.T, r *inbox.Replayer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+}
+
+// waitWoken waits for the replayed hook. The limit is no timing assertion: without the
+// behaviour under test the wait is the replayer's interval, an hour here.
+func waitWoken(t *testing.T, woken <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-woken:
+	case <-time.After(20 * time.Second):
+		t.Fatal("nothing was replayed")
+	}
+}
+
+// While the spool holds work, a failed pass is retried within ReplayRetry, not after
+// the interval or a growing backoff: spooled callbacks reach the inbox soon after the
+// database answers again.
+func TestRun_retriesSoonWhileTheSpoolHoldsWork(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	want := callbacks(2)
+	require.NoError(t, f.spool.Append(want))
+
+	var pings int
+	db := segmentStore{
+		PingFunc: func(ctx context.Context) error {
+			if pings++; pings <= 3 { // down for three passes, then back
+				return errors.New("connection refused")
+			}
+			return f.store.Ping(ctx)
+		},
+		ReplaySegmentFunc: f.store.ReplaySegment,
+	}
+	woken := make(chan struct{}, 1)
+	runReplayer(t, f.replayer(db, func() { woken <- struct{}{} }))
+	waitWoken(t, woken)
+	require.Equal(t, want, f.inbox(t))
+}
+
+// passSpy is the spool, telling when a pass looks at it.
+type passSpy struct {
+	*spool.Spool
+	passes chan struct{}
+}
+
+func (s passSpy) Stats() (int, int64) {
+	segments, bytes := s.Spool.Stats()
+	select {
+	case s.passes <- struct{}{}:
+	default:
+	}
+	return segments, bytes
+}
+
+// Wake starts a pass at once: the service calls it when a commit works again.
+func TestRun_wakeReplaysAtOnce(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	spy := passSpy{Spool: f.spool, passes: make(chan struct{}, 1)}
+	woken := make(chan struct{}, 1)
+	r := inbox.NewReplayer(f.store, spy, time.Hour, discard, f.m, func() { woken <- struct{}{} })
+	runReplayer(t, r)
+	<-spy.passes // the first pass found the spool empty and sleeps for an hour
+
+	want := callbacks(3)
+	require.NoError(t, f.spool.Append(want))
+	r.Wake()
+	waitWoken(t, woken)
 	require.Equal(t, want, f.inbox(t))
 }

@@ -1,8 +1,17 @@
 // Package merge turns inbox batches (one per group commit) into pending work (one row
 // per object), in bulk and off the reply path. Each pass is one transaction
-// (store.MergeInbox): the oldest batches taken and deleted, decoded, ids deduplicated
-// with the newest receipt kept, upserted in id order. Any number of mergers may run,
-// one per replica: they claim disjoint batches (SKIP LOCKED).
+// (store.Merge): batches that left the window dropped unread, the newest batches taken
+// and deleted, decoded, ids deduplicated with the newest receipt kept, online objects
+// refreshed, the rest upserted into pending up to a bound. Any number of mergers may
+// run, one per replica: they claim disjoint batches (SKIP LOCKED).
+//
+// Pacing. A pass costs per distinct id, and the reply path needs the same two cores, so
+// the merger rests after each pass for as long as the pass took (Config.Rest): it takes
+// at most about half of one core's time however far behind it is. Falling behind does
+// not make it work harder but coalesce more: the next pass takes everything that
+// arrived meanwhile (up to MaxIDs), and with many callbacks per object that costs
+// little more than a small pass. What it cannot reach within the window is dropped
+// unread, oldest first, and counted (callback_work_dropped_total).
 package merge
 
 import (
@@ -17,29 +26,41 @@ import (
 
 // Store is what the merger needs of storage.
 type Store interface {
-	MergeInbox(ctx context.Context, maxBatches, maxIDs int) (store.Merged, error)
+	Merge(ctx context.Context, p store.MergeParams) (store.Merged, error)
 }
 
 // Config tunes the merger.
 type Config struct {
-	MaxBatches int           // inbox rows per pass at most
-	MaxIDs     int           // no further row once a pass holds this many ids
-	Interval   time.Duration // poll for other replicas' inbox rows when not woken
+	MaxBatches  int           // inbox rows per pass at most
+	MaxIDs      int           // no further row read once a pass holds this many ids
+	MaxDistinct int           // distinct ids a pass offers to pending at most; see store.MergeParams
+	MaxNew      int           // ids made pending per pass at most
+	MaxPending  int           // pending rows at most (0: no bound); see store.MergeParams
+	ExpireAfter time.Duration // receipts older than this are dropped (0: none)
+	Interval    time.Duration // poll for other replicas' inbox rows when not woken
+	// Rest after a pass, as a multiple of the pass's duration: 1 leaves the cores to
+	// the reply path at least half of the merger's time.
+	Rest float64
 }
 
-// DefaultConfig merges on a 100 ms cadence rather than after every commit. A pass
-// rewrites every pending row its callbacks name, and a callback of the original sender
-// names most of the ids 0..99, so a pass over 10 callbacks costs nearly what a pass over
-// 1000 does (BenchmarkMergeInbox). Waking per commit made Postgres spend most of a core
-// on tiny passes, taken from intake; the cadence adds at most 100 ms before a lookup
-// starts, inside the freshness budget (4.3 s + 0.5 s).
-//
-// A pass of 256 batches or 256k ids holds at most ~20 MB while it deduplicates; at
-// 10,000 callbacks/s of 200 ids a 100 ms pass holds ~200k ids, so one pass per tick
-// keeps up, and a backlog is drained by passes back to back.
+// DefaultConfig merges on a 100 ms cadence rather than after every commit, so that
+// passes coalesce. A pass reads up to 4M ids (MaxIDs; a few MB of batches, and decoding
+// is ~20 ns an id) and consumes all of it: every id read refreshes its object if online.
+// It offers the first 128k distinct ids, newest batches first, to pending (MaxDistinct):
+// with ids from a small space that is all of them, coalesced into few rows; with fresh
+// ids from a huge space the rest are dropped for capacity, since lookups could not use
+// them, and the pass stays under a second of Postgres. It makes at most 32k ids pending
+// (MaxNew): several seconds of lookups at the highest limit. MaxPending (256k) is about
+// twice what that limit (10,000 in flight at the object service's mean 2.3 s) can look
+// up within a 30 s window. The rest after a pass is capped at maxRest.
 func DefaultConfig() Config {
-	return Config{MaxBatches: 256, MaxIDs: 1 << 18, Interval: 100 * time.Millisecond}
+	return Config{MaxBatches: 16384, MaxIDs: 1 << 22, MaxDistinct: 1 << 17, MaxNew: 1 << 15, MaxPending: 1 << 18, ExpireAfter: 30 * time.Second,
+		Interval: 100 * time.Millisecond, Rest: 1}
 }
+
+// maxRest bounds the rest after one slow pass (a loaded machine, a lock wait): the
+// merger must come back well within the window.
+const maxRest = 2 * time.Second
 
 // Merger runs merge passes.
 type Merger struct {
@@ -50,6 +71,9 @@ type Merger struct {
 	metrics *metrics.Metrics
 	wake    chan struct{}
 	merged  func() // wakes the fetcher
+	now     func() time.Time
+
+	lastPass time.Duration // how long the last pass took, for the rest after it
 }
 
 // New builds a merger; merged (may be nil) is called after a pass that changed pending work.
@@ -57,7 +81,7 @@ func New(cfg Config, s Store, log *slog.Logger, m *metrics.Metrics, merged func(
 	if merged == nil {
 		merged = func() {}
 	}
-	return &Merger{cfg: cfg, store: s, log: log, errs: errlog.New(log, 10*time.Second), metrics: m, wake: make(chan struct{}, 1), merged: merged}
+	return &Merger{cfg: cfg, store: s, log: log, errs: errlog.New(log, 10*time.Second), metrics: m, wake: make(chan struct{}, 1), merged: merged, now: time.Now}
 }
 
 // Wake asks for a pass now (new inbox rows were committed). Never blocks.
@@ -77,24 +101,44 @@ func (m *Merger) Run(ctx context.Context) error {
 		case ctx.Err() != nil:
 			return nil
 		case err != nil:
-			backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)
+			// Capped low: after an outage, merging resumes within a second of the
+			// database answering (and the replayer wakes it sooner).
+			backoff = min(max(2*backoff, 100*time.Millisecond), time.Second)
 			m.metrics.DatabaseErrors.WithLabelValues("merge").Inc()
 			m.errs.Error(ctx, "merge", "merging inbox failed; retrying", err, "retry_in", backoff)
-			sleep(ctx, backoff)
+			m.waitOrWake(ctx, backoff)
 			continue
 		case backoff > 0:
 			backoff = 0
 			m.errs.Recovered(ctx, "merge", "merging inbox works again")
 		}
+		// Rest in proportion to the pass, whether or not more is waiting: intake
+		// comes first, and a backlog is met by coalescing, not by working harder.
+		rest := min(time.Duration(float64(m.lastPass)*m.cfg.Rest), maxRest)
 		if n.Full {
+			if rest > 0 {
+				sleep(ctx, rest)
+			}
 			continue // more is waiting
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-m.wake:
-		case <-time.After(m.cfg.Interval):
+			sleep(ctx, rest)
+		case <-time.After(max(m.cfg.Interval, rest)):
 		}
+	}
+}
+
+// waitOrWake waits d, or less if woken (the database answers again) or ctx ends.
+func (m *Merger) waitOrWake(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-m.wake:
+	case <-t.C:
 	}
 }
 
@@ -104,10 +148,21 @@ func (m *Merger) Pass(ctx context.Context) (store.Merged, error) {
 	// minutes; a full pass takes tens of milliseconds.
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	n, err := m.store.MergeInbox(pctx, m.cfg.MaxBatches, m.cfg.MaxIDs)
+	p := store.MergeParams{MaxBatches: m.cfg.MaxBatches, MaxIDs: m.cfg.MaxIDs, MaxDistinct: m.cfg.MaxDistinct,
+		MaxNew: m.cfg.MaxNew, MaxPending: m.cfg.MaxPending}
+	if m.cfg.ExpireAfter > 0 {
+		p.Cutoff = m.now().Add(-m.cfg.ExpireAfter)
+	}
+	start := m.now()
+	n, err := m.store.Merge(pctx, p)
+	m.lastPass = m.now().Sub(start)
 	if err != nil {
 		return n, err
 	}
+	m.metrics.MergeSeconds.Observe(m.lastPass.Seconds())
+	m.metrics.Dropped.WithLabelValues("inbox", "expired").Add(float64(n.StaleBatchIDs))
+	m.metrics.Dropped.WithLabelValues("merge", "expired").Add(float64(n.StaleIDs))
+	m.metrics.Dropped.WithLabelValues("merge", "capacity").Add(float64(n.NoRoom))
 	for _, q := range n.Quarantined {
 		// Every one is logged: each is callbacks that a human has to look at.
 		m.metrics.Quarantined.Inc()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,11 +22,11 @@ import (
 
 // mergeStore is a fake merge.Store.
 type mergeStore struct {
-	MergeInboxFunc func(ctx context.Context, maxBatches, maxIDs int) (store.Merged, error)
+	MergeFunc func(ctx context.Context, p store.MergeParams) (store.Merged, error)
 }
 
-func (s mergeStore) MergeInbox(ctx context.Context, maxBatches, maxIDs int) (store.Merged, error) {
-	return s.MergeInboxFunc(ctx, maxBatches, maxIDs)
+func (s mergeStore) Merge(ctx context.Context, p store.MergeParams) (store.Merged, error) {
+	return s.MergeFunc(ctx, p)
 }
 
 // fixture is a real store on a fresh database, seen through a fake that reports every
@@ -44,8 +45,8 @@ func setup(t *testing.T) *fixture {
 }
 
 func (f *fixture) reporting() merge.Store {
-	return mergeStore{MergeInboxFunc: func(ctx context.Context, maxBatches, maxIDs int) (store.Merged, error) {
-		n, err := f.store.MergeInbox(ctx, maxBatches, maxIDs)
+	return mergeStore{MergeFunc: func(ctx context.Context, p store.MergeParams) (store.Merged, error) {
+		n, err := f.store.Merge(ctx, p)
 		if err == nil {
 			f.passes <- n
 		}
@@ -211,7 +212,7 @@ func TestRun_retriesAfterDatabaseError(t *testing.T) {
 	t.Parallel()
 	var calls atomic.Int64
 	retried := make(chan struct{})
-	s := mergeStore{MergeInboxFunc: func(context.Context, int, int) (store.Merged, error) {
+	s := mergeStore{MergeFunc: func(context.Context, store.MergeParams) (store.Merged, error) {
 		switch calls.Add(1) {
 		case 1:
 			return store.Merged{}, errors.New("connection refused")
@@ -225,4 +226,101 @@ func TestRun_retriesAfterDatabaseError(t *testing.T) {
 	run(t, m)
 	<-retried // without a Wake or the interval: the failure's own backoff retried
 	require.Equal(t, 1.0, metrics.Sum(f.m.DatabaseErrors.WithLabelValues("merge")))
+}
+
+func TestPass_takesTheNewestBatchesFirst(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	for i := range 3 {
+		f.insert(t, callback.New(at(1000*i), []int64{int64(i)}))
+	}
+	m := merge.New(merge.Config{MaxBatches: 1, MaxIDs: 1 << 20, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
+	var order []int64
+	for range 3 {
+		_, err := m.Pass(context.Background())
+		require.NoError(t, err)
+		for id := range f.pending(t) {
+			if !slices.Contains(order, id) {
+				order = append(order, id)
+			}
+		}
+	}
+	require.Equal(t, []int64{2, 1, 0}, order, "under a backlog, the newest receipts are merged first")
+}
+
+func TestPass_dropsWorkThatLeftTheWindow(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	now := time.Now()
+	const window = time.Minute
+	old, fresh := now.Add(-2*window), now.Add(-time.Second)
+	f.insert(t, callback.New(old, []int64{1, 2}), callback.New(old.Add(time.Millisecond), []int64{3})) // a whole stale batch
+	f.insert(t, callback.New(old, []int64{4, 5}), callback.New(fresh, []int64{6}))                     // stale and fresh
+	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, ExpireAfter: window, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
+
+	n, err := m.Pass(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, int64(1), n.StaleBatches)
+	require.Equal(t, int64(2), n.StaleIDs)
+	require.Equal(t, map[int64]time.Time{6: fresh.Truncate(time.Microsecond).UTC()}, f.pending(t), "only the receipt within the window costs a pending row")
+	require.Zero(t, f.count(t, "inbox_batches"))
+	require.Equal(t, 3.0, metrics.Sum(f.m.Dropped.WithLabelValues("inbox", "expired")), "ids of the batch deleted unread")
+	require.Equal(t, 2.0, metrics.Sum(f.m.Dropped.WithLabelValues("merge", "expired")), "ids of the stale callback in a batch taken")
+}
+
+func TestPass_boundsPendingKeepingTheNewest(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	f.insert(t, callback.New(at(0), []int64{1}))
+	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 3, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
+	_, err := m.Pass(context.Background())
+	require.NoError(t, err)
+
+	// Two places left, four new ids: the two newest get them. Id 1, already pending,
+	// still takes its newer receipt although the bound is reached.
+	f.insert(t,
+		callback.New(at(10), []int64{10}),
+		callback.New(at(40), []int64{40}),
+		callback.New(at(20), []int64{20}),
+		callback.New(at(30), []int64{30, 1}),
+	)
+	n, err := m.Pass(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, int64(2), n.NoRoom)
+	require.Equal(t, map[int64]time.Time{1: at(30), 30: at(30), 40: at(40)}, f.pending(t))
+	require.Equal(t, 2.0, metrics.Sum(f.m.Dropped.WithLabelValues("merge", "capacity")))
+}
+
+func TestPass_refreshesOnlineObjectsEvenWithoutRoom(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	pgtest.InsertObjects(t, f.pool, map[int64]time.Time{7: at(0), 8: at(50)})
+	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 1, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
+	f.insert(t, callback.New(at(5), []int64{1}), callback.New(at(20), []int64{7, 8}))
+
+	n, err := m.Pass(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, int64(1), n.Refreshed)
+	require.Equal(t, map[int64]time.Time{7: at(20), 8: at(50)}, pgtest.IDTimes(t, f.pool, "SELECT id, last_seen FROM objects"),
+		"an online object named again takes the newer receipt at once, lookup or not; last_seen never goes back")
+	require.Len(t, f.pending(t), 1)
+}
+
+func TestPass_pastTheDistinctBoundOnlyRefreshes(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	pgtest.InsertObjects(t, f.pool, map[int64]time.Time{2: at(0)})
+	// One distinct id per pass may go to pending: the newest batch's. Of the ids named
+	// after it, the online one is refreshed anyway, the other dropped for capacity.
+	f.insert(t, callback.New(at(10), []int64{2, 3}))
+	f.insert(t, callback.New(at(20), []int64{1}))
+	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxDistinct: 1, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
+
+	n, err := m.Pass(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, int64(2), n.Batches, "every batch read is consumed")
+	require.Equal(t, map[int64]time.Time{1: at(20)}, f.pending(t))
+	require.Equal(t, map[int64]time.Time{2: at(10)}, pgtest.IDTimes(t, f.pool, "SELECT id, last_seen FROM objects"))
+	require.Equal(t, 1.0, metrics.Sum(f.m.Dropped.WithLabelValues("merge", "capacity")))
+	require.Zero(t, f.count(t, "inbox_batches"))
 }

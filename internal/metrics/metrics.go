@@ -29,7 +29,7 @@ type Metrics struct {
 	Quarantined     prometheus.Counter   // inbox batches that could not be decoded
 	MergeSeconds    prometheus.Histogram // one merge pass
 
-	// Work dropped before it cost anything, by stage (inbox, merge, claim, lookup) and
+	// Work dropped before it cost anything, by stage (inbox, merge, pending, claim) and
 	// reason (expired: its receipt left the window; capacity: no room for it before it
 	// would). Nothing accepted is lost by this: see the inbox package's durability
 	// argument.
@@ -82,7 +82,7 @@ func New() *Metrics {
 		MergeSeconds: f.histogram("merge_pass_seconds", "Duration of one merge pass.",
 			prometheus.ExponentialBuckets(0.001, 2, 14)),
 		Dropped: f.counterVec("work_dropped_total",
-			"Receipts (ids; callbacks for whole inbox batches) dropped before they cost anything, by stage (inbox, merge, claim, lookup) and reason (expired, capacity).",
+			"Receipts (ids; callbacks for whole inbox batches) dropped before they cost anything, by stage (inbox: whole batches unread; merge; pending: swept before a claim; claim) and reason (expired, capacity).",
 			"stage", "reason"),
 		Overloaded: f.gauge("overloaded", "1 while work is being dropped for lack of lookup capacity, else 0."),
 		Lookups:    f.counterVec("lookups_total", "Object service lookups, by outcome.", "outcome"),

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	_ "github.com/jackc/pgx/v5/stdlib" // pgtestdb opens its admin connections as "pgx"
 	"github.com/peterldowns/pgtestdb"
@@ -115,4 +116,26 @@ func IDTimes(t testing.TB, q Querier, sql string) map[int64]time.Time {
 		t.Fatalf("reading %q: %v", sql, err)
 	}
 	return out
+}
+
+// Execer is what InsertObjects writes through: a pool, a connection or a transaction.
+type Execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// InsertObjects writes objects rows with the given last_seen, as a lookup result would
+// have left them.
+func InsertObjects(t testing.TB, db Execer, rows map[int64]time.Time) {
+	t.Helper()
+	ids := make([]int64, 0, len(rows))
+	seen := make([]time.Time, 0, len(rows))
+	for id, ts := range rows {
+		ids = append(ids, id)
+		seen = append(seen, ts)
+	}
+	_, err := db.Exec(context.Background(),
+		"INSERT INTO objects (id, last_seen) SELECT * FROM unnest($1::bigint[], $2::timestamptz[])", ids, seen)
+	if err != nil {
+		t.Fatalf("inserting objects: %v", err)
+	}
 }

@@ -22,6 +22,7 @@ type config struct {
 	FetchMinConcurrency int
 	FetchConcurrency    int
 	FetchTimeout        time.Duration
+	MaxPending          int
 	Lease               time.Duration
 	SpoolDir            string
 	MaxBodyBytes        int64
@@ -52,6 +53,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		{"FETCH_MIN_CONCURRENCY", "fetch-min-concurrency", strconv.Itoa(fetch.MinConcurrencyDefault), "floor of the adaptive limit of lookups in flight (where it starts)", positiveInt(&c.FetchMinConcurrency)},
 		{"FETCH_CONCURRENCY", "fetch-concurrency", strconv.Itoa(fetch.ConcurrencyDefault), "ceiling of the adaptive limit of lookups in flight (and of keep-alive connections)", positiveInt(&c.FetchConcurrency)},
 		{"FETCH_TIMEOUT", "fetch-timeout", "5s", "timeout of one lookup", duration(&c.FetchTimeout)},
+		{"MAX_PENDING", "max-pending", "262144", "objects waiting for a lookup at most; newer ids beyond it are dropped (counted) while lookups cannot keep up", positiveInt(&c.MaxPending)},
 		{"LEASE", "lease", "15s", "how long a claimed lookup is reserved; must exceed FETCH_TIMEOUT by 1s", duration(&c.Lease)},
 		{"SPOOL_DIR", "spool-dir", "spool", "directory for callbacks accepted while Postgres is unreachable", str(&c.SpoolDir)},
 		{"MAX_BODY_BYTES", "max-body-bytes", "1048576", "largest accepted request body", positiveInt64(&c.MaxBodyBytes)},

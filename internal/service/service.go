@@ -42,7 +42,9 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	log := newLogger(cfg, stderr)
 	m := metrics.New()
 
-	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	// DATABASE_URL may name a primary and its standbys: PoolConfig's pool drops
+	// connections that cannot write and re-dials, which finds the promoted standby.
+	poolCfg, err := store.PoolConfig(cfg.DatabaseURL)
 	if err != nil {
 		return fmt.Errorf("invalid DATABASE_URL: %w", err)
 	}
@@ -71,12 +73,22 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err // parseConfig validated it
 	}
-	merger := merge.New(merge.DefaultConfig(), db, log, m, fetcher.Wake)
+	mcfg := merge.DefaultConfig()
+	mcfg.MaxPending, mcfg.ExpireAfter = cfg.MaxPending, cfg.ExpireAfter
+	merger := merge.New(mcfg, db, log, m, fetcher.Wake)
 	ccfg := inbox.DefaultConfig()
 	ccfg.CommitTimeout = cfg.CommitTimeout
 	committer := inbox.NewCommitter(ccfg, db, sp, log, m, nil) // the merger keeps its own cadence: see merge.DefaultConfig
-	replayer := inbox.NewReplayer(db, sp, time.Second, log, m, merger.Wake)
-	expirer := expiry.New(db, cfg.ExpireAfter, time.Second, log, m)
+	// When the database answers again (a replay or a commit worked after a failure),
+	// every stage that backed off while it was away starts at once: spooled and
+	// queued callbacks reach the table within a second, not after the longest backoff.
+	wakeWorkers := func() { merger.Wake(); fetcher.Wake() }
+	replayer := inbox.NewReplayer(db, sp, time.Second, log, m, wakeWorkers)
+	committer.OnRecovered(func() { wakeWorkers(); replayer.Wake() })
+	ecfg := expiry.DefaultConfig()
+	ecfg.Window, ecfg.Grace = cfg.ExpireAfter, cfg.CommitTimeout+100*time.Millisecond
+	ecfg.SpoolHolds = func() bool { segments, _ := sp.Stats(); return segments > 0 }
+	expirer := expiry.New(ecfg, db, log, m)
 
 	handler := server.New(server.Deps{
 		Log:      log,

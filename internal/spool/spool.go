@@ -10,18 +10,28 @@
 // again) when it passes maxSegmentBytes, after any failed write or fsync, when Replay
 // takes it for replay, and on Close.
 //
-// A segment starts with an 8-byte header, "OWSPOOL" and a version byte (1), followed by
-// records. Each record is one callback:
+// A segment starts with an 8-byte header, "OWSPOOL" and a version byte, followed by
+// records. Each record is one Append, that is one group commit's batch (version 2):
 //
 //	length   uint32, little endian: the payload's length
 //	checksum uint32, little endian: CRC-32C (Castagnoli) of the 4 length bytes and the payload
 //	payload:
-//	  callback id  16 bytes
-//	  receivedAt   8 bytes, big endian int64, Unix nanoseconds
-//	  count        uvarint: how many object ids follow
-//	  object ids   count zig-zag varints (binary.AppendVarint)
+//	  batch id     16 bytes: the id the committer minted for the batch (callback.Batch)
+//	  callbacks    uvarint: how many callbacks follow, each:
+//	    callback id  16 bytes
+//	    receivedAt   8 bytes, big endian int64, Unix nanoseconds
+//	    count        uvarint: how many object ids follow
+//	    object ids   count zig-zag varints (binary.AppendVarint)
 //
-// Varints, not fixed 8-byte ids: object ids are usually small positive numbers, so a
+// The batch id is what makes replay idempotent: a batch whose commit timed out but did
+// commit is in the inbox and here under the same id, and replay skips it
+// (store.ReplaySegment). Version 1 segments, written before batches had ids, hold one
+// callback per record (the payload is one callback as above, without batch id and
+// count); they are still read, and replayed as one batch without an id. Only new
+// segments are written, so a segment never mixes versions.
+//
+// A batch is one record, so it reaches the disk whole or, torn by a crash, not at all
+// (it was then never acknowledged). Varints, not fixed 8-byte ids: object ids are usually small positive numbers, so a
 // record is 2-4 times smaller, and the spool's cost is the bytes written and fsynced, not
 // the decoding. Every record is checksummed on its own, and the checksum covers the length,
 // so a torn tail (a crash in the middle of a write, which was therefore never
@@ -39,8 +49,9 @@
 // Open fsyncs the parent of every directory it creates. So when Append returns nil, the
 // record bytes and the name that leads to them are on stable storage, and a kill -9 or a
 // power cut after that cannot lose them. When Append returns an error nothing is claimed
-// (the caller answers 503), although some or all of the batch may have reached the disk
-// and may be replayed later: a duplicate of a refused callback, which is harmless. After
+// (the caller answers 503). A record cut short by the failure is a torn record, never
+// replayed; a whole one whose fsync failed may still be replayed later: a refused batch
+// then counts as accepted after all, which is harmless. After
 // a failed write or fsync the segment is sealed, so that no acknowledged record ever
 // follows garbage, and because after a failed fsync Linux may have dropped the dirty
 // pages and a later fsync of the same file could succeed without them.
@@ -106,8 +117,10 @@ const (
 
 	headerSize       = 8
 	recordHeaderSize = 8
-	// minPayload is an id and a time and an empty id list.
-	minPayload = 16 + 8 + 1
+	// minCallback is an id and a time and an empty id list: a version 1 payload at least.
+	minCallback = 16 + 8 + 1
+	// minBatch is a batch id, a count and one callback: a version 2 payload at least.
+	minBatch = 16 + 1 + minCallback
 
 	// maxSegmentBytes: the active segment is sealed once it is this large. 8 MiB is
 	// about 10,000 callbacks of 200 ids, which is one replay transaction and about
@@ -125,7 +138,9 @@ const (
 )
 
 var (
-	header     = [headerSize]byte{'O', 'W', 'S', 'P', 'O', 'O', 'L', 1}
+	// header is what new segments start with; headerV1 is still read.
+	header     = [headerSize]byte{'O', 'W', 'S', 'P', 'O', 'O', 'L', 2}
+	headerV1   = [headerSize]byte{'O', 'W', 'S', 'P', 'O', 'O', 'L', 1}
 	castagnoli = crc32.MakeTable(crc32.Castagnoli)
 )
 
@@ -203,10 +218,15 @@ func mkdirAllDurable(dir string) error {
 	return nil
 }
 
-// Append makes cbs durable: when it returns nil, every record is on stable storage. One
-// write and one fsync for the whole batch. An error means none of cbs may be
-// acknowledged.
+// Append is AppendBatch under a new batch id.
 func (s *Spool) Append(cbs []callback.Callback) error {
+	return s.AppendBatch(uuid.Must(uuid.NewV7()), cbs)
+}
+
+// AppendBatch makes cbs durable as one batch with the id batchID: when it returns nil,
+// the record is on stable storage. One write and one fsync for the whole batch. An
+// error means none of cbs may be acknowledged.
+func (s *Spool) AppendBatch(batchID uuid.UUID, cbs []callback.Callback) error {
 	if len(cbs) == 0 {
 		return nil
 	}
@@ -216,12 +236,9 @@ func (s *Spool) Append(cbs []callback.Callback) error {
 		return ErrClosed
 	}
 
-	buf := s.buf[:0]
-	for i := range cbs {
-		var err error
-		if buf, err = appendRecord(buf, &cbs[i]); err != nil {
-			return fmt.Errorf("encoding callback %s: %w", cbs[i].ID, err)
-		}
+	buf, err := appendRecord(s.buf[:0], batchID, cbs)
+	if err != nil {
+		return fmt.Errorf("encoding batch %s: %w", batchID, err)
 	}
 	// Keep the buffer for the next batch unless one huge batch made it huge.
 	if cap(buf) <= 4<<20 {
@@ -316,7 +333,7 @@ func (s *Spool) sealLocked() {
 // transaction, before it returns nil. If apply returns an error, Replay stops and
 // returns it; the segment stays for the next Replay. apply may see a segment again
 // after a crash, or if removing the file failed: it recognises it by its id.
-func (s *Spool) Replay(ctx context.Context, apply func(ctx context.Context, segment uuid.UUID, cbs []callback.Callback) error) (replayed int, err error) {
+func (s *Spool) Replay(ctx context.Context, apply func(ctx context.Context, segment uuid.UUID, batches []callback.Batch) error) (replayed int, err error) {
 	s.replayMu.Lock()
 	defer s.replayMu.Unlock()
 
@@ -345,6 +362,10 @@ func (s *Spool) Replay(ctx context.Context, apply func(ctx context.Context, segm
 		switch {
 		case strings.HasSuffix(name, tmpExt):
 			s.removeStaleTmp(name)
+		case strings.HasSuffix(name, corruptExt):
+			if id, ok := s.reclaimSetAside(ctx, name); ok {
+				ids = append(ids, id)
+			}
 		case strings.HasSuffix(name, segmentExt):
 			id, err := uuid.Parse(strings.TrimSuffix(name, segmentExt))
 			if err != nil {
@@ -373,7 +394,7 @@ func (s *Spool) Replay(ctx context.Context, apply func(ctx context.Context, segm
 }
 
 // replaySegment replays one segment if it can lock it. n counts the callbacks applied.
-func (s *Spool) replaySegment(ctx context.Context, id uuid.UUID, apply func(context.Context, uuid.UUID, []callback.Callback) error) (n int, err error) {
+func (s *Spool) replaySegment(ctx context.Context, id uuid.UUID, apply func(context.Context, uuid.UUID, []callback.Batch) error) (n int, err error) {
 	path := filepath.Join(s.dir, id.String()+segmentExt)
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -401,7 +422,7 @@ func (s *Spool) replaySegment(ctx context.Context, id uuid.UUID, apply func(cont
 	if err != nil {
 		return 0, fmt.Errorf("reading spool segment %s: %w", id, err)
 	}
-	cbs, good, err := decodeSegment(data)
+	batches, good, err := decodeSegment(data)
 	if err != nil {
 		// Not a segment we understand: keep it for a human, out of Replay's way.
 		s.logger.ErrorContext(ctx, "moving aside unreadable spool segment", "segment", id, "error", err)
@@ -413,19 +434,52 @@ func (s *Spool) replaySegment(ctx context.Context, id uuid.UUID, apply func(cont
 	}
 	if ignored := len(data) - good; ignored > 0 {
 		s.logger.WarnContext(ctx, "spool segment has a torn or corrupt tail; replaying the records before it",
-			"segment", id, "records", len(cbs), "ignored_bytes", ignored)
+			"segment", id, "records", len(batches), "ignored_bytes", ignored)
 	}
-	if len(cbs) > 0 {
-		if err := apply(ctx, id, cbs); err != nil {
+	for _, b := range batches {
+		n += len(b.Callbacks)
+	}
+	if n > 0 {
+		if err := apply(ctx, id, batches); err != nil {
 			return 0, fmt.Errorf("applying spool segment %s: %w", id, err)
 		}
 	}
 	if err := os.Remove(path); err != nil {
 		// apply committed, so a second replay of this segment is recognised by its id.
-		return len(cbs), fmt.Errorf("removing spool segment %s: %w", id, err)
+		return n, fmt.Errorf("removing spool segment %s: %w", id, err)
 	}
 	s.syncDirAfterRemove(ctx, id)
-	return len(cbs), nil
+	return n, nil
+}
+
+// reclaimSetAside takes back a segment that a replica of an older version set aside
+// because it did not know its header: during a rolling upgrade, replicas of two
+// versions share one spool directory, and the older one moves the newer one's segments
+// aside. A set-aside file with a header this version knows is renamed back and
+// replayed. Anything else stays where it is, for a human.
+func (s *Spool) reclaimSetAside(ctx context.Context, name string) (uuid.UUID, bool) {
+	id, err := uuid.Parse(strings.TrimSuffix(name, corruptExt))
+	if err != nil {
+		return uuid.UUID{}, false
+	}
+	path := filepath.Join(s.dir, name)
+	f, err := os.Open(path)
+	if err != nil {
+		return uuid.UUID{}, false
+	}
+	var h [headerSize]byte
+	_, err = io.ReadFull(f, h[:])
+	f.Close()
+	if err != nil || h != header && h != headerV1 {
+		return uuid.UUID{}, false
+	}
+	// Another replica may do the same at once: a rename is atomic, and the loser's
+	// fails harmlessly; replaySegment locks the file either way.
+	if err := os.Rename(path, filepath.Join(s.dir, id.String()+segmentExt)); err != nil {
+		return uuid.UUID{}, false
+	}
+	s.logger.InfoContext(ctx, "replaying a spool segment an older version had set aside", "segment", id)
+	return id, true
 }
 
 // syncDirAfterRemove makes a removal durable. If it fails, a crash may bring the file
@@ -503,40 +557,61 @@ func (s *Spool) Close() error {
 	return nil
 }
 
-// appendRecord appends cb's record to buf.
-func appendRecord(buf []byte, cb *callback.Callback) ([]byte, error) {
+// appendRecord appends the version 2 record of the batch cbs, with id batchID, to buf.
+func appendRecord(buf []byte, batchID uuid.UUID, cbs []callback.Callback) ([]byte, error) {
 	start := len(buf)
 	buf = append(buf, make([]byte, recordHeaderSize)...) // length and checksum, filled below
+	buf = append(buf, batchID[:]...)
+	buf = binary.AppendUvarint(buf, uint64(len(cbs)))
+	for i := range cbs {
+		buf = appendCallback(buf, &cbs[i])
+	}
+	payload := len(buf) - start - recordHeaderSize
+	if payload > maxRecordPayload {
+		return buf[:start], fmt.Errorf("record of %d bytes exceeds %d", payload, maxRecordPayload)
+	}
+	sealRecord(buf[start:])
+	return buf, nil
+}
+
+// appendCallback appends one callback as a record's payload holds it.
+func appendCallback(buf []byte, cb *callback.Callback) []byte {
 	buf = append(buf, cb.ID[:]...)
 	buf = binary.BigEndian.AppendUint64(buf, uint64(cb.ReceivedAt.UnixNano()))
 	buf = binary.AppendUvarint(buf, uint64(len(cb.ObjectIDs)))
 	for _, id := range cb.ObjectIDs {
 		buf = binary.AppendVarint(buf, id)
 	}
-	payload := len(buf) - start - recordHeaderSize
-	if payload > maxRecordPayload {
-		return buf[:start], fmt.Errorf("record of %d bytes exceeds %d", payload, maxRecordPayload)
-	}
-	binary.LittleEndian.PutUint32(buf[start:], uint32(payload))
-	crc := crc32.Update(0, castagnoli, buf[start:start+4])
-	crc = crc32.Update(crc, castagnoli, buf[start+recordHeaderSize:])
-	binary.LittleEndian.PutUint32(buf[start+4:], crc)
-	return buf, nil
+	return buf
 }
 
-// decodeSegment returns the callbacks of the valid records of data, in order, up to the
+// sealRecord fills in the length and checksum of rec, a record header and its payload.
+func sealRecord(rec []byte) {
+	binary.LittleEndian.PutUint32(rec, uint32(len(rec)-recordHeaderSize))
+	crc := crc32.Update(0, castagnoli, rec[:4])
+	crc = crc32.Update(crc, castagnoli, rec[recordHeaderSize:])
+	binary.LittleEndian.PutUint32(rec[4:], crc)
+}
+
+// decodeSegment returns the batches of the valid records of data, in order, up to the
 // first torn or corrupt one, and how many bytes of data they (and the header) cover. It
-// fails only if data does not start with our header; a header cut short by a crash is
-// an empty segment.
-func decodeSegment(data []byte) (cbs []callback.Callback, good int, err error) {
+// fails only if data does not start with a header it knows; a header cut short by a
+// crash is an empty segment. A version 1 segment comes back as one batch without an id.
+func decodeSegment(data []byte) (batches []callback.Batch, good int, err error) {
 	if len(data) < headerSize {
-		if bytes.HasPrefix(header[:], data) {
+		if bytes.HasPrefix(header[:], data) || bytes.HasPrefix(headerV1[:], data) {
 			return nil, len(data), nil
 		}
 		return nil, 0, fmt.Errorf("short header %q", data)
 	}
-	if !bytes.Equal(data[:headerSize], header[:]) {
+	v1 := bytes.Equal(data[:headerSize], headerV1[:])
+	if !v1 && !bytes.Equal(data[:headerSize], header[:]) {
 		return nil, 0, fmt.Errorf("unknown header %q", data[:headerSize])
+	}
+	minPayload := uint32(minBatch)
+	if v1 {
+		minPayload = minCallback
+		batches = []callback.Batch{{}}
 	}
 	off := headerSize
 	for len(data)-off >= recordHeaderSize {
@@ -550,20 +625,56 @@ func decodeSegment(data []byte) (cbs []callback.Callback, good int, err error) {
 		if crc != binary.LittleEndian.Uint32(data[off+4:]) {
 			break
 		}
-		cb, ok := decodePayload(data[off+recordHeaderSize : end])
-		if !ok {
-			break
+		p := data[off+recordHeaderSize : end]
+		if v1 {
+			cb, rest, ok := decodeCallback(p)
+			if !ok || len(rest) > 0 {
+				break
+			}
+			batches[0].Callbacks = append(batches[0].Callbacks, cb)
+		} else {
+			b, ok := decodeBatch(p)
+			if !ok {
+				break
+			}
+			batches = append(batches, b)
 		}
-		cbs = append(cbs, cb)
 		off = end
 	}
-	return cbs, off, nil
+	if v1 && len(batches[0].Callbacks) == 0 {
+		batches = nil
+	}
+	return batches, off, nil
 }
 
-// decodePayload decodes one checksummed payload. ObjectIDs is never nil, so that an
-// empty list stays an empty array (inbox.object_ids is NOT NULL), not a NULL.
-func decodePayload(p []byte) (callback.Callback, bool) {
+// decodeBatch decodes one checksummed version 2 payload.
+func decodeBatch(p []byte) (callback.Batch, bool) {
+	var b callback.Batch
+	copy(b.ID[:], p[:16])
+	p = p[16:]
+	count, n := binary.Uvarint(p)
+	// Each callback takes at least minCallback bytes: a larger count is corruption.
+	if n <= 0 || count == 0 || count > uint64((len(p)-n)/minCallback) {
+		return b, false
+	}
+	p = p[n:]
+	b.Callbacks = make([]callback.Callback, count)
+	for i := range b.Callbacks {
+		var ok bool
+		if b.Callbacks[i], p, ok = decodeCallback(p); !ok {
+			return b, false
+		}
+	}
+	return b, len(p) == 0
+}
+
+// decodeCallback decodes one callback from the start of p and returns the rest.
+// ObjectIDs is never nil, so that an empty list stays an empty array, not a NULL.
+func decodeCallback(p []byte) (callback.Callback, []byte, bool) {
 	var cb callback.Callback
+	if len(p) < minCallback {
+		return cb, p, false
+	}
 	copy(cb.ID[:], p[:16])
 	cb.ReceivedAt = time.Unix(0, int64(binary.BigEndian.Uint64(p[16:24]))).UTC()
 	p = p[24:]
@@ -571,19 +682,19 @@ func decodePayload(p []byte) (callback.Callback, bool) {
 	// Each id takes at least one byte: a larger count is corruption, and checking it
 	// first keeps a bad count from allocating.
 	if n <= 0 || count > uint64(len(p)-n) {
-		return cb, false
+		return cb, p, false
 	}
 	p = p[n:]
 	cb.ObjectIDs = make([]int64, count)
 	for i := range cb.ObjectIDs {
 		id, n := binary.Varint(p)
 		if n <= 0 {
-			return cb, false
+			return cb, p, false
 		}
 		cb.ObjectIDs[i] = id
 		p = p[n:]
 	}
-	return cb, len(p) == 0
+	return cb, p, true
 }
 
 func flock(fd, how int) error {

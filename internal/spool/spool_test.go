@@ -46,18 +46,22 @@ func open(t testing.TB, dir string) *Spool {
 type recorder struct {
 	mu       sync.Mutex
 	segments []uuid.UUID
-	cbs      []callback.Callback
-	err      error // returned instead of recording, when set
+	batches  []callback.Batch
+	cbs      []callback.Callback // the batches' callbacks, in order
+	err      error               // returned instead of recording, when set
 }
 
-func (r *recorder) apply(_ context.Context, segment uuid.UUID, cbs []callback.Callback) error {
+func (r *recorder) apply(_ context.Context, segment uuid.UUID, batches []callback.Batch) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.err != nil {
 		return r.err
 	}
 	r.segments = append(r.segments, segment)
-	r.cbs = append(r.cbs, cbs...)
+	r.batches = append(r.batches, batches...)
+	for _, b := range batches {
+		r.cbs = append(r.cbs, b.Callbacks...)
+	}
 	return nil
 }
 
@@ -159,6 +163,79 @@ func TestRoundTrip(t *testing.T) {
 	}
 	if r := replay(t, s); len(r.segments) != 0 {
 		t.Fatalf("second replay applied %v", r.segments)
+	}
+}
+
+func TestAppendBatch_replaysEachBatchUnderItsID(t *testing.T) {
+	t.Parallel()
+	s, _ := setup(t)
+	first, second := uuid.Must(uuid.NewV7()), uuid.Must(uuid.NewV7())
+	a, b := batch(3, 1, 2), batch(1, 9)
+	if err := s.AppendBatch(first, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AppendBatch(second, b); err != nil {
+		t.Fatal(err)
+	}
+	r := replay(t, s)
+	if len(r.batches) != 2 || r.batches[0].ID != first || r.batches[1].ID != second {
+		t.Fatalf("replayed batches %v, want %v then %v", r.batches, first, second)
+	}
+	assertCallbacks(t, r.batches[0].Callbacks, a)
+	assertCallbacks(t, r.batches[1].Callbacks, b)
+}
+
+// A segment written before batches had ids (version 1: one callback per record) is
+// still replayed, as one batch without an id, up to a torn tail as always.
+func TestReplay_versionOneSegment(t *testing.T) {
+	t.Parallel()
+	s, dir := setup(t)
+	cbs := batch(3, 4, 5)
+	data := append([]byte(nil), headerV1[:]...)
+	for i := range cbs {
+		data = appendRecordV1(data, &cbs[i])
+	}
+	torn := appendRecordV1(nil, &batch(1, 6)[0])
+	data = append(data, torn[:len(torn)-2]...)
+	path := filepath.Join(dir, uuid.Must(uuid.NewV7()).String()+segmentExt)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	r := replay(t, s)
+	if len(r.batches) != 1 || r.batches[0].ID != uuid.Nil {
+		t.Fatalf("replayed batches %v, want one without an id", r.batches)
+	}
+	assertCallbacks(t, r.cbs, cbs)
+	if files := segmentFiles(t, dir); len(files) != 0 {
+		t.Fatalf("segments after replay: %v", files)
+	}
+}
+
+// During a rolling upgrade a replica of the previous version, sharing the directory,
+// sets a version 2 segment aside as unreadable; this version takes it back. A file
+// that is really unreadable stays aside.
+func TestReplay_segmentSetAsideByAnOlderVersion(t *testing.T) {
+	t.Parallel()
+	s, dir := setup(t)
+	cbs := batch(2, 8)
+	path := writeSegment(t, dir, cbs)
+	aside := strings.TrimSuffix(path, segmentExt) + corruptExt
+	if err := os.Rename(path, aside); err != nil {
+		t.Fatal(err)
+	}
+	garbage := filepath.Join(dir, uuid.Must(uuid.NewV7()).String()+corruptExt)
+	if err := os.WriteFile(garbage, []byte("OWSPOOL\x09 from the future"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	r := replay(t, s)
+	assertCallbacks(t, r.cbs, cbs)
+	if _, err := os.Stat(aside); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the set-aside segment is still there: %v", err)
+	}
+	if _, err := os.Stat(garbage); err != nil {
+		t.Fatalf("an unreadable file was not kept aside: %v", err)
 	}
 }
 
@@ -350,10 +427,13 @@ func TestAppend(t *testing.T) {
 
 // writeSegment appends cbs to a fresh spool in dir and closes it, leaving one sealed
 // segment; it returns the segment's path.
+// writeSegment writes a sealed segment holding cbs, one batch (so one record) each.
 func writeSegment(t *testing.T, dir string, cbs []callback.Callback) string {
 	t.Helper()
 	s := open(t, dir)
-	mustAppend(t, s, cbs...)
+	for _, cb := range cbs {
+		mustAppend(t, s, cb)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -454,9 +534,12 @@ func TestReplay(t *testing.T) {
 		mustAppend(t, s, first...)
 		mustAppend(t, s, second...)
 		calls := 0
-		_, err := s.Replay(t.Context(), func(_ context.Context, _ uuid.UUID, cbs []callback.Callback) error {
+		_, err := s.Replay(t.Context(), func(_ context.Context, _ uuid.UUID, batches []callback.Batch) error {
 			calls++
-			assertCallbacks(t, cbs, first)
+			if len(batches) != 1 {
+				t.Fatalf("apply got %d batches, want 1", len(batches))
+			}
+			assertCallbacks(t, batches[0].Callbacks, first)
 			return errors.New("boom")
 		})
 		if err == nil || calls != 1 {
@@ -735,15 +818,21 @@ func TestOpen(t *testing.T) {
 func FuzzDecodeSegment(f *testing.F) {
 	var buf []byte
 	buf = append(buf, header[:]...)
-	for _, cb := range batch(3, 1, -5, math.MaxInt64) {
-		buf, _ = appendRecord(buf, &cb)
-	}
+	buf, _ = appendRecord(buf, uuid.Must(uuid.NewV7()), batch(3, 1, -5, math.MaxInt64))
+	buf, _ = appendRecord(buf, uuid.Must(uuid.NewV7()), batch(1))
 	f.Add(buf)
 	f.Add(buf[:len(buf)-3])
 	f.Add(header[:])
 	f.Add([]byte{})
+	var v1 []byte
+	v1 = append(v1, headerV1[:]...)
+	for _, cb := range batch(3, 1, -5, math.MaxInt64) {
+		v1 = appendRecordV1(v1, &cb)
+	}
+	f.Add(v1)
+	f.Add(v1[:len(v1)-3])
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cbs, good, err := decodeSegment(data)
+		batches, good, err := decodeSegment(data)
 		if err != nil {
 			return
 		}
@@ -751,13 +840,19 @@ func FuzzDecodeSegment(f *testing.F) {
 			t.Fatalf("good %d > len %d", good, len(data))
 		}
 		var again []byte
-		if len(cbs) > 0 {
-			again = append(again, header[:]...)
+		if len(batches) > 0 {
+			again = append(again, data[:headerSize]...)
 		}
-		for i := range cbs {
-			again, _ = appendRecord(again, &cbs[i])
+		for _, b := range batches {
+			if b.ID == uuid.Nil && data[headerSize-1] == 1 {
+				for i := range b.Callbacks {
+					again = appendRecordV1(again, &b.Callbacks[i])
+				}
+				continue
+			}
+			again, _ = appendRecord(again, b.ID, b.Callbacks)
 		}
-		if len(cbs) > 0 && !bytes.Equal(again, data[:good]) {
+		if len(batches) > 0 && !bytes.Equal(again, data[:good]) {
 			t.Fatalf("records do not re-encode to the bytes they came from")
 		}
 	})
@@ -770,13 +865,8 @@ func BenchmarkAppend(b *testing.B) {
 		ids[i] = 1_000_000 + int64(i)*37
 	}
 	cbs := batch(16, ids...)
-	var size int
-	for i := range cbs {
-		var buf []byte
-		buf, _ = appendRecord(buf, &cbs[i])
-		size += len(buf)
-	}
-	b.SetBytes(int64(size))
+	buf, _ := appendRecord(nil, uuid.Nil, cbs)
+	b.SetBytes(int64(len(buf)))
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := s.Append(cbs); err != nil {
@@ -816,4 +906,14 @@ func appendBytes(t *testing.T, path string, b []byte) {
 	if _, err := f.Write(b); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// appendRecordV1 appends cb as a version 1 record (one callback, no batch id), as
+// segments were written before batches had ids.
+func appendRecordV1(buf []byte, cb *callback.Callback) []byte {
+	start := len(buf)
+	buf = append(buf, make([]byte, recordHeaderSize)...)
+	buf = appendCallback(buf, cb)
+	sealRecord(buf[start:])
+	return buf
 }

@@ -7,11 +7,13 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/amacneil/dbmate/v2/pkg/dbmate"
 	_ "github.com/amacneil/dbmate/v2/pkg/driver/postgres" // dbmate's postgres driver
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/objwatch/callback/db"
 )
@@ -21,6 +23,12 @@ import (
 // advisory lock in the server's maintenance database (the target may not exist yet,
 // and advisory locks are per database), so exactly one runs dbmate at a time and the
 // others find nothing left to do.
+//
+// databaseURL may name several hosts (postgres://u@h1:p1,h2:p2/db?
+// target_session_attrs=read-write). dbmate's driver (lib/pq) reads such a URL wrongly
+// (each host with the default port appended), so pgx finds the host first, the
+// primary when the URL names several (see PoolConfig), and dbmate gets a URL of that
+// host alone. The lock is taken on that host, so it still guards what dbmate does.
 func Migrate(ctx context.Context, databaseURL string, log io.Writer) error {
 	target, err := url.Parse(databaseURL)
 	if err != nil {
@@ -30,10 +38,16 @@ func Migrate(ctx context.Context, databaseURL string, log io.Writer) error {
 	if dbName == "" {
 		return fmt.Errorf("database url names no database")
 	}
-
-	maint := *target
-	maint.Path = "/postgres"
-	conn, err := pgx.Connect(ctx, maint.String())
+	cfg, err := pgx.ParseConfig(databaseURL)
+	if err != nil {
+		return fmt.Errorf("parsing database url: %w", err)
+	}
+	maint := cfg.Copy()
+	maint.Database = "postgres"
+	if maint.ValidateConnect == nil && hostCount(maint) > 1 {
+		maint.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsReadWrite
+	}
+	conn, host, err := connectFirst(ctx, maint)
 	if err != nil {
 		return fmt.Errorf("connecting to maintenance database: %w", err)
 	}
@@ -45,7 +59,7 @@ func Migrate(ctx context.Context, databaseURL string, log io.Writer) error {
 	}
 	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", key) //nolint:errcheck // released with the connection anyway
 
-	m := dbmate.New(libpqURL(target))
+	m := dbmate.New(libpqURL(singleHost(target, host.Host, host.Port)))
 	m.FS = db.Migrations
 	m.MigrationsDir = []string{db.MigrationsDir}
 	m.AutoDumpSchema = false
@@ -54,6 +68,22 @@ func Migrate(ctx context.Context, databaseURL string, log io.Writer) error {
 		return fmt.Errorf("applying migrations: %w", err)
 	}
 	return nil
+}
+
+// singleHost is u with its hosts replaced by host:port (a Unix socket directory goes
+// into the host parameter, as libpq spells it).
+func singleHost(u *url.URL, host string, port uint16) *url.URL {
+	c := *u
+	if strings.HasPrefix(host, "/") {
+		q := c.Query()
+		q.Set("host", host)
+		q.Set("port", strconv.Itoa(int(port)))
+		c.RawQuery = q.Encode()
+		c.Host = ""
+		return &c
+	}
+	c.Host = net.JoinHostPort(host, strconv.Itoa(int(port)))
+	return &c
 }
 
 // createAndMigrate runs dbmate, turning its panics into errors: some of its helpers

@@ -13,29 +13,74 @@ import (
 // expiryLockKey names the advisory lock that makes one replica per tick run expiry.
 var expiryLockKey = lockKey("callback-expiry")
 
-// Expire deletes objects last seen before cutoff, if no other replica is doing it
-// right now (ran reports whether this one did). It also forgets spool replay records
-// older than forgetBefore.
-func (s *Store) Expire(ctx context.Context, cutoff, forgetBefore time.Time) (ran bool, deleted int64, err error) {
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		q := s.q.WithTx(tx)
-		locked, err := q.TryExpiryLock(ctx, expiryLockKey)
+// ExpireParams is one expiry tick's work.
+type ExpireParams struct {
+	// Objects last seen before ObjectsCutoff are deleted.
+	ObjectsCutoff time.Time
+	// Pending rows whose newest receipt is before PendingCutoff (the window's edge) are
+	// swept: their lookup could no longer write a row.
+	PendingCutoff time.Time
+	// Spool replay records older than ForgetBefore are forgotten.
+	ForgetBefore time.Time
+	// Chunk: rows per statement and transaction at most.
+	Chunk int
+}
+
+// ExpiryTick is what one Expire did.
+type ExpiryTick struct {
+	Ran     bool  // this replica held the expiry lock
+	Deleted int64 // objects rows
+	Swept   int64 // pending rows
+}
+
+// Expire runs one tick of expiry if no other replica is running one right now. It works
+// in chunks, each a transaction that takes the transaction-scoped expiry lock again,
+// until a chunk comes back short or ctx ends: after a long outage a large table may
+// hold a mass of expired rows, and one unbounded DELETE under a deadline could roll back
+// on every tick and never finish. What a chunk deleted stays deleted. Between chunks
+// another replica may take the lock; both deleting is harmless (SKIP LOCKED, and the
+// rows are gone either way).
+func (s *Store) Expire(ctx context.Context, p ExpireParams) (ExpiryTick, error) {
+	var e ExpiryTick
+	chunk := int32(max(p.Chunk, 1))
+	for first := true; ; first = false {
+		var objects, pending int64
+		locked := false
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			q := s.q.WithTx(tx)
+			var err error
+			if locked, err = q.TryExpiryLock(ctx, expiryLockKey); err != nil {
+				return fmt.Errorf("taking expiry lock: %w", err)
+			}
+			if !locked {
+				return nil
+			}
+			if objects, err = q.ExpireObjects(ctx, dbsqlc.ExpireObjectsParams{Cutoff: p.ObjectsCutoff, MaxRows: chunk}); err != nil {
+				return fmt.Errorf("deleting expired objects: %w", err)
+			}
+			if pending, err = q.SweepPending(ctx, dbsqlc.SweepPendingParams{Cutoff: p.PendingCutoff, MaxRows: chunk}); err != nil {
+				return fmt.Errorf("sweeping pending rows out of the window: %w", err)
+			}
+			if first {
+				if _, err := q.ForgetSpoolReplays(ctx, p.ForgetBefore); err != nil {
+					return fmt.Errorf("forgetting spool replays: %w", err)
+				}
+			}
+			return nil
+		})
 		if err != nil {
-			return fmt.Errorf("taking expiry lock: %w", err)
+			return e, err
 		}
 		if !locked {
-			return nil
+			return e, nil
 		}
-		ran = true
-		if deleted, err = q.ExpireObjects(ctx, cutoff); err != nil {
-			return fmt.Errorf("deleting expired objects: %w", err)
+		e.Ran = true
+		e.Deleted += objects
+		e.Swept += pending
+		if (objects < int64(chunk) && pending < int64(chunk)) || ctx.Err() != nil {
+			return e, nil
 		}
-		if _, err := q.ForgetSpoolReplays(ctx, forgetBefore); err != nil {
-			return fmt.Errorf("forgetting spool replays: %w", err)
-		}
-		return nil
-	})
-	return ran, deleted, err
+	}
 }
 
 // Object is one row of the objects table.

@@ -20,10 +20,12 @@ type Claim struct {
 	Token      uuid.UUID // proves the lease when completing
 }
 
-// ClaimDue leases up to max due objects for lease. All claims of one call share a token.
-func (s *Store) ClaimDue(ctx context.Context, max int, lease time.Duration) ([]Claim, error) {
+// ClaimDue leases up to max due objects for lease, newest receipt first, none whose
+// receipt is older than cutoff. All claims of one call share a token.
+func (s *Store) ClaimDue(ctx context.Context, max int, lease time.Duration, cutoff time.Time) ([]Claim, error) {
 	token := uuid.New()
 	rows, err := s.q.ClaimDue(ctx, dbsqlc.ClaimDueParams{
+		Cutoff:     cutoff,
 		MaxRows:    int32(max),
 		ClaimToken: token,
 		LeaseMs:    lease.Milliseconds(),

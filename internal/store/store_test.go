@@ -6,8 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
@@ -53,7 +55,7 @@ func merge(t *testing.T, s *store.Store) store.Merged {
 
 func claim(t *testing.T, s *store.Store, max int, lease time.Duration) map[int64]store.Claim {
 	t.Helper()
-	cs, err := s.ClaimDue(context.Background(), max, lease)
+	cs, err := s.ClaimDue(context.Background(), max, lease, t0.Add(-time.Hour)) // every receipt inside the window
 	require.NoError(t, err)
 	out := map[int64]store.Claim{}
 	for _, c := range cs {
@@ -75,6 +77,42 @@ func result(c store.Claim, o store.Outcome) store.Result {
 
 func TestMerge(t *testing.T) {
 	t.Parallel()
+
+	t.Run("a_pending_row_finished_during_the_merge_is_made_again", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		ctx := context.Background()
+		insert(t, s, callback.New(at(1), []int64{4}))
+		merge(t, s)
+		insert(t, s, callback.New(at(2), []int64{4}))
+
+		// A lookup result for the first receipt is being written: it holds the pending
+		// row, and will delete it (finished). The merge of the newer receipt, which saw
+		// the row in its snapshot, waits for it.
+		result, err := pool.Begin(ctx)
+		require.NoError(t, err)
+		defer result.Rollback(ctx) //nolint:errcheck
+		_, err = result.Exec(ctx, "SELECT 1 FROM pending WHERE object_id = 4 FOR UPDATE")
+		require.NoError(t, err)
+		merged := make(chan store.Merged, 1)
+		go func() {
+			m, err := s.MergeInbox(ctx, 10, 100)
+			assert.NoError(t, err)
+			merged <- m
+		}()
+		require.Eventually(t, func() bool {
+			var waiting bool
+			require.NoError(t, pool.QueryRow(ctx,
+				"SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock')").Scan(&waiting))
+			return waiting
+		}, 15*time.Second, 2*time.Millisecond)
+		_, err = result.Exec(ctx, "DELETE FROM pending WHERE object_id = 4")
+		require.NoError(t, err)
+		require.NoError(t, result.Commit(ctx))
+
+		require.Equal(t, int64(1), (<-merged).Changed)
+		require.Equal(t, map[int64]time.Time{4: at(2)}, pendingTable(t, pool), "the newer receipt still gets its lookup")
+	})
 
 	t.Run("coalesces_ids_keeping_the_newest_receipt", func(t *testing.T) {
 		t.Parallel()
@@ -167,6 +205,49 @@ func TestLookups(t *testing.T) {
 		require.Empty(t, objectsTable(t, pool))
 	})
 
+	t.Run("claims_the_newest_receipts_first", func(t *testing.T) {
+		t.Parallel()
+		s, _ := setup(t)
+		insert(t, s, callback.New(at(1), []int64{1}), callback.New(at(3), []int64{3}), callback.New(at(2), []int64{2}))
+		merge(t, s)
+		var order []int64
+		for range 3 {
+			for id := range claim(t, s, 1, time.Minute) {
+				order = append(order, id)
+			}
+		}
+		require.Equal(t, []int64{3, 2, 1}, order)
+	})
+
+	t.Run("a_newer_receipt_moves_a_waiting_row_up", func(t *testing.T) {
+		t.Parallel()
+		s, _ := setup(t)
+		insert(t, s, callback.New(at(1), []int64{1}), callback.New(at(5), []int64{2}))
+		merge(t, s)
+		insert(t, s, callback.New(at(9), []int64{1}))
+		merge(t, s)
+		first := claim(t, s, 1, time.Minute)
+		require.Contains(t, first, int64(1))
+		require.Equal(t, at(9), first[1].ReceivedAt.UTC())
+	})
+
+	t.Run("never_claims_a_receipt_past_the_window", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		insert(t, s, callback.New(at(1), []int64{1}), callback.New(at(5), []int64{2}))
+		merge(t, s)
+		cs, err := s.ClaimDue(context.Background(), 10, time.Minute, at(3))
+		require.NoError(t, err)
+		require.Len(t, cs, 1)
+		require.Equal(t, int64(2), cs[0].ObjectID)
+		require.Len(t, pendingTable(t, pool), 2, "left for the sweep, not claimed")
+
+		tk, err := s.Expire(context.Background(), store.ExpireParams{PendingCutoff: at(3), Chunk: 10})
+		require.NoError(t, err)
+		require.Equal(t, int64(1), tk.Swept)
+		require.Len(t, pendingTable(t, pool), 1, "the claimed row stays: its lease is live")
+	})
+
 	t.Run("claimed_rows_are_not_claimed_twice", func(t *testing.T) {
 		t.Parallel()
 		s, _ := setup(t)
@@ -195,7 +276,8 @@ func TestLookups(t *testing.T) {
 
 		done := complete(t, s, result(c[4], store.Online))
 		require.Equal(t, int64(1), done.Released)
-		require.Equal(t, map[int64]time.Time{4: at(1)}, objectsTable(t, pool), "the lookup answers for its own receipt")
+		require.Equal(t, map[int64]time.Time{4: at(2)}, objectsTable(t, pool),
+			"online: the row takes the newest receipt known, not the one the lookup was claimed for")
 
 		again := claim(t, s, 10, time.Minute)
 		require.Equal(t, at(2), again[4].ReceivedAt.UTC())
@@ -305,7 +387,8 @@ func TestExpire(t *testing.T) {
 		s, pool := setup(t)
 		_, err := pool.Exec(context.Background(), "INSERT INTO objects VALUES (1, $1), (2, $2), (3, $3)", at(0), at(10), at(20))
 		require.NoError(t, err)
-		ran, deleted, err := s.Expire(context.Background(), at(10), at(0))
+		tk, err := s.Expire(context.Background(), store.ExpireParams{ObjectsCutoff: at(10), ForgetBefore: at(0), Chunk: 100})
+		ran, deleted := tk.Ran, tk.Deleted
 		require.NoError(t, err)
 		require.True(t, ran)
 		require.Equal(t, int64(1), deleted)
@@ -327,7 +410,8 @@ func TestExpire(t *testing.T) {
 		require.NoError(t, other.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", store.ExpiryLockKey).Scan(&locked))
 		require.True(t, locked)
 
-		ran, deleted, err := s.Expire(ctx, at(10), at(0))
+		tk, err := s.Expire(ctx, store.ExpireParams{ObjectsCutoff: at(10), ForgetBefore: at(0), Chunk: 100})
+		ran, deleted := tk.Ran, tk.Deleted
 		require.NoError(t, err)
 		require.False(t, ran)
 		require.Zero(t, deleted)
@@ -335,7 +419,8 @@ func TestExpire(t *testing.T) {
 
 		// Its tick ends (or it dies): the next tick here takes over.
 		require.NoError(t, other.Rollback(ctx))
-		ran, deleted, err = s.Expire(ctx, at(10), at(0))
+		tk, err = s.Expire(ctx, store.ExpireParams{ObjectsCutoff: at(10), ForgetBefore: at(0), Chunk: 100})
+		ran, deleted = tk.Ran, tk.Deleted
 		require.NoError(t, err)
 		require.True(t, ran)
 		require.Equal(t, int64(1), deleted)
@@ -349,25 +434,126 @@ func TestReplaySegment(t *testing.T) {
 		t.Parallel()
 		s, pool := setup(t)
 		ctx := context.Background()
-		committed := callback.New(at(1), []int64{1})
-		insert(t, s, committed) // its reply was lost, so it was spooled as well
-		fresh := callback.New(at(2), []int64{2})
+		cb := callback.New(at(2), []int64{2})
 		segment := callback.New(at(0), nil).ID
+		batches := []callback.Batch{{ID: callback.New(at(2), nil).ID, Callbacks: []callback.Callback{cb}}}
 
-		n, err := s.ReplaySegment(ctx, segment, []callback.Callback{committed, fresh})
+		n, err := s.ReplaySegment(ctx, segment, batches)
 		require.NoError(t, err)
-		require.Equal(t, 2, n)
+		require.Equal(t, 1, n)
 
-		n, err = s.ReplaySegment(ctx, segment, []callback.Callback{committed, fresh})
+		n, err = s.ReplaySegment(ctx, segment, batches)
 		require.NoError(t, err)
 		require.Zero(t, n, "a segment already replayed is skipped")
 		inbox, err := s.Inbox(ctx)
 		require.NoError(t, err)
-		require.Equal(t, []callback.Callback{committed, committed, fresh}, inbox)
+		require.Equal(t, []callback.Callback{cb}, inbox)
+		require.Equal(t, store.Merged{Batches: 1, Callbacks: 1, Ids: 1, Changed: 1}, merge(t, s))
+		require.Equal(t, map[int64]time.Time{2: at(2)}, pendingTable(t, pool))
+	})
 
-		// The callback that is there twice merges as once.
-		require.Equal(t, store.Merged{Batches: 2, Callbacks: 3, Ids: 2, Changed: 2}, merge(t, s))
-		require.Equal(t, map[int64]time.Time{1: at(1), 2: at(2)}, pendingTable(t, pool))
+	// Issue 11, case 3: the committer's write timed out but committed, so the batch was
+	// spooled too, under the same id.
+	t.Run("a_batch_still_in_the_inbox_is_not_inserted_again", func(t *testing.T) {
+		t.Parallel()
+		s, _ := setup(t)
+		ctx := context.Background()
+		committed := callback.Batch{ID: callback.New(at(1), nil).ID, Callbacks: []callback.Callback{callback.New(at(1), []int64{1})}}
+		fresh := callback.Batch{ID: callback.New(at(2), nil).ID, Callbacks: []callback.Callback{callback.New(at(2), []int64{2})}}
+		require.NoError(t, s.InsertBatch(ctx, committed.ID, committed.Callbacks))
+
+		n, err := s.ReplaySegment(ctx, callback.New(at(3), nil).ID, []callback.Batch{committed, fresh})
+		require.NoError(t, err)
+		require.Equal(t, 1, n, "only the batch that was not in the inbox")
+		inbox, err := s.Inbox(ctx)
+		require.NoError(t, err)
+		require.Equal(t, append(committed.Callbacks, fresh.Callbacks...), inbox)
+	})
+
+	t.Run("a_batch_merged_and_looked_up_is_not_merged_again", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		ctx := context.Background()
+		b := callback.Batch{ID: callback.New(at(1), nil).ID, Callbacks: []callback.Callback{callback.New(at(1), []int64{1, 2})}}
+		require.NoError(t, s.InsertBatch(ctx, b.ID, b.Callbacks))
+		require.Equal(t, int64(2), merge(t, s).Ids)
+		cs := claim(t, s, 10, time.Minute)
+		complete(t, s, result(cs[1], store.Online), result(cs[2], store.Offline))
+		require.Empty(t, pendingTable(t, pool))
+		require.Equal(t, map[int64]time.Time{1: at(1)}, objectsTable(t, pool))
+
+		// The spooled copy, replayed late, and once more from a second segment (a
+		// replica that spooled it as well would do that).
+		for range 2 {
+			n, err := s.ReplaySegment(ctx, callback.New(at(5), nil).ID, []callback.Batch{b})
+			require.NoError(t, err)
+			require.Zero(t, n)
+			require.Equal(t, store.Merged{}, merge(t, s))
+			require.Empty(t, pendingTable(t, pool), "no lookup again")
+			require.Equal(t, map[int64]time.Time{1: at(1)}, objectsTable(t, pool))
+		}
+	})
+
+	// The merger has taken the inbox copy but not committed yet when the replay
+	// inserts: the insert waits for it on the primary key and then succeeds, and
+	// the replay must still drop the copy once it sees the merge committed.
+	t.Run("a_batch_being_merged_while_replayed_is_not_merged_again", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		ctx := context.Background()
+		b := callback.Batch{ID: callback.New(at(1), nil).ID, Callbacks: []callback.Callback{callback.New(at(1), []int64{1})}}
+		require.NoError(t, s.InsertBatch(ctx, b.ID, b.Callbacks))
+
+		// A merge pass in progress, as ClaimBatches and RememberMergedBatches leave it.
+		tx, err := pool.Begin(ctx)
+		require.NoError(t, err)
+		defer tx.Rollback(ctx)
+		_, err = tx.Exec(ctx, "DELETE FROM inbox_batches WHERE batch_id = $1", b.ID)
+		require.NoError(t, err)
+		_, err = tx.Exec(ctx, "INSERT INTO merged_batches (batch_id) VALUES ($1)", b.ID)
+		require.NoError(t, err)
+
+		done := make(chan error, 1)
+		go func() {
+			_, err := s.ReplaySegment(ctx, callback.New(at(5), nil).ID, []callback.Batch{b})
+			done <- err
+		}()
+		// Wait until the replay is blocked on the merge's row lock, then commit it.
+		require.Eventually(t, func() bool {
+			var waiting bool
+			err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+				WHERE datname = current_database() AND wait_event_type = 'Lock')`).Scan(&waiting)
+			return err == nil && waiting
+		}, 10*time.Second, 10*time.Millisecond)
+		require.NoError(t, tx.Commit(ctx))
+		require.NoError(t, <-done)
+
+		inbox, err := s.Inbox(ctx)
+		require.NoError(t, err)
+		require.Empty(t, inbox, "the replayed copy was dropped")
+	})
+
+	t.Run("forgotten_batches_are_replayed_again", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		ctx := context.Background()
+		now := time.Now()
+		old := callback.Batch{ID: uuidV7At(now.Add(-2 * time.Hour)), Callbacks: []callback.Callback{callback.New(at(1), []int64{1})}}
+		recent := callback.Batch{ID: uuidV7At(now.Add(-time.Minute)), Callbacks: []callback.Callback{callback.New(at(2), []int64{2})}}
+		for _, b := range []callback.Batch{old, recent} {
+			require.NoError(t, s.InsertBatch(ctx, b.ID, b.Callbacks))
+		}
+		merge(t, s)
+		_, err := pool.Exec(ctx, "DELETE FROM pending")
+		require.NoError(t, err)
+
+		n, err := s.ForgetMergedBatches(ctx, now.Add(-time.Hour))
+		require.NoError(t, err)
+		require.Equal(t, int64(1), n)
+		n2, err := s.ReplaySegment(ctx, callback.New(at(5), nil).ID, []callback.Batch{old, recent})
+		require.NoError(t, err)
+		require.Equal(t, 1, n2, "only the forgotten batch")
+		require.Equal(t, map[int64]time.Time{1: at(1)}, rows(t, pool, "SELECT 1::bigint, received_at FROM inbox_batches"))
 	})
 
 	t.Run("a_big_segment_becomes_bounded_batches", func(t *testing.T) {
@@ -385,7 +571,9 @@ func TestReplaySegment(t *testing.T) {
 		// Past the id bound: a callback alone over it is a batch of its own.
 		cbs = append(cbs, callback.New(at(5000), big), callback.New(at(5001), big[:10]), callback.New(at(5002), []int64{7}))
 
-		n, err := s.ReplaySegment(ctx, callback.New(at(0), nil).ID, cbs)
+		// A segment written before batches had ids: one batch without an id, cut to
+		// the bounds with new ids.
+		n, err := s.ReplaySegment(ctx, callback.New(at(0), nil).ID, []callback.Batch{{Callbacks: cbs}})
 		require.NoError(t, err)
 		require.Equal(t, len(cbs), n)
 		rs, err := pool.Query(ctx, "SELECT callbacks FROM inbox_batches ORDER BY received_at")
@@ -397,4 +585,14 @@ func TestReplaySegment(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, cbs, inbox)
 	})
+}
+
+// uuidV7At is a UUIDv7 minted at t.
+func uuidV7At(t time.Time) uuid.UUID {
+	u := uuid.Must(uuid.NewV7())
+	ms := uint64(t.UnixMilli())
+	for i := range 6 {
+		u[i] = byte(ms >> (40 - 8*i))
+	}
+	return u
 }

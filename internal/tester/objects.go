@@ -82,6 +82,13 @@ type ObjectConfig struct {
 	HangFor time.Duration
 	// Seed seeds the per-request draws of latency and faults.
 	Seed uint64
+	// Capacity, when positive, is how many lookups the service serves at once: a request
+	// that arrives while Capacity lookups are in progress is answered 503 at once, without
+	// the latency, with a Retry-After header of RetryAfter (whole seconds, at least 1),
+	// like a real service shedding load. 0: no limit.
+	Capacity int
+	// RetryAfter is the Retry-After of a rejection (default 1 s).
+	RetryAfter time.Duration
 }
 
 // DefaultObjectConfig is the original tester's object service.
@@ -91,6 +98,7 @@ func DefaultObjectConfig() ObjectConfig {
 		LatencyMax: 4299 * time.Millisecond,
 		Online:     OnlineParity,
 		HangFor:    2 * time.Minute,
+		RetryAfter: time.Second,
 	}
 }
 
@@ -104,6 +112,7 @@ type ObjectStats struct {
 	Malformed  int64 // injected malformed body
 	Drop       int64 // injected dropped connection
 	BadRequest int64 // 400: the path did not hold an id
+	Rejected   int64 // 503 at once: Capacity lookups were already in progress
 	// InFlight is the number of lookups being served now; MaxInFlight its peak.
 	InFlight, MaxInFlight int64
 	// Overlapping counts lookups that started while another lookup of the same id was
@@ -112,8 +121,14 @@ type ObjectStats struct {
 	Overlapping int64
 }
 
-// Total is the number of lookups that ended, whatever the outcome.
+// Total is the number of lookups that ended, whatever the outcome, rejections included.
 func (s ObjectStats) Total() int64 {
+	return s.Served() + s.Rejected
+}
+
+// Served is the number of lookups that ended after being admitted (not rejected for
+// capacity): the work the service actually did.
+func (s ObjectStats) Served() int64 {
 	return s.OK + s.Fail + s.Hang + s.Malformed + s.Drop + s.BadRequest
 }
 
@@ -128,7 +143,10 @@ type ObjectService struct {
 	closeOnce, hangsOnce sync.Once
 
 	ok, online, offline, fail, hang, malformed, drop, bad atomic.Int64
+	rejected                                              atomic.Int64
 	inFlight, maxInFlight, overlapping                    atomic.Int64
+	// admitted counts the lookups holding a slot of Capacity.
+	admitted atomic.Int64
 
 	mu      sync.Mutex
 	pending map[int64]int // id -> lookups in latency phase
@@ -141,6 +159,12 @@ func NewObjectService(cfg ObjectConfig) (*ObjectService, error) {
 	}
 	if cfg.HangFor <= 0 {
 		cfg.HangFor = 2 * time.Minute
+	}
+	if cfg.RetryAfter <= 0 {
+		cfg.RetryAfter = time.Second
+	}
+	if cfg.Capacity < 0 {
+		return nil, fmt.Errorf("capacity %d: want 0 (no limit) or more", cfg.Capacity)
 	}
 	if cfg.LatencyMin < 0 || cfg.LatencyMax < cfg.LatencyMin {
 		return nil, fmt.Errorf("latency range %v..%v: want 0 <= min <= max", cfg.LatencyMin, cfg.LatencyMax)
@@ -189,13 +213,25 @@ func (o *ObjectService) Stats() ObjectStats {
 	return ObjectStats{
 		OK: o.ok.Load(), Online: o.online.Load(), Offline: o.offline.Load(),
 		Fail: o.fail.Load(), Hang: o.hang.Load(), Malformed: o.malformed.Load(),
-		Drop: o.drop.Load(), BadRequest: o.bad.Load(),
+		Drop: o.drop.Load(), BadRequest: o.bad.Load(), Rejected: o.rejected.Load(),
 		InFlight: o.inFlight.Load(), MaxInFlight: o.maxInFlight.Load(),
 		Overlapping: o.overlapping.Load(),
 	}
 }
 
 func (o *ObjectService) lookup(w http.ResponseWriter, r *http.Request) {
+	if c := o.cfg.Capacity; c > 0 {
+		// Take a slot first and give it back if there was none: a check-then-add would let
+		// a burst of concurrent requests all pass the check.
+		if o.admitted.Add(1) > int64(c) {
+			o.admitted.Add(-1)
+			o.rejected.Add(1)
+			w.Header().Set("Retry-After", strconv.FormatInt(int64(max(time.Second, o.cfg.RetryAfter.Round(time.Second))/time.Second), 10))
+			writeJSON(w, http.StatusServiceUnavailable, `{"error":"over capacity"}`)
+			return
+		}
+		defer o.admitted.Add(-1)
+	}
 	n := o.inFlight.Add(1)
 	defer o.inFlight.Add(-1)
 	for {

@@ -125,6 +125,99 @@ func TestObjectService(t *testing.T) {
 	})
 }
 
+func TestCapacity(t *testing.T) {
+	t.Parallel()
+
+	// holdTwo fills a capacity of 2 with lookups that wait until Close.
+	holdTwo := func(t *testing.T, cfg ObjectConfig) (*ObjectService, string, *sync.WaitGroup) {
+		t.Helper()
+		cfg.Capacity = 2
+		cfg.LatencyMin, cfg.LatencyMax = time.Hour, time.Hour // ended by Close
+		o, url, _ := setupObjects(t, cfg)
+		var wg sync.WaitGroup
+		for _, id := range []string{"2", "4"} {
+			wg.Go(func() { _, _, _ = get(t, context.Background(), url+"/objects/"+id) })
+		}
+		eventually(t, func() bool { return o.Stats().InFlight == 2 })
+		return o, url, &wg
+	}
+
+	t.Run("answers_503_with_retry_after_beyond_capacity_without_the_latency", func(t *testing.T) {
+		t.Parallel()
+		o, url, wg := holdTwo(t, fastObjects())
+		// The latency is an hour: an answer at all proves the rejection skipped it. (The
+		// timeout only stops a broken test from hanging.)
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		resp, body, err := get(t, ctx, url+"/objects/6")
+		require.NoError(t, err)
+		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+		require.Equal(t, "1", resp.Header.Get("Retry-After"))
+		require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+		require.Contains(t, string(body), "capacity")
+		st := o.Stats()
+		require.Equal(t, int64(1), st.Rejected)
+		require.Equal(t, int64(2), st.InFlight, "a rejection holds no slot")
+		o.Close()
+		wg.Wait()
+		st = o.Stats()
+		require.Equal(t, int64(2), st.OK)
+		require.Equal(t, int64(2), st.Served())
+		require.Equal(t, int64(3), st.Total())
+	})
+
+	t.Run("serves_again_once_a_slot_is_free", func(t *testing.T) {
+		t.Parallel()
+		o, url, wg := holdTwo(t, fastObjects())
+		o.Close() // ends both waits; later lookups answer at once
+		wg.Wait()
+		for range 3 {
+			resp, _, err := get(t, t.Context(), url+"/objects/8")
+			require.NoError(t, err)
+			require.Equal(t, http.StatusOK, resp.StatusCode)
+		}
+		require.Equal(t, int64(0), o.Stats().Rejected)
+	})
+
+	t.Run("says_the_configured_retry_after_in_whole_seconds", func(t *testing.T) {
+		t.Parallel()
+		cfg := fastObjects()
+		cfg.RetryAfter = 3 * time.Second
+		_, url, _ := holdTwo(t, cfg)
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		resp, _, err := get(t, ctx, url+"/objects/6")
+		require.NoError(t, err)
+		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+		require.Equal(t, "3", resp.Header.Get("Retry-After"))
+	})
+
+	t.Run("never_admits_more_than_capacity_at_once", func(t *testing.T) {
+		t.Parallel()
+		cfg := fastObjects()
+		cfg.Capacity = 5
+		cfg.LatencyMin, cfg.LatencyMax = 2*time.Millisecond, 5*time.Millisecond
+		o, url, _ := setupObjects(t, cfg)
+		var wg sync.WaitGroup
+		for i := range 40 {
+			wg.Go(func() { _, _, _ = get(t, context.Background(), url+"/objects/"+strconv.Itoa(i)) })
+		}
+		wg.Wait()
+		st := o.Stats()
+		require.LessOrEqual(t, st.MaxInFlight, int64(5))
+		require.Equal(t, int64(40), st.Total())
+		require.Equal(t, st.OK, st.Served())
+	})
+
+	t.Run("refuses_a_negative_capacity", func(t *testing.T) {
+		t.Parallel()
+		cfg := fastObjects()
+		cfg.Capacity = -1
+		_, err := NewObjectService(cfg)
+		require.Error(t, err)
+	})
+}
+
 func TestLatencyStaysInsideItsBounds(t *testing.T) {
 	t.Parallel()
 	cfg := fastObjects()

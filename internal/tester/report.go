@@ -33,8 +33,8 @@ func ProgressLine(s *Sender, o *ObjectService) string {
 	}
 	if o != nil {
 		st := o.Stats()
-		parts = append(parts, fmt.Sprintf("lookups ok=%d 500=%d hang=%d malformed=%d drop=%d bad=%d inflight=%d",
-			st.OK, st.Fail, st.Hang, st.Malformed, st.Drop, st.BadRequest, st.InFlight))
+		parts = append(parts, fmt.Sprintf("lookups ok=%d 500=%d hang=%d malformed=%d drop=%d bad=%d rejected=%d inflight=%d",
+			st.OK, st.Fail, st.Hang, st.Malformed, st.Drop, st.BadRequest, st.Rejected, st.InFlight))
 	}
 	return strings.Join(parts, " | ")
 }
@@ -55,9 +55,9 @@ func Summary(w io.Writer, s *Sender, o *ObjectService) {
 	}
 	if o != nil {
 		st := o.Stats()
-		fmt.Fprintf(w, "lookups: %d served: ok %d (online %d, offline %d), 500 %d, hang %d, malformed %d, drop %d, bad request %d; peak in flight %d; overlapping %d\n",
-			st.Total(), st.OK, st.Online, st.Offline, st.Fail, st.Hang, st.Malformed, st.Drop, st.BadRequest,
-			st.MaxInFlight, st.Overlapping)
+		fmt.Fprintf(w, "lookups: %d served: ok %d (online %d, offline %d), 500 %d, hang %d, malformed %d, drop %d, bad request %d; rejected for capacity %d (%.1f%% of %d requests); peak in flight %d; overlapping %d\n",
+			st.Served(), st.OK, st.Online, st.Offline, st.Fail, st.Hang, st.Malformed, st.Drop, st.BadRequest,
+			st.Rejected, percent(st.Rejected, st.Total()), st.Total(), st.MaxInFlight, st.Overlapping)
 	}
 }
 
@@ -75,6 +75,13 @@ func byStatus(m map[int]int64) string {
 		parts[i] = fmt.Sprintf("%d: %d", c, m[c])
 	}
 	return " (" + strings.Join(parts, ", ") + ")"
+}
+
+func percent(n, of int64) float64 {
+	if of == 0 {
+		return 0
+	}
+	return 100 * float64(n) / float64(of)
 }
 
 func perSecond(n int64, d time.Duration) float64 {

@@ -12,11 +12,12 @@ import (
 )
 
 type InboxBatch struct {
-	BatchID    uuid.UUID
-	ReceivedAt time.Time
-	Callbacks  int32
-	Ids        int32
-	Data       []byte
+	BatchID        uuid.UUID
+	ReceivedAt     time.Time
+	Callbacks      int32
+	Ids            int32
+	Data           []byte
+	LastReceivedAt time.Time
 }
 
 type InboxQuarantine struct {
@@ -27,6 +28,11 @@ type InboxQuarantine struct {
 	Data          []byte
 	Error         string
 	QuarantinedAt time.Time
+}
+
+type MergedBatch struct {
+	BatchID  uuid.UUID
+	MergedAt time.Time
 }
 
 type Object struct {

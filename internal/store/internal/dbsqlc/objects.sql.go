@@ -15,15 +15,25 @@ DELETE FROM objects
 WHERE id IN (
     SELECT o.id FROM objects o
     WHERE o.last_seen < $1
+    ORDER BY o.last_seen
+    LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
 `
 
+type ExpireObjectsParams struct {
+	Cutoff  time.Time
+	MaxRows int32
+}
+
+// At most max_rows rows per call, oldest first: after a long outage a large table may
+// hold many expired rows, and one unbounded DELETE under a deadline could roll back on
+// every tick and never finish. The caller loops while chunks come back full.
 // SKIP LOCKED: a row that is locked right now is being refreshed or written by a lookup
 // result; expiry never waits (so it is never part of a deadlock) and the next tick,
 // one second later, takes the row if it is still old.
-func (q *Queries) ExpireObjects(ctx context.Context, cutoff time.Time) (int64, error) {
-	result, err := q.db.Exec(ctx, expireObjects, cutoff)
+func (q *Queries) ExpireObjects(ctx context.Context, arg ExpireObjectsParams) (int64, error) {
+	result, err := q.db.Exec(ctx, expireObjects, arg.Cutoff, arg.MaxRows)
 	if err != nil {
 		return 0, err
 	}
@@ -94,7 +104,7 @@ type ListObjectsNewestParams struct {
 	MaxRows    int32
 }
 
-// Keyset paging, newest first: the next page starts after (@before_seen, @before_id).
+// Keyset paging, newest first: the next page starts after (before_seen, before_id).
 func (q *Queries) ListObjectsNewest(ctx context.Context, arg ListObjectsNewestParams) ([]Object, error) {
 	rows, err := q.db.Query(ctx, listObjectsNewest,
 		arg.BeforeSeen,
@@ -113,6 +123,34 @@ func (q *Queries) ListObjectsNewest(ctx context.Context, arg ListObjectsNewestPa
 			return nil, err
 		}
 		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const onlineIDs = `-- name: OnlineIDs :many
+SELECT id FROM objects
+`
+
+// Every object online now, for a merge pass that has more ids than it can make pending:
+// it refreshes those of the rest that are online (RefreshObjects) without a lookup. An
+// index-only scan of objects_pkey; the table holds what lookups could afford, not the
+// id space.
+func (q *Queries) OnlineIDs(ctx context.Context) ([]int64, error) {
+	rows, err := q.db.Query(ctx, onlineIDs)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []int64{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err

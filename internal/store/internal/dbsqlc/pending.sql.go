@@ -20,18 +20,19 @@ SET claim_token         = arg.claim_token,
     attempts            = p.attempts + 1
 FROM (
     SELECT d.object_id FROM pending d
-    WHERE d.due_at <= now()
-    ORDER BY d.due_at
-    LIMIT $1
+    WHERE d.due_at <= now() AND d.received_at >= $1
+    ORDER BY d.due_at DESC
+    LIMIT $2
     FOR UPDATE SKIP LOCKED
 ) due, (
-    SELECT $2::uuid AS claim_token, $3::bigint AS lease_ms
+    SELECT $3::uuid AS claim_token, $4::bigint AS lease_ms
 ) arg
 WHERE p.object_id = due.object_id
 RETURNING p.object_id, p.received_at, p.attempts
 `
 
 type ClaimDueParams struct {
+	Cutoff     time.Time
 	MaxRows    int32
 	ClaimToken uuid.UUID
 	LeaseMs    int64
@@ -43,12 +44,23 @@ type ClaimDueRow struct {
 	Attempts   int32
 }
 
-// Claims up to max_rows due rows for one lookup each. SKIP LOCKED: claimers never wait
-// for each other or for the merger. The lease is due_at itself: moving it to
-// now() + lease means a row whose worker dies becomes due again when the lease runs out.
-// The index on due_at serves both the WHERE and the ORDER BY.
+// Claims up to max_rows due rows for one lookup each, NEWEST receipt first: due_at is
+// the row's priority (its newest receipt while it waits; see the migration
+// 20261202000001), and the scan walks pending_due_at_idx backwards from now(). With no
+// backlog every due row is taken and the order does not matter; under a backlog the
+// receipts furthest from leaving the window are looked up first (adaptive LIFO).
+// A row whose receipt already left the window (cutoff, service clock) is never
+// claimed: the sweep deletes it (SweepPending), so no claim loop spins on dead work.
+// SKIP LOCKED: claimers never wait for each other or for the merger. The lease is
+// due_at itself: moving it to now() + lease means a row whose worker dies becomes due
+// again when the lease runs out.
 func (q *Queries) ClaimDue(ctx context.Context, arg ClaimDueParams) ([]ClaimDueRow, error) {
-	rows, err := q.db.Query(ctx, claimDue, arg.MaxRows, arg.ClaimToken, arg.LeaseMs)
+	rows, err := q.db.Query(ctx, claimDue,
+		arg.Cutoff,
+		arg.MaxRows,
+		arg.ClaimToken,
+		arg.LeaseMs,
+	)
 	if err != nil {
 		return nil, err
 	}
@@ -81,8 +93,8 @@ WITH result AS (
     FOR UPDATE OF p
 ), upserted AS (
     INSERT INTO objects (id, last_seen)
-    SELECT owned.object_id, owned.claimed_received_at FROM owned
-    WHERE owned.outcome = 'online' AND owned.claimed_received_at >= $5::timestamptz
+    SELECT owned.object_id, owned.received_at FROM owned
+    WHERE owned.outcome = 'online' AND owned.received_at >= $5::timestamptz
     ORDER BY owned.object_id
     ON CONFLICT (id) DO UPDATE
         SET last_seen = greatest(objects.last_seen, excluded.last_seen)
@@ -142,12 +154,17 @@ type CompleteLookupsRow struct {
 //
 // outcome: 'online' | 'offline' | 'failed' | 'expired'.
 //
-//	online   upsert the object; last_seen never moves backwards. Not if the receipt
-//	         is older than @cutoff (now - the expiry window, the service's clock): a
-//	         lookup that ends after its receipt left the window must not write a row
-//	         that is already expired and would outlive the window until the next tick.
+//	online   upsert the object with the NEWEST receipt known for it (owned.received_at,
+//	         which a callback merged while the lookup ran may have moved past the one
+//	         the lookup was claimed for): otherwise the row would carry the older
+//	         receipt until the extra lookup below returns, and could expire in between
+//	         although the object was named since. last_seen never moves backwards. Not
+//	         if that receipt is older than cutoff (now - the expiry window, the
+//	         service's clock): a lookup that ends after its receipt left the window
+//	         must not write a row that is already expired and would outlive the window
+//	         until the next tick.
 //	offline  delete the object: this lookup is the latest fetched status.
-//	failed   release the row, due again after @retry_after_ms (backoff, chosen by the caller).
+//	failed   release the row, due again after retry_after_ms (backoff, chosen by the caller).
 //	expired  the receipt left the window before the lookup: drop it unless a newer
 //	         receipt arrived.
 //
@@ -209,4 +226,34 @@ func (q *Queries) QueueStats(ctx context.Context, now time.Time) (QueueStatsRow,
 		&i.ObjectsRows,
 	)
 	return i, err
+}
+
+const sweepPending = `-- name: SweepPending :one
+WITH stale AS (
+    SELECT d.object_id FROM pending d
+    WHERE d.due_at < $1 AND d.received_at < $1
+    ORDER BY d.due_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), swept AS (
+    DELETE FROM pending p
+    WHERE p.object_id IN (SELECT stale.object_id FROM stale)
+    RETURNING p.object_id
+)
+SELECT count(*)::bigint AS swept FROM swept
+`
+
+type SweepPendingParams struct {
+	Cutoff  time.Time
+	MaxRows int32
+}
+
+// Pending rows whose newest receipt left the window and that no live lease holds
+// (due_at, the lease's end or the receipt, is past the cutoff too): their lookup could
+// not write a row any more. At most max_rows per call, oldest first, SKIP LOCKED.
+func (q *Queries) SweepPending(ctx context.Context, arg SweepPendingParams) (int64, error) {
+	row := q.db.QueryRow(ctx, sweepPending, arg.Cutoff, arg.MaxRows)
+	var swept int64
+	err := row.Scan(&swept)
+	return swept, err
 }

@@ -1,4 +1,4 @@
-package main
+package devpg
 
 import (
 	"cmp"
@@ -16,8 +16,8 @@ import (
 // serverBinaries must all sit in one directory for it to count as a server install.
 var serverBinaries = []string{"initdb", "pg_ctl", "postgres"}
 
-// errNoBinaries is returned when no PostgreSQL server installation is found.
-var errNoBinaries = errors.New("no PostgreSQL server binaries (initdb, pg_ctl, postgres) found " +
+// ErrNoBinaries is returned when no PostgreSQL server installation is found.
+var ErrNoBinaries = errors.New("no PostgreSQL server binaries (initdb, pg_ctl, postgres) found " +
 	"and no server answers: install PostgreSQL (Debian: apt-get install postgresql-15), " +
 	"start one yourself and set DATABASE_URL, or use `docker compose up`")
 
@@ -107,17 +107,17 @@ func findBinDir(candidates []string, isExecutable func(path string) bool, want s
 	}
 	if len(others) > 0 {
 		return "", fmt.Errorf("%w: the data directory was made by PostgreSQL %s, and only %s is installed",
-			errWrongVersion, want, strings.Join(others, ", "))
+			ErrWrongVersion, want, strings.Join(others, ", "))
 	}
-	return "", errNoBinaries
+	return "", ErrNoBinaries
 }
 
-// errWrongVersion: a data directory can only be started by its own major version.
-var errWrongVersion = errors.New("no PostgreSQL server of the data directory's version")
+// ErrWrongVersion: a data directory can only be started by its own major version.
+var ErrWrongVersion = errors.New("no PostgreSQL server of the data directory's version")
 
-// discoverBinDir looks on this machine for server binaries of major version want ("":
+// DiscoverBinDir looks on this machine for server binaries of major version want ("":
 // any).
-func discoverBinDir(ctx context.Context, want string) (string, error) {
+func DiscoverBinDir(ctx context.Context, want string) (string, error) {
 	var pgConfigDir string
 	if out, err := exec.CommandContext(ctx, "pg_config", "--bindir").Output(); err == nil {
 		pgConfigDir = strings.TrimSpace(string(out))

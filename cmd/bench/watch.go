@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/objwatch/callback/internal/tester"
+)
+
+// point is one sample of a running service, its database and its object service.
+type point struct {
+	at          float64 // seconds since the watch started
+	rows        int     // rows in objects
+	tracked     int     // of rows, those of the tracked (normal) traffic
+	problems    int     // settled differences for the tracked traffic; -1: not checked
+	inboxOldest float64 // seconds: the oldest unmerged receipt
+	pending     int64   // rows in pending
+	dbMB        float64 // pg_database_size
+	rssMiB      float64 // the service's VmRSS
+	limit       float64 // callback_lookup_limit (0 when the service does not export it)
+	inFlight    float64 // callback_lookups_in_flight
+	objInFlight int64   // lookups the object service is serving
+	served      int64   // object service, cumulative: admitted lookups that ended
+	rejected    int64   // object service, cumulative: 503 for capacity
+}
+
+// watch samples a service every period until stopped. check, if set, gets every read of
+// the objects table and returns the number of rows it tracks and the problems it found.
+type watch struct {
+	svc   *service
+	obj   *tester.ObjectService
+	start time.Time
+	check func(now time.Time, rows []tester.Row) (tracked, problems int)
+
+	mu     sync.Mutex
+	points []point
+	stop   func()
+}
+
+func (b *bench) watch(svc *service, obj *tester.ObjectService, check func(time.Time, []tester.Row) (int, int)) *watch {
+	w := &watch{svc: svc, obj: obj, start: time.Now(), check: check}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	w.stop = func() { cancel(); wg.Wait() }
+	wg.Go(func() {
+		t := time.NewTicker(b.sampleEvery)
+		defer t.Stop()
+		for {
+			p := w.sample(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			w.mu.Lock()
+			w.points = append(w.points, p)
+			w.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
+	return w
+}
+
+// sample takes one point. A query that fails leaves its field at zero: a swamped
+// database must not end the measurement of how swamped it is.
+func (w *watch) sample(ctx context.Context) point {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	p := point{at: time.Since(w.start).Seconds(), problems: -1}
+	now := time.Now()
+	if rows, err := tester.ReadObjects(ctx, w.svc.pool); err == nil {
+		p.rows = len(rows)
+		if w.check != nil {
+			p.tracked, p.problems = w.check(now, rows)
+		}
+	}
+	p.inboxOldest, _ = w.svc.inboxOldest(ctx)
+	_ = w.svc.pool.QueryRow(ctx, "SELECT count(*) FROM pending").Scan(&p.pending)
+	var size int64
+	if err := w.svc.pool.QueryRow(ctx, "SELECT pg_database_size(current_database())").Scan(&size); err == nil {
+		p.dbMB = float64(size) / (1 << 20)
+	}
+	p.rssMiB = w.svc.rss()
+	if m, err := w.svc.metrics(); err == nil {
+		p.limit = m["callback_lookup_limit"]
+		p.inFlight = m["callback_lookups_in_flight"]
+	}
+	if w.obj != nil {
+		st := w.obj.Stats()
+		p.objInFlight, p.served, p.rejected = st.InFlight, st.Served(), st.Rejected
+	}
+	return p
+}
+
+// done stops sampling and returns the points.
+func (w *watch) done() []point {
+	w.stop()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.points
+}
+
+// between is the points with from <= at < to (seconds since the watch started).
+func between(ps []point, from, to float64) []point {
+	var out []point
+	for _, p := range ps {
+		if p.at >= from && p.at < to {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// settled counts the differences between the table and the tracked traffic, leaving out
+// every id named in the last settle (its lookup may still be in flight: one slowest
+// lookup plus a merge pass) and judging the other rows only by the contract's rules for
+// rows nobody tracked: online, and not older than the window. With settle 0 it is
+// tester.Diff over the tracked ids.
+func settled(records map[int64]tester.SendRecord, tracked func(id int64) bool, rows []tester.Row,
+	now time.Time, window, settle time.Duration, online tester.OnlineRule) (present, problems int) {
+	recent := now.Add(-settle)
+	expected := make(map[int64]tester.Expectation, len(records))
+	skip := map[int64]bool{}
+	for id, r := range records {
+		if settle > 0 && r.Maybe.After(recent) {
+			skip[id] = true
+			continue
+		}
+		expected[id] = tester.Expectation{SendRecord: r, Online: online(id)}
+	}
+	var mine []tester.Row
+	for _, r := range rows {
+		switch {
+		case skip[r.ID]:
+		case tracked(r.ID):
+			mine = append(mine, r)
+		case !online(r.ID) || now.Sub(r.LastSeen) > window+tester.ExpiryGrace:
+			problems++
+		}
+	}
+	return len(mine), problems + len(tester.Diff(expected, mine, now, window))
+}
