@@ -39,6 +39,11 @@
 // reached 0.92 with 0.1% rejected, and 56 lookups/s where this one had 4,000 in flight
 // after 13 s.
 //
+// End to end, the service with its default settings against `tester -capacity 1000`
+// (0.3-4.3 s) and 2,000 ids/s from 20,000 objects: 408 lookups/s over 45 s, 0.94 of
+// the bound of 1000 / 2.3 s, with 0.1% of requests rejected; against no limit the same
+// load was exact (`-verify`) with the limit at about 9,500 and 3,400 in flight.
+//
 // The limiter is a pure function of the samples it is fed (times come with them), so
 // that table tests can drive it exactly. It does not count lookups in flight: its user
 // does, and passes the count with each sample.
