@@ -76,7 +76,7 @@ func serviceBinary(t *testing.T) string {
 
 // settingNames are the service's environment variables: the parent's values of these
 // never leak into a subprocess.
-var settingNames = []string{"DATABASE_URL", "LISTEN_ADDR", "OBJECTS_URL", "EXPIRE_AFTER", "FETCH_CONCURRENCY",
+var settingNames = []string{"DATABASE_URL", "LISTEN_ADDR", "OBJECTS_URL", "EXPIRE_AFTER", "FETCH_MIN_CONCURRENCY", "FETCH_CONCURRENCY",
 	"FETCH_TIMEOUT", "LEASE", "SPOOL_DIR", "MAX_BODY_BYTES", "MAX_IDS", "BODY_TIMEOUT", "CALLBACK_TOKEN",
 	"DB_MAX_CONNS", "COMMIT_TIMEOUT", "SHUTDOWN_TIMEOUT", "STATUS_INTERVAL", "LOG_FORMAT", "LOG_LEVEL", "PPROF_ADDR"}
 

@@ -35,7 +35,7 @@ func setup(t *testing.T) *fixture {
 // config is short enough that retries, polls and timeouts take milliseconds.
 func config() fetch.Config {
 	return fetch.Config{
-		Concurrency: 16, MaxClaim: 16, Timeout: 200 * time.Millisecond, Lease: 2 * time.Second,
+		MinConcurrency: 16, Concurrency: 16, MaxClaim: 16, Timeout: 200 * time.Millisecond, Lease: 2 * time.Second,
 		ExpireAfter: time.Minute, PollInterval: 5 * time.Millisecond,
 		FlushInterval: time.Millisecond, FlushSize: 64,
 		BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond, ShutdownGrace: 20 * time.Millisecond,
@@ -57,7 +57,15 @@ func (f *fixture) receive(t *testing.T, ids []int64, at ...time.Time) {
 // start runs a fetcher until stop (or the end of the test); stop returns once Run has.
 func (f *fixture) start(t *testing.T, cfg fetch.Config, lookup fetch.LookupFunc) (stop func()) {
 	t.Helper()
-	fetcher := fetch.New(cfg, f.store, lookup, slog.New(slog.DiscardHandler), f.m)
+	_, stop = f.run(t, cfg, lookup)
+	return stop
+}
+
+// run is start that also returns the fetcher.
+func (f *fixture) run(t *testing.T, cfg fetch.Config, lookup fetch.LookupFunc) (fetcher *fetch.Fetcher, stop func()) {
+	t.Helper()
+	fetcher, err := fetch.New(cfg, f.store, lookup, slog.New(slog.DiscardHandler), f.m)
+	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- fetcher.Run(ctx) }()
@@ -69,7 +77,7 @@ func (f *fixture) start(t *testing.T, cfg fetch.Config, lookup fetch.LookupFunc)
 		})
 	}
 	t.Cleanup(stop)
-	return stop
+	return fetcher, stop
 }
 
 // objects reads the objects table.
@@ -91,18 +99,8 @@ func (f *fixture) settle(t *testing.T) {
 	eventually(t, func() bool { return f.pending(t) == 0 }, "pending work never drained")
 }
 
-// eventually polls cond: a wait for a state, never an assertion about time. The
-// deadline only turns a hang into a failure.
-func eventually(t *testing.T, cond func() bool, msg string) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal(msg)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
+// eventually is the package's one wait for a state (see its internal tests).
+var eventually = fetch.Eventually
 
 // objectService is a fake object service. LookupFunc gets the 1-based number of this
 // lookup of id. It counts lookups per id and fails the test if one id is ever looked

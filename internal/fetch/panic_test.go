@@ -75,11 +75,14 @@ func TestLookupPanicIsRecoveredCountedAndRetried(t *testing.T) {
 	}
 	m := metrics.New()
 	cfg := Config{
-		Concurrency: 4, MaxClaim: 4, Timeout: time.Second, Lease: 3 * time.Second, ExpireAfter: time.Minute,
+		MinConcurrency: 4, Concurrency: 4, MaxClaim: 4, Timeout: time.Second, Lease: 3 * time.Second, ExpireAfter: time.Minute,
 		PollInterval: 5 * time.Millisecond, FlushInterval: time.Millisecond, FlushSize: 16,
 		BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond, ShutdownGrace: 100 * time.Millisecond,
 	}
-	f := New(cfg, st, lookup, slog.New(slog.DiscardHandler), m)
+	f, err := New(cfg, st, lookup, slog.New(slog.DiscardHandler), m)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- f.Run(ctx) }()

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,6 +72,19 @@ func TestLookup(t *testing.T) {
 	}
 }
 
+// The connection buffers are small (see New): a header line longer than them must still
+// be read whole.
+func TestLookup_headerLongerThanTheBuffers(t *testing.T) {
+	t.Parallel()
+	c := setup(t, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("X-Padding", strings.Repeat("x", 8<<10))
+		_, _ = io.WriteString(w, `{"id":7,"online":true}`)
+	})
+	online, err := c.Lookup(context.Background(), 7)
+	require.NoError(t, err)
+	require.True(t, online)
+}
+
 func TestLookup_asksForTheObjectByPath(t *testing.T) {
 	t.Parallel()
 	paths := make(chan string, 1)
@@ -108,4 +122,43 @@ func TestLookup_unreachableServiceIsAnError(t *testing.T) {
 	srv.Close() // nothing listens there any more
 	_, err := objectsvc.New(url, 1).Lookup(context.Background(), 7)
 	require.Error(t, err)
+}
+
+func TestLookup_statusErrorSaysRejectedAndRetryAfter(t *testing.T) {
+	t.Parallel()
+	date := time.Now().Add(90 * time.Second).UTC().Format(http.TimeFormat)
+	tests := []struct {
+		name         string
+		status       int
+		retryAfter   string
+		wantRejected bool
+		wantMin      time.Duration // RetryAfter within [wantMin, wantMax]
+		wantMax      time.Duration
+	}{
+		{name: "503_with_seconds", status: 503, retryAfter: "3", wantRejected: true, wantMin: 3 * time.Second, wantMax: 3 * time.Second},
+		{name: "429_with_http_date", status: 429, retryAfter: date, wantRejected: true, wantMin: 80 * time.Second, wantMax: 90 * time.Second},
+		{name: "503_without_retry_after", status: 503, wantRejected: true},
+		{name: "503_with_garbage_retry_after", status: 503, retryAfter: "soon", wantRejected: true},
+		{name: "503_with_past_date", status: 503, retryAfter: "Wed, 21 Oct 2015 07:28:00 GMT", wantRejected: true},
+		{name: "503_with_negative_seconds", status: 503, retryAfter: "-5", wantRejected: true},
+		{name: "500_is_a_failure_not_a_rejection", status: 500, retryAfter: "3", wantMin: 3 * time.Second, wantMax: 3 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := setup(t, func(w http.ResponseWriter, _ *http.Request) {
+				if tt.retryAfter != "" {
+					w.Header().Set("Retry-After", tt.retryAfter)
+				}
+				w.WriteHeader(tt.status)
+			})
+			_, err := c.Lookup(context.Background(), 7)
+			var se *objectsvc.StatusError
+			require.ErrorAs(t, err, &se)
+			require.Equal(t, tt.status, se.Code)
+			require.Equal(t, tt.wantRejected, se.Rejected())
+			require.GreaterOrEqual(t, se.Wait(), tt.wantMin)
+			require.LessOrEqual(t, se.Wait(), tt.wantMax)
+		})
+	}
 }

@@ -8,31 +8,34 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/objwatch/callback/internal/fetch"
 )
 
 // config is everything the service reads from its environment, with the matching
 // flags: a flag wins over its variable. Each field's default is the documented one.
 type config struct {
-	DatabaseURL      string
-	ListenAddr       string
-	ObjectsURL       string
-	ExpireAfter      time.Duration
-	FetchConcurrency int
-	FetchTimeout     time.Duration
-	MaxPending       int
-	Lease            time.Duration
-	SpoolDir         string
-	MaxBodyBytes     int64
-	MaxIDs           int
-	BodyTimeout      time.Duration
-	CallbackToken    string
-	DBMaxConns       int
-	CommitTimeout    time.Duration
-	ShutdownTimeout  time.Duration
-	StatusInterval   time.Duration
-	LogFormat        string
-	LogLevel         string
-	PprofAddr        string
+	DatabaseURL         string
+	ListenAddr          string
+	ObjectsURL          string
+	ExpireAfter         time.Duration
+	FetchMinConcurrency int
+	FetchConcurrency    int
+	FetchTimeout        time.Duration
+	MaxPending          int
+	Lease               time.Duration
+	SpoolDir            string
+	MaxBodyBytes        int64
+	MaxIDs              int
+	BodyTimeout         time.Duration
+	CallbackToken       string
+	DBMaxConns          int
+	CommitTimeout       time.Duration
+	ShutdownTimeout     time.Duration
+	StatusInterval      time.Duration
+	LogFormat           string
+	LogLevel            string
+	PprofAddr           string
 }
 
 type setting struct {
@@ -47,7 +50,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		{"LISTEN_ADDR", "listen-addr", ":9090", "HTTP listen address", str(&c.ListenAddr)},
 		{"OBJECTS_URL", "objects-url", "http://localhost:9010", "object service base URL", urlValue(&c.ObjectsURL)},
 		{"EXPIRE_AFTER", "expire-after", "30s", "delete objects not named by a callback for this long", duration(&c.ExpireAfter)},
-		{"FETCH_CONCURRENCY", "fetch-concurrency", "512", "object service lookups in flight at most", positiveInt(&c.FetchConcurrency)},
+		{"FETCH_MIN_CONCURRENCY", "fetch-min-concurrency", strconv.Itoa(fetch.MinConcurrencyDefault), "floor of the adaptive limit of lookups in flight (where it starts)", positiveInt(&c.FetchMinConcurrency)},
+		{"FETCH_CONCURRENCY", "fetch-concurrency", strconv.Itoa(fetch.ConcurrencyDefault), "ceiling of the adaptive limit of lookups in flight (and of keep-alive connections)", positiveInt(&c.FetchConcurrency)},
 		{"FETCH_TIMEOUT", "fetch-timeout", "5s", "timeout of one lookup", duration(&c.FetchTimeout)},
 		{"MAX_PENDING", "max-pending", "262144", "objects waiting for a lookup at most; newer ids beyond it are dropped (counted) while lookups cannot keep up", positiveInt(&c.MaxPending)},
 		{"LEASE", "lease", "15s", "how long a claimed lookup is reserved; must exceed FETCH_TIMEOUT by 1s", duration(&c.Lease)},
@@ -89,10 +93,23 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 			return config{}, fmt.Errorf("invalid %s (from %s) %q: %w", s.env, from, v, err)
 		}
 	}
-	if c.Lease < c.FetchTimeout+time.Second {
-		return config{}, fmt.Errorf("invalid LEASE %v: must exceed FETCH_TIMEOUT (%v) by at least 1s", c.Lease, c.FetchTimeout)
+	if getenv("FETCH_MIN_CONCURRENCY") == "" && !set["fetch-min-concurrency"] {
+		// A ceiling set below the default floor is a fixed limit, not an error.
+		c.FetchMinConcurrency = min(c.FetchMinConcurrency, c.FetchConcurrency)
+	}
+	if err := c.fetchConfig().Validate(); err != nil {
+		return config{}, fmt.Errorf("invalid FETCH_MIN_CONCURRENCY, FETCH_CONCURRENCY, FETCH_TIMEOUT or LEASE: %w", err)
 	}
 	return c, nil
+}
+
+// fetchConfig is the fetcher's configuration: its defaults, with what the environment
+// sets. Its Validate is the one check of these settings together.
+func (c config) fetchConfig() fetch.Config {
+	f := fetch.DefaultConfig()
+	f.MinConcurrency, f.Concurrency = c.FetchMinConcurrency, c.FetchConcurrency
+	f.Timeout, f.Lease, f.ExpireAfter = c.FetchTimeout, c.Lease, c.ExpireAfter
+	return f
 }
 
 func str(p *string) func(string) error { return func(v string) error { *p = v; return nil } }

@@ -25,74 +25,77 @@ func TestParseConfig_defaults(t *testing.T) {
 	got, err := setup(t, nil, nil)
 	require.NoError(t, err)
 	require.Equal(t, config{
-		DatabaseURL:      "postgres://postgres@127.0.0.1:5432/callback?sslmode=disable",
-		ListenAddr:       ":9090",
-		ObjectsURL:       "http://localhost:9010",
-		ExpireAfter:      30 * time.Second,
-		FetchConcurrency: 512,
-		FetchTimeout:     5 * time.Second,
-		MaxPending:       262144,
-		Lease:            15 * time.Second,
-		SpoolDir:         "spool",
-		MaxBodyBytes:     1 << 20,
-		MaxIDs:           10000,
-		BodyTimeout:      time.Second,
-		CallbackToken:    "",
-		DBMaxConns:       16,
-		CommitTimeout:    400 * time.Millisecond,
-		ShutdownTimeout:  10 * time.Second,
-		StatusInterval:   5 * time.Second,
-		LogFormat:        "auto",
-		LogLevel:         "info",
-		PprofAddr:        "",
+		DatabaseURL:         "postgres://postgres@127.0.0.1:5432/callback?sslmode=disable",
+		ListenAddr:          ":9090",
+		ObjectsURL:          "http://localhost:9010",
+		ExpireAfter:         30 * time.Second,
+		FetchMinConcurrency: 128,
+		FetchConcurrency:    10000,
+		FetchTimeout:        5 * time.Second,
+		MaxPending:          262144,
+		Lease:               15 * time.Second,
+		SpoolDir:            "spool",
+		MaxBodyBytes:        1 << 20,
+		MaxIDs:              10000,
+		BodyTimeout:         time.Second,
+		CallbackToken:       "",
+		DBMaxConns:          16,
+		CommitTimeout:       400 * time.Millisecond,
+		ShutdownTimeout:     10 * time.Second,
+		StatusInterval:      5 * time.Second,
+		LogFormat:           "auto",
+		LogLevel:            "info",
+		PprofAddr:           "",
 	}, got)
 }
 
 func TestParseConfig_readsEnvironment(t *testing.T) {
 	t.Parallel()
 	got, err := setup(t, nil, map[string]string{
-		"DATABASE_URL":      "postgres://u@db:5433/x",
-		"LISTEN_ADDR":       "127.0.0.1:8080",
-		"OBJECTS_URL":       "https://objects.example:9443",
-		"EXPIRE_AFTER":      "3s",
-		"FETCH_CONCURRENCY": "64",
-		"FETCH_TIMEOUT":     "2s",
-		"LEASE":             "4s",
-		"SPOOL_DIR":         "/var/spool/cb",
-		"MAX_BODY_BYTES":    "2048",
-		"MAX_IDS":           "50",
-		"BODY_TIMEOUT":      "250ms",
-		"CALLBACK_TOKEN":    "s3cret",
-		"DB_MAX_CONNS":      "4",
-		"COMMIT_TIMEOUT":    "1s",
-		"SHUTDOWN_TIMEOUT":  "3s",
-		"STATUS_INTERVAL":   "0",
-		"LOG_FORMAT":        "json",
-		"LOG_LEVEL":         "debug",
-		"PPROF_ADDR":        "127.0.0.1:6060",
+		"DATABASE_URL":          "postgres://u@db:5433/x",
+		"LISTEN_ADDR":           "127.0.0.1:8080",
+		"OBJECTS_URL":           "https://objects.example:9443",
+		"EXPIRE_AFTER":          "3s",
+		"FETCH_MIN_CONCURRENCY": "32",
+		"FETCH_CONCURRENCY":     "64",
+		"FETCH_TIMEOUT":         "2s",
+		"LEASE":                 "4s",
+		"SPOOL_DIR":             "/var/spool/cb",
+		"MAX_BODY_BYTES":        "2048",
+		"MAX_IDS":               "50",
+		"BODY_TIMEOUT":          "250ms",
+		"CALLBACK_TOKEN":        "s3cret",
+		"DB_MAX_CONNS":          "4",
+		"COMMIT_TIMEOUT":        "1s",
+		"SHUTDOWN_TIMEOUT":      "3s",
+		"STATUS_INTERVAL":       "0",
+		"LOG_FORMAT":            "json",
+		"LOG_LEVEL":             "debug",
+		"PPROF_ADDR":            "127.0.0.1:6060",
 	})
 	require.NoError(t, err)
 	require.Equal(t, config{
-		DatabaseURL:      "postgres://u@db:5433/x",
-		ListenAddr:       "127.0.0.1:8080",
-		ObjectsURL:       "https://objects.example:9443",
-		ExpireAfter:      3 * time.Second,
-		FetchConcurrency: 64,
-		FetchTimeout:     2 * time.Second,
-		MaxPending:       262144,
-		Lease:            4 * time.Second,
-		SpoolDir:         "/var/spool/cb",
-		MaxBodyBytes:     2048,
-		MaxIDs:           50,
-		BodyTimeout:      250 * time.Millisecond,
-		CallbackToken:    "s3cret",
-		DBMaxConns:       4,
-		CommitTimeout:    time.Second,
-		ShutdownTimeout:  3 * time.Second,
-		StatusInterval:   0,
-		LogFormat:        "json",
-		LogLevel:         "debug",
-		PprofAddr:        "127.0.0.1:6060",
+		DatabaseURL:         "postgres://u@db:5433/x",
+		ListenAddr:          "127.0.0.1:8080",
+		ObjectsURL:          "https://objects.example:9443",
+		ExpireAfter:         3 * time.Second,
+		FetchMinConcurrency: 32,
+		FetchConcurrency:    64,
+		FetchTimeout:        2 * time.Second,
+		MaxPending:          262144,
+		Lease:               4 * time.Second,
+		SpoolDir:            "/var/spool/cb",
+		MaxBodyBytes:        2048,
+		MaxIDs:              50,
+		BodyTimeout:         250 * time.Millisecond,
+		CallbackToken:       "s3cret",
+		DBMaxConns:          4,
+		CommitTimeout:       time.Second,
+		ShutdownTimeout:     3 * time.Second,
+		StatusInterval:      0,
+		LogFormat:           "json",
+		LogLevel:            "debug",
+		PprofAddr:           "127.0.0.1:6060",
 	}, got)
 }
 
@@ -100,7 +103,7 @@ func TestParseConfig_flagOverridesEnvironment(t *testing.T) {
 	t.Parallel()
 	got, err := setup(t,
 		[]string{"-expire-after=5s", "-fetch-concurrency", "8", "--listen-addr=:1234", "-callback-token="},
-		map[string]string{"EXPIRE_AFTER": "3s", "FETCH_CONCURRENCY": "64", "LISTEN_ADDR": ":9999", "MAX_IDS": "7", "CALLBACK_TOKEN": "from-env"})
+		map[string]string{"EXPIRE_AFTER": "3s", "FETCH_MIN_CONCURRENCY": "4", "FETCH_CONCURRENCY": "64", "LISTEN_ADDR": ":9999", "MAX_IDS": "7", "CALLBACK_TOKEN": "from-env"})
 	require.NoError(t, err)
 	require.Equal(t, 5*time.Second, got.ExpireAfter)
 	require.Equal(t, 8, got.FetchConcurrency)
@@ -131,6 +134,8 @@ func TestParseConfig_rejectsInvalidValues(t *testing.T) {
 		{name: "expire_after_not_a_duration", env: map[string]string{"EXPIRE_AFTER": "30"}, want: []string{"EXPIRE_AFTER", `"30"`}},
 		{name: "expire_after_zero", env: map[string]string{"EXPIRE_AFTER": "0s"}, want: []string{"EXPIRE_AFTER", "positive"}},
 		{name: "expire_after_negative", env: map[string]string{"EXPIRE_AFTER": "-1s"}, want: []string{"EXPIRE_AFTER", "positive"}},
+		{name: "fetch_concurrency_below_its_floor", env: map[string]string{"FETCH_MIN_CONCURRENCY": "200", "FETCH_CONCURRENCY": "100"}, want: []string{"FETCH_CONCURRENCY", "floor"}},
+		{name: "fetch_min_concurrency_zero", env: map[string]string{"FETCH_MIN_CONCURRENCY": "0"}, want: []string{"FETCH_MIN_CONCURRENCY", "at least 1"}},
 		{name: "fetch_concurrency_zero", env: map[string]string{"FETCH_CONCURRENCY": "0"}, want: []string{"FETCH_CONCURRENCY", "at least 1"}},
 		{name: "fetch_concurrency_not_a_number", env: map[string]string{"FETCH_CONCURRENCY": "many"}, want: []string{"FETCH_CONCURRENCY"}},
 		{name: "fetch_timeout_zero", env: map[string]string{"FETCH_TIMEOUT": "0"}, want: []string{"FETCH_TIMEOUT"}},
@@ -162,6 +167,14 @@ func TestParseConfig_rejectsInvalidValues(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestParseConfig_fetchConcurrencyBelowTheDefaultFloorIsAFixedLimit(t *testing.T) {
+	t.Parallel()
+	got, err := setup(t, nil, map[string]string{"FETCH_CONCURRENCY": "64"})
+	require.NoError(t, err)
+	require.Equal(t, 64, got.FetchMinConcurrency)
+	require.Equal(t, 64, got.FetchConcurrency)
 }
 
 func TestParseConfig_leaseJustOverFetchTimeoutIsValid(t *testing.T) {

@@ -69,9 +69,10 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	lookups := objectsvc.New(cfg.ObjectsURL, cfg.FetchConcurrency)
 	defer lookups.CloseIdle()
-	fcfg := fetch.DefaultConfig()
-	fcfg.Concurrency, fcfg.Timeout, fcfg.Lease, fcfg.ExpireAfter = cfg.FetchConcurrency, cfg.FetchTimeout, cfg.Lease, cfg.ExpireAfter
-	fetcher := fetch.New(fcfg, db, lookups.Lookup, log, m)
+	fetcher, err := fetch.New(cfg.fetchConfig(), db, lookups.Lookup, log, m)
+	if err != nil {
+		return err // parseConfig validated it
+	}
 	mcfg := merge.DefaultConfig()
 	mcfg.MaxPending, mcfg.ExpireAfter = cfg.MaxPending, cfg.ExpireAfter
 	merger := merge.New(mcfg, db, log, m, fetcher.Wake)
@@ -102,7 +103,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("listening on LISTEN_ADDR %q: %w", cfg.ListenAddr, err)
 	}
 	log.Info("callback service listening", "addr", ln.Addr().String(), "objects_url", cfg.ObjectsURL,
-		"expire_after", cfg.ExpireAfter, "fetch_concurrency", cfg.FetchConcurrency, "spool_dir", cfg.SpoolDir)
+		"expire_after", cfg.ExpireAfter, "fetch_concurrency", fmt.Sprintf("%d..%d", cfg.FetchMinConcurrency, cfg.FetchConcurrency), "spool_dir", cfg.SpoolDir)
 
 	// Three lifetimes, ended in this order at shutdown: the HTTP server (no new
 	// callbacks), the committer (writes out what was accepted), the workers (hand back
