@@ -58,6 +58,9 @@ func DefaultConfig() Config {
 		Interval: 100 * time.Millisecond, Rest: 1}
 }
 
+// passTimeout bounds one pass; see Pass.
+const passTimeout = 10 * time.Second
+
 // maxRest bounds the rest after one slow pass (a loaded machine, a lock wait): the
 // merger must come back well within the window.
 const maxRest = 2 * time.Second
@@ -144,9 +147,11 @@ func (m *Merger) waitOrWake(ctx context.Context, d time.Duration) {
 
 // Pass runs one merge.
 func (m *Merger) Pass(ctx context.Context) (store.Merged, error) {
-	// Bounded, so that a connection that stops answering cannot hold the loop for
-	// minutes; a full pass takes tens of milliseconds.
-	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	// Bounded, so that a connection that stops answering (a primary that vanished from
+	// the network: no reset, no error, until TCP gives up minutes later) holds merging
+	// up for seconds, not the window. A pass is bounded by MaxDistinct to a second or
+	// two even on a loaded machine.
+	pctx, cancel := context.WithTimeout(ctx, passTimeout)
 	defer cancel()
 	p := store.MergeParams{MaxBatches: m.cfg.MaxBatches, MaxIDs: m.cfg.MaxIDs, MaxDistinct: m.cfg.MaxDistinct,
 		MaxNew: m.cfg.MaxNew, MaxPending: m.cfg.MaxPending}
