@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -161,4 +163,71 @@ func TestLookup_statusErrorSaysRejectedAndRetryAfter(t *testing.T) {
 			require.LessOrEqual(t, se.Wait(), tt.wantMax)
 		})
 	}
+}
+
+// counting serves handler and counts the connections clients opened to it.
+func counting(t *testing.T, handler http.HandlerFunc) (*objectsvc.Client, *httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(handler)
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c := objectsvc.New(srv.URL, 4)
+	t.Cleanup(c.CloseIdle)
+	return c, srv, &conns
+}
+
+func TestLookup_reusesKeepAliveConnections(t *testing.T) {
+	t.Parallel()
+	c, _, conns := counting(t, answer(http.StatusOK, `{"id":1,"online":true}`))
+	for range 20 {
+		online, err := c.Lookup(context.Background(), 1)
+		require.NoError(t, err)
+		require.True(t, online)
+	}
+	require.Equal(t, int64(1), conns.Load(), "one connection for lookups one after another")
+}
+
+func TestLookup_connectionClosedWhileIdleIsRedialled(t *testing.T) {
+	t.Parallel()
+	c, srv, conns := counting(t, answer(http.StatusOK, `{"id":1,"online":true}`))
+	_, err := c.Lookup(context.Background(), 1)
+	require.NoError(t, err)
+	srv.CloseClientConnections() // the server drops its idle keep-alive connection
+	online, err := c.Lookup(context.Background(), 1)
+	require.NoError(t, err, "a GET on a connection the server closed is sent again on a new one")
+	require.True(t, online)
+	require.Equal(t, int64(2), conns.Load())
+}
+
+func TestLookup_connectionCloseIsHonoured(t *testing.T) {
+	t.Parallel()
+	c, _, conns := counting(t, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Connection", "close")
+		_, _ = io.WriteString(w, `{"id":1,"online":false}`)
+	})
+	for range 3 {
+		online, err := c.Lookup(context.Background(), 1)
+		require.NoError(t, err)
+		require.False(t, online)
+	}
+	require.Equal(t, int64(3), conns.Load())
+}
+
+func TestLookup_cancellationEndsAWaitingLookup(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	defer close(release)
+	c := setup(t, func(http.ResponseWriter, *http.Request) { <-release })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { _, err := c.Lookup(ctx, 1); done <- err }()
+	cancel()
+	err := <-done
+	require.ErrorIs(t, err, context.Canceled)
 }
