@@ -129,3 +129,21 @@ SELECT
         AS pending_oldest_seconds,
     (SELECT count(*) FROM objects)::bigint AS objects_rows
 FROM (SELECT @now::timestamptz AS now) arg;
+
+-- name: EvictPending :one
+-- Newest first when pending is full: up to max_rows waiting rows (not claimed, not
+-- backing off) whose newest receipt is older than older_than are deleted, oldest
+-- first, to make room for newer receipts. Under a flood this keeps pending the newest
+-- work, not the first work that filled it. SKIP LOCKED: never waits, so never deadlocks.
+WITH victims AS (
+    SELECT d.object_id FROM pending d
+    WHERE d.due_at <= now() AND d.claim_token IS NULL AND d.received_at < @older_than
+    ORDER BY d.due_at
+    LIMIT @max_rows
+    FOR UPDATE SKIP LOCKED
+), evicted AS (
+    DELETE FROM pending p
+    WHERE p.object_id IN (SELECT victims.object_id FROM victims)
+    RETURNING p.object_id
+)
+SELECT count(*)::bigint AS evicted FROM evicted;

@@ -49,12 +49,13 @@ type Config struct {
 // It offers the first 128k distinct ids, newest batches first, to pending (MaxDistinct):
 // with ids from a small space that is all of them, coalesced into few rows; with fresh
 // ids from a huge space the rest are dropped for capacity, since lookups could not use
-// them, and the pass stays under a second of Postgres. It makes at most 32k ids pending
-// (MaxNew): several seconds of lookups at the highest limit. MaxPending (256k) is about
+// them, and the pass stays under a second of Postgres. It makes at most 8k ids pending
+// (MaxNew): about two seconds of lookups at the highest limit, and when pending is full
+// it evicts as many older waiting rows for them, so that pending holds the newest work. MaxPending (256k) is about
 // twice what that limit (10,000 in flight at the object service's mean 2.3 s) can look
 // up within a 30 s window. The rest after a pass is capped at maxRest.
 func DefaultConfig() Config {
-	return Config{MaxBatches: 16384, MaxIDs: 1 << 22, MaxDistinct: 1 << 17, MaxNew: 1 << 15, MaxPending: 1 << 18, ExpireAfter: 30 * time.Second,
+	return Config{MaxBatches: 16384, MaxIDs: 1 << 22, MaxDistinct: 1 << 17, MaxNew: 1 << 13, MaxPending: 1 << 18, ExpireAfter: 30 * time.Second,
 		Interval: 100 * time.Millisecond, Rest: 1}
 }
 
@@ -168,6 +169,7 @@ func (m *Merger) Pass(ctx context.Context) (store.Merged, error) {
 	m.metrics.Dropped.WithLabelValues("inbox", "expired").Add(float64(n.StaleBatchIDs))
 	m.metrics.Dropped.WithLabelValues("merge", "expired").Add(float64(n.StaleIDs))
 	m.metrics.Dropped.WithLabelValues("merge", "capacity").Add(float64(n.NoRoom))
+	m.metrics.Dropped.WithLabelValues("pending", "capacity").Add(float64(n.Evicted))
 	for _, q := range n.Quarantined {
 		// Every one is logged: each is callbacks that a human has to look at.
 		m.metrics.Quarantined.Inc()

@@ -324,3 +324,23 @@ func TestPass_pastTheDistinctBoundOnlyRefreshes(t *testing.T) {
 	require.Equal(t, 1.0, metrics.Sum(f.m.Dropped.WithLabelValues("merge", "capacity")))
 	require.Zero(t, f.count(t, "inbox_batches"))
 }
+
+func TestPass_fullPendingMakesRoomForNewerWork(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	f.insert(t, callback.New(at(0), []int64{1}), callback.New(at(1), []int64{2}), callback.New(at(50), []int64{3}))
+	_, err := f.store.MergeInbox(context.Background(), 100, 1<<20)
+	require.NoError(t, err)
+	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 3, MaxNew: 2, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
+
+	// Pending is full. A pass of newer receipts evicts the oldest waiting rows older
+	// than its own receipts, two at most (MaxNew); id 3, named after the pass's oldest
+	// receipt, stays.
+	f.insert(t, callback.New(at(10), []int64{5}), callback.New(at(11), []int64{6}), callback.New(at(12), []int64{7}))
+	n, err := m.Pass(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, int64(2), n.Evicted)
+	require.Equal(t, map[int64]time.Time{3: at(50), 7: at(12), 6: at(11)}, f.pending(t))
+	require.Equal(t, 2.0, metrics.Sum(f.m.Dropped.WithLabelValues("pending", "capacity")))
+	require.Equal(t, 1.0, metrics.Sum(f.m.Dropped.WithLabelValues("merge", "capacity")))
+}

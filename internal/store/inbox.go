@@ -227,8 +227,10 @@ type MergeParams struct {
 	// MaxNew: ids not pending yet that one pass makes pending, at most (0: no bound
 	// but MaxPending). Lookups take a few thousand a second; more would only wait.
 	MaxNew int
-	// MaxPending bounds the pending rows the pass leaves: ids not pending yet beyond it
-	// are dropped for capacity, the newest receipts kept. 0: no bound.
+	// MaxPending bounds the pending rows the pass leaves: when they are that many,
+	// waiting rows with receipts older than the pass's are evicted to make room for up
+	// to MaxNew newer ones, and ids beyond that are dropped for capacity, the newest
+	// receipts kept. 0: no bound.
 	MaxPending int
 	// Cutoff: receipts older than this left the window and are dropped, whole batches
 	// unread. Zero: none is.
@@ -250,6 +252,9 @@ type Merged struct {
 	StaleBatches, StaleCallbacks, StaleBatchIDs int64
 	StaleIDs                                    int64
 	NoRoom                                      int64
+	// Evicted: waiting pending rows with older receipts deleted to make room for this
+	// pass's newer ones.
+	Evicted int64
 
 	// Quarantined: batches that could not be decoded, moved to inbox_quarantine.
 	Quarantined []Quarantined
@@ -405,7 +410,24 @@ func (s *Store) Merge(ctx context.Context, p MergeParams) (Merged, error) {
 			if err != nil {
 				return fmt.Errorf("counting pending rows: %w", err)
 			}
-			maxNew = min(maxNew, max(int64(p.MaxPending)-n, 0))
+			room := max(int64(p.MaxPending)-n, 0)
+			if room < maxNew {
+				// Full: older waiting work makes room for this pass's, which is newer
+				// than anything waiting from before it (newest batches first).
+				oldest := times[0]
+				for _, t := range times {
+					if t.Before(oldest) {
+						oldest = t
+					}
+				}
+				e, err := q.EvictPending(ctx, dbsqlc.EvictPendingParams{OlderThan: oldest, MaxRows: int32(maxNew - room)})
+				if err != nil {
+					return fmt.Errorf("evicting older pending rows: %w", err)
+				}
+				m.Evicted = e
+				room += e
+			}
+			maxNew = min(maxNew, room)
 		}
 		r, err := q.MergePending(ctx, dbsqlc.MergePendingParams{Ids: ids, ReceivedAts: times, MaxNew: int32(maxNew)})
 		if err != nil {

@@ -189,6 +189,37 @@ func (q *Queries) CompleteLookups(ctx context.Context, arg CompleteLookupsParams
 	return i, err
 }
 
+const evictPending = `-- name: EvictPending :one
+WITH victims AS (
+    SELECT d.object_id FROM pending d
+    WHERE d.due_at <= now() AND d.claim_token IS NULL AND d.received_at < $1
+    ORDER BY d.due_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), evicted AS (
+    DELETE FROM pending p
+    WHERE p.object_id IN (SELECT victims.object_id FROM victims)
+    RETURNING p.object_id
+)
+SELECT count(*)::bigint AS evicted FROM evicted
+`
+
+type EvictPendingParams struct {
+	OlderThan time.Time
+	MaxRows   int32
+}
+
+// Newest first when pending is full: up to max_rows waiting rows (not claimed, not
+// backing off) whose newest receipt is older than older_than are deleted, oldest
+// first, to make room for newer receipts. Under a flood this keeps pending the newest
+// work, not the first work that filled it. SKIP LOCKED: never waits, so never deadlocks.
+func (q *Queries) EvictPending(ctx context.Context, arg EvictPendingParams) (int64, error) {
+	row := q.db.QueryRow(ctx, evictPending, arg.OlderThan, arg.MaxRows)
+	var evicted int64
+	err := row.Scan(&evicted)
+	return evicted, err
+}
+
 const queueStats = `-- name: QueueStats :one
 SELECT
     coalesce((SELECT sum(callbacks) FROM inbox_batches), 0)::bigint AS inbox_callbacks,
