@@ -125,8 +125,12 @@ ON CONFLICT (batch_id) DO NOTHING;
 -- reply path.
 --
 -- Objects already pending (known, as of the statement's snapshot) always take the newer
--- receipt, and move up the queue: due_at is the priority (migration 20261202000001),
--- and greatest() keeps a lease or a backoff, both in the future. Objects not pending
+-- receipt, and move up the queue: due_at is the priority (migration 20261202000001). A
+-- lease or a backoff (both in the future) is kept, and so is a priority less than 5 s
+-- behind the new receipt: due_at is indexed, received_at is not, so an update that
+-- leaves due_at alone is HOT (no index entries, a third of the WAL). With ids from a
+-- small space every pass renames most pending rows; newest first to within 5 s is
+-- plenty, and the reply path's commits share that WAL. Objects not pending
 -- yet are inserted up to max_new (the caller passes the room left under its bound on
 -- pending rows, CountPending), newest receipts first; the rest are dropped here for
 -- capacity (counted by the caller). Rows past the bound would only wait, leave the
@@ -157,7 +161,8 @@ WITH merged AS (
     ORDER BY chosen.id
     ON CONFLICT (object_id) DO UPDATE
         SET received_at = excluded.received_at,
-            due_at      = greatest(pending.due_at, excluded.received_at)
+            due_at      = CASE WHEN pending.due_at < excluded.received_at - interval '5 seconds'
+                               THEN excluded.received_at ELSE pending.due_at END
         WHERE pending.received_at < excluded.received_at
     RETURNING pending.object_id
 )
