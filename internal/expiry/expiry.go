@@ -75,5 +75,8 @@ func (e *Expirer) Tick(ctx context.Context) (ran bool, deleted int64) {
 	}
 	e.errs.Recovered(ctx, "expire", "expiry works again")
 	e.metrics.RowsExpired.Add(float64(deleted))
+	if ran {
+		e.metrics.ExpiryLastRun.Set(float64(now.Unix()))
+	}
 	return ran, deleted
 }

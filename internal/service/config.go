@@ -28,6 +28,7 @@ type config struct {
 	DBMaxConns       int
 	CommitTimeout    time.Duration
 	ShutdownTimeout  time.Duration
+	ShutdownDrain    time.Duration
 	StatusInterval   time.Duration
 	LogFormat        string
 	LogLevel         string
@@ -56,7 +57,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		{"CALLBACK_TOKEN", "callback-token", "", "if set, POST /callback requires Authorization: Bearer <token>", str(&c.CallbackToken)},
 		{"DB_MAX_CONNS", "db-max-conns", "16", "Postgres connections at most", positiveInt(&c.DBMaxConns)},
 		{"COMMIT_TIMEOUT", "commit-timeout", "400ms", "a durable write slower than this goes to the spool instead", duration(&c.CommitTimeout)},
-		{"SHUTDOWN_TIMEOUT", "shutdown-timeout", "10s", "on SIGTERM, exit within this long", duration(&c.ShutdownTimeout)},
+		{"SHUTDOWN_DRAIN", "shutdown-drain", "5s", "on SIGTERM, keep serving this long with /readyz at 503 before closing the listener (0: close at once)", durationOrZero(&c.ShutdownDrain)},
+		{"SHUTDOWN_TIMEOUT", "shutdown-timeout", "10s", "after the drain, exit within this long", duration(&c.ShutdownTimeout)},
 		{"STATUS_INTERVAL", "status-interval", "5s", "log a one-line status this often (0: never)", durationOrZero(&c.StatusInterval)},
 		{"LOG_FORMAT", "log-format", "auto", "json, text, or auto (text on a terminal)", oneOf(&c.LogFormat, "auto", "json", "text")},
 		{"LOG_LEVEL", "log-level", "info", "debug, info, warn or error", oneOf(&c.LogLevel, "debug", "info", "warn", "error")},
