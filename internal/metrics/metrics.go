@@ -16,6 +16,7 @@ type Metrics struct {
 	CallbacksAccepted prometheus.Counter
 	CallbacksRejected *prometheus.CounterVec // reason
 	IDsReceived       prometheus.Counter
+	ReplySeconds      prometheus.Histogram // POST /callback, from the first byte read to the reply
 	CommitBatchSize   prometheus.Histogram // callbacks per durable write
 	CommitSeconds     *prometheus.HistogramVec
 	CallbacksSpooled  prometheus.Counter
@@ -73,6 +74,8 @@ func New() *Metrics {
 		CallbacksAccepted: f.counter("callbacks_accepted_total", "Callbacks answered 2xx: durable in the inbox or the spool."),
 		CallbacksRejected: f.counterVec("callbacks_rejected_total", "Callbacks answered 4xx/5xx, by reason.", "reason"),
 		IDsReceived:       f.counter("ids_received_total", "Object ids in accepted callbacks, duplicates included."),
+		ReplySeconds: f.histogram("reply_seconds", "Time to answer POST /callback, whatever the status.",
+			prometheus.ExponentialBuckets(0.00025, 2, 15)),
 		CommitBatchSize: f.histogram("commit_batch_callbacks", "Callbacks per group commit.",
 			[]float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}),
 		CommitSeconds: f.histogramVec("commit_seconds", "Duration of one group commit, by target (inbox, spool).",
