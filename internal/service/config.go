@@ -69,7 +69,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.SetOutput(stderr)
 	flagValues := make([]*string, len(settings))
 	for i, s := range settings {
-		flagValues[i] = fs.String(s.flag, "", fmt.Sprintf("%s (env %s, default %q)", s.help, s.env, s.def))
+		flagValues[i] = fs.String(s.flag, "", fmt.Sprintf("%s (%s, env %s, default %q)", s.help, kind(s.def), s.env, s.def))
 	}
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -93,6 +93,18 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		return config{}, fmt.Errorf("invalid LEASE %v: must exceed FETCH_TIMEOUT (%v) by at least 1s", c.Lease, c.FetchTimeout)
 	}
 	return c, nil
+}
+
+// kind names a setting's type in -h, from its default: flag prints the backquoted
+// word after the flag's name instead of "string".
+func kind(def string) string {
+	if _, err := time.ParseDuration(def); err == nil {
+		return "a `duration`"
+	}
+	if _, err := strconv.ParseInt(def, 10, 64); err == nil {
+		return "an `int`"
+	}
+	return "a `string`"
 }
 
 func str(p *string) func(string) error { return func(v string) error { *p = v; return nil } }

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"flag"
 	"io"
 	"strings"
 	"testing"
@@ -171,4 +172,14 @@ func TestParseConfig_leaseJustOverFetchTimeoutIsValid(t *testing.T) {
 	got, err := setup(t, nil, map[string]string{"FETCH_TIMEOUT": "2s", "LEASE": "3s"})
 	require.NoError(t, err)
 	require.Equal(t, 3*time.Second, got.Lease)
+}
+
+func TestParseConfig_helpShowsKindsAndDefaults(t *testing.T) {
+	t.Parallel()
+	var stderr strings.Builder
+	_, err := parseConfig([]string{"-h"}, func(string) string { return "" }, &stderr)
+	require.ErrorIs(t, err, flag.ErrHelp, "main exits 0 on it")
+	require.Contains(t, stderr.String(), "-expire-after duration")
+	require.Contains(t, stderr.String(), "-max-ids int")
+	require.Contains(t, stderr.String(), `env SHUTDOWN_DRAIN, default "5s"`)
 }
