@@ -17,7 +17,7 @@ DBMATE = CGO_ENABLED=0 go tool dbmate --url "$(DATABASE_URL)" --migrations-dir d
 
 .DEFAULT_GOAL := help
 
-.PHONY: help run test bench generate verify lint build db/up db/new db/stop
+.PHONY: help run test bench generate verify lint build rules db/up db/new db/stop
 
 help: ## list the targets
 	@echo 'usage: make TARGET   (DATABASE_URL=$(DATABASE_URL))'
@@ -30,9 +30,11 @@ run: ## start Postgres if needed, then the service and the tester together until
 	@# The service applies its migrations at start. On Ctrl-C (or when the tester
 	@# ends) the EXIT trap stops the service with SIGTERM and waits for its
 	@# graceful shutdown: a background job of a script ignores SIGINT itself.
-	@./bin/callback & svc=$$!; \
+	@# No load balancer to drain for here: SHUTDOWN_DRAIN is 0 unless set. Ctrl-C is
+	@# the normal way to stop, so it exits 0.
+	@SHUTDOWN_DRAIN=$${SHUTDOWN_DRAIN:-0} ./bin/callback & svc=$$!; \
 	trap 'kill $$svc 2>/dev/null; wait $$svc 2>/dev/null' EXIT; \
-	trap 'exit 130' INT TERM; \
+	trap 'exit 0' INT TERM; \
 	sleep 1; \
 	if ! kill -0 $$svc 2>/dev/null; then echo 'make run: the service exited at start (see above)'; exit 1; fi; \
 	./bin/tester $(TESTER_FLAGS)
@@ -66,6 +68,9 @@ lint: ## gofmt and go vet
 	@unformatted=$$(gofmt -l cmd internal); \
 	if [ -n "$$unformatted" ]; then echo "gofmt -w needed on:"; echo "$$unformatted"; exit 1; fi
 	go vet ./...
+
+rules: ## check the Prometheus rules and run their unit tests with promtool (make test does too)
+	cd deploy/prometheus && promtool check rules rules.yml && promtool test rules rules_test.yml
 
 build: ## build bin/callback and bin/tester
 	go build -o bin/callback ./cmd/callback

@@ -221,7 +221,7 @@ func (e *env) startService(ctx context.Context, tag, objectsURL string, extra ..
 	cmd := exec.Command(e.bin)
 	cmd.Env = append(os.Environ(),
 		"DATABASE_URL="+s.dbURL, "LISTEN_ADDR="+addr, "OBJECTS_URL="+objectsURL, "SPOOL_DIR="+spool,
-		"LOG_FORMAT=json", "LOG_LEVEL=warn", "STATUS_INTERVAL=0", "PPROF_ADDR="+s.pprofAddr)
+		"LOG_FORMAT=json", "LOG_LEVEL=warn", "STATUS_INTERVAL=0", "SHUTDOWN_DRAIN=0", "PPROF_ADDR="+s.pprofAddr)
 	cmd.Env = append(cmd.Env, extra...)
 	s.proc, err = startProc(cmd, filepath.Join(e.tmp, name+".log"))
 	if err != nil {

@@ -130,6 +130,9 @@ func (e *Expirer) Tick(ctx context.Context) store.ExpiryTick {
 	// What the chunks that finished did counts, even after an error.
 	e.metrics.RowsExpired.Add(float64(t.Deleted))
 	e.metrics.Dropped.WithLabelValues("pending", "expired").Add(float64(t.Swept))
+	if err == nil && t.Ran {
+		e.metrics.ExpiryLastRun.Set(float64(now.Unix()))
+	}
 	return t
 }
 

@@ -78,7 +78,7 @@ func serviceBinary(t *testing.T) string {
 // never leak into a subprocess.
 var settingNames = []string{"DATABASE_URL", "LISTEN_ADDR", "OBJECTS_URL", "EXPIRE_AFTER", "FETCH_MIN_CONCURRENCY", "FETCH_CONCURRENCY",
 	"FETCH_TIMEOUT", "LEASE", "SPOOL_DIR", "MAX_BODY_BYTES", "MAX_IDS", "BODY_TIMEOUT", "CALLBACK_TOKEN",
-	"DB_MAX_CONNS", "COMMIT_TIMEOUT", "SHUTDOWN_TIMEOUT", "STATUS_INTERVAL", "LOG_FORMAT", "LOG_LEVEL", "PPROF_ADDR"}
+	"DB_MAX_CONNS", "COMMIT_TIMEOUT", "SHUTDOWN_TIMEOUT", "SHUTDOWN_DRAIN", "STATUS_INTERVAL", "LOG_FORMAT", "LOG_LEVEL", "PPROF_ADDR"}
 
 // env is a service configuration.
 type env map[string]string
@@ -97,6 +97,7 @@ func baseEnv(t *testing.T, dbURL, objectsURL string) env {
 		"FETCH_CONCURRENCY": "64",
 		"DB_MAX_CONNS":      "8", // several services and tests share one server's 100 connections
 		"SHUTDOWN_TIMEOUT":  "5s",
+		"SHUTDOWN_DRAIN":    "0",
 		"STATUS_INTERVAL":   "0",
 		"LOG_FORMAT":        "json",
 	}

@@ -16,6 +16,7 @@ type Metrics struct {
 	CallbacksAccepted prometheus.Counter
 	CallbacksRejected *prometheus.CounterVec // reason
 	IDsReceived       prometheus.Counter
+	ReplySeconds      prometheus.Histogram // POST /callback, from the first byte read to the reply
 	CommitBatchSize   prometheus.Histogram // callbacks per durable write
 	CommitSeconds     *prometheus.HistogramVec
 	CallbacksSpooled  prometheus.Counter
@@ -56,6 +57,11 @@ type Metrics struct {
 	ObjectsOnline   prometheus.Gauge
 	DatabaseErrors  *prometheus.CounterVec // component
 	PanicsRecovered *prometheus.CounterVec // where
+
+	// Health, for alerts: each is set where the state is known.
+	DatabaseUp    prometheus.Gauge // 1 while Postgres answers this replica, else 0
+	ExpiryLastRun prometheus.Gauge // unix time of this replica's last completed expiry
+	BuildInfo     *prometheus.GaugeVec
 }
 
 // New registers all series in a fresh registry (plus Go and process collectors).
@@ -63,11 +69,13 @@ func New() *Metrics {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	f := factory{reg}
-	return &Metrics{
+	m := &Metrics{
 		Registry:          reg,
 		CallbacksAccepted: f.counter("callbacks_accepted_total", "Callbacks answered 2xx: durable in the inbox or the spool."),
 		CallbacksRejected: f.counterVec("callbacks_rejected_total", "Callbacks answered 4xx/5xx, by reason.", "reason"),
 		IDsReceived:       f.counter("ids_received_total", "Object ids in accepted callbacks, duplicates included."),
+		ReplySeconds: f.histogram("reply_seconds", "Time to answer POST /callback, whatever the status.",
+			prometheus.ExponentialBuckets(0.00025, 2, 15)),
 		CommitBatchSize: f.histogram("commit_batch_callbacks", "Callbacks per group commit.",
 			[]float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}),
 		CommitSeconds: f.histogramVec("commit_seconds", "Duration of one group commit, by target (inbox, spool).",
@@ -101,6 +109,44 @@ func New() *Metrics {
 		ObjectsOnline:   f.gauge("objects_online", "Rows in objects."),
 		DatabaseErrors:  f.counterVec("database_errors_total", "Failed database operations, by component.", "component"),
 		PanicsRecovered: f.counterVec("panics_recovered_total", "Panics recovered, by where.", "where"),
+		DatabaseUp:      f.gauge("database_up", "1 while Postgres answers this replica's pings, 0 while callbacks can only be spooled."),
+		ExpiryLastRun:   f.gauge("expiry_last_run_timestamp_seconds", "Unix time of the last expiry this replica ran (it won the advisory lock); 0 if never."),
+		BuildInfo: f.gaugeVec("build_info", "Always 1; the labels say which build runs.",
+			"version", "revision", "goversion"),
+	}
+	b := ReadBuild()
+	m.BuildInfo.WithLabelValues(b.Version, b.Revision, b.GoVersion).Set(1)
+	m.zeroKnownLabels()
+	return m
+}
+
+// zeroKnownLabels exports every known label value of the vectors at 0 from the start:
+// a series that only appears when the first error happens cannot be used by rate() in
+// an alert or a dashboard until it has happened twice.
+func (m *Metrics) zeroKnownLabels() {
+	for _, c := range []string{"commit", "replay", "merge", "claim", "complete", "expiry"} {
+		m.DatabaseErrors.WithLabelValues(c)
+	}
+	for _, w := range []string{"http", "lookup"} {
+		m.PanicsRecovered.WithLabelValues(w)
+	}
+	for _, r := range []string{"unauthorized", "body_timeout", "unreadable_body", "invalid_body", "too_many_ids",
+		"body_too_large", "method_not_allowed", "unavailable"} {
+		m.CallbacksRejected.WithLabelValues(r)
+	}
+	for _, o := range []string{"online", "offline", "failed", "expired", "abandoned", "rejected"} {
+		m.Lookups.WithLabelValues(o)
+	}
+	for _, stage := range []string{"inbox", "merge", "claim", "lookup"} {
+		for _, reason := range []string{"expired", "capacity"} {
+			m.Dropped.WithLabelValues(stage, reason)
+		}
+	}
+	for _, t := range []string{"inbox", "spool"} {
+		m.CommitSeconds.WithLabelValues(t)
+	}
+	for _, op := range []string{"upsert", "delete"} {
+		m.RowsWritten.WithLabelValues(op)
 	}
 }
 
@@ -122,6 +168,12 @@ func (f factory) counterVec(name, help string, labels ...string) *prometheus.Cou
 
 func (f factory) gauge(name, help string) prometheus.Gauge {
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help})
+	f.reg.MustRegister(g)
+	return g
+}
+
+func (f factory) gaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help}, labels)
 	f.reg.MustRegister(g)
 	return g
 }

@@ -40,7 +40,7 @@ func New(d Deps) http.Handler {
 	r.ContextWithFallback = true
 	r.Use(requestID(), recovery(d.Log, d.Metrics))
 
-	r.POST("/callback", d.Callback.Callback)
+	r.POST("/callback", replyTimer(d.Metrics), d.Callback.Callback)
 	r.GET("/objects", d.Objects.List)
 	r.GET("/objects/:id", d.Objects.Get)
 	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) })
@@ -82,6 +82,15 @@ func requestID() gin.HandlerFunc {
 		}
 		c.Writer.Header().Set("X-Request-ID", id)
 		c.Next()
+	}
+}
+
+// replyTimer observes how long POST /callback took to answer: the figure senders feel.
+func replyTimer(m *metrics.Metrics) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		start := time.Now()
+		c.Next()
+		m.ReplySeconds.Observe(time.Since(start).Seconds())
 	}
 }
 

@@ -32,6 +32,7 @@ type config struct {
 	DBMaxConns          int
 	CommitTimeout       time.Duration
 	ShutdownTimeout     time.Duration
+	ShutdownDrain       time.Duration
 	StatusInterval      time.Duration
 	LogFormat           string
 	LogLevel            string
@@ -62,7 +63,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		{"CALLBACK_TOKEN", "callback-token", "", "if set, POST /callback requires Authorization: Bearer <token>", str(&c.CallbackToken)},
 		{"DB_MAX_CONNS", "db-max-conns", "16", "Postgres connections at most", positiveInt(&c.DBMaxConns)},
 		{"COMMIT_TIMEOUT", "commit-timeout", "400ms", "a durable write slower than this goes to the spool instead", duration(&c.CommitTimeout)},
-		{"SHUTDOWN_TIMEOUT", "shutdown-timeout", "10s", "on SIGTERM, exit within this long", duration(&c.ShutdownTimeout)},
+		{"SHUTDOWN_DRAIN", "shutdown-drain", "5s", "on SIGTERM, keep serving this long with /readyz at 503 before closing the listener (0: close at once)", durationOrZero(&c.ShutdownDrain)},
+		{"SHUTDOWN_TIMEOUT", "shutdown-timeout", "10s", "after the drain, exit within this long", duration(&c.ShutdownTimeout)},
 		{"STATUS_INTERVAL", "status-interval", "5s", "log a one-line status this often (0: never)", durationOrZero(&c.StatusInterval)},
 		{"LOG_FORMAT", "log-format", "auto", "json, text, or auto (text on a terminal)", oneOf(&c.LogFormat, "auto", "json", "text")},
 		{"LOG_LEVEL", "log-level", "info", "debug, info, warn or error", oneOf(&c.LogLevel, "debug", "info", "warn", "error")},
@@ -73,7 +75,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.SetOutput(stderr)
 	flagValues := make([]*string, len(settings))
 	for i, s := range settings {
-		flagValues[i] = fs.String(s.flag, "", fmt.Sprintf("%s (env %s, default %q)", s.help, s.env, s.def))
+		flagValues[i] = fs.String(s.flag, "", fmt.Sprintf("%s (%s, env %s, default %q)", s.help, kind(s.def), s.env, s.def))
 	}
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -110,6 +112,18 @@ func (c config) fetchConfig() fetch.Config {
 	f.MinConcurrency, f.Concurrency = c.FetchMinConcurrency, c.FetchConcurrency
 	f.Timeout, f.Lease, f.ExpireAfter = c.FetchTimeout, c.Lease, c.ExpireAfter
 	return f
+}
+
+// kind names a setting's type in -h, from its default: flag prints the backquoted
+// word after the flag's name instead of "string".
+func kind(def string) string {
+	if _, err := time.ParseDuration(def); err == nil {
+		return "a `duration`"
+	}
+	if _, err := strconv.ParseInt(def, 10, 64); err == nil {
+		return "an `int`"
+	}
+	return "a `string`"
 }
 
 func str(p *string) func(string) error { return func(v string) error { *p = v; return nil } }

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"flag"
 	"io"
 	"strings"
 	"testing"
@@ -42,6 +43,7 @@ func TestParseConfig_defaults(t *testing.T) {
 		DBMaxConns:          16,
 		CommitTimeout:       400 * time.Millisecond,
 		ShutdownTimeout:     10 * time.Second,
+		ShutdownDrain:       5 * time.Second,
 		StatusInterval:      5 * time.Second,
 		LogFormat:           "auto",
 		LogLevel:            "info",
@@ -68,6 +70,7 @@ func TestParseConfig_readsEnvironment(t *testing.T) {
 		"DB_MAX_CONNS":          "4",
 		"COMMIT_TIMEOUT":        "1s",
 		"SHUTDOWN_TIMEOUT":      "3s",
+		"SHUTDOWN_DRAIN":        "250ms",
 		"STATUS_INTERVAL":       "0",
 		"LOG_FORMAT":            "json",
 		"LOG_LEVEL":             "debug",
@@ -92,6 +95,7 @@ func TestParseConfig_readsEnvironment(t *testing.T) {
 		DBMaxConns:          4,
 		CommitTimeout:       time.Second,
 		ShutdownTimeout:     3 * time.Second,
+		ShutdownDrain:       250 * time.Millisecond,
 		StatusInterval:      0,
 		LogFormat:           "json",
 		LogLevel:            "debug",
@@ -147,6 +151,7 @@ func TestParseConfig_rejectsInvalidValues(t *testing.T) {
 		{name: "db_max_conns_zero", env: map[string]string{"DB_MAX_CONNS": "0"}, want: []string{"DB_MAX_CONNS"}},
 		{name: "commit_timeout_negative", env: map[string]string{"COMMIT_TIMEOUT": "-400ms"}, want: []string{"COMMIT_TIMEOUT"}},
 		{name: "shutdown_timeout_zero", env: map[string]string{"SHUTDOWN_TIMEOUT": "0s"}, want: []string{"SHUTDOWN_TIMEOUT"}},
+		{name: "shutdown_drain_negative", env: map[string]string{"SHUTDOWN_DRAIN": "-1s"}, want: []string{"SHUTDOWN_DRAIN", "negative"}},
 		{name: "status_interval_negative", env: map[string]string{"STATUS_INTERVAL": "-5s"}, want: []string{"STATUS_INTERVAL", "negative"}},
 		{name: "log_format_unknown", env: map[string]string{"LOG_FORMAT": "xml"}, want: []string{"LOG_FORMAT", "xml"}},
 		{name: "log_level_unknown", env: map[string]string{"LOG_LEVEL": "verbose"}, want: []string{"LOG_LEVEL", "verbose"}},
@@ -182,4 +187,14 @@ func TestParseConfig_leaseJustOverFetchTimeoutIsValid(t *testing.T) {
 	got, err := setup(t, nil, map[string]string{"FETCH_TIMEOUT": "2s", "LEASE": "3s"})
 	require.NoError(t, err)
 	require.Equal(t, 3*time.Second, got.Lease)
+}
+
+func TestParseConfig_helpShowsKindsAndDefaults(t *testing.T) {
+	t.Parallel()
+	var stderr strings.Builder
+	_, err := parseConfig([]string{"-h"}, func(string) string { return "" }, &stderr)
+	require.ErrorIs(t, err, flag.ErrHelp, "main exits 0 on it")
+	require.Contains(t, stderr.String(), "-expire-after duration")
+	require.Contains(t, stderr.String(), "-max-ids int")
+	require.Contains(t, stderr.String(), `env SHUTDOWN_DRAIN, default "5s"`)
 }

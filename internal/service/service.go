@@ -15,6 +15,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -90,20 +91,25 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	ecfg.SpoolHolds = func() bool { segments, _ := sp.Stats(); return segments > 0 }
 	expirer := expiry.New(ecfg, db, log, m)
 
+	// draining turns /readyz to 503 at shutdown, before the listener closes.
+	var draining atomic.Bool
 	handler := server.New(server.Deps{
 		Log:      log,
 		Metrics:  m,
 		Callback: intake.NewHandler(intake.Config{MaxBodyBytes: cfg.MaxBodyBytes, MaxIDs: cfg.MaxIDs, Token: cfg.CallbackToken, BodyTimeout: cfg.BodyTimeout}, committer, log, m),
 		Objects:  server.NewObjects(db, cfg.ExpireAfter),
-		Ready:    readiness(db, cfg.SpoolDir),
+		Ready:    readiness(db, cfg.SpoolDir, &draining),
 	})
 	srv := server.HTTPServer(cfg.ListenAddr, handler, log)
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("listening on LISTEN_ADDR %q: %w", cfg.ListenAddr, err)
 	}
+	build := metrics.ReadBuild()
 	log.Info("callback service listening", "addr", ln.Addr().String(), "objects_url", cfg.ObjectsURL,
-		"expire_after", cfg.ExpireAfter, "fetch_concurrency", fmt.Sprintf("%d..%d", cfg.FetchMinConcurrency, cfg.FetchConcurrency), "spool_dir", cfg.SpoolDir)
+		"database", databaseTarget(poolCfg), "expire_after", cfg.ExpireAfter,
+		"fetch_concurrency", fmt.Sprintf("%d..%d", cfg.FetchMinConcurrency, cfg.FetchConcurrency),
+		"spool_dir", cfg.SpoolDir, "version", build.Version, "revision", build.Revision)
 
 	// Three lifetimes, ended in this order at shutdown: the HTTP server (no new
 	// callbacks), the committer (writes out what was accepted), the workers (hand back
@@ -124,6 +130,12 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		defer stopPprof()
 	}
 
+	// The status line and the health gauges run from the start: a DATABASE_URL that
+	// never works must be as visible as one that went away.
+	working.Go(func() {
+		reportStatus(workCtx, statusDeps{db: db, spool: sp, metrics: m, fetcher: fetcher, target: databaseTarget(poolCfg)},
+			cfg.StatusInterval, log)
+	})
 	// Everything that reads the tables waits for the schema; intake does not (until
 	// then its writes fail over to the spool).
 	working.Go(func() {
@@ -135,7 +147,6 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		w.Go(func() { _ = merger.Run(workCtx) })
 		w.Go(func() { _ = fetcher.Run(workCtx) })
 		w.Go(func() { _ = expirer.Run(workCtx) })
-		w.Go(func() { reportStatus(workCtx, db, m, fetcher, cfg.StatusInterval, log) })
 		w.Wait()
 	})
 
@@ -145,22 +156,53 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("serving HTTP: %w", err)
 	}
 
-	log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+	// Drain the way a replica behind a load balancer must: /readyz answers 503 at
+	// once, so the balancer stops sending new connections here, while the listener
+	// stays open and keeps answering whatever still arrives during SHUTDOWN_DRAIN.
+	// Closing the listener at once would refuse senders that the balancer has not
+	// yet moved (a refused callback is lost for good). Keep-alives end now, so that
+	// open connections move to another replica after their next request.
+	draining.Store(true)
+	srv.SetKeepAlivesEnabled(false)
+	log.Info("shutting down: draining", "drain", cfg.ShutdownDrain, "then_timeout", cfg.ShutdownTimeout,
+		"lookups_in_flight", fetcher.InFlight())
+	if cfg.ShutdownDrain > 0 {
+		select {
+		case <-time.After(cfg.ShutdownDrain):
+		case err := <-serveErr:
+			log.Warn("HTTP server failed while draining", "err", err)
+		}
+	}
 	deadline, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
+	start := time.Now()
+	log.Info("shutdown: closing the listener, waiting for requests in progress (each waits for its commit)")
 	if err := srv.Shutdown(deadline); err != nil {
 		log.Warn("HTTP shutdown incomplete", "err", err)
 	}
+	log.Info("shutdown: writing out queued callbacks", "waited", time.Since(start).Round(time.Millisecond))
 	stopCommitter()
 	if !waitUntil(deadline, &committing) {
 		log.Warn("committer did not finish before the shutdown deadline")
 	}
+	log.Info("shutdown: stopping workers, handing back lookups in flight", "lookups_in_flight", fetcher.InFlight(),
+		"waited", time.Since(start).Round(time.Millisecond))
 	stopWorkers()
 	if !waitUntil(deadline, &working) {
 		log.Warn("workers did not finish before the shutdown deadline; their leases will expire")
 	}
-	log.Info("stopped")
+	if segments, bytes := sp.Stats(); segments > 0 {
+		// Not lost: the next start (or any replica sharing SPOOL_DIR) replays them.
+		log.Warn("shutdown: callbacks left in the spool, replayed at the next start", "spool_dir", cfg.SpoolDir,
+			"segments", segments, "bytes", bytes)
+	}
+	log.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// databaseTarget names the database for log lines, without the password.
+func databaseTarget(c *pgxpool.Config) string {
+	return fmt.Sprintf("%s:%d/%s", c.ConnConfig.Host, c.ConnConfig.Port, c.ConnConfig.Database)
 }
 
 // migrate applies the migrations, retrying until it works or ctx ends.
@@ -184,9 +226,13 @@ func migrate(ctx context.Context, databaseURL string, log *slog.Logger) bool {
 	}
 }
 
-// readiness: ready when callbacks can be made durable, in Postgres or in the spool.
-func readiness(db *store.Store, spoolDir string) server.Readiness {
+// readiness: ready when callbacks can be made durable, in Postgres or in the spool,
+// and not shutting down.
+func readiness(db *store.Store, spoolDir string, draining *atomic.Bool) server.Readiness {
 	return func(ctx context.Context) error {
+		if draining.Load() {
+			return errors.New("shutting down")
+		}
 		pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		defer cancel()
 		dbErr := db.Ping(pctx)
@@ -231,10 +277,18 @@ func servePprof(addr string, log *slog.Logger) func() {
 	return func() { srv.Close() }
 }
 
+// durationText writes durations as "30s" rather than JSON's 30000000000 nanoseconds.
+func durationText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
+}
+
 func newLogger(cfg config, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: durationText}
 	format := cfg.LogFormat
 	if format == "auto" {
 		format = "json"

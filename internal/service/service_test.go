@@ -54,6 +54,7 @@ func start(t *testing.T, env map[string]string) *instance {
 		"FETCH_TIMEOUT":   "1s",
 		"LEASE":           "3s",
 		"STATUS_INTERVAL": "0",
+		"SHUTDOWN_DRAIN":  "0",
 		"LOG_FORMAT":      "json",
 	}
 	for k, v := range env {

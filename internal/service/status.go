@@ -2,21 +2,43 @@ package service
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/objwatch/callback/internal/fetch"
 	"github.com/objwatch/callback/internal/metrics"
+	"github.com/objwatch/callback/internal/spool"
 	"github.com/objwatch/callback/internal/store"
 )
 
-// reportStatus samples the queues into the gauges every few seconds and, if interval
-// is set, logs one line a person can read at a glance.
-func reportStatus(ctx context.Context, db *store.Store, m *metrics.Metrics, f *fetch.Fetcher, interval time.Duration, log *slog.Logger) {
+type statusDeps struct {
+	db      *store.Store
+	spool   *spool.Spool
+	metrics *metrics.Metrics
+	fetcher *fetch.Fetcher
+	target  string // the database, for the log line, without the password
+}
+
+// reportStatus samples the queues and the database's health into the gauges every few
+// seconds and, if interval is set, logs one line a person can read at a glance. It
+// runs from the start, before the schema is applied: with a DATABASE_URL that never
+// worked the service still accepts callbacks into the spool, and that must be loud
+// in the log and visible to the alert on callback_database_up, not silent.
+func reportStatus(ctx context.Context, d statusDeps, interval time.Duration, log *slog.Logger) {
 	every := interval
 	if every == 0 {
 		every = 5 * time.Second
 	}
+	m := d.metrics
+	// Down from the start until the first ping answers: what is spooled before then
+	// counts towards the outage.
+	started := time.Now()
+	var (
+		everUp        bool
+		downSince     = started
+		spooledAtDown float64
+	)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	overload := overloadWatch{m: m, log: log}
@@ -26,12 +48,50 @@ func reportStatus(ctx context.Context, db *store.Store, m *metrics.Metrics, f *f
 			return
 		case <-t.C:
 		}
-		sctx, cancel := context.WithTimeout(ctx, every)
-		st, err := db.Stats(sctx, time.Now())
+		segments, bytes := d.spool.Stats()
+		m.SpoolSegments.Set(float64(segments))
+		m.SpoolBytes.Set(float64(bytes))
+
+		pctx, cancel := context.WithTimeout(ctx, min(every, 2*time.Second))
+		err := d.db.Ping(pctx)
 		cancel()
 		overload.sample(ctx)
 		if err != nil {
-			continue // the loops that do the work report database errors
+			if ctx.Err() != nil {
+				return
+			}
+			m.DatabaseUp.Set(0)
+			if downSince.IsZero() {
+				downSince, spooledAtDown = time.Now(), metrics.Sum(m.CallbacksSpooled)
+			}
+			if interval == 0 {
+				continue
+			}
+			spooled := int64(metrics.Sum(m.CallbacksSpooled) - spooledAtDown)
+			if !everUp {
+				// Most likely a wrong DATABASE_URL rather than an outage: say so loudly.
+				log.Error(fmt.Sprintf("database unreachable ever since the start %s ago: check DATABASE_URL; %d callbacks spooled",
+					time.Since(started).Round(time.Second), spooled),
+					"database", d.target, "err", err, "spool_segments", segments, "spool_bytes", bytes)
+				continue
+			}
+			log.Warn(fmt.Sprintf("database unreachable since %s, %d callbacks spooled",
+				downSince.Format(time.RFC3339), spooled),
+				"database", d.target, "err", err, "spool_segments", segments, "spool_bytes", bytes)
+			continue
+		}
+		m.DatabaseUp.Set(1)
+		if everUp && !downSince.IsZero() && interval != 0 {
+			log.Info("database reachable again", "database", d.target, "down_for", time.Since(downSince).Round(time.Second),
+				"callbacks_spooled", int64(metrics.Sum(m.CallbacksSpooled)-spooledAtDown))
+		}
+		everUp, downSince = true, time.Time{}
+
+		sctx, cancel := context.WithTimeout(ctx, every)
+		st, err := d.db.Stats(sctx, time.Now())
+		cancel()
+		if err != nil {
+			continue // the schema is not there yet, or the loops that do the work report it
 		}
 		m.InboxCallbacks.Set(float64(st.InboxCallbacks))
 		m.InboxOldest.Set(st.InboxOldest.Seconds())
@@ -42,12 +102,14 @@ func reportStatus(ctx context.Context, db *store.Store, m *metrics.Metrics, f *f
 		if interval == 0 {
 			continue
 		}
+		// Counters and lookups_in_flight are this replica's since its start; inbox,
+		// ids_pending and objects_online are the shared database's.
 		log.Info("status",
 			"callbacks_accepted", int64(metrics.Sum(m.CallbacksAccepted)),
 			"callbacks_spooled", int64(metrics.Sum(m.CallbacksSpooled)),
 			"inbox", st.InboxCallbacks,
 			"ids_pending", st.PendingRows,
-			"lookups_in_flight", f.InFlight(),
+			"lookups_in_flight", d.fetcher.InFlight(),
 			"objects_online", st.ObjectsRows,
 			"rows_expired", int64(metrics.Sum(m.RowsExpired)),
 		)

@@ -1,0 +1,294 @@
+package deploy_test
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/prometheus/promql/parser"
+	"gopkg.in/yaml.v3"
+
+	"github.com/objwatch/callback/internal/metrics"
+)
+
+// TestPromtool runs the real tool over the rules and their unit tests. promtool comes
+// with Debian's prometheus package; CI installs it, so a missing one fails here rather
+// than skipping the alerts' tests.
+func TestPromtool(t *testing.T) {
+	t.Parallel()
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatalf("promtool not found (apt-get install prometheus; .ci/run installs it): %v", err)
+	}
+	for _, args := range [][]string{{"check", "rules", "rules.yml"}, {"test", "rules", "rules_test.yml"}} {
+		cmd := exec.Command(promtool, args...)
+		cmd.Dir = "prometheus"
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+}
+
+// scrapeOnly are series that Prometheus makes itself for every target.
+var scrapeOnly = map[string]bool{"up": true}
+
+// exported lists every series name the service exports, histogram parts included.
+// Every vector is exported at 0 for its known labels from the start, so Gather sees it.
+func exported(t *testing.T) map[string]bool {
+	t.Helper()
+	families, err := metrics.New().Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, f := range families {
+		names[f.GetName()] = true
+		if f.GetType().String() == "HISTOGRAM" {
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				names[f.GetName()+suffix] = true
+			}
+		}
+	}
+	return names
+}
+
+type ruleFile struct {
+	Groups []struct {
+		Name  string `yaml:"name"`
+		Rules []struct {
+			Record string `yaml:"record"`
+			Alert  string `yaml:"alert"`
+			Expr   string `yaml:"expr"`
+		} `yaml:"rules"`
+	} `yaml:"groups"`
+}
+
+func readRules(t *testing.T) ruleFile {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("prometheus", "rules.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rf ruleFile
+	if err := yaml.Unmarshal(data, &rf); err != nil {
+		t.Fatal(err)
+	}
+	return rf
+}
+
+// selected parses expr with Prometheus's own PromQL parser and returns the metric
+// names it selects.
+func selected(t *testing.T, expr string) []string {
+	t.Helper()
+	e, err := parser.ParseExpr(expr)
+	if err != nil {
+		t.Errorf("PromQL does not parse: %v\n%s", err, expr)
+		return nil
+	}
+	var names []string
+	parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
+		if vs, ok := n.(*parser.VectorSelector); ok {
+			names = append(names, vs.Name)
+		}
+		return nil
+	})
+	return names
+}
+
+// checkNames fails for every name that neither the service nor a recording rule
+// exports: renaming a metric breaks this test instead of an alert or a panel.
+func checkNames(t *testing.T, where, expr string, known map[string]bool) {
+	t.Helper()
+	names := selected(t, expr)
+	if len(names) == 0 {
+		t.Errorf("%s: selects no metric: %s", where, expr)
+	}
+	for _, n := range names {
+		if n == "" {
+			t.Errorf("%s: a selector without a metric name: %s", where, expr)
+		} else if !known[n] {
+			t.Errorf("%s: %q is not exported by the service nor recorded by a rule: %s", where, n, expr)
+		}
+	}
+}
+
+func known(t *testing.T) map[string]bool {
+	t.Helper()
+	k := exported(t)
+	for n := range scrapeOnly {
+		k[n] = true
+	}
+	for _, g := range readRules(t).Groups {
+		for _, r := range g.Rules {
+			if r.Record != "" {
+				k[r.Record] = true
+			}
+		}
+	}
+	return k
+}
+
+func TestRulesNameExportedMetrics(t *testing.T) {
+	t.Parallel()
+	k := known(t)
+	rf := readRules(t)
+	alerts := 0
+	for _, g := range rf.Groups {
+		for _, r := range g.Rules {
+			checkNames(t, g.Name+"/"+r.Record+r.Alert, r.Expr, k)
+			if r.Alert != "" {
+				alerts++
+			}
+		}
+	}
+	if alerts == 0 {
+		t.Fatal("no alerts read from rules.yml")
+	}
+}
+
+func TestRulesTestEveryAlert(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile(filepath.Join("prometheus", "rules_test.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tf struct {
+		Tests []struct {
+			AlertRuleTest []struct {
+				Alertname string           `yaml:"alertname"`
+				ExpAlerts []map[string]any `yaml:"exp_alerts"`
+			} `yaml:"alert_rule_test"`
+		} `yaml:"tests"`
+	}
+	if err := yaml.Unmarshal(data, &tf); err != nil {
+		t.Fatal(err)
+	}
+	fires, quiet := map[string]bool{}, map[string]bool{}
+	for _, tc := range tf.Tests {
+		for _, a := range tc.AlertRuleTest {
+			if len(a.ExpAlerts) > 0 {
+				fires[a.Alertname] = true
+			} else {
+				quiet[a.Alertname] = true
+			}
+		}
+	}
+	for _, g := range readRules(t).Groups {
+		for _, r := range g.Rules {
+			if r.Alert == "" {
+				continue
+			}
+			if !fires[r.Alert] {
+				t.Errorf("alert %s has no test in which it fires", r.Alert)
+			}
+			if !quiet[r.Alert] {
+				t.Errorf("alert %s has no test in which it stays quiet", r.Alert)
+			}
+		}
+	}
+}
+
+type dashboard struct {
+	UID    string `json:"uid"`
+	Panels []struct {
+		Type       string `json:"type"`
+		Title      string `json:"title"`
+		Datasource struct {
+			UID string `json:"uid"`
+		} `json:"datasource"`
+		Targets []struct {
+			Expr string `json:"expr"`
+		} `json:"targets"`
+	} `json:"panels"`
+}
+
+// grafanaVariables are replaced by a duration before parsing, as Grafana does.
+var grafanaVariables = strings.NewReplacer("$__rate_interval", "1m", "$__interval", "15s", "$__range", "30m")
+
+func TestDashboardQueriesParseAndNameExportedMetrics(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile(filepath.Join("grafana", "callback.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d dashboard
+	if err := json.Unmarshal(data, &d); err != nil {
+		t.Fatal(err)
+	}
+	source := datasourceUID(t)
+	k := known(t)
+	used := map[string]bool{}
+	queries := 0
+	for _, p := range d.Panels {
+		if p.Type == "row" {
+			continue
+		}
+		if len(p.Targets) == 0 {
+			t.Errorf("panel %q has no query", p.Title)
+		}
+		if p.Datasource.UID != source {
+			t.Errorf("panel %q uses datasource %q, provisioned is %q", p.Title, p.Datasource.UID, source)
+		}
+		for _, q := range p.Targets {
+			queries++
+			expr := grafanaVariables.Replace(q.Expr)
+			checkNames(t, "panel "+p.Title, expr, k)
+			for _, n := range selected(t, expr) {
+				used[n] = true
+			}
+		}
+	}
+	if queries == 0 {
+		t.Fatal("no queries read from the dashboard")
+	}
+	// What the issue asks the dashboard to show, by the series that show it.
+	for _, n := range []string{"callback:callbacks_accepted:rate1m", "callback_callbacks_rejected_total", "callback_reply_seconds_bucket",
+		"callback_commit_batch_callbacks_bucket", "callback_commit_seconds_bucket", "callback_callbacks_spooled_total",
+		"callback_inbox_oldest_seconds", "callback_merged_ids_total", "callback_lookup_limit", "callback_lookups_in_flight",
+		"callback:lookups:rate1m", "callback_lookup_seconds_bucket", "callback_objects_online", "callback_objects_rows_expired_total",
+		"callback:lookup_capacity:per_second", "callback:lookup_demand:per_second"} {
+		if !used[n] {
+			t.Errorf("the dashboard does not show %s", n)
+		}
+	}
+}
+
+func datasourceUID(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("grafana", "provisioning", "datasources", "prometheus.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds struct {
+		Datasources []struct {
+			UID string `yaml:"uid"`
+		} `yaml:"datasources"`
+	}
+	if err := yaml.Unmarshal(data, &ds); err != nil || len(ds.Datasources) != 1 {
+		t.Fatalf("datasource provisioning: %v %+v", err, ds)
+	}
+	return ds.Datasources[0].UID
+}
+
+// TestExportedAtStart: every series exists from the start (at 0 for known labels), so
+// that rate() in an alert works from the first error on.
+func TestExportedAtStart(t *testing.T) {
+	t.Parallel()
+	k := exported(t)
+	var missing []string
+	for _, n := range []string{"callback_database_errors_total", "callback_panics_recovered_total", "callback_work_dropped_total",
+		"callback_lookups_total", "callback_callbacks_rejected_total", "callback_build_info", "callback_database_up"} {
+		if !k[n] {
+			missing = append(missing, n)
+		}
+	}
+	sort.Strings(missing)
+	if len(missing) > 0 {
+		t.Errorf("not exported until first used: %v", missing)
+	}
+}

@@ -1,0 +1,231 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pb33f/libopenapi"
+	validator "github.com/pb33f/libopenapi-validator"
+	"github.com/stretchr/testify/require"
+
+	"github.com/objwatch/callback/api"
+	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/inbox"
+	"github.com/objwatch/callback/internal/intake"
+	"github.com/objwatch/callback/internal/metrics"
+	"github.com/objwatch/callback/internal/pgtest"
+	"github.com/objwatch/callback/internal/server"
+	"github.com/objwatch/callback/internal/store"
+)
+
+// The API document (api/openapi.yaml) against the real handlers: every route, valid
+// and invalid requests. A request the document calls invalid must be one the service
+// refuses, and every response, errors included, must be one the document describes.
+
+func openAPIValidator(t *testing.T) validator.Validator {
+	t.Helper()
+	doc, err := libopenapi.NewDocument(api.OpenAPI)
+	require.NoError(t, err)
+	v, errs := validator.NewValidator(doc)
+	require.Empty(t, errs)
+	ok, verrs := v.ValidateDocument()
+	require.True(t, ok, "api/openapi.yaml is not a valid OpenAPI 3.1 document: %v", verrs)
+	return v
+}
+
+type apiCase struct {
+	name        string
+	method      string
+	path        string
+	header      http.Header
+	body        string
+	validByDoc  bool // the document accepts the request
+	wantStatus  int
+	undocRoute  bool // a method the route does not have: only the error shape is checked
+	serverIndex int  // which server of the setup answers
+}
+
+// setupAPI serves the real routes over a fresh database with the real group
+// committer (index 0), one whose durable write fails and which is not ready (1), and
+// one that requires a token, with small limits (2).
+func setupAPI(t *testing.T) ([]string, *objectsEnv) {
+	t.Helper()
+	pool, _ := pgtest.NewPool(t)
+	db := store.New(pool)
+	log := slog.New(slog.DiscardHandler)
+
+	m := metrics.New()
+	committer := inbox.NewCommitter(inbox.DefaultConfig(), db, nil, log, m, nil)
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = committer.Run(ctx); close(done) }()
+	t.Cleanup(func() { stop(); <-done })
+
+	serve := func(cfg intake.Config, sub intake.Submitter, ready server.Readiness) string {
+		m := metrics.New()
+		srv := httptest.NewServer(server.New(server.Deps{
+			Log: log, Metrics: m,
+			Callback: intake.NewHandler(cfg, sub, log, m),
+			Objects:  server.NewObjects(db, objectsWindow),
+			Ready:    ready,
+		}))
+		t.Cleanup(srv.Close)
+		return srv.URL
+	}
+	failing := submitter{SubmitFunc: func(context.Context, callback.Callback) error { return inbox.ErrUnavailable }}
+	urls := []string{
+		serve(intake.Config{MaxBodyBytes: 1 << 20, MaxIDs: 10000, BodyTimeout: time.Second}, committer, func(context.Context) error { return nil }),
+		serve(intake.Config{MaxBodyBytes: 1 << 20, MaxIDs: 10000}, failing, func(context.Context) error {
+			return errors.New("database unreachable and spool not writable")
+		}),
+		serve(intake.Config{MaxBodyBytes: 256, MaxIDs: 5, Token: "s3cret", BodyTimeout: 200 * time.Millisecond}, committer, func(context.Context) error { return nil }),
+	}
+	return urls, &objectsEnv{url: urls[0], pool: pool}
+}
+
+func TestOpenAPI(t *testing.T) {
+	t.Parallel()
+	v := openAPIValidator(t)
+	urls, env := setupAPI(t)
+	env.insert(t, []object{{ID: 1, LastSeen: fresh(-3 * time.Second)}, {ID: 2, LastSeen: fresh(-2 * time.Second)}, {ID: 3, LastSeen: fresh(-time.Second)}})
+
+	// A cursor the service handed out, for the case that follows one.
+	var firstPage page
+	status, _ := env.get(t, "/objects?order=newest&limit=2", &firstPage)
+	require.Equal(t, http.StatusOK, status)
+	require.NotNil(t, firstPage.Next)
+
+	bearer := http.Header{"Authorization": {"Bearer s3cret"}}
+	cases := []apiCase{
+		{name: "callback", method: "POST", path: "/callback", body: `{"object_ids":[1,2,3]}`, validByDoc: true, wantStatus: 202},
+		{name: "callback_empty", method: "POST", path: "/callback", body: `{"object_ids":[]}`, validByDoc: true, wantStatus: 202},
+		{name: "callback_unknown_members_and_duplicates", method: "POST", path: "/callback", body: `{"object_ids":[5,5,9223372036854775807],"from":{"x":1}}`, validByDoc: true, wantStatus: 202},
+		{name: "callback_with_request_id", method: "POST", path: "/callback", header: http.Header{"X-Request-Id": {"abc-1"}}, body: `{"object_ids":[4]}`, validByDoc: true, wantStatus: 202},
+		{name: "callback_negative_id", method: "POST", path: "/callback", body: `{"object_ids":[-1]}`, wantStatus: 400},
+		{name: "callback_string_id", method: "POST", path: "/callback", body: `{"object_ids":["7"]}`, wantStatus: 400},
+		{name: "callback_without_ids", method: "POST", path: "/callback", body: `{}`, wantStatus: 400},
+		{name: "callback_not_json", method: "POST", path: "/callback", body: `object_ids=1`, wantStatus: 400},
+		{name: "callback_not_stored", method: "POST", path: "/callback", body: `{"object_ids":[1]}`, validByDoc: true, wantStatus: 503, serverIndex: 1},
+		{name: "callback_without_token", method: "POST", path: "/callback", body: `{"object_ids":[1]}`, validByDoc: true, wantStatus: 401, serverIndex: 2},
+		{name: "callback_with_token", method: "POST", path: "/callback", header: bearer, body: `{"object_ids":[1]}`, validByDoc: true, wantStatus: 202, serverIndex: 2},
+		{name: "callback_too_many_ids", method: "POST", path: "/callback", header: bearer, body: `{"object_ids":[1,2,3,4,5,6]}`, validByDoc: true, wantStatus: 413, serverIndex: 2},
+		{name: "callback_body_too_large", method: "POST", path: "/callback", header: bearer, body: `{"object_ids":[1],"pad":"` + strings.Repeat("x", 300) + `"}`, validByDoc: true, wantStatus: 413, serverIndex: 2},
+		{name: "callback_wrong_method", method: "GET", path: "/callback", wantStatus: 405, undocRoute: true},
+
+		{name: "list", method: "GET", path: "/objects", validByDoc: true, wantStatus: 200},
+		{name: "list_newest_page", method: "GET", path: "/objects?order=newest&limit=2", validByDoc: true, wantStatus: 200},
+		{name: "list_next_page", method: "GET", path: "/objects?order=newest&limit=2&after=" + *firstPage.Next, validByDoc: true, wantStatus: 200},
+		{name: "list_by_id_after", method: "GET", path: "/objects?order=id&after=1&limit=1000", validByDoc: true, wantStatus: 200},
+		{name: "list_bad_cursor", method: "GET", path: "/objects?after=yesterday", validByDoc: true, wantStatus: 400},
+		{name: "list_limit_zero", method: "GET", path: "/objects?limit=0", wantStatus: 400},
+		{name: "list_limit_too_large", method: "GET", path: "/objects?limit=1001", wantStatus: 400},
+		{name: "list_unknown_order", method: "GET", path: "/objects?order=oldest", wantStatus: 400},
+		{name: "list_wrong_method", method: "DELETE", path: "/objects", wantStatus: 405, undocRoute: true},
+
+		{name: "get_online", method: "GET", path: "/objects/2", validByDoc: true, wantStatus: 200},
+		{name: "get_not_online", method: "GET", path: "/objects/77", validByDoc: true, wantStatus: 404},
+		{name: "get_not_an_id", method: "GET", path: "/objects/abc", wantStatus: 400},
+		{name: "get_negative_id", method: "GET", path: "/objects/-5", wantStatus: 400},
+
+		{name: "healthz", method: "GET", path: "/healthz", validByDoc: true, wantStatus: 200},
+		{name: "readyz", method: "GET", path: "/readyz", validByDoc: true, wantStatus: 200},
+		{name: "readyz_not_ready", method: "GET", path: "/readyz", validByDoc: true, wantStatus: 503, serverIndex: 1},
+	}
+	seen := map[string]bool{}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req, resp, body := do(t, urls[tc.serverIndex], tc)
+			require.Equal(t, tc.wantStatus, resp.StatusCode, "reply %s", body)
+			require.NotEmpty(t, resp.Header.Get("X-Request-ID"))
+			if id := tc.header.Get("X-Request-ID"); id != "" {
+				require.Equal(t, id, resp.Header.Get("X-Request-ID"))
+			}
+			if tc.undocRoute {
+				// Not an operation of the document: the reply is still its Error.
+				require.JSONEq(t, fmt.Sprintf(`{"error":"method %s not allowed on %s"}`, tc.method, tc.path), string(body))
+				return
+			}
+			ok, errs := v.ValidateHttpRequest(req)
+			if tc.validByDoc {
+				require.True(t, ok, "the document refuses a request the service takes: %v", errs)
+			} else {
+				require.False(t, ok, "the document accepts a request the service refuses (%d %s)", resp.StatusCode, body)
+			}
+			ok, errs = v.ValidateHttpResponse(req, resp)
+			require.True(t, ok, "response %d %s does not match the document: %v", resp.StatusCode, body, errs)
+			seen[tc.method+" "+route(tc.path)] = true
+		})
+	}
+	for _, op := range []string{"POST /callback", "GET /objects", "GET /objects/{id}", "GET /healthz", "GET /readyz"} {
+		require.True(t, seen[op], "no case exercises %s", op)
+	}
+}
+
+// TestOpenAPI_bodyTimeout: a body that stops arriving is answered 408, as documented.
+func TestOpenAPI_bodyTimeout(t *testing.T) {
+	t.Parallel()
+	v := openAPIValidator(t)
+	urls, _ := setupAPI(t)
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go func() { _, _ = pw.Write([]byte(`{"object_ids":[1,`)) }() // and nothing more
+	req, err := http.NewRequest("POST", urls[2]+"/callback", pr)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer s3cret")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	require.Equal(t, http.StatusRequestTimeout, resp.StatusCode, "reply %s", body)
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	vreq, _ := http.NewRequest("POST", urls[2]+"/callback", strings.NewReader(`{"object_ids":[1]}`))
+	vreq.Header = req.Header
+	ok, errs := v.ValidateHttpResponse(vreq, resp)
+	require.True(t, ok, "response %d %s does not match the document: %v", resp.StatusCode, body, errs)
+}
+
+func route(path string) string {
+	path, _, _ = strings.Cut(path, "?")
+	if strings.HasPrefix(path, "/objects/") {
+		return "/objects/{id}"
+	}
+	return path
+}
+
+// do sends the case's request and returns a copy of it for the validator (with its
+// body readable again) and the response (body read, and readable again).
+func do(t *testing.T, base string, tc apiCase) (*http.Request, *http.Response, []byte) {
+	t.Helper()
+	newReq := func() *http.Request {
+		var body io.Reader
+		if tc.body != "" {
+			body = strings.NewReader(tc.body)
+		}
+		req, err := http.NewRequest(tc.method, base+tc.path, body)
+		require.NoError(t, err)
+		for k, vs := range tc.header {
+			req.Header[k] = vs
+		}
+		if tc.body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		return req
+	}
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(newReq())
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	return newReq(), resp, body
+}
