@@ -137,7 +137,7 @@ func (m *Metrics) zeroKnownLabels() {
 	for _, o := range []string{"online", "offline", "failed", "expired", "abandoned", "rejected"} {
 		m.Lookups.WithLabelValues(o)
 	}
-	for _, stage := range []string{"inbox", "merge", "claim", "lookup"} {
+	for _, stage := range []string{"inbox", "merge", "pending", "claim"} {
 		for _, reason := range []string{"expired", "capacity"} {
 			m.Dropped.WithLabelValues(stage, reason)
 		}
