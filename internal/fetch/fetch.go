@@ -92,7 +92,7 @@ type Config struct {
 // Default floor and ceiling of the lookup limit. The ceiling is far above what one
 // replica needs against the original object service (2,000 ids/s at 2.3 s is 4,600
 // in flight), so that only the object service limits it; 10,000 lookups in flight
-// cost less than 256 MiB of RSS (see objectsvc.New). The floor is what a congested
+// take the service to about 140 MiB of RSS (see objectsvc.Client). The floor is what a congested
 // service is still asked at once: 128 at 2.3 s is 55 lookups/s.
 const (
 	MinConcurrencyDefault = 128
