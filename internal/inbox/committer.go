@@ -122,6 +122,36 @@ type Committer struct {
 	// works, which then calls recovered (see OnRecovered).
 	failed    atomic.Bool
 	recovered func()
+
+	// busy is the time the flushers have spent writing, in nanoseconds; Load turns it
+	// into the share of time they were busy lately.
+	busy atomic.Int64
+	load struct {
+		sync.Mutex
+		at    time.Time
+		busy  int64
+		value float64
+	}
+}
+
+// Load is how busy the reply path is: the share of the last few hundred milliseconds
+// the flushers spent writing, smoothed, from 0 (idle) to 1 (one commit after another,
+// with callbacks queueing behind). Background work (merging, lookups) reads it to give
+// the reply path the cores when they compete: a callback refused or timed out is lost
+// for good, a merge or a lookup done a little later is not.
+func (c *Committer) Load() float64 {
+	c.load.Lock()
+	defer c.load.Unlock()
+	now, busy := c.now(), c.busy.Load()
+	if elapsed := now.Sub(c.load.at); elapsed >= 200*time.Millisecond {
+		sample := 0.0
+		if !c.load.at.IsZero() {
+			sample = min(float64(busy-c.load.busy)/float64(elapsed)/float64(max(c.cfg.Flushers, 1)), 1)
+		}
+		c.load.value = 0.5*c.load.value + 0.5*sample
+		c.load.at, c.load.busy = now, busy
+	}
+	return c.load.value
 }
 
 // NewCommitter builds a committer; Run starts its flushers. committed may be nil.
@@ -231,6 +261,7 @@ func (c *Committer) flush(ctx context.Context, batch []*request, cbs []callback.
 // write makes cbs durable in the database or, failing that, in the spool.
 func (c *Committer) write(ctx context.Context, cbs []callback.Callback) error {
 	c.metrics.CommitBatchSize.Observe(float64(len(cbs)))
+	defer func(start time.Time) { c.busy.Add(int64(c.now().Sub(start))) }(c.now())
 	// Minted before the write, and the same for both copies, so that a batch that ends up
 	// both in the inbox and in the spool is recognised at replay (store.ReplaySegment).
 	batchID := uuid.Must(uuid.NewV7())

@@ -430,3 +430,33 @@ func TestSubmit_firstCommitAfterAFailureCallsRecovered(t *testing.T) {
 	require.NoError(t, c.Submit(context.Background(), newCallback(3)))
 	require.Equal(t, int64(1), recovered.Load(), "later commits are no recovery")
 }
+
+func TestCommitter_loadIsTheShareOfTimeSpentWriting(t *testing.T) {
+	t.Parallel()
+	var clk *clock
+	// Every write takes 30 ms of the (fake) clock.
+	db := inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
+		clk.Advance(30 * time.Millisecond)
+		return nil
+	}}
+	c, clock, _ := setup(t, DefaultConfig(), db, nil)
+	clk = clock
+	run(t, c)
+	require.Zero(t, c.Load(), "nothing written yet")
+
+	// Commits back to back, with 10 ms between them: busy 3/4 of the time.
+	for range 40 {
+		require.NoError(t, c.Submit(context.Background(), callback.New(clk.Now(), []int64{1})))
+		clk.Advance(10 * time.Millisecond)
+		c.Load()
+	}
+	busy := c.Load()
+	require.InDelta(t, 0.75, busy, 0.1)
+
+	// Idle: it decays towards 0.
+	for range 10 {
+		clk.Advance(300 * time.Millisecond)
+		c.Load()
+	}
+	require.Less(t, c.Load(), 0.01)
+}

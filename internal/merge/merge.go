@@ -41,6 +41,10 @@ type Config struct {
 	// Rest after a pass, as a multiple of the pass's duration: 1 leaves the cores to
 	// the reply path at least half of the merger's time.
 	Rest float64
+	// Yield, if set, says how busy the reply path is (0 to 1); the rest after a pass
+	// grows by up to 3 times the pass while it is, so that merging takes at most about
+	// a fifth of a core from a burst of callbacks (and coalesces more).
+	Yield func() float64
 }
 
 // DefaultConfig merges on a 100 ms cadence rather than after every commit, so that
@@ -118,7 +122,11 @@ func (m *Merger) Run(ctx context.Context) error {
 		}
 		// Rest in proportion to the pass, whether or not more is waiting: intake
 		// comes first, and a backlog is met by coalescing, not by working harder.
-		rest := min(time.Duration(float64(m.lastPass)*m.cfg.Rest), maxRest)
+		restFactor := m.cfg.Rest
+		if m.cfg.Yield != nil {
+			restFactor += 3 * min(max(m.cfg.Yield(), 0), 1)
+		}
+		rest := min(time.Duration(float64(m.lastPass)*restFactor), maxRest)
 		if n.Full {
 			if rest > 0 {
 				sleep(ctx, rest)

@@ -68,18 +68,23 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	defer sp.Close()
 
+	ccfg := inbox.DefaultConfig()
+	ccfg.CommitTimeout = cfg.CommitTimeout
+	committer := inbox.NewCommitter(ccfg, db, sp, log, m, nil) // the merger keeps its own cadence: see merge.DefaultConfig
+	// Intake first: lookups and merging give the reply path the cores while it is busy.
+	busy := func() float64 { return replyPathBusy(committer.Load()) }
+
 	lookups := objectsvc.New(cfg.ObjectsURL, cfg.FetchConcurrency)
 	defer lookups.CloseIdle()
-	fetcher, err := fetch.New(cfg.fetchConfig(), db, lookups.Lookup, log, m)
+	fcfg := cfg.fetchConfig()
+	fcfg.Yield = func() float64 { return 0.75 * busy() }
+	fetcher, err := fetch.New(fcfg, db, lookups.Lookup, log, m)
 	if err != nil {
 		return err // parseConfig validated it
 	}
 	mcfg := merge.DefaultConfig()
-	mcfg.MaxPending, mcfg.ExpireAfter = cfg.MaxPending, cfg.ExpireAfter
+	mcfg.MaxPending, mcfg.ExpireAfter, mcfg.Yield = cfg.MaxPending, cfg.ExpireAfter, busy
 	merger := merge.New(mcfg, db, log, m, fetcher.Wake)
-	ccfg := inbox.DefaultConfig()
-	ccfg.CommitTimeout = cfg.CommitTimeout
-	committer := inbox.NewCommitter(ccfg, db, sp, log, m, nil) // the merger keeps its own cadence: see merge.DefaultConfig
 	// When the database answers again (a replay or a commit worked after a failure),
 	// every stage that backed off while it was away starts at once: spooled and
 	// queued callbacks reach the table within a second, not after the longest backoff.
@@ -203,6 +208,15 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // databaseTarget names the database for log lines, without the password.
 func databaseTarget(c *pgxpool.Config) string {
 	return fmt.Sprintf("%s:%d/%s", c.ConnConfig.Host, c.ConnConfig.Port, c.ConnConfig.Database)
+}
+
+// replyPathBusy maps the group committer's load (the share of time it spends writing)
+// to how much background work should yield, 0 to 1: nothing below 30% (ordinary
+// traffic), all it may from 80% on (commits back to back, callbacks queueing). Lookups
+// still keep a quarter of their limit and merging a fifth of a core, so that the table
+// keeps moving through a flood.
+func replyPathBusy(load float64) float64 {
+	return min(max((load-0.3)/0.5, 0), 1)
 }
 
 // migrate applies the migrations, retrying until it works or ctx ends.
