@@ -1,5 +1,6 @@
 // Package expiry deletes what left the window: objects not named by any callback for
-// longer than the window, and pending lookups whose newest receipt is older than that.
+// longer than the window, pending lookups whose newest receipt is older than that, and
+// inbox batches that hold nothing newer.
 // Every replica ticks; each tick runs in transactions holding a transaction-scoped
 // advisory lock, so one replica per tick does the work and, if it dies, the lock dies
 // with its connection and another replica's next tick takes over. Running twice would
@@ -130,6 +131,7 @@ func (e *Expirer) Tick(ctx context.Context) store.ExpiryTick {
 	// What the chunks that finished did counts, even after an error.
 	e.metrics.RowsExpired.Add(float64(t.Deleted))
 	e.metrics.Dropped.WithLabelValues("pending", "expired").Add(float64(t.Swept))
+	e.metrics.Dropped.WithLabelValues("inbox", "expired").Add(float64(t.StaleIDs))
 	if err == nil && t.Ran {
 		e.metrics.ExpiryLastRun.Set(float64(now.Unix()))
 	}

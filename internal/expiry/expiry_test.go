@@ -339,3 +339,20 @@ func TestTick_sweepsPendingWorkThatLeftTheWindow(t *testing.T) {
 		"a row whose receipt is in the window stays, and so does one under a lease or backoff")
 	require.Equal(t, 1.0, metrics.Sum(m.Dropped.WithLabelValues("pending", "expired")))
 }
+
+func TestTick_dropsInboxBatchesThatLeftTheWindow(t *testing.T) {
+	t.Parallel()
+	pool, newExpirer := setup(t)
+	ctx := context.Background()
+	db := store.New(pool)
+	require.NoError(t, db.InsertCallbacks(ctx, []callback.Callback{callback.New(t0.Add(-window-time.Second), []int64{1, 2, 3})}))
+	require.NoError(t, db.InsertCallbacks(ctx, []callback.Callback{callback.New(t0.Add(-time.Second), []int64{4})}))
+	e, m := newExpirer(fixed(t0))
+
+	tk := e.Tick(ctx)
+	require.Equal(t, int64(3), tk.StaleIDs)
+	cbs, err := db.Inbox(ctx)
+	require.NoError(t, err)
+	require.Len(t, cbs, 1, "the batch within the window waits for the merger")
+	require.Equal(t, 3.0, metrics.Sum(m.Dropped.WithLabelValues("inbox", "expired")))
+}

@@ -34,6 +34,10 @@ type ExpiryTick struct {
 	Ran     bool  // this replica held the expiry lock
 	Deleted int64 // objects rows
 	Swept   int64 // pending rows
+	// StaleIDs: ids in inbox batches whose newest receipt left the window, deleted
+	// unread (the merger does it too, at the start of each pass; here it happens every
+	// tick, however long a pass takes, so the inbox never holds more than a window).
+	StaleIDs int64
 }
 
 // Expire runs one tick of expiry if no other replica is running one right now. It works
@@ -47,7 +51,7 @@ func (s *Store) Expire(ctx context.Context, p ExpireParams) (ExpiryTick, error) 
 	var e ExpiryTick
 	chunk := int32(max(p.Chunk, 1))
 	for first := true; ; first = false {
-		var objects, pending int64
+		var objects, pending, staleIDs int64
 		locked := false
 		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 			q := s.q.WithTx(tx)
@@ -65,6 +69,11 @@ func (s *Store) Expire(ctx context.Context, p ExpireParams) (ExpiryTick, error) 
 				return fmt.Errorf("sweeping pending rows out of the window: %w", err)
 			}
 			if first {
+				d, err := q.DropStaleBatches(ctx, p.PendingCutoff)
+				if err != nil {
+					return fmt.Errorf("dropping stale inbox batches: %w", err)
+				}
+				staleIDs = d.Ids
 				if _, err := q.ForgetSpoolReplays(ctx, p.ForgetBefore); err != nil {
 					return fmt.Errorf("forgetting spool replays: %w", err)
 				}
@@ -85,6 +94,7 @@ func (s *Store) Expire(ctx context.Context, p ExpireParams) (ExpiryTick, error) 
 		e.Ran = true
 		e.Deleted += objects
 		e.Swept += pending
+		e.StaleIDs += staleIDs
 		if (objects < int64(chunk) && pending < int64(chunk)) || ctx.Err() != nil {
 			return e, nil
 		}
