@@ -71,15 +71,19 @@ type Config struct {
 	// MinConcurrency and Concurrency; it starts at MinConcurrency.
 	MinConcurrency int
 	Concurrency    int
-	MaxClaim       int           // rows per claim at most
-	Timeout        time.Duration // one lookup
-	Lease          time.Duration // see the package comment
-	ExpireAfter    time.Duration // a receipt older than this is dropped, not looked up
-	PollInterval   time.Duration // look for due work this often when not woken
-	FlushInterval  time.Duration // a result waits at most this long for its batch
-	FlushSize      int           // results per write at most
-	BackoffBase    time.Duration // first retry after a failed lookup (then doubling)
-	BackoffMax     time.Duration
+	MaxClaim       int // rows per claim at most
+	// Yield, if set, says how much of the lookup limit to leave unused right now (0 to
+	// 1), because the reply path needs the cores: lookups cost CPU in this process, in
+	// Postgres and at the object service. The limit itself is not changed.
+	Yield         func() float64
+	Timeout       time.Duration // one lookup
+	Lease         time.Duration // see the package comment
+	ExpireAfter   time.Duration // a receipt older than this is dropped, not looked up
+	PollInterval  time.Duration // look for due work this often when not woken
+	FlushInterval time.Duration // a result waits at most this long for its batch
+	FlushSize     int           // results per write at most
+	BackoffBase   time.Duration // first retry after a failed lookup (then doubling)
+	BackoffMax    time.Duration
 	// TripAfter consecutive failed lookups (no success in between) mean the object
 	// service itself is down, not one object: claiming drops to one probe at a time,
 	// paused BackoffBase, doubling to BackoffMax, until a lookup succeeds. Per-object
@@ -217,9 +221,20 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 		// MaxClaim, so at most Concurrency + MaxClaim + maxWaiting results exist at
 		// once: the results channel's capacity.
 		inFlight := int(f.inFlight.Load())
-		free := f.limiter.Limit() - inFlight
+		limit := f.limiter.Limit()
+		yielding := false
+		if f.cfg.Yield != nil {
+			if y := f.cfg.Yield(); y > 0 {
+				limit, yielding = max(int(float64(limit)*(1-min(y, 1))), 1), true
+			}
+		}
+		free := limit - inFlight
 		if free <= 0 || int(f.held.Load())-inFlight >= maxWaiting(f.cfg) {
-			waitAny(ctx, f.done, nil)
+			if yielding {
+				waitAny(ctx, f.done, time.After(f.cfg.PollInterval)) // the reply path may be idle again
+			} else {
+				waitAny(ctx, f.done, nil)
+			}
 			continue
 		}
 		n := min(free, f.cfg.MaxClaim)

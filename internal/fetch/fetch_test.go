@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -408,4 +410,46 @@ func TestFetch_shutdownHandsBackClaims(t *testing.T) {
 		"claims in flight at shutdown are handed back, due at once for any replica")
 	require.Empty(t, f.objects(t))
 	require.Equal(t, 3.0, metrics.Sum(f.m.Lookups.WithLabelValues("abandoned")))
+}
+
+func TestFetch_yieldsTheLimitToABusyReplyPath(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ids := make([]int64, 40)
+	for i := range ids {
+		ids[i] = int64(100 + i)
+	}
+	f.receive(t, ids, now())
+	var (
+		yield    atomic.Uint64 // math.Float64bits
+		inFlight atomic.Int64
+		peak     atomic.Int64
+	)
+	yield.Store(math.Float64bits(1))
+	release := make(chan struct{})
+	cfg := config()
+	cfg.MinConcurrency, cfg.Concurrency = 16, 16
+	cfg.Yield = func() float64 { return math.Float64frombits(yield.Load()) }
+	f.start(t, cfg, func(ctx context.Context, _ int64) (bool, error) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return true, nil
+	})
+
+	// The reply path wants everything: one lookup at a time, however many are due.
+	eventually(t, func() bool { return inFlight.Load() == 1 }, "no lookup started")
+	time.Sleep(100 * time.Millisecond) // twenty polls of the claim loop
+	require.Equal(t, int64(1), peak.Load(), "a yielding fetcher never exceeds what it leaves itself")
+
+	// Intake is idle again: the whole limit is used.
+	yield.Store(math.Float64bits(0))
+	eventually(t, func() bool { return inFlight.Load() == 16 }, "the limit was not used again")
+	close(release)
+	f.settle(t)
 }
