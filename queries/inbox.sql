@@ -71,11 +71,10 @@ WITH stale AS (
 ), dropped AS (
     DELETE FROM inbox_batches d
     WHERE d.batch_id IN (SELECT stale.batch_id FROM stale)
-    RETURNING d.callbacks, d.ids
+    RETURNING d.ids
 )
-SELECT count(*)::bigint                          AS batches,
-       coalesce(sum(dropped.callbacks), 0)::bigint AS callbacks,
-       coalesce(sum(dropped.ids), 0)::bigint       AS ids
+SELECT count(*)::bigint                    AS batches,
+       coalesce(sum(dropped.ids), 0)::bigint AS ids
 FROM dropped;
 
 -- name: LockBatches :many

@@ -17,7 +17,7 @@ import (
 
 // Batch bounds, for callers that cut callbacks into batches: a batch holds at most
 // MaxBatchCallbacks callbacks and, unless one callback alone is bigger, at most
-// MaxBatchIDs ids. They keep a merge pass's memory bounded (ClaimBatches).
+// MaxBatchIDs ids. They keep a merge pass's memory bounded (LockBatches).
 const (
 	MaxBatchCallbacks = 1024
 	MaxBatchIDs       = 1 << 16
@@ -246,12 +246,12 @@ type Merged struct {
 	Refreshed int64 // online objects whose last_seen moved forward
 	Full      bool  // the pass stopped at a bound: more may be waiting
 
-	// Dropped before they cost anything (see MergeParams): batches, and their
-	// callbacks and ids, whose newest receipt left the window (deleted unread); ids in
-	// batches taken whose callback left the window; ids not made pending for lack of room.
-	StaleBatches, StaleCallbacks, StaleBatchIDs int64
-	StaleIDs                                    int64
-	NoRoom                                      int64
+	// Dropped before they cost anything (see MergeParams): batches, and their ids,
+	// whose newest receipt left the window (deleted unread); ids in batches taken whose
+	// callback left the window; ids not made pending for lack of room.
+	StaleBatches, StaleBatchIDs int64
+	StaleIDs                    int64
+	NoRoom                      int64
 	// Evicted: waiting pending rows with older receipts deleted to make room for this
 	// pass's newer ones.
 	Evicted int64
@@ -275,11 +275,12 @@ func (s *Store) MergeInbox(ctx context.Context, maxBatches, maxIDs int) (Merged,
 }
 
 // Merge moves the newest inbox batches into pending, in one transaction: at most
-// MaxBatches rows, and no further row once MaxIDs ids are taken. Batches and callbacks
-// that left the window are dropped first. The batches are decoded here, every object id
-// they name goes to pending once, with the newest receipt that names it, within
-// MaxPending (queries/inbox.sql: DropStaleBatches, ClaimBatches, MergePending), and
-// online objects named take the newer receipt as last_seen (RefreshObjects).
+// MaxBatches rows, and no further row once MaxIDs ids are read. Batches and callbacks
+// that left the window are dropped first. The batches are decoded here; the first
+// MaxDistinct object ids go to pending once each, with the newest receipt that names
+// them, within MaxNew and MaxPending (queries/inbox.sql: DropStaleBatches, LockBatches,
+// MergePending, EvictPending), and every online object named takes the newer receipt
+// as last_seen (RefreshObjects).
 //
 // A pass costs per distinct id, not per id received: the map keeps one entry per
 // object, and the statements see each object once, however many callbacks named it.
@@ -296,7 +297,7 @@ func (s *Store) Merge(ctx context.Context, p MergeParams) (Merged, error) {
 			if err != nil {
 				return fmt.Errorf("dropping stale inbox batches: %w", err)
 			}
-			m.StaleBatches, m.StaleCallbacks, m.StaleBatchIDs = d.Batches, d.Callbacks, d.Ids
+			m.StaleBatches, m.StaleBatchIDs = d.Batches, d.Ids
 		}
 		rows, err := q.LockBatches(ctx, dbsqlc.LockBatchesParams{Cutoff: p.Cutoff, MaxBatches: int32(p.MaxBatches), MaxIds: int64(p.MaxIDs)})
 		if err != nil {

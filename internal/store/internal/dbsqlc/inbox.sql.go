@@ -61,18 +61,16 @@ WITH stale AS (
 ), dropped AS (
     DELETE FROM inbox_batches d
     WHERE d.batch_id IN (SELECT stale.batch_id FROM stale)
-    RETURNING d.callbacks, d.ids
+    RETURNING d.ids
 )
-SELECT count(*)::bigint                          AS batches,
-       coalesce(sum(dropped.callbacks), 0)::bigint AS callbacks,
-       coalesce(sum(dropped.ids), 0)::bigint       AS ids
+SELECT count(*)::bigint                    AS batches,
+       coalesce(sum(dropped.ids), 0)::bigint AS ids
 FROM dropped
 `
 
 type DropStaleBatchesRow struct {
-	Batches   int64
-	Callbacks int64
-	Ids       int64
+	Batches int64
+	Ids     int64
 }
 
 // Batches whose newest receipt left the window, deleted unread: merging them could not
@@ -83,7 +81,7 @@ type DropStaleBatchesRow struct {
 func (q *Queries) DropStaleBatches(ctx context.Context, cutoff time.Time) (DropStaleBatchesRow, error) {
 	row := q.db.QueryRow(ctx, dropStaleBatches, cutoff)
 	var i DropStaleBatchesRow
-	err := row.Scan(&i.Batches, &i.Callbacks, &i.Ids)
+	err := row.Scan(&i.Batches, &i.Ids)
 	return i, err
 }
 
