@@ -31,6 +31,8 @@ func (c *countingInserter) InsertBatch(ctx context.Context, batchID uuid.UUID, c
 	return c.inner.InsertBatch(ctx, batchID, cbs)
 }
 
+func (c *countingInserter) Ping(ctx context.Context) error { return c.inner.Ping(ctx) }
+
 // BenchmarkCommitter is the group commit against real Postgres (fsync as the server
 // has it): many goroutines, each submitting callbacks of 200 ids one after another
 // like a handler per keep-alive connection. It reports callbacks/s and the mean number

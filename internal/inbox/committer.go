@@ -66,6 +66,7 @@ var ErrUnavailable = errors.New("cannot store callback durably")
 // Inserter writes callbacks into the inbox table in one transaction, as one batch.
 type Inserter interface {
 	InsertBatch(ctx context.Context, batchID uuid.UUID, cbs []callback.Callback) error
+	Ping(ctx context.Context) error
 }
 
 // Appender writes callbacks to the local spool durably, as one batch.
@@ -80,7 +81,7 @@ type Config struct {
 	MaxBatchIDs   int           // no further callback once a write holds this many ids
 	QueueSize     int           // callbacks waiting for a flusher before Submit blocks
 	CommitTimeout time.Duration // a database write slower than this is abandoned for the spool
-	RetryDBAfter  time.Duration // after a failed database write, spool directly this long
+	RetryDBAfter  time.Duration // after a failed database write, ping the database this often; writes go back to it once a ping answers
 }
 
 // DefaultConfig suits a 2-core machine and a sender that waits at most 1 s. One
@@ -92,7 +93,7 @@ type Config struct {
 // 17-20 ms, Postgres 0.21 cores; 2 flushers 8.5k, 8.0k, 7.5k, 7.5k, p99 20-24 ms,
 // Postgres 0.30; 16 senders: 5.8k-7.5k against 3.9k-5.5k).
 func DefaultConfig() Config {
-	return Config{Flushers: 1, MaxBatch: store.MaxBatchCallbacks, MaxBatchIDs: store.MaxBatchIDs, QueueSize: 8192, CommitTimeout: 400 * time.Millisecond, RetryDBAfter: time.Second}
+	return Config{Flushers: 1, MaxBatch: store.MaxBatchCallbacks, MaxBatchIDs: store.MaxBatchIDs, QueueSize: 8192, CommitTimeout: 400 * time.Millisecond, RetryDBAfter: 250 * time.Millisecond}
 }
 
 type request struct {
@@ -113,10 +114,16 @@ type Committer struct {
 	queue   chan *request
 	now     func() time.Time
 
-	// dbDownUntil (unix nanos): after a failed write, go straight to the spool until
-	// then, so that a dead database costs one timeout, not one per batch.
-	dbDownUntil atomic.Int64
-	committed   func() // called after each database write: wakes the merger
+	// dbDown is set by a failed write: writes then go straight to the spool, and a
+	// probe (probing: one goroutine at a time) pings the database every RetryDBAfter
+	// and clears dbDown once a ping answers. So an outage costs the callbacks of one
+	// write a CommitTimeout, not those of one write per retry: against a blackholed
+	// server each such write holds the callbacks behind it for CommitTimeout, and
+	// with a sender that waits 1 s, a retry a second is enough to time some out.
+	dbDown    atomic.Bool
+	probing   atomic.Bool
+	runCtx    context.Context // Run's: the probe ends with it
+	committed func()          // called after each database write: wakes the merger
 
 	// failed is set by a failed database write and cleared by the next one that
 	// works, which then calls recovered (see OnRecovered).
@@ -161,7 +168,7 @@ func NewCommitter(cfg Config, db Inserter, spool Appender, log *slog.Logger, m *
 	}
 	return &Committer{
 		cfg: cfg, db: db, spool: spool, log: log, errs: errlog.New(log, 10*time.Second), metrics: m,
-		queue: make(chan *request, cfg.QueueSize), now: time.Now, committed: committed,
+		queue: make(chan *request, cfg.QueueSize), now: time.Now, committed: committed, runCtx: context.Background(),
 		recovered: func() {},
 	}
 }
@@ -198,6 +205,7 @@ func (c *Committer) Submit(ctx context.Context, cb callback.Callback) error {
 
 // Run runs the flushers until ctx ends, then drains what is queued.
 func (c *Committer) Run(ctx context.Context) error {
+	c.runCtx = ctx
 	var wg sync.WaitGroup
 	for range c.cfg.Flushers {
 		wg.Go(func() { c.flushLoop(ctx) })
@@ -265,7 +273,7 @@ func (c *Committer) write(ctx context.Context, cbs []callback.Callback) error {
 	// Minted before the write, and the same for both copies, so that a batch that ends up
 	// both in the inbox and in the spool is recognised at replay (store.ReplaySegment).
 	batchID := uuid.Must(uuid.NewV7())
-	if c.now().UnixNano() >= c.dbDownUntil.Load() {
+	if !c.dbDown.Load() {
 		start := c.now()
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.CommitTimeout)
 		err := c.db.InsertBatch(wctx, batchID, cbs)
@@ -283,7 +291,8 @@ func (c *Committer) write(ctx context.Context, cbs []callback.Callback) error {
 		// during COMMIT's reply). Spooling it as well is safe: it goes under the same
 		// batch id, and replay skips a batch id that is in the inbox or was merged.
 		c.metrics.DatabaseErrors.WithLabelValues("commit").Inc()
-		c.dbDownUntil.Store(c.now().Add(c.cfg.RetryDBAfter).UnixNano())
+		c.dbDown.Store(true)
+		c.startProbe()
 		c.failed.Store(true)
 		c.errs.Error(ctx, "insert", "inbox write failed; spooling callbacks to disk", err, "callbacks", len(cbs))
 	}
@@ -302,5 +311,38 @@ func (c *Committer) write(ctx context.Context, cbs []callback.Callback) error {
 
 // DatabaseDown reports whether writes currently go to the spool.
 func (c *Committer) DatabaseDown() bool {
-	return c.now().UnixNano() < c.dbDownUntil.Load()
+	return c.dbDown.Load()
+}
+
+// startProbe starts the probe unless one runs. It ends with Run's context (shutdown):
+// what is still queued then goes to the spool.
+func (c *Committer) startProbe() {
+	if c.runCtx.Err() == nil && c.probing.CompareAndSwap(false, true) {
+		go c.probe(c.runCtx)
+	}
+}
+
+// probe pings the database every RetryDBAfter until a ping answers, then sends writes
+// back to it. probing is cleared before dbDown, so that a write failing in between
+// always finds either this probe still to clear dbDown (and fail again) or room to
+// start a new one: dbDown is never left set with no probe to clear it.
+func (c *Committer) probe(ctx context.Context) {
+	t := time.NewTicker(c.cfg.RetryDBAfter)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			c.probing.Store(false)
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, c.cfg.CommitTimeout)
+		err := c.db.Ping(pctx)
+		cancel()
+		if err == nil {
+			c.probing.Store(false)
+			c.dbDown.Store(false)
+			return
+		}
+	}
 }

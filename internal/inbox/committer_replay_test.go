@@ -25,7 +25,9 @@ func (l lostReply) InsertBatch(ctx context.Context, batchID uuid.UUID, cbs []cal
 	return context.DeadlineExceeded
 }
 
-// Issue 11, case 3: a batch both committed and spooled is merged once, however late its
+func (l lostReply) Ping(ctx context.Context) error { return l.s.Ping(ctx) }
+
+// A batch both committed and spooled is merged once, however late its
 // spooled copy is replayed.
 func TestCommitter_timedOutCommitThatCommittedIsMergedOnce(t *testing.T) {
 	t.Parallel()

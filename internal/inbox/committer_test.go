@@ -24,13 +24,21 @@ import (
 	"github.com/objwatch/callback/internal/store"
 )
 
-// inserter is a fake Inserter.
+// inserter is a fake Inserter. A nil PingFunc answers every ping.
 type inserter struct {
 	InsertCallbacksFunc func(ctx context.Context, cbs []callback.Callback) error
+	PingFunc            func(ctx context.Context) error
 }
 
 func (f inserter) InsertBatch(ctx context.Context, _ uuid.UUID, cbs []callback.Callback) error {
 	return f.InsertCallbacksFunc(ctx, cbs)
+}
+
+func (f inserter) Ping(ctx context.Context) error {
+	if f.PingFunc == nil {
+		return nil
+	}
+	return f.PingFunc(ctx)
 }
 
 // appender is a fake Appender.
@@ -296,23 +304,38 @@ func TestSubmit_databaseAndSpoolFailureIsUnavailable(t *testing.T) {
 	}
 }
 
-func TestSubmit_afterAFailureSpoolsDirectlyUntilRetryDBAfter(t *testing.T) {
+// A blackholed database holds a write for CommitTimeout, and the callbacks queued
+// behind it wait as long. So after a failed write the committer does not try the
+// database again with callbacks in hand, however long the outage: a probe pings it,
+// and writes go back to it only once a ping answers.
+func TestSubmit_afterAFailureOnlyAPingThatAnswersSendsWritesBackToTheDatabase(t *testing.T) {
 	t.Parallel()
 	var (
-		inserts atomic.Int64
-		down    atomic.Bool
+		inserts, pings atomic.Int64
+		down           atomic.Bool
 	)
 	down.Store(true)
 	sp := openSpool(t)
 	cfg := DefaultConfig()
-	cfg.RetryDBAfter = time.Second
-	c, clk, _ := setup(t, cfg, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
-		inserts.Add(1)
-		if down.Load() {
-			return failing
-		}
-		return nil
-	}}, sp)
+	cfg.RetryDBAfter = time.Millisecond
+	cfg.CommitTimeout = 20 * time.Millisecond
+	c, clk, _ := setup(t, cfg, inserter{
+		InsertCallbacksFunc: func(ctx context.Context, _ []callback.Callback) error {
+			inserts.Add(1)
+			if down.Load() {
+				<-ctx.Done() // blackholed: no answer until the timeout
+				return ctx.Err()
+			}
+			return nil
+		},
+		PingFunc: func(ctx context.Context) error {
+			pings.Add(1)
+			if down.Load() {
+				return failing
+			}
+			return nil
+		},
+	}, sp)
 	run(t, c)
 
 	first, second, third := newCallback(1), newCallback(2), newCallback(3)
@@ -320,19 +343,26 @@ func TestSubmit_afterAFailureSpoolsDirectlyUntilRetryDBAfter(t *testing.T) {
 	require.Equal(t, int64(1), inserts.Load())
 	require.True(t, c.DatabaseDown())
 
-	down.Store(false) // the database is back, but the committer does not know yet
-	clk.Advance(cfg.RetryDBAfter - time.Nanosecond)
+	// However much time passes, a failing ping keeps writes on the spool.
+	testEventually(t, func() bool { return pings.Load() >= 5 })
+	clk.Advance(time.Hour)
 	require.NoError(t, c.Submit(context.Background(), second))
-	require.Equal(t, int64(1), inserts.Load(), "within RetryDBAfter of a failure, writes skip the database")
+	require.Equal(t, int64(1), inserts.Load(), "while pings fail, writes skip the database")
 	require.True(t, c.DatabaseDown())
 
-	clk.Advance(time.Nanosecond)
-	require.False(t, c.DatabaseDown())
+	down.Store(false)
+	testEventually(t, func() bool { return !c.DatabaseDown() })
 	require.NoError(t, c.Submit(context.Background(), third))
-	require.Equal(t, int64(2), inserts.Load(), "after RetryDBAfter the database is tried again")
+	require.Equal(t, int64(2), inserts.Load(), "once a ping answers, the database is tried again")
 	require.False(t, c.DatabaseDown())
 
 	requireSame(t, []callback.Callback{first, second}, spooled(t, sp))
+}
+
+// testEventually waits for cond, failing the test after 10 s.
+func testEventually(t *testing.T, cond func() bool) {
+	t.Helper()
+	require.Eventually(t, cond, 10*time.Second, time.Millisecond)
 }
 
 func TestSubmit_givingUpBeforeQueuedReturnsContextError(t *testing.T) {
@@ -411,12 +441,17 @@ func TestSubmit_firstCommitAfterAFailureCallsRecovered(t *testing.T) {
 	var down atomic.Bool
 	down.Store(true)
 	cfg := DefaultConfig()
-	c, clk, _ := setup(t, cfg, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
+	cfg.RetryDBAfter = time.Millisecond
+	notDown := func(context.Context) error {
 		if down.Load() {
 			return failing
 		}
 		return nil
-	}}, openSpool(t))
+	}
+	c, _, _ := setup(t, cfg, inserter{
+		InsertCallbacksFunc: func(ctx context.Context, _ []callback.Callback) error { return notDown(ctx) },
+		PingFunc:            notDown,
+	}, openSpool(t))
 	var recovered atomic.Int64
 	c.OnRecovered(func() { recovered.Add(1) })
 	run(t, c)
@@ -424,7 +459,7 @@ func TestSubmit_firstCommitAfterAFailureCallsRecovered(t *testing.T) {
 	require.NoError(t, c.Submit(context.Background(), newCallback(1)))
 	require.Zero(t, recovered.Load(), "spooled, not committed")
 	down.Store(false)
-	clk.Advance(cfg.RetryDBAfter)
+	testEventually(t, func() bool { return !c.DatabaseDown() })
 	require.NoError(t, c.Submit(context.Background(), newCallback(2)))
 	require.Equal(t, int64(1), recovered.Load(), "the first commit after the failure")
 	require.NoError(t, c.Submit(context.Background(), newCallback(3)))
