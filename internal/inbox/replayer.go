@@ -40,7 +40,7 @@ type Replayer struct {
 // ReplayRetry is how soon a pass that left work in the spool (the database did not
 // answer, or a replay failed) is tried again. Spooled callbacks wait in no table, so
 // nothing else moves them: an outage must not end in a backoff. Low, so that they
-// reach the inbox well within a second of Postgres answering again (issue 11, case 7);
+// reach the inbox well within a second of Postgres answering again;
 // a failed ping costs a refused connection or at most pingTimeout, and runs only while
 // the spool holds work.
 const ReplayRetry = 200 * time.Millisecond
@@ -48,6 +48,24 @@ const ReplayRetry = 200 * time.Millisecond
 // pingTimeout bounds the check that the database answers before a replay. Short: a
 // blackholed server must not hold the next retry back for long.
 const pingTimeout = time.Second
+
+// ReplayBudget is how long the replay of one segment may take before it is abandoned
+// and retried: a few seconds plus one per 100,000 ids. Inserting 100,000 ids into the
+// inbox takes well under a second; the budget is not there for the work but for a
+// connection that hangs. After a failover through a blackholed network, the pool
+// may hand out a connection to the old primary that was used a moment ago and is
+// not pinged (pgxpool pings only connections idle for over a second); a replay
+// stuck on it holds the whole spool until its deadline, so the deadline must be as
+// short as the segment allows.
+func ReplayBudget(batches []callback.Batch) time.Duration {
+	ids := 0
+	for _, b := range batches {
+		for _, cb := range b.Callbacks {
+			ids += len(cb.ObjectIDs)
+		}
+	}
+	return 5*time.Second + time.Duration(ids)*(time.Second/100_000)
+}
 
 // NewReplayer checks the spool every interval, and every ReplayRetry while it holds
 // work the database did not take. replayed is called after a pass that replayed
@@ -107,8 +125,7 @@ func (r *Replayer) ReplayOnce(ctx context.Context) error {
 		return err
 	}
 	n, err := r.spool.Replay(ctx, func(ctx context.Context, segment uuid.UUID, batches []callback.Batch) error {
-		// A segment holds at most ~10,000 callbacks: seconds, even on a slow server.
-		sctx, cancel := context.WithTimeout(ctx, time.Minute)
+		sctx, cancel := context.WithTimeout(ctx, ReplayBudget(batches))
 		defer cancel()
 		inserted, err := r.store.ReplaySegment(sctx, segment, batches)
 		if err != nil {

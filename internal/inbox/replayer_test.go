@@ -317,3 +317,28 @@ func TestRun_wakeReplaysAtOnce(t *testing.T) {
 	waitWoken(t, woken)
 	require.Equal(t, want, f.inbox(t))
 }
+
+// A replay that hangs (a connection to a server that went away without a word) is
+// abandoned after a budget that grows with the segment, not after a minute: the whole
+// spool waits behind it.
+func TestReplayOnce_aHungReplayIsAbandonedWithinItsBudget(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	require.NoError(t, f.spool.Append(callbacks(3)))
+	var budget time.Duration
+	hung := segmentStore{
+		PingFunc: func(context.Context) error { return nil },
+		ReplaySegmentFunc: func(ctx context.Context, _ uuid.UUID, _ []callback.Batch) (int, error) {
+			deadline, ok := ctx.Deadline()
+			require.True(t, ok, "a replay without a deadline can hang forever")
+			budget = time.Until(deadline)
+			return 0, context.DeadlineExceeded // as when the deadline came
+		},
+	}
+	require.Error(t, f.replayer(hung, nil).ReplayOnce(context.Background()))
+	require.Equal(t, 1, f.segments(t), "kept for the next pass")
+	require.LessOrEqual(t, budget, 6*time.Second, "a segment of a few ids gets a few seconds")
+
+	big := []callback.Batch{{Callbacks: []callback.Callback{callback.New(time.Now(), make([]int64, 2_000_000))}}}
+	require.Greater(t, inbox.ReplayBudget(big), 20*time.Second, "the largest segments get time for their size")
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -58,6 +59,15 @@ func PoolConfig(databaseURL string) (*pgxpool.Config, error) {
 	if _, ok := cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"]; !ok {
 		cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = "10s"
 	}
+	// pgxpool pings a connection that has been idle for over a second before handing it
+	// out, but by default for as long as the caller's deadline allows. After a
+	// blackholed failover every idle connection to the old primary hangs its ping,
+	// and a caller with a long deadline (a spool replay) would wait on the first of
+	// them. Bounded, a dead connection costs a second and is dropped, and the pool
+	// takes the next or dials anew. A URL that sets pool_ping_timeout keeps it.
+	if cfg.PingTimeout == 0 {
+		cfg.PingTimeout = PingTimeout
+	}
 	cfg.ConnConfig.Tracer = readOnlyTracer{}
 	cfg.PrepareConn = func(_ context.Context, conn *pgx.Conn) (bool, error) {
 		pc := conn.PgConn()
@@ -71,6 +81,9 @@ func PoolConfig(databaseURL string) (*pgxpool.Config, error) {
 	}
 	return cfg, nil
 }
+
+// PingTimeout bounds the liveness ping of an idle connection (see PoolConfig).
+const PingTimeout = time.Second
 
 // ErrReadOnly: the pool dropped a connection to a server or session that cannot take
 // writes (a standby, or one being promoted); the next attempt dials anew.

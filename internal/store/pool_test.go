@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/url"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -113,4 +114,18 @@ func TestMigrate_multiHostURL(t *testing.T) {
 	require.NoError(t, store.Migrate(ctx, withDeadHostFirst(t, dbURL), io.Discard))
 	var n int
 	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM inbox_batches").Scan(&n))
+}
+
+// An idle connection to a server that went silent is pinged for at most PingTimeout
+// before the pool drops it, whatever the caller's deadline: pgxpool's default waits
+// as long as the caller does.
+func TestPoolConfig_boundsThePingOfIdleConnections(t *testing.T) {
+	t.Parallel()
+	cfg, err := store.PoolConfig("postgres://postgres@127.0.0.1:5432/db")
+	require.NoError(t, err)
+	require.Equal(t, store.PingTimeout, cfg.PingTimeout)
+
+	cfg, err = store.PoolConfig("postgres://postgres@127.0.0.1:5432/db?pool_ping_timeout=3s")
+	require.NoError(t, err)
+	require.Equal(t, 3*time.Second, cfg.PingTimeout, "the URL's own value is kept")
 }
