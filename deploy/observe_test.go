@@ -246,7 +246,7 @@ func TestDashboardQueriesParseAndNameExportedMetrics(t *testing.T) {
 	if queries == 0 {
 		t.Fatal("no queries read from the dashboard")
 	}
-	// What the issue asks the dashboard to show, by the series that show it.
+	// What the dashboard must show, by the series that show it.
 	for _, n := range []string{"callback:callbacks_accepted:rate1m", "callback_callbacks_rejected_total", "callback_reply_seconds_bucket",
 		"callback_commit_batch_callbacks_bucket", "callback_commit_seconds_bucket", "callback_callbacks_spooled_total",
 		"callback_inbox_oldest_seconds", "callback_merged_ids_total", "callback_lookup_limit", "callback_lookups_in_flight",

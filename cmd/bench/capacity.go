@@ -11,7 +11,7 @@ import (
 	"github.com/objwatch/callback/internal/tester"
 )
 
-// The phases of issue 10: the service at realistic id spaces, with default settings.
+// The capacity phases: the service at realistic id spaces, with default settings.
 const (
 	window = 30 * time.Second // EXPIRE_AFTER's default
 	// settle is how long after an id was named the table may still lack it: the slowest
@@ -25,7 +25,7 @@ const (
 	normalSpace = 20_000
 )
 
-// normalTraffic is issue 10's "2,000 ids/s" shape: rate callbacks/s of 0..199 ids (mean
+// normalTraffic is the "2,000 ids/s" shape of ordinary traffic: rate callbacks/s of 0..199 ids (mean
 // ~100) from ids idMin..idMax, 4 senders, 1 s timeout.
 func normalTraffic(target string, rate float64, idMin, idMax int64, d time.Duration, seed uint64, track bool) (*tester.Sender, error) {
 	cfg := tester.DefaultSenderConfig()
@@ -72,7 +72,7 @@ func pollFreshness(ctx context.Context, svc *service) *freshness {
 	return f
 }
 
-// scale: end to end at each id space, issue 10's 2,000 ids/s, default settings.
+// scale: end to end at each id space, 2,000 ids/s, default settings.
 func (b *bench) scale(ctx context.Context) error {
 	for _, space := range b.scaleSpaces {
 		if err := b.scaleOne(ctx, space); err != nil {
@@ -114,7 +114,7 @@ func (b *bench) scaleOne(ctx context.Context, space int64) error {
 		f.note = "one run"
 	}
 	errs.target, errs.ok = "0", func(v float64) bool { return v == 0 }
-	if space <= 20_000 { // issue 10: the 20,000-object case must be exact with default settings
+	if space <= 20_000 { // the 20,000-object case must be exact with default settings
 		problems.target, problems.ok = "0", func(v float64) bool { return v == 0 }
 	}
 	rss.target, rss.ok = "< 256 MiB", func(v float64) bool { return v < 256 }

@@ -83,7 +83,7 @@ func (b *bench) intake(ctx context.Context, senders int, space int64) error {
 		errs.target, errs.ok = "0", func(v float64) bool { return v == 0 }
 		toHTTP.target, toHTTP.ok = "≥ 0.6", func(v float64) bool { return v >= 0.6 }
 		defer func() { b.intake64 = rate.median() }()
-	case senders == 64 && space == 100_000: // issue 10's intake targets
+	case senders == 64 && space == 100_000: // the intake targets at a realistic id space
 		toHTTP.target, toHTTP.ok = "≥ 0.5 (aim 0.6)", func(v float64) bool { return v >= 0.5 }
 		p99.target, p99.ok = "< 20 ms", func(v float64) bool { return v < 20 }
 		errs.target, errs.ok = "0", func(v float64) bool { return v == 0 }

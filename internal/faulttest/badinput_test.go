@@ -25,7 +25,7 @@ func TestBadInput(t *testing.T) {
 	addr := e["LISTEN_ADDR"]
 	auth := "Bearer " + token
 
-	// Answered within this; the bar is a second, the rest is room for a
+	// Answered within this; the bar is a second, the rest is room for a
 	// loaded CI machine. BODY_TIMEOUT cases get the timeout on top.
 	const quick = 2 * time.Second
 

@@ -1,5 +1,5 @@
 // Package faulttest breaks the real service on purpose and checks that it keeps its
-// promises (issue 4): kill -9 under load, Postgres cut, blackholed and restarted, an
+// promises: kill -9 under load, Postgres cut, blackholed and restarted, an
 // unwritable spool, a failing or dead object service, two replicas on one database,
 // SIGTERM, and bad input. Every test drives the service the way production does (the
 // binary built from cmd/callback as a subprocess, or service.Run in process), with the

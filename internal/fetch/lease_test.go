@@ -66,7 +66,7 @@ func runFetcher(t *testing.T, f *Fetcher) (stop func()) {
 	return stop
 }
 
-// Case 5 of issue 11, the first half: while results cannot be written, the fetcher
+// While results cannot be written, the fetcher
 // stops claiming. (Before, the bound was implicit: the results channel's capacity,
 // plus lookups blocked sending to it and the claim loop blocked sending expired
 // results, all holding leases that ran out meanwhile. With thousands in flight it

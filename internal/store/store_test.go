@@ -452,7 +452,7 @@ func TestReplaySegment(t *testing.T) {
 		require.Equal(t, map[int64]time.Time{2: at(2)}, pendingTable(t, pool))
 	})
 
-	// Issue 11, case 3: the committer's write timed out but committed, so the batch was
+	// The committer's write timed out but committed, so the batch was
 	// spooled too, under the same id.
 	t.Run("a_batch_still_in_the_inbox_is_not_inserted_again", func(t *testing.T) {
 		t.Parallel()

@@ -8,7 +8,8 @@
 //     retries), or as fast as many keep-alive senders can, and counts the replies.
 //   - Diff and Verify compare the service's objects table with what was sent and served.
 //
-// Defaults reproduce the original tester; none of its defects are kept (see
-// ../shared/ORIGINAL_TESTER.md): randomness is seeded and per goroutine, servers report
-// start errors, have timeouts and shut down gracefully.
+// Defaults reproduce the original task's tester; none of its defects are kept (it
+// shared one unlocked random generator between goroutines, caught os.Kill, ignored
+// server errors and had no timeouts): randomness is seeded and per goroutine, servers
+// report start errors, have timeouts and shut down gracefully.
 package tester

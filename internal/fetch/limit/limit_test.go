@@ -321,7 +321,7 @@ func (q *events) Pop() any {
 	return e
 }
 
-// The targets, on a simulated object service: no timing involved.
+// The limiter's targets, on a simulated object service: no timing involved.
 func TestLimiter_simulated(t *testing.T) {
 	t.Parallel()
 	const mean = 2.3 // seconds
