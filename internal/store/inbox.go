@@ -69,7 +69,7 @@ func batchRow(buf *[]byte, batchID uuid.UUID, cbs []callback.Callback) dbsqlc.In
 		ReceivedAt:     oldest,
 		LastReceivedAt: newest,
 		Callbacks:      int32(len(cbs)),
-		Ids:            int32(min(ids, 1<<31-1)),
+		IDs:            int32(min(ids, 1<<31-1)),
 		Data:           *buf,
 	}
 }
@@ -297,9 +297,9 @@ func (s *Store) Merge(ctx context.Context, p MergeParams) (Merged, error) {
 			if err != nil {
 				return fmt.Errorf("dropping stale inbox batches: %w", err)
 			}
-			m.StaleBatches, m.StaleBatchIDs = d.Batches, d.Ids
+			m.StaleBatches, m.StaleBatchIDs = d.Batches, d.IDs
 		}
-		rows, err := q.LockBatches(ctx, dbsqlc.LockBatchesParams{Cutoff: p.Cutoff, MaxBatches: int32(p.MaxBatches), MaxIds: int64(p.MaxIDs)})
+		rows, err := q.LockBatches(ctx, dbsqlc.LockBatchesParams{Cutoff: p.Cutoff, MaxBatches: int32(p.MaxBatches), MaxIDs: int64(p.MaxIDs)})
 		if err != nil {
 			return fmt.Errorf("reading inbox batches: %w", err)
 		}
@@ -324,7 +324,7 @@ func (s *Store) Merge(ctx context.Context, p MergeParams) (Merged, error) {
 		used := make([]uuid.UUID, 0, len(rows))
 		for _, r := range rows {
 			used = append(used, r.BatchID)
-			taken += int(r.Ids)
+			taken += int(r.IDs)
 			// Decoded whole before any of it counts: a batch that breaks off halfway
 			// contributes nothing rather than a prefix of possible garbage.
 			staged = staged[:0]
@@ -342,7 +342,7 @@ func (s *Store) Merge(ctx context.Context, p MergeParams) (Merged, error) {
 				// Kept aside in this transaction, never dropped, and never allowed to
 				// stop every later pass at the same row.
 				if err := q.QuarantineBatch(ctx, dbsqlc.QuarantineBatchParams{
-					BatchID: r.BatchID, ReceivedAt: r.ReceivedAt, Callbacks: r.Callbacks, Ids: r.Ids, Data: r.Data, Error: err.Error(),
+					BatchID: r.BatchID, ReceivedAt: r.ReceivedAt, Callbacks: r.Callbacks, IDs: r.IDs, Data: r.Data, Error: err.Error(),
 				}); err != nil {
 					return fmt.Errorf("quarantining inbox batch %s: %w", r.BatchID, err)
 				}
@@ -430,7 +430,7 @@ func (s *Store) Merge(ctx context.Context, p MergeParams) (Merged, error) {
 			}
 			maxNew = min(maxNew, room)
 		}
-		r, err := q.MergePending(ctx, dbsqlc.MergePendingParams{Ids: ids, ReceivedAts: times, MaxNew: int32(maxNew)})
+		r, err := q.MergePending(ctx, dbsqlc.MergePendingParams{IDs: ids, ReceivedAts: times, MaxNew: int32(maxNew)})
 		if err != nil {
 			return fmt.Errorf("merging into pending: %w", err)
 		}
@@ -469,7 +469,7 @@ func (s *Store) refreshObjects(ctx context.Context, ids []int64, times []time.Ti
 			return err
 		}
 		var err error
-		n, err = q.RefreshObjects(ctx, dbsqlc.RefreshObjectsParams{Ids: ids, ReceivedAts: times})
+		n, err = q.RefreshObjects(ctx, dbsqlc.RefreshObjectsParams{IDs: ids, ReceivedAts: times})
 		return err
 	})
 	if err != nil {

@@ -73,7 +73,7 @@ func (s *Store) Expire(ctx context.Context, p ExpireParams) (ExpiryTick, error) 
 				if err != nil {
 					return fmt.Errorf("dropping stale inbox batches: %w", err)
 				}
-				staleIDs = d.Ids
+				staleIDs = d.IDs
 				if _, err := q.ForgetSpoolReplays(ctx, p.ForgetBefore); err != nil {
 					return fmt.Errorf("forgetting spool replays: %w", err)
 				}

@@ -76,14 +76,14 @@ func (s *Store) CompleteLookups(ctx context.Context, results []Result, cutoff ti
 	rs = slices.CompactFunc(rs, func(a, b Result) bool { return a.ObjectID == b.ObjectID && a.Token == b.Token })
 
 	p := dbsqlc.CompleteLookupsParams{
-		ObjectIds:    make([]int64, len(rs)),
+		ObjectIDs:    make([]int64, len(rs)),
 		ClaimTokens:  make([]uuid.UUID, len(rs)),
 		Outcomes:     make([]string, len(rs)),
 		RetryAfterMs: make([]int64, len(rs)),
 		Cutoff:       cutoff,
 	}
 	for i, r := range rs {
-		p.ObjectIds[i] = r.ObjectID
+		p.ObjectIDs[i] = r.ObjectID
 		p.ClaimTokens[i] = r.Token
 		p.Outcomes[i] = string(r.Outcome)
 		p.RetryAfterMs[i] = r.RetryAfter.Milliseconds()

@@ -70,7 +70,7 @@ FROM dropped
 
 type DropStaleBatchesRow struct {
 	Batches int64
-	Ids     int64
+	IDs     int64
 }
 
 // Batches whose newest receipt left the window, deleted unread: merging them could not
@@ -81,7 +81,7 @@ type DropStaleBatchesRow struct {
 func (q *Queries) DropStaleBatches(ctx context.Context, cutoff time.Time) (DropStaleBatchesRow, error) {
 	row := q.db.QueryRow(ctx, dropStaleBatches, cutoff)
 	var i DropStaleBatchesRow
-	err := row.Scan(&i.Batches, &i.Ids)
+	err := row.Scan(&i.Batches, &i.IDs)
 	return i, err
 }
 
@@ -134,7 +134,7 @@ type InsertBatchParams struct {
 	ReceivedAt     time.Time
 	LastReceivedAt time.Time
 	Callbacks      int32
-	Ids            int32
+	IDs            int32
 	Data           []byte
 }
 
@@ -151,7 +151,7 @@ func (q *Queries) InsertBatch(ctx context.Context, arg InsertBatchParams) error 
 		arg.ReceivedAt,
 		arg.LastReceivedAt,
 		arg.Callbacks,
-		arg.Ids,
+		arg.IDs,
 		arg.Data,
 	)
 	return err
@@ -169,7 +169,7 @@ type InsertReplayedBatchParams struct {
 	ReceivedAt     time.Time
 	LastReceivedAt time.Time
 	Callbacks      int32
-	Ids            int32
+	IDs            int32
 	Data           []byte
 }
 
@@ -186,7 +186,7 @@ func (q *Queries) InsertReplayedBatch(ctx context.Context, arg InsertReplayedBat
 		arg.ReceivedAt,
 		arg.LastReceivedAt,
 		arg.Callbacks,
-		arg.Ids,
+		arg.IDs,
 		arg.Data,
 	)
 	if err != nil {
@@ -218,14 +218,14 @@ ORDER BY i.received_at DESC, i.batch_id DESC
 type LockBatchesParams struct {
 	Cutoff     time.Time
 	MaxBatches int32
-	MaxIds     int64
+	MaxIDs     int64
 }
 
 type LockBatchesRow struct {
 	BatchID    uuid.UUID
 	ReceivedAt time.Time
 	Callbacks  int32
-	Ids        int32
+	IDs        int32
 	Data       []byte
 }
 
@@ -241,7 +241,7 @@ type LockBatchesRow struct {
 // At most max_batches rows, and no more rows once max_ids ids are read (the row that
 // crosses the bound is still read, so a pass always progresses).
 func (q *Queries) LockBatches(ctx context.Context, arg LockBatchesParams) ([]LockBatchesRow, error) {
-	rows, err := q.db.Query(ctx, lockBatches, arg.Cutoff, arg.MaxBatches, arg.MaxIds)
+	rows, err := q.db.Query(ctx, lockBatches, arg.Cutoff, arg.MaxBatches, arg.MaxIDs)
 	if err != nil {
 		return nil, err
 	}
@@ -253,7 +253,7 @@ func (q *Queries) LockBatches(ctx context.Context, arg LockBatchesParams) ([]Loc
 			&i.BatchID,
 			&i.ReceivedAt,
 			&i.Callbacks,
-			&i.Ids,
+			&i.IDs,
 			&i.Data,
 		); err != nil {
 			return nil, err
@@ -314,7 +314,7 @@ SELECT (SELECT count(*) FROM upserted)::bigint                          AS chang
 `
 
 type MergePendingParams struct {
-	Ids         []int64
+	IDs         []int64
 	ReceivedAts []time.Time
 	MaxNew      int32
 }
@@ -348,7 +348,7 @@ type MergePendingRow struct {
 // newer receipt (and looked up once more) instead of being lost between the two.
 // No objects row is touched here: RefreshObjects runs on its own.
 func (q *Queries) MergePending(ctx context.Context, arg MergePendingParams) (MergePendingRow, error) {
-	row := q.db.QueryRow(ctx, mergePending, arg.Ids, arg.ReceivedAts, arg.MaxNew)
+	row := q.db.QueryRow(ctx, mergePending, arg.IDs, arg.ReceivedAts, arg.MaxNew)
 	var i MergePendingRow
 	err := row.Scan(&i.Changed, &i.Fresh, &i.FreshTaken)
 	return i, err
@@ -385,7 +385,7 @@ type QuarantineBatchParams struct {
 	BatchID    uuid.UUID
 	ReceivedAt time.Time
 	Callbacks  int32
-	Ids        int32
+	IDs        int32
 	Data       []byte
 	Error      string
 }
@@ -397,7 +397,7 @@ func (q *Queries) QuarantineBatch(ctx context.Context, arg QuarantineBatchParams
 		arg.BatchID,
 		arg.ReceivedAt,
 		arg.Callbacks,
-		arg.Ids,
+		arg.IDs,
 		arg.Data,
 		arg.Error,
 	)
@@ -423,7 +423,7 @@ WHERE o.id = due.id
 `
 
 type RefreshObjectsParams struct {
-	Ids         []int64
+	IDs         []int64
 	ReceivedAts []time.Time
 }
 
@@ -435,7 +435,7 @@ type RefreshObjectsParams struct {
 // locks), the order in which CompleteLookups writes objects; it holds no pending row,
 // and expiry only ever skips locked rows: no cycle.
 func (q *Queries) RefreshObjects(ctx context.Context, arg RefreshObjectsParams) (int64, error) {
-	result, err := q.db.Exec(ctx, refreshObjects, arg.Ids, arg.ReceivedAts)
+	result, err := q.db.Exec(ctx, refreshObjects, arg.IDs, arg.ReceivedAts)
 	if err != nil {
 		return 0, err
 	}

@@ -15,7 +15,7 @@ type InboxBatch struct {
 	BatchID        uuid.UUID
 	ReceivedAt     time.Time
 	Callbacks      int32
-	Ids            int32
+	IDs            int32
 	Data           []byte
 	LastReceivedAt time.Time
 }
@@ -24,7 +24,7 @@ type InboxQuarantine struct {
 	BatchID       uuid.UUID
 	ReceivedAt    time.Time
 	Callbacks     int32
-	Ids           int32
+	IDs           int32
 	Data          []byte
 	Error         string
 	QuarantinedAt time.Time

@@ -130,7 +130,7 @@ SELECT (SELECT count(*) FROM owned)::bigint    AS owned,
 `
 
 type CompleteLookupsParams struct {
-	ObjectIds    []int64
+	ObjectIDs    []int64
 	ClaimTokens  []uuid.UUID
 	Outcomes     []string
 	RetryAfterMs []int64
@@ -172,7 +172,7 @@ type CompleteLookupsRow struct {
 // row with one is released to run again at once, exactly once more.
 func (q *Queries) CompleteLookups(ctx context.Context, arg CompleteLookupsParams) (CompleteLookupsRow, error) {
 	row := q.db.QueryRow(ctx, completeLookups,
-		arg.ObjectIds,
+		arg.ObjectIDs,
 		arg.ClaimTokens,
 		arg.Outcomes,
 		arg.RetryAfterMs,
