@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/merge"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
@@ -282,7 +283,7 @@ func TestTick_neverPastCallbacksNotMergedYet(t *testing.T) {
 	require.Equal(t, map[int64]time.Time{1: t0.Add(-window - 2*time.Second)}, objects(t, pool))
 
 	// Once merged, the callback has refreshed the row, and the clock is expiry's own again.
-	_, err := db.Merge(ctx, store.MergeParams{MaxBatches: 10, MaxIDs: 100})
+	_, err := merge.New(merge.Config{MaxBatches: 10, MaxIDs: 100}, db, slog.New(slog.DiscardHandler), metrics.New(), nil).Pass(ctx)
 	require.NoError(t, err)
 	_, deleted = tick(e, ctx)
 	require.Zero(t, deleted)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/objwatch/callback/internal/callback"
 	"github.com/objwatch/callback/internal/fetch"
+	"github.com/objwatch/callback/internal/merge"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
@@ -52,7 +53,8 @@ func (f *fixture) receive(t *testing.T, ids []int64, at ...time.Time) {
 		cbs[i] = callback.New(ts, ids)
 	}
 	require.NoError(t, f.store.InsertCallbacks(context.Background(), cbs))
-	_, err := f.store.MergeInbox(context.Background(), 1000, 1<<20)
+	m := merge.New(merge.Config{MaxBatches: 1000, MaxIDs: 1 << 20}, f.store, slog.New(slog.DiscardHandler), metrics.New(), nil)
+	_, err := m.Pass(context.Background())
 	require.NoError(t, err)
 }
 

@@ -45,9 +45,7 @@ func TestCommitter_timedOutCommitThatCommittedIsMergedOnce(t *testing.T) {
 	require.Equal(t, 1, f.segments(t), "and spooled")
 
 	// The inbox copy is merged and its lookups are done before the spool is replayed.
-	m, err := f.store.MergeInbox(ctx, 100, 1<<20)
-	require.NoError(t, err)
-	require.Equal(t, int64(2), m.Ids)
+	require.Equal(t, int64(2), f.mergeInbox(t).IDs)
 	claims, err := f.store.ClaimDue(ctx, 10, time.Minute, time.Now().Add(-time.Hour))
 	require.NoError(t, err)
 	require.Len(t, claims, 2)
@@ -62,9 +60,7 @@ func TestCommitter_timedOutCommitThatCommittedIsMergedOnce(t *testing.T) {
 	for range 2 { // and a second pass finds nothing more to do
 		require.NoError(t, f.replayer(f.store, nil).ReplayOnce(ctx))
 		require.Zero(t, f.segments(t))
-		m, err = f.store.MergeInbox(ctx, 100, 1<<20)
-		require.NoError(t, err)
-		require.Zero(t, m.Ids, "the replayed copy is not merged again")
+		require.Zero(t, f.mergeInbox(t).IDs, "the replayed copy is not merged again")
 		require.Zero(t, pending(t, f), "so nothing is looked up again")
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/objwatch/callback/internal/callback"
 	"github.com/objwatch/callback/internal/inbox"
+	"github.com/objwatch/callback/internal/merge"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/spool"
@@ -46,6 +47,14 @@ func (f *fixture) openSpool(t *testing.T) *spool.Spool {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sp.Close() })
 	return sp
+}
+
+// mergeInbox merges the inbox into pending, as the merger does.
+func (f *fixture) mergeInbox(t *testing.T) merge.Result {
+	t.Helper()
+	merged, err := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20}, f.store, discard, metrics.New(), nil).Pass(context.Background())
+	require.NoError(t, err)
+	return merged
 }
 
 func (f *fixture) replayer(db inbox.SegmentStore, replayed func()) *inbox.Replayer {
@@ -168,9 +177,7 @@ func TestReplayOnce_batchStillInInboxIsNotInsertedAgain(t *testing.T) {
 	require.Zero(t, f.segments(t))
 	require.Zero(t, metrics.Sum(f.m.CallbacksReplayed), "nothing was new")
 
-	m, err := f.store.MergeInbox(context.Background(), 100, 1<<20)
-	require.NoError(t, err)
-	require.Equal(t, store.Merged{Batches: 1, Callbacks: 3, Ids: 2, Changed: 2}, m)
+	require.Equal(t, merge.Result{Batches: 1, Callbacks: 3, IDs: 2, Changed: 2}, f.mergeInbox(t))
 	require.Equal(t, map[int64]time.Time{0: want[2].ReceivedAt, 7: want[2].ReceivedAt},
 		pgtest.IDTimes(t, f.pool, "SELECT object_id, received_at FROM pending"))
 }

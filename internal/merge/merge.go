@@ -1,9 +1,11 @@
 // Package merge turns inbox batches (one per group commit) into pending work (one row
 // per object), in bulk and off the reply path. Each pass is one transaction
-// (store.Merge): batches that left the window dropped unread, the newest batches taken
-// and deleted, decoded, ids deduplicated with the newest receipt kept, online objects
-// refreshed, the rest upserted into pending up to a bound. Any number of mergers may
-// run, one per replica: they claim disjoint batches (SKIP LOCKED).
+// (store.InMergeTx; the pass itself is in pass.go): batches that left the window
+// dropped unread, the newest batches taken and deleted, decoded, ids deduplicated with
+// the newest receipt kept, online objects refreshed, the rest upserted into pending up
+// to a bound. The merger decides what a pass takes, keeps and drops; the store runs one
+// statement per step. Any number of mergers may run, one per replica: they claim
+// disjoint batches (SKIP LOCKED).
 //
 // Pacing. A pass costs per distinct id, and the reply path needs the same two cores, so
 // the merger rests after each pass for as long as the pass took (Config.Rest): it takes
@@ -24,19 +26,33 @@ import (
 	"github.com/objwatch/callback/internal/store"
 )
 
-// Store is what the merger needs of storage.
+// Store is what the merger needs of storage: a pass's transaction, and the refresh of
+// online objects that commits beside it.
 type Store interface {
-	Merge(ctx context.Context, p store.MergeParams) (store.Merged, error)
+	InMergeTx(ctx context.Context, fn func(tx *store.MergeTx) error) error
+	RefreshObjects(ctx context.Context, ids []int64, receivedAts []time.Time) (int64, error)
 }
 
 // Config tunes the merger.
 type Config struct {
-	MaxBatches  int           // inbox rows per pass at most
-	MaxIDs      int           // no further row read once a pass holds this many ids
-	MaxDistinct int           // distinct ids a pass offers to pending at most; see store.MergeParams
-	MaxNew      int           // ids made pending per pass at most
-	MaxPending  int           // pending rows at most (0: no bound); see store.MergeParams
-	ExpireAfter time.Duration // receipts older than this are dropped (0: none)
+	MaxBatches int // inbox rows read per pass at most
+	MaxIDs     int // no further row read once a pass holds this many ids
+	// MaxDistinct: distinct ids a pass offers to pending at most, newest batches
+	// first; ids named only after that refresh online objects and are otherwise dropped
+	// for capacity. 0: no bound. The pending upsert costs per distinct id: this bounds
+	// the pass's duration and the locks it holds, while every batch read is consumed.
+	MaxDistinct int
+	// MaxNew: ids not pending yet that one pass makes pending, at most (0: no bound
+	// but MaxPending). Lookups take a few thousand a second; more would only wait.
+	MaxNew int
+	// MaxPending bounds the pending rows a pass leaves: when they are that many,
+	// waiting rows with receipts older than the pass's are evicted to make room for up
+	// to MaxNew newer ones, and ids beyond that are dropped for capacity, the newest
+	// receipts kept. 0: no bound.
+	MaxPending int
+	// ExpireAfter: receipts older than this left the window and are dropped, whole
+	// batches unread (0: none is).
+	ExpireAfter time.Duration
 	Interval    time.Duration // poll for other replicas' inbox rows when not woken
 	// Rest after a pass, as a multiple of the pass's duration: 1 leaves the cores to
 	// the reply path at least half of the merger's time.
@@ -78,18 +94,18 @@ type Merger struct {
 	errs    *errlog.Limiter
 	metrics *metrics.Metrics
 	wake    chan struct{}
-	merged  func() // wakes the fetcher
+	changed func() // wakes the fetcher
 	now     func() time.Time
 
 	lastPass time.Duration // how long the last pass took, for the rest after it
 }
 
-// New builds a merger; merged (may be nil) is called after a pass that changed pending work.
-func New(cfg Config, s Store, log *slog.Logger, m *metrics.Metrics, merged func()) *Merger {
-	if merged == nil {
-		merged = func() {}
+// New builds a merger; changed (may be nil) is called after a pass that changed pending work.
+func New(cfg Config, s Store, log *slog.Logger, m *metrics.Metrics, changed func()) *Merger {
+	if changed == nil {
+		changed = func() {}
 	}
-	return &Merger{cfg: cfg, store: s, log: log, errs: errlog.New(log, 10*time.Second), metrics: m, wake: make(chan struct{}, 1), merged: merged, now: time.Now}
+	return &Merger{cfg: cfg, store: s, log: log, errs: errlog.New(log, 10*time.Second), metrics: m, wake: make(chan struct{}, 1), changed: changed, now: time.Now}
 }
 
 // Wake asks for a pass now (new inbox rows were committed). Never blocks.
@@ -102,9 +118,14 @@ func (m *Merger) Wake() {
 
 // Run merges until ctx ends.
 func (m *Merger) Run(ctx context.Context) error {
+	return m.run(ctx, m.Pass)
+}
+
+// run is Run around pass: the pacing of passes, and the retries of failed ones.
+func (m *Merger) run(ctx context.Context, pass func(context.Context) (Result, error)) error {
 	backoff := time.Duration(0)
 	for {
-		n, err := m.Pass(ctx)
+		merged, err := pass(ctx)
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -127,7 +148,7 @@ func (m *Merger) Run(ctx context.Context) error {
 			restFactor += 3 * min(max(m.cfg.Yield(), 0), 1)
 		}
 		rest := min(time.Duration(float64(m.lastPass)*restFactor), maxRest)
-		if n.Full {
+		if merged.Full {
 			if rest > 0 {
 				sleep(ctx, rest)
 			}
@@ -155,41 +176,41 @@ func (m *Merger) waitOrWake(ctx context.Context, d time.Duration) {
 }
 
 // Pass runs one merge.
-func (m *Merger) Pass(ctx context.Context) (store.Merged, error) {
+func (m *Merger) Pass(ctx context.Context) (Result, error) {
 	// Bounded, so that a connection that stops answering (a primary that vanished from
 	// the network: no reset, no error, until TCP gives up minutes later) holds merging
 	// up for seconds, not the window. A pass is bounded by MaxDistinct to a second or
 	// two even on a loaded machine.
 	pctx, cancel := context.WithTimeout(ctx, passTimeout)
 	defer cancel()
-	p := store.MergeParams{MaxBatches: m.cfg.MaxBatches, MaxIDs: m.cfg.MaxIDs, MaxDistinct: m.cfg.MaxDistinct,
+	p := params{MaxBatches: m.cfg.MaxBatches, MaxIDs: m.cfg.MaxIDs, MaxDistinct: m.cfg.MaxDistinct,
 		MaxNew: m.cfg.MaxNew, MaxPending: m.cfg.MaxPending}
 	if m.cfg.ExpireAfter > 0 {
 		p.Cutoff = m.now().Add(-m.cfg.ExpireAfter)
 	}
 	start := m.now()
-	n, err := m.store.Merge(pctx, p)
+	merged, err := mergeInbox(pctx, m.store, p)
 	m.lastPass = m.now().Sub(start)
 	if err != nil {
-		return n, err
+		return merged, err
 	}
 	m.metrics.MergeSeconds.Observe(m.lastPass.Seconds())
-	m.metrics.Dropped.WithLabelValues("inbox", "expired").Add(float64(n.StaleBatchIDs))
-	m.metrics.Dropped.WithLabelValues("merge", "expired").Add(float64(n.StaleIDs))
-	m.metrics.Dropped.WithLabelValues("merge", "capacity").Add(float64(n.NoRoom))
-	m.metrics.Dropped.WithLabelValues("pending", "capacity").Add(float64(n.Evicted))
-	for _, q := range n.Quarantined {
+	m.metrics.Dropped.WithLabelValues("inbox", "expired").Add(float64(merged.StaleBatchIDs))
+	m.metrics.Dropped.WithLabelValues("merge", "expired").Add(float64(merged.StaleIDs))
+	m.metrics.Dropped.WithLabelValues("merge", "capacity").Add(float64(merged.NoRoom))
+	m.metrics.Dropped.WithLabelValues("pending", "capacity").Add(float64(merged.Evicted))
+	for _, q := range merged.Quarantined {
 		// Every one is logged: each is callbacks that a human has to look at.
 		m.metrics.Quarantined.Inc()
 		m.log.ErrorContext(ctx, "inbox batch cannot be decoded; moved to table inbox_quarantine",
 			"batch_id", q.BatchID, "callbacks", q.Callbacks, "err", q.Err)
 	}
-	m.metrics.MergedCallbacks.Add(float64(n.Callbacks))
-	m.metrics.MergedIDs.Add(float64(n.Ids))
-	if n.Changed > 0 {
-		m.merged()
+	m.metrics.MergedCallbacks.Add(float64(merged.Callbacks))
+	m.metrics.MergedIDs.Add(float64(merged.IDs))
+	if merged.Changed > 0 {
+		m.changed()
 	}
-	return n, nil
+	return merged, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -1,4 +1,7 @@
-package merge_test
+package merge
+
+// In package merge, not merge_test: the tests of the loop run it around their own
+// pass (run), to see every pass it makes.
 
 import (
 	"bytes"
@@ -11,235 +14,255 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
-	"github.com/objwatch/callback/internal/merge"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
 )
 
-// mergeStore is a fake merge.Store.
-type mergeStore struct {
-	MergeFunc func(ctx context.Context, p store.MergeParams) (store.Merged, error)
+// testBundle is what a test sees of its merger's surroundings: a real store on a fresh
+// database, the metrics, the log, and how often the fetcher was woken.
+type testBundle struct {
+	pool    *pgxpool.Pool
+	store   *store.Store
+	metrics *metrics.Metrics
+	logs    *bytes.Buffer // read only once the merger stopped writing
+	woken   *atomic.Int64
 }
 
-func (s mergeStore) Merge(ctx context.Context, p store.MergeParams) (store.Merged, error) {
-	return s.MergeFunc(ctx, p)
-}
-
-// fixture is a real store on a fresh database, seen through a fake that reports every
-// pass on passes, so that tests wait for passes instead of for time.
-type fixture struct {
-	pool   *pgxpool.Pool
-	store  *store.Store
-	passes chan store.Merged
-	m      *metrics.Metrics
-}
-
-func setup(t *testing.T) *fixture {
+// setup builds a merger with cfg on a fresh database.
+func setup(t *testing.T, cfg Config) (*Merger, *testBundle) {
 	t.Helper()
 	pool, _ := pgtest.NewPool(t)
-	return &fixture{pool: pool, store: store.New(pool), passes: make(chan store.Merged, 100), m: metrics.New()}
+	b := &testBundle{pool: pool, store: store.New(pool), metrics: metrics.New(), logs: new(bytes.Buffer), woken: new(atomic.Int64)}
+	m := New(cfg, b.store, slog.New(slog.NewTextHandler(b.logs, nil)), b.metrics, func() { b.woken.Add(1) })
+	return m, b
 }
 
-func (f *fixture) reporting() merge.Store {
-	return mergeStore{MergeFunc: func(ctx context.Context, p store.MergeParams) (store.Merged, error) {
-		n, err := f.store.Merge(ctx, p)
-		if err == nil {
-			f.passes <- n
-		}
-		return n, err
-	}}
-}
-
-// run runs m until the test ends.
-func run(t *testing.T, m *merge.Merger) {
+// start runs m until the test ends, around a pass that reports each pass that worked.
+func start(t *testing.T, m *Merger) (passes <-chan Result) {
 	t.Helper()
+	return startWith(t, m, m.Pass)
+}
+
+// startWith runs m around pass until the test ends, and reports each pass that worked.
+func startWith(t *testing.T, m *Merger, pass func(context.Context) (Result, error)) <-chan Result {
+	t.Helper()
+	passes := make(chan Result, 100)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
+	go func() {
+		done <- m.run(ctx, func(ctx context.Context) (Result, error) {
+			merged, err := pass(ctx)
+			if err == nil {
+				passes <- merged
+			}
+			return merged, err
+		})
+	}()
 	t.Cleanup(func() {
 		cancel()
 		require.NoError(t, <-done)
 	})
+	return passes
 }
 
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
 func at(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 
-func (f *fixture) insert(t *testing.T, cbs ...callback.Callback) {
+func (b *testBundle) insert(t *testing.T, cbs ...callback.Callback) {
 	t.Helper()
-	require.NoError(t, f.store.InsertCallbacks(context.Background(), cbs))
+	require.NoError(t, b.store.InsertCallbacks(context.Background(), cbs))
 }
 
-func (f *fixture) count(t *testing.T, table string) int {
+func (b *testBundle) count(t *testing.T, table string) int {
 	t.Helper()
 	var n int
-	require.NoError(t, f.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+table).Scan(&n))
+	require.NoError(t, b.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+table).Scan(&n))
 	return n
 }
 
-func (f *fixture) pending(t *testing.T) map[int64]time.Time {
+func (b *testBundle) pending(t *testing.T) map[int64]time.Time {
 	t.Helper()
-	return pgtest.IDTimes(t, f.pool, "SELECT object_id, received_at FROM pending")
+	return pgtest.IDTimes(t, b.pool, "SELECT object_id, received_at FROM pending")
+}
+
+func (b *testBundle) objects(t *testing.T) map[int64]time.Time {
+	t.Helper()
+	return pgtest.IDTimes(t, b.pool, "SELECT id, last_seen FROM objects")
+}
+
+// pass runs one pass and requires it to work.
+func pass(t *testing.T, m *Merger) Result {
+	t.Helper()
+	merged, err := m.Pass(context.Background())
+	require.NoError(t, err)
+	return merged
 }
 
 // idle: an interval longer than any test, so only Wake or a full pass starts a pass.
 const idle = time.Hour
 
+// unbounded is a pass with room for everything the tests insert.
+var unbounded = Config{MaxBatches: 1000, MaxIDs: 1 << 20, Interval: idle}
+
 func TestPass_drainsInboxIntoPending(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
-	f.insert(t,
+	m, b := setup(t, unbounded)
+	b.insert(t,
 		callback.New(at(0), []int64{1, 2, 2}),
 		callback.New(at(5), []int64{2, 3}),
 		callback.New(at(3), []int64{1}),
 		callback.New(at(9), nil),
 	)
-	var woken atomic.Int64
-	m := merge.New(merge.Config{MaxBatches: 1000, MaxIDs: 1 << 20, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, func() { woken.Add(1) })
 
-	n, err := m.Pass(context.Background())
-	require.NoError(t, err)
-	require.Equal(t, store.Merged{Batches: 1, Callbacks: 4, Ids: 3, Changed: 3}, n)
-	require.Equal(t, map[int64]time.Time{1: at(3), 2: at(5), 3: at(5)}, f.pending(t), "one row per object, newest receipt")
-	require.Zero(t, f.count(t, "inbox_batches"))
-	require.Equal(t, int64(1), woken.Load(), "the fetcher is woken when work changed")
-	require.Equal(t, 4.0, metrics.Sum(f.m.MergedCallbacks))
-	require.Equal(t, 3.0, metrics.Sum(f.m.MergedIDs))
+	require.Equal(t, Result{Batches: 1, Callbacks: 4, IDs: 3, Changed: 3}, pass(t, m))
+	require.Equal(t, map[int64]time.Time{1: at(3), 2: at(5), 3: at(5)}, b.pending(t), "one row per object, newest receipt")
+	require.Zero(t, b.count(t, "inbox_batches"))
+	require.Equal(t, int64(1), b.woken.Load(), "the fetcher is woken when work changed")
+	require.Equal(t, 4.0, metrics.Sum(b.metrics.MergedCallbacks))
+	require.Equal(t, 3.0, metrics.Sum(b.metrics.MergedIDs))
 
 	// An older receipt for a pending object changes nothing and wakes nobody.
-	f.insert(t, callback.New(at(1), []int64{2}))
-	n, err = m.Pass(context.Background())
+	b.insert(t, callback.New(at(1), []int64{2}))
+	require.Equal(t, Result{Batches: 1, Callbacks: 1, IDs: 1}, pass(t, m))
+	require.Equal(t, map[int64]time.Time{1: at(3), 2: at(5), 3: at(5)}, b.pending(t))
+	require.Equal(t, int64(1), b.woken.Load())
+}
+
+func TestPass_coalescesIDsKeepingTheNewestReceipt(t *testing.T) {
+	t.Parallel()
+	m, b := setup(t, unbounded)
+	b.insert(t,
+		callback.New(at(1000), []int64{3, 1, 3, 0}),
+		callback.New(at(2000), []int64{1}),
+		callback.New(at(0), []int64{0, 9}),
+		callback.New(at(3000), nil),
+	)
+	require.Equal(t, Result{Batches: 1, Callbacks: 4, IDs: 4, Changed: 4}, pass(t, m))
+	require.Equal(t, map[int64]time.Time{0: at(1000), 1: at(2000), 3: at(1000), 9: at(0)}, b.pending(t))
+	require.Zero(t, b.count(t, "inbox_batches"))
+}
+
+func TestPass_olderReceiptDoesNotMovePendingBack(t *testing.T) {
+	t.Parallel()
+	m, b := setup(t, unbounded)
+	b.insert(t, callback.New(at(5000), []int64{7}))
+	pass(t, m)
+	b.insert(t, callback.New(at(4000), []int64{7}))
+	require.Equal(t, int64(0), pass(t, m).Changed)
+	require.Equal(t, map[int64]time.Time{7: at(5000)}, b.pending(t))
+}
+
+func TestPass_pendingRowFinishedDuringThePassIsMadeAgain(t *testing.T) {
+	t.Parallel()
+	m, b := setup(t, Config{MaxBatches: 10, MaxIDs: 100, Interval: idle})
+	ctx := context.Background()
+	b.insert(t, callback.New(at(1000), []int64{4}))
+	pass(t, m)
+	b.insert(t, callback.New(at(2000), []int64{4}))
+
+	// A lookup result for the first receipt is being written: it holds the pending
+	// row, and will delete it (finished). The merge of the newer receipt, which saw
+	// the row in its snapshot, waits for it.
+	result, err := b.pool.Begin(ctx)
 	require.NoError(t, err)
-	require.Equal(t, store.Merged{Batches: 1, Callbacks: 1, Ids: 1}, n)
-	require.Equal(t, map[int64]time.Time{1: at(3), 2: at(5), 3: at(5)}, f.pending(t))
-	require.Equal(t, int64(1), woken.Load())
+	defer result.Rollback(ctx) //nolint:errcheck
+	_, err = result.Exec(ctx, "SELECT 1 FROM pending WHERE object_id = 4 FOR UPDATE")
+	require.NoError(t, err)
+	passed := make(chan Result, 1)
+	go func() {
+		merged, err := m.Pass(ctx)
+		assert.NoError(t, err)
+		passed <- merged
+	}()
+	require.Eventually(t, func() bool {
+		var waiting bool
+		require.NoError(t, b.pool.QueryRow(ctx,
+			"SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock')").Scan(&waiting))
+		return waiting
+	}, 15*time.Second, 2*time.Millisecond)
+	_, err = result.Exec(ctx, "DELETE FROM pending WHERE object_id = 4")
+	require.NoError(t, err)
+	require.NoError(t, result.Commit(ctx))
+
+	require.Equal(t, int64(1), (<-passed).Changed)
+	require.Equal(t, map[int64]time.Time{4: at(2000)}, b.pending(t), "the newer receipt still gets its lookup")
 }
 
-func TestRun_wakeStartsAPass(t *testing.T) {
+func TestPass_anUndecodableBatchIsQuarantinedAndTheRestMerged(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
-	m := merge.New(merge.Config{MaxBatches: 1000, MaxIDs: 1 << 20, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
-	run(t, m)
-	require.Equal(t, store.Merged{}, <-f.passes, "the first pass runs at once and finds nothing")
+	m, b := setup(t, unbounded)
+	ctx := context.Background()
+	b.insert(t, callback.New(at(1000), []int64{1}))
+	bad := callback.New(at(2000), nil).ID
+	// Version 1, then a callback id cut short.
+	_, err := b.pool.Exec(ctx, "INSERT INTO inbox_batches (batch_id, received_at, callbacks, ids, data) VALUES ($1, $2, 1, 1, '\\x0102')", bad, at(2000))
+	require.NoError(t, err)
+	b.insert(t, callback.New(at(3000), []int64{3}))
 
-	f.insert(t, callback.New(at(0), []int64{7, 8}))
-	m.Wake()
-	require.Equal(t, store.Merged{Batches: 1, Callbacks: 1, Ids: 2, Changed: 2}, <-f.passes)
-	require.Equal(t, map[int64]time.Time{7: at(0), 8: at(0)}, f.pending(t))
-	require.Zero(t, f.count(t, "inbox_batches"))
-}
-
-func TestRun_fullPassLoopsAgainAtOnce(t *testing.T) {
-	t.Parallel()
-	f := setup(t)
-	for i := range 5 {
-		f.insert(t, callback.New(at(i), []int64{int64(i)}))
-	}
-	m := merge.New(merge.Config{MaxBatches: 2, MaxIDs: 1 << 20, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
-	run(t, m)
-
-	// No Wake and an hour's interval: only "a full pass means more is waiting" can
-	// start the second and third passes.
-	var sizes []int64
-	for range 3 {
-		sizes = append(sizes, (<-f.passes).Batches)
-	}
-	require.Equal(t, []int64{2, 2, 1}, sizes)
-	require.Zero(t, f.count(t, "inbox_batches"))
-	require.Equal(t, 5, f.count(t, "pending"))
-}
-
-func TestRun_exactMultipleOfMaxEndsWithAnEmptyPass(t *testing.T) {
-	t.Parallel()
-	f := setup(t)
-	for i := range 4 {
-		f.insert(t, callback.New(at(i), []int64{int64(i)}))
-	}
-	m := merge.New(merge.Config{MaxBatches: 2, MaxIDs: 1 << 20, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
-	run(t, m)
-
-	var sizes []int64
-	for range 3 {
-		sizes = append(sizes, (<-f.passes).Batches)
-	}
-	require.Equal(t, []int64{2, 2, 0}, sizes)
-	require.Zero(t, f.count(t, "inbox_batches"))
-}
-
-func TestRun_idBoundEndsAPassEarly(t *testing.T) {
-	t.Parallel()
-	f := setup(t)
-	for i := range 3 {
-		f.insert(t, callback.New(at(i), []int64{int64(10 * i), int64(10*i + 1), int64(10*i + 2)}))
-	}
-	// 4 ids at most: the first batch (3 ids) is under the bound, so the second is taken
-	// too and crosses it; that pass is full, and the third batch waits for the next.
-	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 4, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
-	run(t, m)
-
-	first, second := <-f.passes, <-f.passes
-	require.Equal(t, store.Merged{Batches: 2, Callbacks: 2, Ids: 6, Changed: 6, Full: true}, first)
-	require.Equal(t, store.Merged{Batches: 1, Callbacks: 1, Ids: 3, Changed: 3}, second)
-	require.Zero(t, f.count(t, "inbox_batches"))
-	require.Len(t, f.pending(t), 9)
+	merged := pass(t, m)
+	require.Len(t, merged.Quarantined, 1)
+	require.Equal(t, bad, merged.Quarantined[0].BatchID)
+	require.ErrorContains(t, merged.Quarantined[0].Err, "truncated callback id")
+	merged.Quarantined = nil
+	require.Equal(t, Result{Batches: 3, Callbacks: 2, IDs: 2, Changed: 2}, merged)
+	require.Equal(t, map[int64]time.Time{1: at(1000), 3: at(3000)}, b.pending(t))
+	require.Zero(t, b.count(t, "inbox_batches"))
+	var data []byte
+	var reason string
+	require.NoError(t, b.pool.QueryRow(ctx, "SELECT data, error FROM inbox_quarantine WHERE batch_id = $1", bad).Scan(&data, &reason))
+	require.Equal(t, []byte{1, 2}, data, "kept as it was")
+	require.Contains(t, reason, "truncated callback id")
 }
 
 func TestPass_quarantineIsCountedAndLogged(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
-	_, err := f.pool.Exec(context.Background(),
+	m, b := setup(t, Config{MaxBatches: 10, MaxIDs: 1 << 20, Interval: idle})
+	_, err := b.pool.Exec(context.Background(),
 		"INSERT INTO inbox_batches (batch_id, received_at, callbacks, ids, data) VALUES ($1, $2, 1, 1, '\\x09')", callback.New(at(0), nil).ID, at(0))
 	require.NoError(t, err)
-	f.insert(t, callback.New(at(1), []int64{4}))
-	var logs bytes.Buffer
-	m := merge.New(merge.Config{MaxBatches: 10, MaxIDs: 1 << 20, Interval: idle}, f.store, slog.New(slog.NewTextHandler(&logs, nil)), f.m, nil)
+	b.insert(t, callback.New(at(1), []int64{4}))
 
-	n, err := m.Pass(context.Background())
-	require.NoError(t, err)
-	require.Equal(t, int64(1), n.Callbacks)
-	require.Equal(t, 1.0, metrics.Sum(f.m.Quarantined))
-	require.Contains(t, logs.String(), "unknown version 9")
-	require.Equal(t, 1, f.count(t, "inbox_quarantine"))
-	require.Equal(t, map[int64]time.Time{4: at(1)}, f.pending(t))
+	require.Equal(t, int64(1), pass(t, m).Callbacks)
+	require.Equal(t, 1.0, metrics.Sum(b.metrics.Quarantined))
+	require.Contains(t, b.logs.String(), "unknown version 9")
+	require.Equal(t, 1, b.count(t, "inbox_quarantine"))
+	require.Equal(t, map[int64]time.Time{4: at(1)}, b.pending(t))
 }
 
-func TestRun_retriesAfterDatabaseError(t *testing.T) {
+func TestPass_refreshesLastSeenOfOnlineObjects(t *testing.T) {
 	t.Parallel()
-	var calls atomic.Int64
-	retried := make(chan struct{})
-	s := mergeStore{MergeFunc: func(context.Context, store.MergeParams) (store.Merged, error) {
-		switch calls.Add(1) {
-		case 1:
-			return store.Merged{}, errors.New("connection refused")
-		case 2:
-			close(retried)
-		}
-		return store.Merged{}, nil
-	}}
-	f := &fixture{m: metrics.New()}
-	m := merge.New(merge.Config{MaxBatches: 10, MaxIDs: 1 << 20, Interval: idle}, s, slog.New(slog.DiscardHandler), f.m, nil)
-	run(t, m)
-	<-retried // without a Wake or the interval: the failure's own backoff retried
-	require.Equal(t, 1.0, metrics.Sum(f.m.DatabaseErrors.WithLabelValues("merge")))
+	m, b := setup(t, unbounded)
+	ctx := context.Background()
+	b.insert(t, callback.New(at(1000), []int64{2}))
+	pass(t, m)
+	claims, err := b.store.ClaimDue(ctx, 10, time.Minute, t0.Add(-time.Hour))
+	require.NoError(t, err)
+	require.Len(t, claims, 1)
+	_, err = b.store.CompleteLookups(ctx, []store.Result{{ObjectID: 2, Token: claims[0].Token, Outcome: store.Online}}, t0.Add(-time.Hour))
+	require.NoError(t, err)
+	require.Equal(t, map[int64]time.Time{2: at(1000)}, b.objects(t))
+
+	b.insert(t, callback.New(at(9000), []int64{2, 5}))
+	require.Equal(t, int64(1), pass(t, m).Refreshed)
+	require.Equal(t, map[int64]time.Time{2: at(9000)}, b.objects(t), "5 is not online yet: no row until its lookup")
 }
 
 func TestPass_takesTheNewestBatchesFirst(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
+	m, b := setup(t, Config{MaxBatches: 1, MaxIDs: 1 << 20, Interval: idle})
 	for i := range 3 {
-		f.insert(t, callback.New(at(1000*i), []int64{int64(i)}))
+		b.insert(t, callback.New(at(1000*i), []int64{int64(i)}))
 	}
-	m := merge.New(merge.Config{MaxBatches: 1, MaxIDs: 1 << 20, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
 	var order []int64
 	for range 3 {
-		_, err := m.Pass(context.Background())
-		require.NoError(t, err)
-		for id := range f.pending(t) {
+		pass(t, m)
+		for id := range b.pending(t) {
 			if !slices.Contains(order, id) {
 				order = append(order, id)
 			}
@@ -250,97 +273,162 @@ func TestPass_takesTheNewestBatchesFirst(t *testing.T) {
 
 func TestPass_dropsWorkThatLeftTheWindow(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
-	now := time.Now()
 	const window = time.Minute
+	m, b := setup(t, Config{MaxBatches: 100, MaxIDs: 1 << 20, ExpireAfter: window, Interval: idle})
+	now := time.Now()
 	old, fresh := now.Add(-2*window), now.Add(-time.Second)
-	f.insert(t, callback.New(old, []int64{1, 2}), callback.New(old.Add(time.Millisecond), []int64{3})) // a whole stale batch
-	f.insert(t, callback.New(old, []int64{4, 5}), callback.New(fresh, []int64{6}))                     // stale and fresh
-	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, ExpireAfter: window, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
+	b.insert(t, callback.New(old, []int64{1, 2}), callback.New(old.Add(time.Millisecond), []int64{3})) // a whole stale batch
+	b.insert(t, callback.New(old, []int64{4, 5}), callback.New(fresh, []int64{6}))                     // stale and fresh
 
-	n, err := m.Pass(context.Background())
-	require.NoError(t, err)
-	require.Equal(t, int64(1), n.StaleBatches)
-	require.Equal(t, int64(2), n.StaleIDs)
-	require.Equal(t, map[int64]time.Time{6: fresh.Truncate(time.Microsecond).UTC()}, f.pending(t), "only the receipt within the window costs a pending row")
-	require.Zero(t, f.count(t, "inbox_batches"))
-	require.Equal(t, 3.0, metrics.Sum(f.m.Dropped.WithLabelValues("inbox", "expired")), "ids of the batch deleted unread")
-	require.Equal(t, 2.0, metrics.Sum(f.m.Dropped.WithLabelValues("merge", "expired")), "ids of the stale callback in a batch taken")
+	merged := pass(t, m)
+	require.Equal(t, int64(1), merged.StaleBatches)
+	require.Equal(t, int64(2), merged.StaleIDs)
+	require.Equal(t, map[int64]time.Time{6: fresh.Truncate(time.Microsecond).UTC()}, b.pending(t), "only the receipt within the window costs a pending row")
+	require.Zero(t, b.count(t, "inbox_batches"))
+	require.Equal(t, 3.0, metrics.Sum(b.metrics.Dropped.WithLabelValues("inbox", "expired")), "ids of the batch deleted unread")
+	require.Equal(t, 2.0, metrics.Sum(b.metrics.Dropped.WithLabelValues("merge", "expired")), "ids of the stale callback in a batch taken")
 }
 
 func TestPass_boundsPendingKeepingTheNewest(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
-	f.insert(t, callback.New(at(0), []int64{1}))
-	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 3, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
-	_, err := m.Pass(context.Background())
-	require.NoError(t, err)
+	m, b := setup(t, Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 3, Interval: idle})
+	b.insert(t, callback.New(at(0), []int64{1}))
+	pass(t, m)
 
 	// Two places left, four new ids: the two newest get them. Id 1, already pending,
 	// still takes its newer receipt although the bound is reached.
-	f.insert(t,
+	b.insert(t,
 		callback.New(at(10), []int64{10}),
 		callback.New(at(40), []int64{40}),
 		callback.New(at(20), []int64{20}),
 		callback.New(at(30), []int64{30, 1}),
 	)
-	n, err := m.Pass(context.Background())
-	require.NoError(t, err)
-	require.Equal(t, int64(2), n.NoRoom)
-	require.Equal(t, map[int64]time.Time{1: at(30), 30: at(30), 40: at(40)}, f.pending(t))
-	require.Equal(t, 2.0, metrics.Sum(f.m.Dropped.WithLabelValues("merge", "capacity")))
+	require.Equal(t, int64(2), pass(t, m).NoRoom)
+	require.Equal(t, map[int64]time.Time{1: at(30), 30: at(30), 40: at(40)}, b.pending(t))
+	require.Equal(t, 2.0, metrics.Sum(b.metrics.Dropped.WithLabelValues("merge", "capacity")))
 }
 
 func TestPass_refreshesOnlineObjectsEvenWithoutRoom(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
-	pgtest.InsertObjects(t, f.pool, map[int64]time.Time{7: at(0), 8: at(50)})
-	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 1, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
-	f.insert(t, callback.New(at(5), []int64{1}), callback.New(at(20), []int64{7, 8}))
+	m, b := setup(t, Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 1, Interval: idle})
+	pgtest.InsertObjects(t, b.pool, map[int64]time.Time{7: at(0), 8: at(50)})
+	b.insert(t, callback.New(at(5), []int64{1}), callback.New(at(20), []int64{7, 8}))
 
-	n, err := m.Pass(context.Background())
-	require.NoError(t, err)
-	require.Equal(t, int64(1), n.Refreshed)
-	require.Equal(t, map[int64]time.Time{7: at(20), 8: at(50)}, pgtest.IDTimes(t, f.pool, "SELECT id, last_seen FROM objects"),
+	require.Equal(t, int64(1), pass(t, m).Refreshed)
+	require.Equal(t, map[int64]time.Time{7: at(20), 8: at(50)}, b.objects(t),
 		"an online object named again takes the newer receipt at once, lookup or not; last_seen never goes back")
-	require.Len(t, f.pending(t), 1)
+	require.Len(t, b.pending(t), 1)
 }
 
 func TestPass_pastTheDistinctBoundOnlyRefreshes(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
-	pgtest.InsertObjects(t, f.pool, map[int64]time.Time{2: at(0)})
+	m, b := setup(t, Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxDistinct: 1, Interval: idle})
+	pgtest.InsertObjects(t, b.pool, map[int64]time.Time{2: at(0)})
 	// One distinct id per pass may go to pending: the newest batch's. Of the ids named
 	// after it, the online one is refreshed anyway, the other dropped for capacity.
-	f.insert(t, callback.New(at(10), []int64{2, 3}))
-	f.insert(t, callback.New(at(20), []int64{1}))
-	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxDistinct: 1, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
+	b.insert(t, callback.New(at(10), []int64{2, 3}))
+	b.insert(t, callback.New(at(20), []int64{1}))
 
-	n, err := m.Pass(context.Background())
-	require.NoError(t, err)
-	require.Equal(t, int64(2), n.Batches, "every batch read is consumed")
-	require.Equal(t, map[int64]time.Time{1: at(20)}, f.pending(t))
-	require.Equal(t, map[int64]time.Time{2: at(10)}, pgtest.IDTimes(t, f.pool, "SELECT id, last_seen FROM objects"))
-	require.Equal(t, 1.0, metrics.Sum(f.m.Dropped.WithLabelValues("merge", "capacity")))
-	require.Zero(t, f.count(t, "inbox_batches"))
+	require.Equal(t, int64(2), pass(t, m).Batches, "every batch read is consumed")
+	require.Equal(t, map[int64]time.Time{1: at(20)}, b.pending(t))
+	require.Equal(t, map[int64]time.Time{2: at(10)}, b.objects(t))
+	require.Equal(t, 1.0, metrics.Sum(b.metrics.Dropped.WithLabelValues("merge", "capacity")))
+	require.Zero(t, b.count(t, "inbox_batches"))
 }
 
 func TestPass_fullPendingMakesRoomForNewerWork(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
-	f.insert(t, callback.New(at(0), []int64{1}), callback.New(at(1), []int64{2}), callback.New(at(50), []int64{3}))
-	_, err := f.store.MergeInbox(context.Background(), 100, 1<<20)
-	require.NoError(t, err)
-	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 3, MaxNew: 2, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
+	m, b := setup(t, unbounded)
+	b.insert(t, callback.New(at(0), []int64{1}), callback.New(at(1), []int64{2}), callback.New(at(50), []int64{3}))
+	pass(t, m)
+	m.cfg.MaxPending, m.cfg.MaxNew = 3, 2
 
 	// Pending is full. A pass of newer receipts evicts the oldest waiting rows older
 	// than its own receipts, two at most (MaxNew); id 3, named after the pass's oldest
 	// receipt, stays.
-	f.insert(t, callback.New(at(10), []int64{5}), callback.New(at(11), []int64{6}), callback.New(at(12), []int64{7}))
-	n, err := m.Pass(context.Background())
-	require.NoError(t, err)
-	require.Equal(t, int64(2), n.Evicted)
-	require.Equal(t, map[int64]time.Time{3: at(50), 7: at(12), 6: at(11)}, f.pending(t))
-	require.Equal(t, 2.0, metrics.Sum(f.m.Dropped.WithLabelValues("pending", "capacity")))
-	require.Equal(t, 1.0, metrics.Sum(f.m.Dropped.WithLabelValues("merge", "capacity")))
+	b.insert(t, callback.New(at(10), []int64{5}), callback.New(at(11), []int64{6}), callback.New(at(12), []int64{7}))
+	require.Equal(t, int64(2), pass(t, m).Evicted)
+	require.Equal(t, map[int64]time.Time{3: at(50), 7: at(12), 6: at(11)}, b.pending(t))
+	require.Equal(t, 2.0, metrics.Sum(b.metrics.Dropped.WithLabelValues("pending", "capacity")))
+	require.Equal(t, 1.0, metrics.Sum(b.metrics.Dropped.WithLabelValues("merge", "capacity")))
+}
+
+func TestRun_wakeStartsAPass(t *testing.T) {
+	t.Parallel()
+	m, b := setup(t, unbounded)
+	passes := start(t, m)
+	require.Equal(t, Result{}, <-passes, "the first pass runs at once and finds nothing")
+
+	b.insert(t, callback.New(at(0), []int64{7, 8}))
+	m.Wake()
+	require.Equal(t, Result{Batches: 1, Callbacks: 1, IDs: 2, Changed: 2}, <-passes)
+	require.Equal(t, map[int64]time.Time{7: at(0), 8: at(0)}, b.pending(t))
+	require.Zero(t, b.count(t, "inbox_batches"))
+}
+
+func TestRun_fullPassLoopsAgainAtOnce(t *testing.T) {
+	t.Parallel()
+	m, b := setup(t, Config{MaxBatches: 2, MaxIDs: 1 << 20, Interval: idle})
+	for i := range 5 {
+		b.insert(t, callback.New(at(i), []int64{int64(i)}))
+	}
+	passes := start(t, m)
+
+	// No Wake and an hour's interval: only "a full pass means more is waiting" can
+	// start the second and third passes.
+	var sizes []int64
+	for range 3 {
+		sizes = append(sizes, (<-passes).Batches)
+	}
+	require.Equal(t, []int64{2, 2, 1}, sizes)
+	require.Zero(t, b.count(t, "inbox_batches"))
+	require.Equal(t, 5, b.count(t, "pending"))
+}
+
+func TestRun_exactMultipleOfMaxEndsWithAnEmptyPass(t *testing.T) {
+	t.Parallel()
+	m, b := setup(t, Config{MaxBatches: 2, MaxIDs: 1 << 20, Interval: idle})
+	for i := range 4 {
+		b.insert(t, callback.New(at(i), []int64{int64(i)}))
+	}
+	passes := start(t, m)
+
+	var sizes []int64
+	for range 3 {
+		sizes = append(sizes, (<-passes).Batches)
+	}
+	require.Equal(t, []int64{2, 2, 0}, sizes)
+	require.Zero(t, b.count(t, "inbox_batches"))
+}
+
+func TestRun_idBoundEndsAPassEarly(t *testing.T) {
+	t.Parallel()
+	// 4 ids at most: the first batch (3 ids) is under the bound, so the second is taken
+	// too and crosses it; that pass is full, and the third batch waits for the next.
+	m, b := setup(t, Config{MaxBatches: 100, MaxIDs: 4, Interval: idle})
+	for i := range 3 {
+		b.insert(t, callback.New(at(i), []int64{int64(10 * i), int64(10*i + 1), int64(10*i + 2)}))
+	}
+	passes := start(t, m)
+
+	first, second := <-passes, <-passes
+	require.Equal(t, Result{Batches: 2, Callbacks: 2, IDs: 6, Changed: 6, Full: true}, first)
+	require.Equal(t, Result{Batches: 1, Callbacks: 1, IDs: 3, Changed: 3}, second)
+	require.Zero(t, b.count(t, "inbox_batches"))
+	require.Len(t, b.pending(t), 9)
+}
+
+func TestRun_retriesAfterDatabaseError(t *testing.T) {
+	t.Parallel()
+	m, b := setup(t, Config{MaxBatches: 10, MaxIDs: 1 << 20, Interval: idle})
+	var calls atomic.Int64
+	passes := startWith(t, m, func(context.Context) (Result, error) {
+		if calls.Add(1) == 1 {
+			return Result{}, errors.New("connection refused")
+		}
+		return Result{}, nil
+	})
+	<-passes // without a Wake or the interval: the failure's own backoff retried
+	require.Equal(t, int64(2), calls.Load())
+	require.Equal(t, 1.0, metrics.Sum(b.metrics.DatabaseErrors.WithLabelValues("merge")))
 }

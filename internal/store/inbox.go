@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-	"math"
 	"slices"
 	"sync"
 	"time"
@@ -162,19 +161,6 @@ func batchLen(cbs []callback.Callback) int {
 	return len(cbs)
 }
 
-// rememberMergedBatches records, in a merge pass's transaction, every batch it took,
-// so that a spooled copy of one of them is not merged again (ReplaySegment).
-func rememberMergedBatches(ctx context.Context, q *dbsqlc.Queries, rows []dbsqlc.LockBatchesRow) error {
-	ids := make([]uuid.UUID, len(rows))
-	for i, r := range rows {
-		ids[i] = r.BatchID
-	}
-	if err := q.RememberMergedBatches(ctx, ids); err != nil {
-		return fmt.Errorf("remembering merged batches: %w", err)
-	}
-	return nil
-}
-
 // ForgetMergedBatches forgets the merged batches whose ids were minted before before,
 // and returns how many. Batch ids are UUIDv7 minted by the committer just before the
 // write, so this is a range delete on the primary key.
@@ -184,8 +170,9 @@ func rememberMergedBatches(ctx context.Context, q *dbsqlc.Queries, rows []dbsqlc
 // bound. But every receipt in a batch is older than its id (the committer mints the id
 // after the callbacks arrived). So a copy replayed after its id was forgotten holds only
 // receipts older than before, and if before is at least the expiry window in the past,
-// every one of them has left the window: Merge drops such a batch or callback before
-// it reaches pending (DropStaleBatches, the cutoff in the decode), ClaimDue never claims
+// every one of them has left the window: a merge pass drops such a batch or callback
+// before it reaches pending (DropStaleBatches, and the merger's cutoff on each callback
+// it decodes), ClaimDue never claims
 // a receipt past the window, CompleteLookups never writes one, and a merge only ever
 // moves last_seen forward. The late duplicate then changes nothing.
 //
@@ -213,269 +200,6 @@ func minUUIDv7(t time.Time) uuid.UUID {
 // ForgetSpoolReplays drops replay records older than before.
 func (s *Store) ForgetSpoolReplays(ctx context.Context, before time.Time) (int64, error) {
 	return s.q.ForgetSpoolReplays(ctx, before)
-}
-
-// MergeParams bounds one merge pass.
-type MergeParams struct {
-	MaxBatches int // inbox rows read per pass at most
-	MaxIDs     int // no further row read once the pass holds this many ids
-	// MaxDistinct: distinct ids the pass offers to pending at most, newest batches
-	// first; ids named only after that refresh online objects and are otherwise dropped
-	// for capacity. 0: no bound. The pending upsert costs per distinct id: this bounds
-	// the pass's duration and the locks it holds, while every batch read is consumed.
-	MaxDistinct int
-	// MaxNew: ids not pending yet that one pass makes pending, at most (0: no bound
-	// but MaxPending). Lookups take a few thousand a second; more would only wait.
-	MaxNew int
-	// MaxPending bounds the pending rows the pass leaves: when they are that many,
-	// waiting rows with receipts older than the pass's are evicted to make room for up
-	// to MaxNew newer ones, and ids beyond that are dropped for capacity, the newest
-	// receipts kept. 0: no bound.
-	MaxPending int
-	// Cutoff: receipts older than this left the window and are dropped, whole batches
-	// unread. Zero: none is.
-	Cutoff time.Time
-}
-
-// Merged is what one merge pass did.
-type Merged struct {
-	Batches   int64 // inbox rows consumed
-	Callbacks int64 // callbacks in them
-	Ids       int64 // distinct object ids in them, within the window
-	Changed   int64 // pending rows inserted or given a newer receipt
-	Refreshed int64 // online objects whose last_seen moved forward
-	Full      bool  // the pass stopped at a bound: more may be waiting
-
-	// Dropped before they cost anything (see MergeParams): batches, and their ids,
-	// whose newest receipt left the window (deleted unread); ids in batches taken whose
-	// callback left the window; ids not made pending for lack of room.
-	StaleBatches, StaleBatchIDs int64
-	StaleIDs                    int64
-	NoRoom                      int64
-	// Evicted: waiting pending rows with older receipts deleted to make room for this
-	// pass's newer ones.
-	Evicted int64
-
-	// Quarantined: batches that could not be decoded, moved to inbox_quarantine.
-	Quarantined []Quarantined
-}
-
-// Quarantined is one batch the merger set aside.
-type Quarantined struct {
-	BatchID   uuid.UUID
-	Callbacks int
-	Err       error
-}
-
-type idTime struct{ id, t int64 }
-
-// MergeInbox is Merge with no window and no bound on pending rows.
-func (s *Store) MergeInbox(ctx context.Context, maxBatches, maxIDs int) (Merged, error) {
-	return s.Merge(ctx, MergeParams{MaxBatches: maxBatches, MaxIDs: maxIDs})
-}
-
-// Merge moves the newest inbox batches into pending, in one transaction: at most
-// MaxBatches rows, and no further row once MaxIDs ids are read. Batches and callbacks
-// that left the window are dropped first. The batches are decoded here; the first
-// MaxDistinct object ids go to pending once each, with the newest receipt that names
-// them, within MaxNew and MaxPending (queries/inbox.sql: DropStaleBatches, LockBatches,
-// MergePending, EvictPending), and every online object named takes the newer receipt
-// as last_seen (RefreshObjects).
-//
-// A pass costs per distinct id, not per id received: the map keeps one entry per
-// object, and the statements see each object once, however many callbacks named it.
-func (s *Store) Merge(ctx context.Context, p MergeParams) (Merged, error) {
-	var m Merged
-	cutoff := p.Cutoff.UnixMicro()
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		q := s.q.WithTx(tx)
-		if err := q.ForceCustomPlans(ctx); err != nil {
-			return fmt.Errorf("setting plan mode: %w", err)
-		}
-		if !p.Cutoff.IsZero() {
-			d, err := q.DropStaleBatches(ctx, p.Cutoff)
-			if err != nil {
-				return fmt.Errorf("dropping stale inbox batches: %w", err)
-			}
-			m.StaleBatches, m.StaleBatchIDs = d.Batches, d.IDs
-		}
-		rows, err := q.LockBatches(ctx, dbsqlc.LockBatchesParams{Cutoff: p.Cutoff, MaxBatches: int32(p.MaxBatches), MaxIDs: int64(p.MaxIDs)})
-		if err != nil {
-			return fmt.Errorf("reading inbox batches: %w", err)
-		}
-		if len(rows) == 0 {
-			return nil
-		}
-		// Every batch read is consumed (DeleteBatches below, in this transaction).
-		if err := rememberMergedBatches(ctx, q, rows); err != nil {
-			return err
-		}
-		taken := 0
-		// newest: object id -> newest receipt (Unix microseconds) of the ids this pass
-		// offers to pending: the first MaxDistinct distinct ids, newest batches first.
-		// Ids named after that bound only refresh online objects (online, read when the
-		// bound is first reached) and are otherwise dropped for capacity: the batches are
-		// consumed whole either way, so the refresh path sees every receipt read.
-		newest := make(map[int64]int64)
-		var online map[int64]struct{}
-		refresh := make(map[int64]int64)
-		var scratch []int64
-		var staged []idTime
-		used := make([]uuid.UUID, 0, len(rows))
-		for _, r := range rows {
-			used = append(used, r.BatchID)
-			taken += int(r.IDs)
-			// Decoded whole before any of it counts: a batch that breaks off halfway
-			// contributes nothing rather than a prefix of possible garbage.
-			staged = staged[:0]
-			stale := int64(0)
-			scratch, err = decodeBatch(r.Data, scratch, func(_ uuid.UUID, t int64, ids []int64) {
-				if t < cutoff {
-					stale += int64(len(ids))
-					return
-				}
-				for _, id := range ids {
-					staged = append(staged, idTime{id, t})
-				}
-			})
-			if err != nil {
-				// Kept aside in this transaction, never dropped, and never allowed to
-				// stop every later pass at the same row.
-				if err := q.QuarantineBatch(ctx, dbsqlc.QuarantineBatchParams{
-					BatchID: r.BatchID, ReceivedAt: r.ReceivedAt, Callbacks: r.Callbacks, IDs: r.IDs, Data: r.Data, Error: err.Error(),
-				}); err != nil {
-					return fmt.Errorf("quarantining inbox batch %s: %w", r.BatchID, err)
-				}
-				m.Quarantined = append(m.Quarantined, Quarantined{BatchID: r.BatchID, Callbacks: int(r.Callbacks), Err: err})
-				continue
-			}
-			m.Callbacks += int64(r.Callbacks)
-			m.StaleIDs += stale
-			for _, it := range staged {
-				if old, ok := newest[it.id]; ok {
-					if it.t > old {
-						newest[it.id] = it.t
-					}
-					continue
-				}
-				if p.MaxDistinct <= 0 || len(newest) < p.MaxDistinct {
-					newest[it.id] = it.t
-					continue
-				}
-				if online == nil {
-					ids, err := q.OnlineIDs(ctx)
-					if err != nil {
-						return fmt.Errorf("reading online objects: %w", err)
-					}
-					online = make(map[int64]struct{}, len(ids))
-					for _, id := range ids {
-						online[id] = struct{}{}
-					}
-				}
-				if _, ok := online[it.id]; !ok {
-					m.NoRoom++
-				} else if old, ok := refresh[it.id]; !ok || it.t > old {
-					refresh[it.id] = it.t
-				}
-			}
-		}
-		m.Batches = int64(len(used))
-		if err := q.DeleteBatches(ctx, used); err != nil {
-			return fmt.Errorf("deleting merged inbox batches: %w", err)
-		}
-		m.Full = len(rows) == p.MaxBatches || taken >= p.MaxIDs
-		ids, times := sortedByID(newest)
-		clear(newest)
-		m.Ids = int64(len(ids))
-		if len(ids) == 0 {
-			return nil
-		}
-		// The refresh commits on its own connection before this transaction, which so
-		// far holds only the inbox rows it took; see RefreshObjects.
-		rids, rtimes := ids, times
-		if len(refresh) > 0 {
-			for i, id := range ids {
-				refresh[id] = times[i].UnixMicro()
-			}
-			rids, rtimes = sortedByID(refresh)
-		}
-		if m.Refreshed, err = s.refreshObjects(ctx, rids, rtimes); err != nil {
-			return err
-		}
-		maxNew := int64(math.MaxInt32)
-		if p.MaxNew > 0 {
-			maxNew = int64(p.MaxNew)
-		}
-		if p.MaxPending > 0 {
-			n, err := q.CountPending(ctx)
-			if err != nil {
-				return fmt.Errorf("counting pending rows: %w", err)
-			}
-			room := max(int64(p.MaxPending)-n, 0)
-			if room < maxNew {
-				// Full: older waiting work makes room for this pass's, which is newer
-				// than anything waiting from before it (newest batches first).
-				oldest := times[0]
-				for _, t := range times {
-					if t.Before(oldest) {
-						oldest = t
-					}
-				}
-				e, err := q.EvictPending(ctx, dbsqlc.EvictPendingParams{OlderThan: oldest, MaxRows: int32(maxNew - room)})
-				if err != nil {
-					return fmt.Errorf("evicting older pending rows: %w", err)
-				}
-				m.Evicted = e
-				room += e
-			}
-			maxNew = min(maxNew, room)
-		}
-		r, err := q.MergePending(ctx, dbsqlc.MergePendingParams{IDs: ids, ReceivedAts: times, MaxNew: int32(maxNew)})
-		if err != nil {
-			return fmt.Errorf("merging into pending: %w", err)
-		}
-		m.Changed = r.Changed
-		m.NoRoom += r.Fresh - r.FreshTaken
-		return nil
-	})
-	if err != nil {
-		return Merged{}, fmt.Errorf("merging inbox: %w", err)
-	}
-	return m, nil
-}
-
-// sortedByID turns id -> receipt (Unix microseconds) into parallel slices in ascending
-// id order: the lock order, and what the statements read best.
-func sortedByID(m map[int64]int64) ([]int64, []time.Time) {
-	ids := make([]int64, 0, len(m))
-	for id := range m {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	times := make([]time.Time, len(ids))
-	for i, id := range ids {
-		times[i] = time.UnixMicro(m[id])
-	}
-	return ids, times
-}
-
-// refreshObjects moves last_seen of online objects forward to the receipts given (ids
-// sorted), in a transaction of its own.
-func (s *Store) refreshObjects(ctx context.Context, ids []int64, times []time.Time) (int64, error) {
-	var n int64
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		q := s.q.WithTx(tx)
-		if err := q.ForceCustomPlans(ctx); err != nil {
-			return err
-		}
-		var err error
-		n, err = q.RefreshObjects(ctx, dbsqlc.RefreshObjectsParams{IDs: ids, ReceivedAts: times})
-		return err
-	})
-	if err != nil {
-		return 0, fmt.Errorf("refreshing online objects: %w", err)
-	}
-	return n, nil
 }
 
 // OldestUnmerged is the oldest receipt waiting in the inbox whose batch is still within

@@ -15,6 +15,7 @@ import (
 
 	"github.com/objwatch/callback/db"
 	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/merge"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
 )
@@ -65,7 +66,7 @@ func TestMigration_inboxBatchesKeepsUnmergedCallbacks(t *testing.T) {
 	inbox, err := s.Inbox(ctx)
 	require.NoError(t, err)
 	require.Equal(t, []callback.Callback{older, empty, newer}, inbox)
-	require.Equal(t, store.Merged{Batches: 3, Callbacks: 3, Ids: 3, Changed: 3}, merge(t, s))
+	require.Equal(t, merge.Result{Batches: 3, Callbacks: 3, IDs: 3, Changed: 3}, mergeInbox(t, s))
 	require.Equal(t, map[int64]time.Time{-7: at(1), 3: at(3), 5: at(1)}, pendingTable(t, pool))
 }
 

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"log/slog"
 	"sort"
 	"testing"
 	"time"
@@ -9,10 +10,11 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/merge"
+	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
 )
@@ -46,11 +48,12 @@ func insert(t *testing.T, s *store.Store, cbs ...callback.Callback) {
 	require.NoError(t, s.InsertCallbacks(context.Background(), cbs))
 }
 
-func merge(t *testing.T, s *store.Store) store.Merged {
+// mergeInbox merges the whole inbox into pending, as the merger does.
+func mergeInbox(t *testing.T, s *store.Store) merge.Result {
 	t.Helper()
-	m, err := s.MergeInbox(context.Background(), 1000, 1<<20)
+	merged, err := merge.New(merge.Config{MaxBatches: 1000, MaxIDs: 1 << 20}, s, slog.New(slog.DiscardHandler), metrics.New(), nil).Pass(context.Background())
 	require.NoError(t, err)
-	return m
+	return merged
 }
 
 func claim(t *testing.T, s *store.Store, max int, lease time.Duration) map[int64]store.Claim {
@@ -75,113 +78,6 @@ func result(c store.Claim, o store.Outcome) store.Result {
 	return store.Result{ObjectID: c.ObjectID, Token: c.Token, Outcome: o}
 }
 
-func TestMerge(t *testing.T) {
-	t.Parallel()
-
-	t.Run("a_pending_row_finished_during_the_merge_is_made_again", func(t *testing.T) {
-		t.Parallel()
-		s, pool := setup(t)
-		ctx := context.Background()
-		insert(t, s, callback.New(at(1), []int64{4}))
-		merge(t, s)
-		insert(t, s, callback.New(at(2), []int64{4}))
-
-		// A lookup result for the first receipt is being written: it holds the pending
-		// row, and will delete it (finished). The merge of the newer receipt, which saw
-		// the row in its snapshot, waits for it.
-		result, err := pool.Begin(ctx)
-		require.NoError(t, err)
-		defer result.Rollback(ctx) //nolint:errcheck
-		_, err = result.Exec(ctx, "SELECT 1 FROM pending WHERE object_id = 4 FOR UPDATE")
-		require.NoError(t, err)
-		merged := make(chan store.Merged, 1)
-		go func() {
-			m, err := s.MergeInbox(ctx, 10, 100)
-			assert.NoError(t, err)
-			merged <- m
-		}()
-		require.Eventually(t, func() bool {
-			var waiting bool
-			require.NoError(t, pool.QueryRow(ctx,
-				"SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock')").Scan(&waiting))
-			return waiting
-		}, 15*time.Second, 2*time.Millisecond)
-		_, err = result.Exec(ctx, "DELETE FROM pending WHERE object_id = 4")
-		require.NoError(t, err)
-		require.NoError(t, result.Commit(ctx))
-
-		require.Equal(t, int64(1), (<-merged).Changed)
-		require.Equal(t, map[int64]time.Time{4: at(2)}, pendingTable(t, pool), "the newer receipt still gets its lookup")
-	})
-
-	t.Run("coalesces_ids_keeping_the_newest_receipt", func(t *testing.T) {
-		t.Parallel()
-		s, pool := setup(t)
-		insert(t, s,
-			callback.New(at(1), []int64{3, 1, 3, 0}),
-			callback.New(at(2), []int64{1}),
-			callback.New(at(0), []int64{0, 9}),
-			callback.New(at(3), nil),
-		)
-		m := merge(t, s)
-		require.Equal(t, store.Merged{Batches: 1, Callbacks: 4, Ids: 4, Changed: 4}, m)
-		require.Equal(t, map[int64]time.Time{0: at(1), 1: at(2), 3: at(1), 9: at(0)}, pendingTable(t, pool))
-		require.Empty(t, rows(t, pool, "SELECT 0::bigint, received_at FROM inbox_batches"))
-	})
-
-	t.Run("an_undecodable_batch_is_quarantined_and_the_rest_merged", func(t *testing.T) {
-		t.Parallel()
-		s, pool := setup(t)
-		ctx := context.Background()
-		insert(t, s, callback.New(at(1), []int64{1}))
-		bad := callback.New(at(2), nil).ID
-		// Version 1, then a callback id cut short.
-		_, err := pool.Exec(ctx, "INSERT INTO inbox_batches (batch_id, received_at, callbacks, ids, data) VALUES ($1, $2, 1, 1, '\\x0102')", bad, at(2))
-		require.NoError(t, err)
-		insert(t, s, callback.New(at(3), []int64{3}))
-
-		m := merge(t, s)
-		require.Len(t, m.Quarantined, 1)
-		require.Equal(t, bad, m.Quarantined[0].BatchID)
-		require.ErrorContains(t, m.Quarantined[0].Err, "truncated callback id")
-		m.Quarantined = nil
-		require.Equal(t, store.Merged{Batches: 3, Callbacks: 2, Ids: 2, Changed: 2}, m)
-		require.Equal(t, map[int64]time.Time{1: at(1), 3: at(3)}, pendingTable(t, pool))
-		require.Empty(t, rows(t, pool, "SELECT 0::bigint, received_at FROM inbox_batches"))
-		var data []byte
-		var reason string
-		require.NoError(t, pool.QueryRow(ctx, "SELECT data, error FROM inbox_quarantine WHERE batch_id = $1", bad).Scan(&data, &reason))
-		require.Equal(t, []byte{1, 2}, data, "kept as it was")
-		require.Contains(t, reason, "truncated callback id")
-	})
-
-	t.Run("older_receipt_does_not_move_pending_back", func(t *testing.T) {
-		t.Parallel()
-		s, pool := setup(t)
-		insert(t, s, callback.New(at(5), []int64{7}))
-		merge(t, s)
-		insert(t, s, callback.New(at(4), []int64{7}))
-		m := merge(t, s)
-		require.Equal(t, int64(0), m.Changed)
-		require.Equal(t, map[int64]time.Time{7: at(5)}, pendingTable(t, pool))
-	})
-
-	t.Run("refreshes_last_seen_of_online_objects", func(t *testing.T) {
-		t.Parallel()
-		s, pool := setup(t)
-		insert(t, s, callback.New(at(1), []int64{2}))
-		merge(t, s)
-		c := claim(t, s, 10, time.Minute)
-		complete(t, s, result(c[2], store.Online))
-		require.Equal(t, map[int64]time.Time{2: at(1)}, objectsTable(t, pool))
-
-		insert(t, s, callback.New(at(9), []int64{2, 5}))
-		m := merge(t, s)
-		require.Equal(t, int64(1), m.Refreshed)
-		require.Equal(t, map[int64]time.Time{2: at(9)}, objectsTable(t, pool), "5 is not online yet: no row until its lookup")
-	})
-}
-
 func TestLookups(t *testing.T) {
 	t.Parallel()
 
@@ -189,7 +85,7 @@ func TestLookups(t *testing.T) {
 		t.Parallel()
 		s, pool := setup(t)
 		insert(t, s, callback.New(at(1), []int64{1, 2}))
-		merge(t, s)
+		mergeInbox(t, s)
 		c := claim(t, s, 10, time.Minute)
 		require.Len(t, c, 2)
 		done := complete(t, s, result(c[1], store.Online), result(c[2], store.Offline))
@@ -198,7 +94,7 @@ func TestLookups(t *testing.T) {
 		require.Empty(t, pendingTable(t, pool))
 
 		insert(t, s, callback.New(at(2), []int64{1}))
-		merge(t, s)
+		mergeInbox(t, s)
 		c = claim(t, s, 10, time.Minute)
 		done = complete(t, s, result(c[1], store.Offline))
 		require.Equal(t, int64(1), done.Removed)
@@ -209,7 +105,7 @@ func TestLookups(t *testing.T) {
 		t.Parallel()
 		s, _ := setup(t)
 		insert(t, s, callback.New(at(1), []int64{1}), callback.New(at(3), []int64{3}), callback.New(at(2), []int64{2}))
-		merge(t, s)
+		mergeInbox(t, s)
 		var order []int64
 		for range 3 {
 			for id := range claim(t, s, 1, time.Minute) {
@@ -223,9 +119,9 @@ func TestLookups(t *testing.T) {
 		t.Parallel()
 		s, _ := setup(t)
 		insert(t, s, callback.New(at(1), []int64{1}), callback.New(at(5), []int64{2}))
-		merge(t, s)
+		mergeInbox(t, s)
 		insert(t, s, callback.New(at(9), []int64{1}))
-		merge(t, s)
+		mergeInbox(t, s)
 		first := claim(t, s, 1, time.Minute)
 		require.Contains(t, first, int64(1))
 		require.Equal(t, at(9), first[1].ReceivedAt.UTC())
@@ -235,7 +131,7 @@ func TestLookups(t *testing.T) {
 		t.Parallel()
 		s, pool := setup(t)
 		insert(t, s, callback.New(at(1), []int64{1}), callback.New(at(5), []int64{2}))
-		merge(t, s)
+		mergeInbox(t, s)
 		cs, err := s.ClaimDue(context.Background(), 10, time.Minute, at(3))
 		require.NoError(t, err)
 		require.Len(t, cs, 1)
@@ -252,7 +148,7 @@ func TestLookups(t *testing.T) {
 		t.Parallel()
 		s, _ := setup(t)
 		insert(t, s, callback.New(at(1), []int64{1, 2, 3}))
-		merge(t, s)
+		mergeInbox(t, s)
 		first := claim(t, s, 2, time.Minute)
 		second := claim(t, s, 10, time.Minute)
 		third := claim(t, s, 10, time.Minute)
@@ -268,10 +164,10 @@ func TestLookups(t *testing.T) {
 		t.Parallel()
 		s, pool := setup(t)
 		insert(t, s, callback.New(at(1), []int64{4}))
-		merge(t, s)
+		mergeInbox(t, s)
 		c := claim(t, s, 10, time.Minute)
 		insert(t, s, callback.New(at(2), []int64{4}))
-		merge(t, s)
+		mergeInbox(t, s)
 		require.Empty(t, claim(t, s, 10, time.Minute), "in flight: not claimable")
 
 		done := complete(t, s, result(c[4], store.Online))
@@ -291,7 +187,7 @@ func TestLookups(t *testing.T) {
 		t.Parallel()
 		s, pool := setup(t)
 		insert(t, s, callback.New(at(1), []int64{6}))
-		merge(t, s)
+		mergeInbox(t, s)
 		stale := claim(t, s, 10, time.Millisecond)
 		require.Eventually(t, func() bool { return len(claim(t, s, 10, time.Minute)) == 1 }, 5*time.Second, 5*time.Millisecond)
 		// The first worker comes back late: its token no longer owns the row.
@@ -305,7 +201,7 @@ func TestLookups(t *testing.T) {
 		t.Parallel()
 		s, pool := setup(t)
 		insert(t, s, callback.New(at(1), []int64{8}))
-		merge(t, s)
+		mergeInbox(t, s)
 		c := claim(t, s, 10, time.Minute)
 		require.Equal(t, 1, c[8].Attempts)
 		done := complete(t, s, store.Result{ObjectID: 8, Token: c[8].Token, Outcome: store.Failed, RetryAfter: time.Hour})
@@ -324,10 +220,10 @@ func TestLookups(t *testing.T) {
 		t.Parallel()
 		s, pool := setup(t)
 		insert(t, s, callback.New(at(1), []int64{1, 2}))
-		merge(t, s)
+		mergeInbox(t, s)
 		c := claim(t, s, 10, time.Minute)
 		insert(t, s, callback.New(at(50), []int64{2}))
-		merge(t, s)
+		mergeInbox(t, s)
 		done := complete(t, s, result(c[1], store.Expired), result(c[2], store.Expired))
 		require.Equal(t, store.Completed{Owned: 2, Finished: 1, Released: 1}, done)
 		require.Equal(t, map[int64]time.Time{2: at(50)}, pendingTable(t, pool))
@@ -338,7 +234,7 @@ func TestLookups(t *testing.T) {
 		t.Parallel()
 		s, pool := setup(t)
 		insert(t, s, callback.New(at(1), []int64{1, 2}))
-		merge(t, s)
+		mergeInbox(t, s)
 		c := claim(t, s, 10, time.Minute)
 		// The lookups ended after receipt at(1) left the window (cutoff at(5)).
 		done, err := s.CompleteLookups(context.Background(), []store.Result{result(c[1], store.Online), result(c[2], store.Online)}, at(5))
@@ -352,7 +248,7 @@ func TestLookups(t *testing.T) {
 		t.Parallel()
 		s, pool := setup(t)
 		insert(t, s, callback.New(at(5), []int64{1}))
-		merge(t, s)
+		mergeInbox(t, s)
 		c := claim(t, s, 10, time.Minute)
 		_, err := pool.Exec(context.Background(), "INSERT INTO objects VALUES (1, $1)", at(9))
 		require.NoError(t, err)
@@ -364,7 +260,7 @@ func TestLookups(t *testing.T) {
 		t.Parallel()
 		s, pool := setup(t)
 		insert(t, s, callback.New(at(1), []int64{5, 3, 9, 1}))
-		merge(t, s)
+		mergeInbox(t, s)
 		c := claim(t, s, 10, time.Minute)
 		done := complete(t, s,
 			result(c[9], store.Online), result(c[1], store.Offline),
@@ -448,7 +344,7 @@ func TestReplaySegment(t *testing.T) {
 		inbox, err := s.Inbox(ctx)
 		require.NoError(t, err)
 		require.Equal(t, []callback.Callback{cb}, inbox)
-		require.Equal(t, store.Merged{Batches: 1, Callbacks: 1, Ids: 1, Changed: 1}, merge(t, s))
+		require.Equal(t, merge.Result{Batches: 1, Callbacks: 1, IDs: 1, Changed: 1}, mergeInbox(t, s))
 		require.Equal(t, map[int64]time.Time{2: at(2)}, pendingTable(t, pool))
 	})
 
@@ -476,7 +372,7 @@ func TestReplaySegment(t *testing.T) {
 		ctx := context.Background()
 		b := callback.Batch{ID: callback.New(at(1), nil).ID, Callbacks: []callback.Callback{callback.New(at(1), []int64{1, 2})}}
 		require.NoError(t, s.InsertBatch(ctx, b.ID, b.Callbacks))
-		require.Equal(t, int64(2), merge(t, s).Ids)
+		require.Equal(t, int64(2), mergeInbox(t, s).IDs)
 		cs := claim(t, s, 10, time.Minute)
 		complete(t, s, result(cs[1], store.Online), result(cs[2], store.Offline))
 		require.Empty(t, pendingTable(t, pool))
@@ -488,7 +384,7 @@ func TestReplaySegment(t *testing.T) {
 			n, err := s.ReplaySegment(ctx, callback.New(at(5), nil).ID, []callback.Batch{b})
 			require.NoError(t, err)
 			require.Zero(t, n)
-			require.Equal(t, store.Merged{}, merge(t, s))
+			require.Equal(t, merge.Result{}, mergeInbox(t, s))
 			require.Empty(t, pendingTable(t, pool), "no lookup again")
 			require.Equal(t, map[int64]time.Time{1: at(1)}, objectsTable(t, pool))
 		}
@@ -543,7 +439,7 @@ func TestReplaySegment(t *testing.T) {
 		for _, b := range []callback.Batch{old, recent} {
 			require.NoError(t, s.InsertBatch(ctx, b.ID, b.Callbacks))
 		}
-		merge(t, s)
+		mergeInbox(t, s)
 		_, err := pool.Exec(ctx, "DELETE FROM pending")
 		require.NoError(t, err)
 

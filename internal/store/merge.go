@@ -1,0 +1,171 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/objwatch/callback/internal/store/internal/dbsqlc"
+)
+
+// The statements of a merge pass. The merger (internal/merge) decides what a pass
+// takes, keeps and writes; here each step is one statement of queries/inbox.sql, run
+// in the pass's transaction (InMergeTx), and the refresh of online objects, which
+// commits on its own (RefreshObjects).
+
+// InboxBatch is one inbox row a merge pass took: the callbacks of one group commit.
+type InboxBatch struct {
+	ID         uuid.UUID
+	ReceivedAt time.Time // its oldest receipt
+	Callbacks  int
+	IDs        int // object ids in its callbacks, repeats included
+	Data       []byte
+}
+
+// Decode calls fn for each callback in the batch, in order, with its receipt time in
+// Unix microseconds and its ids. ids is scratch space that is reused and returned, so
+// fn must not keep the slice it is given. An error means the data is malformed: fn may
+// have been called for the callbacks before the fault.
+func (b InboxBatch) Decode(ids []int64, fn func(id uuid.UUID, receivedAt int64, ids []int64)) ([]int64, error) {
+	return decodeBatch(b.Data, ids, fn)
+}
+
+// MergeTx is the transaction of one merge pass.
+type MergeTx struct {
+	q *dbsqlc.Queries
+}
+
+// InMergeTx runs fn in one transaction, and commits it if fn returns nil. Every
+// statement in it is planned for its actual parameters (ForceCustomPlans): a pass sends
+// arrays of one to a million ids.
+func (s *Store) InMergeTx(ctx context.Context, fn func(tx *MergeTx) error) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		q := s.q.WithTx(tx)
+		if err := q.ForceCustomPlans(ctx); err != nil {
+			return fmt.Errorf("setting plan mode: %w", err)
+		}
+		return fn(&MergeTx{q: q})
+	})
+}
+
+// DropStaleBatches deletes, unread, the batches whose newest receipt is older than
+// cutoff, and returns how many batches and how many ids they held.
+func (tx *MergeTx) DropStaleBatches(ctx context.Context, cutoff time.Time) (batches, ids int64, err error) {
+	d, err := tx.q.DropStaleBatches(ctx, cutoff)
+	if err != nil {
+		return 0, 0, fmt.Errorf("dropping stale inbox batches: %w", err)
+	}
+	return d.Batches, d.IDs, nil
+}
+
+// LockBatches locks and reads the newest batches whose newest receipt is at or after
+// cutoff, skipping those another merger holds: at most maxBatches, and no further
+// batch once maxIDs ids are read. Newest first.
+func (tx *MergeTx) LockBatches(ctx context.Context, cutoff time.Time, maxBatches, maxIDs int) ([]InboxBatch, error) {
+	rows, err := tx.q.LockBatches(ctx, dbsqlc.LockBatchesParams{Cutoff: cutoff, MaxBatches: int32(maxBatches), MaxIDs: int64(maxIDs)})
+	if err != nil {
+		return nil, fmt.Errorf("reading inbox batches: %w", err)
+	}
+	batches := make([]InboxBatch, len(rows))
+	for i, r := range rows {
+		batches[i] = InboxBatch{ID: r.BatchID, ReceivedAt: r.ReceivedAt, Callbacks: int(r.Callbacks), IDs: int(r.IDs), Data: r.Data}
+	}
+	return batches, nil
+}
+
+// RememberMerged records every batch the pass took, so that a spooled copy of one of
+// them is not merged again (ReplaySegment).
+func (tx *MergeTx) RememberMerged(ctx context.Context, batchIDs []uuid.UUID) error {
+	if err := tx.q.RememberMergedBatches(ctx, batchIDs); err != nil {
+		return fmt.Errorf("remembering merged batches: %w", err)
+	}
+	return nil
+}
+
+// Quarantine keeps a batch that cannot be decoded in inbox_quarantine, as it was, with
+// why.
+func (tx *MergeTx) Quarantine(ctx context.Context, b InboxBatch, reason error) error {
+	if err := tx.q.QuarantineBatch(ctx, dbsqlc.QuarantineBatchParams{
+		BatchID: b.ID, ReceivedAt: b.ReceivedAt, Callbacks: int32(b.Callbacks), IDs: int32(b.IDs), Data: b.Data, Error: reason.Error(),
+	}); err != nil {
+		return fmt.Errorf("quarantining inbox batch %s: %w", b.ID, err)
+	}
+	return nil
+}
+
+// OnlineIDs reads the id of every online object.
+func (tx *MergeTx) OnlineIDs(ctx context.Context) ([]int64, error) {
+	ids, err := tx.q.OnlineIDs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading online objects: %w", err)
+	}
+	return ids, nil
+}
+
+// DeleteBatches deletes the batches the pass took.
+func (tx *MergeTx) DeleteBatches(ctx context.Context, batchIDs []uuid.UUID) error {
+	if err := tx.q.DeleteBatches(ctx, batchIDs); err != nil {
+		return fmt.Errorf("deleting merged inbox batches: %w", err)
+	}
+	return nil
+}
+
+// CountPending counts the pending rows.
+func (tx *MergeTx) CountPending(ctx context.Context) (int64, error) {
+	n, err := tx.q.CountPending(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("counting pending rows: %w", err)
+	}
+	return n, nil
+}
+
+// EvictPending deletes up to maxRows waiting pending rows whose newest receipt is older
+// than olderThan, oldest first, and returns how many.
+func (tx *MergeTx) EvictPending(ctx context.Context, olderThan time.Time, maxRows int64) (int64, error) {
+	n, err := tx.q.EvictPending(ctx, dbsqlc.EvictPendingParams{OlderThan: olderThan, MaxRows: int32(maxRows)})
+	if err != nil {
+		return 0, fmt.Errorf("evicting older pending rows: %w", err)
+	}
+	return n, nil
+}
+
+// PendingMerged is what one MergePending did.
+type PendingMerged struct {
+	Changed    int64 // pending rows inserted or given a newer receipt
+	Fresh      int64 // ids not pending before
+	FreshTaken int64 // of those, the ones made pending (at most maxNew)
+}
+
+// MergePending gives each id (distinct, ascending) its receipt in pending: ids already
+// pending take a newer receipt, and at most maxNew ids not pending yet are inserted,
+// newest receipts first.
+func (tx *MergeTx) MergePending(ctx context.Context, ids []int64, receivedAts []time.Time, maxNew int64) (PendingMerged, error) {
+	r, err := tx.q.MergePending(ctx, dbsqlc.MergePendingParams{IDs: ids, ReceivedAts: receivedAts, MaxNew: int32(maxNew)})
+	if err != nil {
+		return PendingMerged{}, fmt.Errorf("merging into pending: %w", err)
+	}
+	return PendingMerged(r), nil
+}
+
+// RefreshObjects moves last_seen of the online objects among ids (distinct, ascending:
+// the lock order) forward to their receipts, in a transaction of its own, and returns
+// how many moved.
+func (s *Store) RefreshObjects(ctx context.Context, ids []int64, receivedAts []time.Time) (int64, error) {
+	var n int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		q := s.q.WithTx(tx)
+		if err := q.ForceCustomPlans(ctx); err != nil {
+			return err
+		}
+		var err error
+		n, err = q.RefreshObjects(ctx, dbsqlc.RefreshObjectsParams{IDs: ids, ReceivedAts: receivedAts})
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("refreshing online objects: %w", err)
+	}
+	return n, nil
+}
