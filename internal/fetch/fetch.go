@@ -27,12 +27,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/objwatch/callback/internal/backoff"
 	"github.com/objwatch/callback/internal/errlog"
 	"github.com/objwatch/callback/internal/fetch/limit"
 	"github.com/objwatch/callback/internal/metrics"
@@ -213,8 +213,9 @@ func (f *Fetcher) Run(ctx context.Context) error {
 }
 
 func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGroup) {
-	backoff := time.Duration(0)
-	probePause := time.Duration(0)
+	claimRetry := backoff.Retry{Policy: backoff.Policy{Base: 100 * time.Millisecond, Max: claimDBBackoffMax}}
+	// Paused ever longer while the object service looks down.
+	probePause := backoff.Retry{Policy: backoff.Policy{Base: f.cfg.BackoffBase, Max: f.cfg.BackoffMax}}
 	for ctx.Err() == nil {
 		// Results that wait for the writer hold their claims too: held - inFlight
 		// stays below maxWaiting when a claim is made, and a claim adds at most
@@ -231,9 +232,12 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 		free := limit - inFlight
 		if free <= 0 || int(f.held.Load())-inFlight >= maxWaiting(f.cfg) {
 			if yielding {
-				waitAny(ctx, f.done, time.After(f.cfg.PollInterval)) // the reply path may be idle again
+				backoff.Wait(ctx, f.cfg.PollInterval, f.done) // the reply path may be idle again
 			} else {
-				waitAny(ctx, f.done, nil)
+				select {
+				case <-ctx.Done():
+				case <-f.done:
+				}
 			}
 			continue
 		}
@@ -243,16 +247,14 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 			// The object service looks down: wait, ever more patiently, for the one
 			// probe in flight to end, then send one more.
 			if f.inFlight.Load() > 0 {
-				waitAny(ctx, f.done, time.After(f.cfg.PollInterval))
+				backoff.Wait(ctx, f.cfg.PollInterval, f.done)
 				continue
 			}
-			probePause = min(max(2*probePause, f.cfg.BackoffBase), f.cfg.BackoffMax)
-			waitAny(ctx, nil, time.After(probePause))
-			if ctx.Err() != nil {
+			if !backoff.Sleep(ctx, probePause.Next()) {
 				continue
 			}
 		} else {
-			probePause = 0
+			probePause.Reset()
 		}
 		// The lease starts on the database's clock during the claim, so no earlier
 		// than now: the lookups' deadline to start is reckoned from here.
@@ -264,14 +266,13 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 			if ctx.Err() != nil {
 				return
 			}
-			backoff = min(max(2*backoff, 100*time.Millisecond), claimDBBackoffMax)
+			wait := claimRetry.Next()
 			f.metrics.DatabaseErrors.WithLabelValues("claim").Inc()
-			f.errs.Error(ctx, "claim", "claiming lookups failed; retrying", err, "retry_in", backoff)
-			waitAny(ctx, nil, time.After(backoff))
+			f.errs.Error(ctx, "claim", "claiming lookups failed; retrying", err, "retry_in", wait)
+			backoff.Sleep(ctx, wait)
 			continue
 		}
-		if backoff > 0 {
-			backoff = 0
+		if claimRetry.Reset() {
 			f.errs.Recovered(ctx, "claim", "claiming lookups works again")
 		}
 		f.held.Add(int64(len(claims)))
@@ -299,7 +300,7 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 		}
 		if len(claims) < n {
 			// Nothing more is due: wait for new work, a poll, or room.
-			waitAny(ctx, f.wake, time.After(f.cfg.PollInterval))
+			backoff.Wait(ctx, f.cfg.PollInterval, f.wake)
 		}
 	}
 }
@@ -389,11 +390,7 @@ func (f *Fetcher) tripped() bool {
 // dead object service sees a trickle of probes, not a storm, and recovering lookups
 // spread out instead of arriving together.
 func (f *Fetcher) backoff(attempts int) time.Duration {
-	d := f.cfg.BackoffBase << min(max(attempts-1, 0), 20)
-	if d <= 0 || d > f.cfg.BackoffMax {
-		d = f.cfg.BackoffMax
-	}
-	return d/2 + rand.N(d/2+1)
+	return backoff.Policy{Base: f.cfg.BackoffBase, Max: f.cfg.BackoffMax}.Jittered(attempts)
 }
 
 // writeLoop batches results and applies them; it ends when results is closed and
@@ -432,7 +429,7 @@ func (f *Fetcher) writeLoop() {
 func (f *Fetcher) write(batch []store.Result) {
 	ctx := context.Background()
 	giveUp := f.now().Add(f.cfg.Lease)
-	backoff := 50 * time.Millisecond
+	retry := backoff.Retry{Policy: backoff.Policy{Base: 50 * time.Millisecond, Max: 2 * time.Second}}
 	for {
 		wctx, cancel := context.WithTimeout(ctx, dbTimeout)
 		// The cutoff is taken at each attempt: a batch retried through an outage must
@@ -452,8 +449,7 @@ func (f *Fetcher) write(batch []store.Result) {
 			return
 		}
 		f.errs.Error(ctx, "complete", "writing lookup results failed; retrying", err, "results", len(batch))
-		time.Sleep(backoff)
-		backoff = min(2*backoff, 2*time.Second)
+		backoff.Sleep(ctx, retry.Next())
 	}
 }
 
@@ -461,13 +457,5 @@ func notify(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:
 	default:
-	}
-}
-
-func waitAny(ctx context.Context, ch <-chan struct{}, timer <-chan time.Time) {
-	select {
-	case <-ctx.Done():
-	case <-ch:
-	case <-timer:
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/objwatch/callback/internal/backoff"
 	"github.com/objwatch/callback/internal/callback"
 	"github.com/objwatch/callback/internal/errlog"
 	"github.com/objwatch/callback/internal/metrics"
@@ -91,14 +92,8 @@ func (r *Replayer) Wake() {
 func (r *Replayer) Run(ctx context.Context) error {
 	wait := time.Duration(0) // first pass at once: a restart finds the previous run's spool
 	for {
-		timer := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
+		if !backoff.Wait(ctx, wait, r.wake) {
 			return nil
-		case <-timer.C:
-		case <-r.wake:
-			timer.Stop()
 		}
 		if r.ReplayOnce(ctx) != nil {
 			wait = min(ReplayRetry, r.interval)

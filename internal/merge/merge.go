@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/objwatch/callback/internal/backoff"
 	"github.com/objwatch/callback/internal/errlog"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/store"
@@ -123,22 +124,22 @@ func (m *Merger) Run(ctx context.Context) error {
 
 // run is Run around pass: the pacing of passes, and the retries of failed ones.
 func (m *Merger) run(ctx context.Context, pass func(context.Context) (Result, error)) error {
-	backoff := time.Duration(0)
+	// Capped low: after an outage, merging resumes within a second of the database
+	// answering (and the replayer wakes it sooner: the wait ends on Wake).
+	retry := backoff.Retry{Policy: backoff.Policy{Base: 100 * time.Millisecond, Max: time.Second}}
 	for {
 		merged, err := pass(ctx)
-		switch {
-		case ctx.Err() != nil:
+		if ctx.Err() != nil {
 			return nil
-		case err != nil:
-			// Capped low: after an outage, merging resumes within a second of the
-			// database answering (and the replayer wakes it sooner).
-			backoff = min(max(2*backoff, 100*time.Millisecond), time.Second)
+		}
+		if err != nil {
+			wait := retry.Next()
 			m.metrics.DatabaseErrors.WithLabelValues("merge").Inc()
-			m.errs.Error(ctx, "merge", "merging inbox failed; retrying", err, "retry_in", backoff)
-			m.waitOrWake(ctx, backoff)
+			m.errs.Error(ctx, "merge", "merging inbox failed; retrying", err, "retry_in", wait)
+			backoff.Wait(ctx, wait, m.wake)
 			continue
-		case backoff > 0:
-			backoff = 0
+		}
+		if retry.Reset() {
 			m.errs.Recovered(ctx, "merge", "merging inbox works again")
 		}
 		// Rest in proportion to the pass, whether or not more is waiting: intake
@@ -149,29 +150,16 @@ func (m *Merger) run(ctx context.Context, pass func(context.Context) (Result, er
 		}
 		rest := min(time.Duration(float64(m.lastPass)*restFactor), maxRest)
 		if merged.Full {
-			if rest > 0 {
-				sleep(ctx, rest)
-			}
+			backoff.Sleep(ctx, rest)
 			continue // more is waiting
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-m.wake:
-			sleep(ctx, rest)
+			backoff.Sleep(ctx, rest)
 		case <-time.After(max(m.cfg.Interval, rest)):
 		}
-	}
-}
-
-// waitOrWake waits d, or less if woken (the database answers again) or ctx ends.
-func (m *Merger) waitOrWake(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-m.wake:
-	case <-t.C:
 	}
 }
 
@@ -211,13 +199,4 @@ func (m *Merger) Pass(ctx context.Context) (Result, error) {
 		m.changed()
 	}
 	return merged, nil
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }

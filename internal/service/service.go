@@ -20,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/objwatch/callback/internal/backoff"
 	"github.com/objwatch/callback/internal/errlog"
 	"github.com/objwatch/callback/internal/expiry"
 	"github.com/objwatch/callback/internal/fetch"
@@ -227,7 +228,7 @@ func replyPathBusy(load float64) float64 {
 // migrate applies the migrations, retrying until it works or ctx ends.
 func migrate(ctx context.Context, databaseURL string, log *slog.Logger) bool {
 	errs := errlog.New(log, 10*time.Second)
-	wait := 200 * time.Millisecond
+	retry := backoff.Retry{Policy: backoff.Policy{Base: 200 * time.Millisecond, Max: 5 * time.Second}}
 	for {
 		err := store.Migrate(ctx, databaseURL, io.Discard)
 		if err == nil {
@@ -236,12 +237,9 @@ func migrate(ctx context.Context, databaseURL string, log *slog.Logger) bool {
 			return true
 		}
 		errs.Error(ctx, "migrate", "cannot apply migrations yet; callbacks are spooled meanwhile", err)
-		select {
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, retry.Next()) {
 			return false
-		case <-time.After(wait):
 		}
-		wait = min(2*wait, 5*time.Second)
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/objwatch/callback/internal/backoff"
 )
 
 // OnlineRule decides an object's status from its id. It must be deterministic: Verify
@@ -247,14 +249,14 @@ func (o *ObjectService) lookup(w http.ResponseWriter, r *http.Request) {
 	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil || id < 0 {
 		// Like the original, a bad id is answered after the latency too.
-		o.wait(r.Context(), latency, o.closed)
+		backoff.Wait(r.Context(), latency, o.closed)
 		o.bad.Add(1)
 		writeJSON(w, http.StatusBadRequest, `{"error":"invalid id: want an integer from 0 to 2^63-1"}`)
 		return
 	}
 
 	o.begin(id)
-	o.wait(r.Context(), latency, o.closed)
+	backoff.Wait(r.Context(), latency, o.closed)
 	o.end(id)
 
 	draw := rng.Float64() * 100
@@ -264,7 +266,7 @@ func (o *ObjectService) lookup(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusInternalServerError, `{"error":"injected failure"}`)
 	case draw < c.FailPct+c.HangPct:
 		o.hang.Add(1)
-		o.wait(r.Context(), c.HangFor, o.hangsOver)
+		backoff.Wait(r.Context(), c.HangFor, o.hangsOver)
 		abort(w)
 	case draw < c.FailPct+c.HangPct+c.MalformedPct:
 		o.malformed.Add(1)
@@ -309,20 +311,6 @@ func (o *ObjectService) end(id int64) {
 		delete(o.pending, id)
 	}
 	o.mu.Unlock()
-}
-
-// wait sleeps for d, or less if the client gives up or stop is closed.
-func (o *ObjectService) wait(ctx context.Context, d time.Duration, stop <-chan struct{}) {
-	if d <= 0 {
-		return
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	case <-stop:
-	}
 }
 
 func writeJSON(w http.ResponseWriter, status int, body string) {

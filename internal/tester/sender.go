@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/objwatch/callback/internal/backoff"
 )
 
 // SenderConfig shapes the callback load. Start from DefaultSenderConfig: in the zero
@@ -193,7 +195,7 @@ func (s *Sender) worker(ctx context.Context, i int) {
 		period = max(period, time.Microsecond)
 		// Stagger the senders over one period so that they do not fire together.
 		offset := period * time.Duration(i) / time.Duration(s.cfg.Senders)
-		if !sleep(ctx, offset) {
+		if !backoff.Sleep(ctx, offset) {
 			return
 		}
 		t := time.NewTicker(period) // a Ticker drops the ticks a slow sender missed
@@ -213,7 +215,7 @@ func (s *Sender) worker(ctx context.Context, i int) {
 			}
 		case s.cfg.Interval > 0:
 			// Like the original: sleep first, then post.
-			if !sleep(ctx, s.cfg.Interval) {
+			if !backoff.Sleep(ctx, s.cfg.Interval) {
 				return
 			}
 		}
@@ -355,19 +357,4 @@ func (s *Sender) Stats() SenderStats {
 		st.LastError = *e
 	}
 	return st
-}
-
-// sleep waits d or until ctx ends; it reports whether the full d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

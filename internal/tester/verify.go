@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/objwatch/callback/internal/backoff"
 )
 
 const (
@@ -220,7 +222,7 @@ func Verify(ctx context.Context, db Querier, cfg VerifyConfig, expected map[int6
 			logf("table still differs after %s: %d problems", cfg.CatchUp, len(problems))
 			return problems, nil
 		}
-		if !sleep(ctx, cfg.Poll) {
+		if !backoff.Sleep(ctx, cfg.Poll) {
 			return nil, ctx.Err()
 		}
 	}
@@ -237,7 +239,7 @@ func Verify(ctx context.Context, db Querier, cfg VerifyConfig, expected map[int6
 	// A little past the edge, so that any row left is unambiguously late.
 	gone := last.Add(LastSeenTolerance + cfg.Window + ExpiryGrace + 100*time.Millisecond)
 	logf("waiting until %s for every row to expire", stamp(gone))
-	if !sleep(ctx, gone.Sub(cfg.Now())) {
+	if !backoff.Sleep(ctx, gone.Sub(cfg.Now())) {
 		return nil, ctx.Err()
 	}
 	problems, _, n, err := check()
