@@ -27,12 +27,12 @@
 package expiry
 
 import (
+	"cmp"
 	"context"
-	"log/slog"
+	"errors"
 	"time"
 
-	"github.com/objwatch/callback/internal/errlog"
-	"github.com/objwatch/callback/internal/metrics"
+	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/store"
 )
 
@@ -46,12 +46,13 @@ type Store interface {
 // outlives its replay only by the time it takes to unlink it; a week is plenty.
 const spoolReplayMemory = 7 * 24 * time.Hour
 
-// Config tunes expiry.
+// Config tunes expiry. A zero field takes its default, below, but for Grace.
 type Config struct {
-	Window time.Duration // EXPIRE_AFTER
-	Tick   time.Duration // how often
+	ExpireAfter time.Duration // the window (EXPIRE_AFTER), required
+	Tick        time.Duration // how often
 	// Grace: callbacks accepted less than this ago may not be committed yet (the group
-	// commit's timeout, plus a margin); expiry does not read the clock past them.
+	// commit's timeout, plus a margin); expiry does not read the clock past them. The
+	// service sets it from its commit timeout; zero: none.
 	Grace time.Duration
 	// Chunk: rows deleted per statement and transaction at most.
 	Chunk int
@@ -60,28 +61,34 @@ type Config struct {
 	SpoolHolds func() bool
 }
 
-// DefaultConfig: a 30 s window checked every second; chunks of 10,000 rows take tens of
+// The defaults check the window every second; chunks of 10,000 rows take tens of
 // milliseconds each.
-func DefaultConfig() Config {
-	return Config{Window: 30 * time.Second, Tick: time.Second, Grace: 500 * time.Millisecond, Chunk: 10_000}
-}
+const (
+	TickDefault  = time.Second
+	ChunkDefault = 10_000
+)
 
 // Expirer runs the ticks.
 type Expirer struct {
-	cfg     Config
-	store   Store
-	log     *slog.Logger
-	errs    *errlog.Limiter
-	metrics *metrics.Metrics
-	now     func() time.Time
+	component.Base
+	cfg   Config
+	store Store
 }
 
-// New builds an expirer.
-func New(cfg Config, s Store, log *slog.Logger, m *metrics.Metrics) *Expirer {
+// New builds an expirer, or says which setting is wrong.
+func New(cfg Config, s Store, deps component.Deps) (*Expirer, error) {
+	cfg.Tick = cmp.Or(cfg.Tick, TickDefault)
+	cfg.Chunk = cmp.Or(cfg.Chunk, ChunkDefault)
 	if cfg.SpoolHolds == nil {
 		cfg.SpoolHolds = func() bool { return false }
 	}
-	return &Expirer{cfg: cfg, store: s, log: log, errs: errlog.New(log, 10*time.Second), metrics: m, now: time.Now}
+	switch {
+	case cfg.ExpireAfter <= 0:
+		return nil, errors.New("the window (ExpireAfter) must be positive")
+	case cfg.Tick < 0 || cfg.Grace < 0 || cfg.Chunk < 0:
+		return nil, errors.New("tick, grace and chunk must not be negative")
+	}
+	return &Expirer{Base: component.NewBase(deps), cfg: cfg, store: s}, nil
 }
 
 // Run ticks until ctx ends.
@@ -100,16 +107,16 @@ func (e *Expirer) Run(ctx context.Context) error {
 
 // Tick runs one expiry, if this replica wins the lock.
 func (e *Expirer) Tick(ctx context.Context) store.ExpiryTick {
-	now := e.now()
+	now := e.Now()
 	// A tick that cannot finish before the next one is pointless: bound it. Work done
 	// by the chunks that finished stays done.
 	tctx, cancel := context.WithTimeout(ctx, max(e.cfg.Tick, 5*time.Second))
 	defer cancel()
-	edge := now.Add(-e.cfg.Window)
+	edge := now.Add(-e.cfg.ExpireAfter)
 	// A merged batch id is kept two windows: a spooled copy of the batch replayed after
 	// that holds only receipts past the window, which change nothing (store.ForgetMergedBatches).
 	p := store.ExpireParams{PendingCutoff: edge, ForgetBefore: now.Add(-spoolReplayMemory),
-		ForgetMergedBefore: now.Add(-2 * e.cfg.Window), Chunk: e.cfg.Chunk}
+		ForgetMergedBefore: now.Add(-2 * e.cfg.ExpireAfter), Chunk: e.cfg.Chunk}
 	if !e.cfg.SpoolHolds() {
 		oldest, err := e.store.OldestUnmerged(tctx, edge, now)
 		if err != nil {
@@ -120,27 +127,27 @@ func (e *Expirer) Tick(ctx context.Context) store.ExpiryTick {
 		if oldest.Before(seenUpTo) {
 			seenUpTo = oldest
 		}
-		p.ObjectsCutoff = seenUpTo.Add(-e.cfg.Window)
+		p.ObjectsCutoff = seenUpTo.Add(-e.cfg.ExpireAfter)
 	} // else: the zero cutoff deletes no object
 	t, err := e.store.Expire(tctx, p)
 	if err != nil {
 		e.fail(ctx, err)
 	} else {
-		e.errs.Recovered(ctx, "expire", "expiry works again")
+		e.Errs.Recovered(ctx, "expire", "expiry works again")
 	}
 	// What the chunks that finished did counts, even after an error.
-	e.metrics.RowsExpired.Add(float64(t.Deleted))
-	e.metrics.Dropped.WithLabelValues("pending", "expired").Add(float64(t.Swept))
-	e.metrics.Dropped.WithLabelValues("inbox", "expired").Add(float64(t.StaleIDs))
+	e.Metrics.RowsExpired.Add(float64(t.Deleted))
+	e.Metrics.Dropped.WithLabelValues("pending", "expired").Add(float64(t.Swept))
+	e.Metrics.Dropped.WithLabelValues("inbox", "expired").Add(float64(t.StaleIDs))
 	if err == nil && t.Ran {
-		e.metrics.ExpiryLastRun.Set(float64(now.Unix()))
+		e.Metrics.ExpiryLastRun.Set(float64(now.Unix()))
 	}
 	return t
 }
 
 func (e *Expirer) fail(ctx context.Context, err error) {
 	if ctx.Err() == nil {
-		e.metrics.DatabaseErrors.WithLabelValues("expiry").Inc()
-		e.errs.Error(ctx, "expire", "expiry failed; next tick retries", err)
+		e.Metrics.DatabaseErrors.WithLabelValues("expiry").Inc()
+		e.Errs.Error(ctx, "expire", "expiry failed; next tick retries", err)
 	}
 }

@@ -1,11 +1,12 @@
 package expiry
 
-// In package expiry, not expiry_test: the tests set the Expirer's clock (now).
+// In package expiry, not expiry_test: the tests put a fake store in place of the real
+// one, and read spoolReplayMemory.
 
 import (
+	"cmp"
 	"context"
 	"errors"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/merge"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
@@ -25,17 +27,39 @@ const window = 30 * time.Second
 
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
-// setup gives a fresh database and a constructor of Expirers on it, as replicas.
-func setup(t *testing.T) (*pgxpool.Pool, func(now func() time.Time) (*Expirer, *metrics.Metrics)) {
+// testBundle is what a test sees of its expirer's surroundings: a fresh database, the
+// metrics, and the expirer's clock.
+type testBundle struct {
+	pool    *pgxpool.Pool
+	db      *store.Store
+	metrics *metrics.Metrics
+	cfg     Config
+	clock   atomic.Pointer[time.Time]
+}
+
+// setup builds an expirer with cfg (the window and an hour's tick unless it says
+// otherwise) on a fresh database, its clock at t0 until the test sets it.
+func setup(t *testing.T, cfg Config) (*Expirer, *testBundle) {
 	t.Helper()
 	pool, _ := pgtest.NewPool(t)
-	return pool, func(now func() time.Time) (*Expirer, *metrics.Metrics) {
-		m := metrics.New()
-		e := New(Config{Window: window, Tick: time.Hour, Chunk: 10_000}, store.New(pool), slog.New(slog.DiscardHandler), m)
-		e.now = now
-		return e, m
-	}
+	cfg.ExpireAfter = cmp.Or(cfg.ExpireAfter, window)
+	cfg.Tick = cmp.Or(cfg.Tick, time.Hour)
+	b := &testBundle{pool: pool, db: store.New(pool), metrics: metrics.New(), cfg: cfg}
+	b.set(t0)
+	return b.replica(t, b.now), b
 }
+
+// replica is one more expirer on the bundle's database, as another replica runs it,
+// with its own clock.
+func (b *testBundle) replica(t *testing.T, now func() time.Time) *Expirer {
+	t.Helper()
+	e, err := New(b.cfg, b.db, component.Deps{Metrics: b.metrics, Now: now})
+	require.NoError(t, err)
+	return e
+}
+
+func (b *testBundle) now() time.Time   { return *b.clock.Load() }
+func (b *testBundle) set(ts time.Time) { b.clock.Store(&ts) }
 
 func fixed(t time.Time) func() time.Time { return func() time.Time { return t } }
 
@@ -46,7 +70,7 @@ func objects(t *testing.T, pool *pgxpool.Pool) map[int64]time.Time {
 
 func TestTick_deletesRowsOlderThanWindowAndKeepsTheRest(t *testing.T) {
 	t.Parallel()
-	pool, newExpirer := setup(t)
+	e, b := setup(t, Config{})
 	keep := map[int64]time.Time{
 		3: t0.Add(-window),                    // exactly at the edge: not older than the window
 		4: t0.Add(-window + time.Microsecond), // just inside
@@ -58,43 +82,39 @@ func TestTick_deletesRowsOlderThanWindowAndKeepsTheRest(t *testing.T) {
 		1: t0.Add(-time.Hour),
 		2: t0.Add(-window - time.Microsecond), // just outside
 	}
-	pgtest.InsertObjects(t, pool, keep)
-	pgtest.InsertObjects(t, pool, gone)
+	pgtest.InsertObjects(t, b.pool, keep)
+	pgtest.InsertObjects(t, b.pool, gone)
 
-	e, m := newExpirer(fixed(t0))
 	ran, deleted := tick(e, context.Background())
 	require.True(t, ran)
 	require.Equal(t, int64(2), deleted)
-	require.Equal(t, keep, objects(t, pool))
-	require.Equal(t, 2.0, metrics.Sum(m.RowsExpired))
+	require.Equal(t, keep, objects(t, b.pool))
+	require.Equal(t, 2.0, metrics.Sum(b.metrics.RowsExpired))
 
 	ran, deleted = tick(e, context.Background())
 	require.True(t, ran)
 	require.Zero(t, deleted, "a second tick at the same time finds nothing")
-	require.Equal(t, keep, objects(t, pool))
+	require.Equal(t, keep, objects(t, b.pool))
 }
 
 func TestTick_followsTheClock(t *testing.T) {
 	t.Parallel()
-	pool, newExpirer := setup(t)
-	pgtest.InsertObjects(t, pool, map[int64]time.Time{1: t0, 2: t0.Add(5 * time.Second)})
-	var now atomic.Pointer[time.Time]
-	set := func(ts time.Time) { now.Store(&ts) }
-	e, _ := newExpirer(func() time.Time { return *now.Load() })
+	e, b := setup(t, Config{})
+	pgtest.InsertObjects(t, b.pool, map[int64]time.Time{1: t0, 2: t0.Add(5 * time.Second)})
 
-	set(t0.Add(window))
+	b.set(t0.Add(window))
 	_, deleted := tick(e, context.Background())
 	require.Zero(t, deleted)
 
-	set(t0.Add(window + time.Microsecond))
+	b.set(t0.Add(window + time.Microsecond))
 	_, deleted = tick(e, context.Background())
 	require.Equal(t, int64(1), deleted)
-	require.Equal(t, map[int64]time.Time{2: t0.Add(5 * time.Second)}, objects(t, pool))
+	require.Equal(t, map[int64]time.Time{2: t0.Add(5 * time.Second)}, objects(t, b.pool))
 }
 
 func TestTick_twoReplicasDeleteEachRowExactlyOnce(t *testing.T) {
 	t.Parallel()
-	pool, newExpirer := setup(t)
+	_, b := setup(t, Config{})
 	const rows, ticks = 2000, 60
 	// last_seen spread over 100 s; each tick moves its replica's clock 2 s on, so
 	// both replicas find rows to delete on most ticks, and race for them.
@@ -102,7 +122,7 @@ func TestTick_twoReplicasDeleteEachRowExactlyOnce(t *testing.T) {
 	for i := range int64(rows) {
 		all[i] = t0.Add(time.Duration(i) * 50 * time.Millisecond)
 	}
-	pgtest.InsertObjects(t, pool, all)
+	pgtest.InsertObjects(t, b.pool, all)
 
 	var (
 		wg      sync.WaitGroup
@@ -111,7 +131,7 @@ func TestTick_twoReplicasDeleteEachRowExactlyOnce(t *testing.T) {
 	)
 	for range 2 {
 		var clockTicks atomic.Int64
-		e, _ := newExpirer(func() time.Time {
+		e := b.replica(t, func() time.Time {
 			return t0.Add(window + time.Duration(clockTicks.Add(1))*2*time.Second)
 		})
 		wg.Go(func() {
@@ -128,13 +148,14 @@ func TestTick_twoReplicasDeleteEachRowExactlyOnce(t *testing.T) {
 	}
 	wg.Wait()
 	require.Equal(t, int64(rows), deleted.Load(), "deleted counts summed over both replicas")
-	require.Empty(t, objects(t, pool))
+	require.Empty(t, objects(t, b.pool))
 	require.Positive(t, ran.Load())
 }
 
 func TestTick_secondReplicaDoesNotRunWhileFirstHoldsTheLock(t *testing.T) {
 	t.Parallel()
-	pool, newExpirer := setup(t)
+	first, b := setup(t, Config{})
+	pool := b.pool
 	ctx := context.Background()
 	pgtest.InsertObjects(t, pool, map[int64]time.Time{1: t0.Add(-time.Hour)})
 
@@ -149,7 +170,6 @@ func TestTick_secondReplicaDoesNotRunWhileFirstHoldsTheLock(t *testing.T) {
 	_, err = blocker.Exec(ctx, "SELECT * FROM spool_replays FOR UPDATE")
 	require.NoError(t, err)
 
-	first, _ := newExpirer(fixed(t0))
 	type tickResult struct {
 		ran     bool
 		deleted int64
@@ -168,7 +188,7 @@ func TestTick_secondReplicaDoesNotRunWhileFirstHoldsTheLock(t *testing.T) {
 		return waiting
 	})
 
-	second, _ := newExpirer(fixed(t0))
+	second := b.replica(t, fixed(t0))
 	ran, deleted := tick(second, ctx)
 	require.False(t, ran, "the second replica must not run expiry while the first does")
 	require.Zero(t, deleted)
@@ -216,12 +236,11 @@ func (s expireStore) OldestUnmerged(ctx context.Context, cutoff, now time.Time) 
 func TestTick_passesCutoffsFromItsClock(t *testing.T) {
 	t.Parallel()
 	var got store.ExpireParams
-	m := metrics.New()
-	e := New(Config{Window: window, Tick: time.Hour, Grace: time.Second, Chunk: 7}, expireStore{ExpireFunc: func(_ context.Context, p store.ExpireParams) (store.ExpiryTick, error) {
+	e, b := setup(t, Config{Grace: time.Second, Chunk: 7})
+	e.store = expireStore{ExpireFunc: func(_ context.Context, p store.ExpireParams) (store.ExpiryTick, error) {
 		got = p
 		return store.ExpiryTick{Ran: true, Deleted: 3, Swept: 2}, nil
-	}}, slog.New(slog.DiscardHandler), m)
-	e.now = fixed(t0)
+	}}
 
 	ran, deleted := tick(e, context.Background())
 	require.True(t, ran)
@@ -233,32 +252,33 @@ func TestTick_passesCutoffsFromItsClock(t *testing.T) {
 		ForgetMergedBefore: t0.Add(-2 * window),
 		Chunk:              7,
 	}, got)
-	require.Equal(t, 2.0, metrics.Sum(m.Dropped.WithLabelValues("pending", "expired")))
+	require.Equal(t, 2.0, metrics.Sum(b.metrics.Dropped.WithLabelValues("pending", "expired")))
 }
 
 func TestTick_databaseErrorIsCountedAndFinishedChunksStillCount(t *testing.T) {
 	t.Parallel()
-	m := metrics.New()
-	e := New(Config{Window: window, Tick: time.Hour}, expireStore{ExpireFunc: func(context.Context, store.ExpireParams) (store.ExpiryTick, error) {
+	e, b := setup(t, Config{})
+	e.store = expireStore{ExpireFunc: func(context.Context, store.ExpireParams) (store.ExpiryTick, error) {
 		return store.ExpiryTick{Ran: true, Deleted: 5}, errors.New("connection refused")
-	}}, slog.New(slog.DiscardHandler), m)
+	}}
 
 	tk := e.Tick(context.Background())
 	require.Equal(t, int64(5), tk.Deleted)
-	require.Equal(t, 1.0, metrics.Sum(m.DatabaseErrors.WithLabelValues("expiry")))
-	require.Equal(t, 5.0, metrics.Sum(m.RowsExpired), "rows deleted by chunks that committed before the error are gone")
+	require.Equal(t, 1.0, metrics.Sum(b.metrics.DatabaseErrors.WithLabelValues("expiry")))
+	require.Equal(t, 5.0, metrics.Sum(b.metrics.RowsExpired), "rows deleted by chunks that committed before the error are gone")
 }
 
 func TestRun_ticksAtOnceAndStopsWithContext(t *testing.T) {
 	t.Parallel()
 	ticked := make(chan struct{}, 1)
-	e := New(Config{Window: window, Tick: time.Hour}, expireStore{ExpireFunc: func(context.Context, store.ExpireParams) (store.ExpiryTick, error) {
+	e, _ := setup(t, Config{})
+	e.store = expireStore{ExpireFunc: func(context.Context, store.ExpireParams) (store.ExpiryTick, error) {
 		select {
 		case ticked <- struct{}{}:
 		default:
 		}
 		return store.ExpiryTick{Ran: true}, nil
-	}}, slog.New(slog.DiscardHandler), metrics.New())
+	}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()
@@ -269,21 +289,22 @@ func TestRun_ticksAtOnceAndStopsWithContext(t *testing.T) {
 
 func TestTick_neverPastCallbacksNotMergedYet(t *testing.T) {
 	t.Parallel()
-	pool, newExpirer := setup(t)
+	e, b := setup(t, Config{})
+	pool, db := b.pool, b.db
 	ctx := context.Background()
-	db := store.New(pool)
 	// Object 1 was last named 32 s ago: outside the window, were it not for a callback
 	// accepted 3 s ago and not merged yet, which may name it (it does).
 	pgtest.InsertObjects(t, pool, map[int64]time.Time{1: t0.Add(-window - 2*time.Second), 2: t0.Add(-2 * window)})
 	require.NoError(t, db.InsertCallbacks(ctx, []callback.Callback{callback.New(t0.Add(-3*time.Second), []int64{1})}))
-	e, _ := newExpirer(fixed(t0))
 
 	_, deleted := tick(e, ctx)
 	require.Equal(t, int64(1), deleted, "only the row older than the window before the oldest unmerged receipt")
 	require.Equal(t, map[int64]time.Time{1: t0.Add(-window - 2*time.Second)}, objects(t, pool))
 
 	// Once merged, the callback has refreshed the row, and the clock is expiry's own again.
-	_, err := merge.New(merge.Config{MaxBatches: 10, MaxIDs: 100}, db, slog.New(slog.DiscardHandler), metrics.New(), nil).Pass(ctx)
+	m, err := merge.New(merge.Config{MaxBatches: 10, MaxIDs: 100, ExpireAfter: 100 * 365 * 24 * time.Hour}, db, component.Deps{})
+	require.NoError(t, err)
+	_, err = m.Pass(ctx)
 	require.NoError(t, err)
 	_, deleted = tick(e, ctx)
 	require.Zero(t, deleted)
@@ -292,12 +313,10 @@ func TestTick_neverPastCallbacksNotMergedYet(t *testing.T) {
 
 func TestTick_deletesNoObjectWhileTheSpoolHoldsCallbacks(t *testing.T) {
 	t.Parallel()
-	pool, _ := pgtest.NewPool(t)
-	pgtest.InsertObjects(t, pool, map[int64]time.Time{1: t0.Add(-time.Hour)})
 	var holds atomic.Bool
 	holds.Store(true)
-	e := New(Config{Window: window, Tick: time.Hour, Chunk: 100, SpoolHolds: holds.Load}, store.New(pool), slog.New(slog.DiscardHandler), metrics.New())
-	e.now = fixed(t0)
+	e, b := setup(t, Config{Chunk: 100, SpoolHolds: holds.Load})
+	pgtest.InsertObjects(t, b.pool, map[int64]time.Time{1: t0.Add(-time.Hour)})
 
 	_, deleted := tick(e, context.Background())
 	require.Zero(t, deleted, "spooled callbacks may name the row: they are not even in the inbox yet")
@@ -308,15 +327,14 @@ func TestTick_deletesNoObjectWhileTheSpoolHoldsCallbacks(t *testing.T) {
 
 func TestTick_deletesInChunksUntilDone(t *testing.T) {
 	t.Parallel()
-	pool, _ := pgtest.NewPool(t)
+	e, b := setup(t, Config{Chunk: 10})
+	pool := b.pool
 	old := make(map[int64]time.Time)
 	for i := range int64(95) {
 		old[i] = t0.Add(-time.Hour - time.Duration(i)*time.Second)
 	}
 	pgtest.InsertObjects(t, pool, old)
 	pgtest.InsertObjects(t, pool, map[int64]time.Time{1000: t0})
-	e := New(Config{Window: window, Tick: time.Hour, Chunk: 10}, store.New(pool), slog.New(slog.DiscardHandler), metrics.New())
-	e.now = fixed(t0)
 
 	_, deleted := tick(e, context.Background())
 	require.Equal(t, int64(95), deleted, "ten chunks of at most ten rows, in one tick")
@@ -325,35 +343,34 @@ func TestTick_deletesInChunksUntilDone(t *testing.T) {
 
 func TestTick_sweepsPendingWorkThatLeftTheWindow(t *testing.T) {
 	t.Parallel()
-	pool, newExpirer := setup(t)
+	e, b := setup(t, Config{})
+	pool := b.pool
 	ctx := context.Background()
 	_, err := pool.Exec(ctx, `INSERT INTO pending (object_id, received_at, due_at) VALUES
 		(1, $1, $1), (2, $2, $2), (3, $1, $3)`,
 		t0.Add(-window-time.Second), t0.Add(-time.Second), t0.Add(time.Minute))
 	require.NoError(t, err)
-	e, m := newExpirer(fixed(t0))
 
 	tk := e.Tick(ctx)
 	require.Equal(t, int64(1), tk.Swept)
 	require.Equal(t, map[int64]time.Time{2: t0.Add(-time.Second), 3: t0.Add(-window - time.Second)},
 		pgtest.IDTimes(t, pool, "SELECT object_id, received_at FROM pending"),
 		"a row whose receipt is in the window stays, and so does one under a lease or backoff")
-	require.Equal(t, 1.0, metrics.Sum(m.Dropped.WithLabelValues("pending", "expired")))
+	require.Equal(t, 1.0, metrics.Sum(b.metrics.Dropped.WithLabelValues("pending", "expired")))
 }
 
 func TestTick_dropsInboxBatchesThatLeftTheWindow(t *testing.T) {
 	t.Parallel()
-	pool, newExpirer := setup(t)
+	e, b := setup(t, Config{})
 	ctx := context.Background()
-	db := store.New(pool)
+	db := b.db
 	require.NoError(t, db.InsertCallbacks(ctx, []callback.Callback{callback.New(t0.Add(-window-time.Second), []int64{1, 2, 3})}))
 	require.NoError(t, db.InsertCallbacks(ctx, []callback.Callback{callback.New(t0.Add(-time.Second), []int64{4})}))
-	e, m := newExpirer(fixed(t0))
 
 	tk := e.Tick(ctx)
 	require.Equal(t, int64(3), tk.StaleIDs)
 	cbs, err := db.Inbox(ctx)
 	require.NoError(t, err)
 	require.Len(t, cbs, 1, "the batch within the window waits for the merger")
-	require.Equal(t, 3.0, metrics.Sum(m.Dropped.WithLabelValues("inbox", "expired")))
+	require.Equal(t, 3.0, metrics.Sum(b.metrics.Dropped.WithLabelValues("inbox", "expired")))
 }

@@ -23,19 +23,18 @@
 package fetch
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/objwatch/callback/internal/backoff"
-	"github.com/objwatch/callback/internal/errlog"
+	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/fetch/limit"
-	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/store"
 )
 
@@ -65,7 +64,7 @@ type rejection interface {
 // moment after a failure, and lookups should resume within about a second of it.
 const claimDBBackoffMax = time.Second
 
-// Config tunes the fetcher.
+// Config tunes the fetcher. A zero field takes its default, below.
 type Config struct {
 	// The lookups in flight at once are an adaptive limit (package limit) between
 	// MinConcurrency and Concurrency; it starts at MinConcurrency.
@@ -78,7 +77,7 @@ type Config struct {
 	Yield         func() float64
 	Timeout       time.Duration // one lookup
 	Lease         time.Duration // see the package comment
-	ExpireAfter   time.Duration // a receipt older than this is dropped, not looked up
+	ExpireAfter   time.Duration // the window (EXPIRE_AFTER), required: an older receipt is dropped, not looked up
 	PollInterval  time.Duration // look for due work this often when not woken
 	FlushInterval time.Duration // a result waits at most this long for its batch
 	FlushSize     int           // results per write at most
@@ -103,20 +102,42 @@ const (
 	ConcurrencyDefault    = 10000
 )
 
-// DefaultConfig is the service's default.
-func DefaultConfig() Config {
-	return Config{
-		MinConcurrency: MinConcurrencyDefault, Concurrency: ConcurrencyDefault,
-		MaxClaim: 256, Timeout: 5 * time.Second, Lease: 30 * time.Second,
-		ExpireAfter: 30 * time.Second, PollInterval: 50 * time.Millisecond,
-		FlushInterval: 10 * time.Millisecond, FlushSize: 512,
-		BackoffBase: 250 * time.Millisecond, BackoffMax: 10 * time.Second, TripAfter: 64,
-		ShutdownGrace: 5 * time.Second,
-	}
+// The other defaults. LeaseDefault leaves 10 s beyond TimeoutDefault for the claim's
+// round trip, the start of the lookup and the write of its result (see the package
+// comment).
+const (
+	MaxClaimDefault      = 256
+	TimeoutDefault       = 5 * time.Second
+	LeaseDefault         = 15 * time.Second
+	PollIntervalDefault  = 50 * time.Millisecond
+	FlushIntervalDefault = 10 * time.Millisecond
+	FlushSizeDefault     = 512
+	BackoffBaseDefault   = 250 * time.Millisecond
+	BackoffMaxDefault    = 10 * time.Second
+	TripAfterDefault     = 64
+	ShutdownGraceDefault = 5 * time.Second
+)
+
+func (c Config) withDefaults() Config {
+	c.MinConcurrency = cmp.Or(c.MinConcurrency, MinConcurrencyDefault)
+	c.Concurrency = cmp.Or(c.Concurrency, ConcurrencyDefault)
+	c.MaxClaim = cmp.Or(c.MaxClaim, MaxClaimDefault)
+	c.Timeout = cmp.Or(c.Timeout, TimeoutDefault)
+	c.Lease = cmp.Or(c.Lease, LeaseDefault)
+	c.PollInterval = cmp.Or(c.PollInterval, PollIntervalDefault)
+	c.FlushInterval = cmp.Or(c.FlushInterval, FlushIntervalDefault)
+	c.FlushSize = cmp.Or(c.FlushSize, FlushSizeDefault)
+	c.BackoffBase = cmp.Or(c.BackoffBase, BackoffBaseDefault)
+	c.BackoffMax = cmp.Or(c.BackoffMax, BackoffMaxDefault)
+	c.TripAfter = cmp.Or(c.TripAfter, TripAfterDefault)
+	c.ShutdownGrace = cmp.Or(c.ShutdownGrace, ShutdownGraceDefault)
+	return c
 }
 
-// Validate reports the first nonsensical setting.
+// Validate reports the first setting that makes no sense once the defaults are
+// applied. New checks this; the service checks it too, before it starts anything.
 func (c Config) Validate() error {
+	c = c.withDefaults()
 	switch {
 	case c.MinConcurrency < 1:
 		return errors.New("the lookup limit's floor must be at least 1")
@@ -128,19 +149,20 @@ func (c Config) Validate() error {
 		return errors.New("timeout must be positive")
 	case c.Lease < c.Timeout+time.Second:
 		return fmt.Errorf("lease (%v) must exceed the lookup timeout (%v) by at least 1s", c.Lease, c.Timeout)
+	case c.ExpireAfter <= 0:
+		return errors.New("the window (ExpireAfter) must be positive")
+	case c.PollInterval < 0 || c.FlushInterval < 0 || c.BackoffBase < 0 || c.BackoffMax < 0 || c.ShutdownGrace < 0 || c.TripAfter < 1:
+		return errors.New("intervals, backoffs and the shutdown grace must not be negative, and TripAfter must be at least 1")
 	}
 	return nil
 }
 
 // Fetcher runs the claim -> lookup -> write loop.
 type Fetcher struct {
-	cfg     Config
-	store   Store
-	lookup  LookupFunc
-	log     *slog.Logger
-	errs    *errlog.Limiter
-	metrics *metrics.Metrics
-	now     func() time.Time
+	component.Base
+	cfg    Config
+	store  Store
+	lookup LookupFunc
 
 	limiter  *limit.Limiter
 	wake     chan struct{}
@@ -152,7 +174,8 @@ type Fetcher struct {
 }
 
 // New builds a fetcher, or says which setting is wrong.
-func New(cfg Config, s Store, lookup LookupFunc, log *slog.Logger, m *metrics.Metrics) (*Fetcher, error) {
+func New(cfg Config, s Store, lookup LookupFunc, deps component.Deps) (*Fetcher, error) {
+	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -161,14 +184,14 @@ func New(cfg Config, s Store, lookup LookupFunc, log *slog.Logger, m *metrics.Me
 		return nil, err
 	}
 	f := &Fetcher{
-		cfg: cfg, store: s, lookup: lookup, log: log, errs: errlog.New(log, 10*time.Second), metrics: m,
-		now: time.Now, limiter: limit.New(lcfg), wake: make(chan struct{}, 1),
+		Base: component.NewBase(deps), cfg: cfg, store: s, lookup: lookup,
+		limiter: limit.New(lcfg), wake: make(chan struct{}, 1),
 		// Room for every result that can exist at once (see claimLoop), so that
 		// neither a lookup nor the claim loop ever waits to hand one over.
 		results: make(chan store.Result, cfg.Concurrency+cfg.MaxClaim+maxWaiting(cfg)),
 		done:    make(chan struct{}, 1),
 	}
-	m.LookupLimit.Set(float64(f.limiter.Limit()))
+	f.Metrics.LookupLimit.Set(float64(f.limiter.Limit()))
 	return f, nil
 }
 
@@ -258,30 +281,30 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 		}
 		// The lease starts on the database's clock during the claim, so no earlier
 		// than now: the lookups' deadline to start is reckoned from here.
-		claimedAt := f.now()
+		claimedAt := f.Now()
 		cctx, cancel := context.WithTimeout(ctx, dbTimeout)
-		claims, err := f.store.ClaimDue(cctx, n, f.cfg.Lease, f.now().Add(-f.cfg.ExpireAfter))
+		claims, err := f.store.ClaimDue(cctx, n, f.cfg.Lease, f.Now().Add(-f.cfg.ExpireAfter))
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			wait := claimRetry.Next()
-			f.metrics.DatabaseErrors.WithLabelValues("claim").Inc()
-			f.errs.Error(ctx, "claim", "claiming lookups failed; retrying", err, "retry_in", wait)
+			f.Metrics.DatabaseErrors.WithLabelValues("claim").Inc()
+			f.Errs.Error(ctx, "claim", "claiming lookups failed; retrying", err, "retry_in", wait)
 			backoff.Sleep(ctx, wait)
 			continue
 		}
 		if claimRetry.Reset() {
-			f.errs.Recovered(ctx, "claim", "claiming lookups works again")
+			f.Errs.Recovered(ctx, "claim", "claiming lookups works again")
 		}
 		f.held.Add(int64(len(claims)))
-		now := f.now()
+		now := f.Now()
 		probes := 1
 		for _, c := range claims {
 			if now.Sub(c.ReceivedAt) > f.cfg.ExpireAfter {
 				// Too old to matter: its row would be expired as soon as written.
-				f.metrics.Dropped.WithLabelValues("claim", "expired").Inc()
+				f.Metrics.Dropped.WithLabelValues("claim", "expired").Inc()
 				f.results <- store.Result{ObjectID: c.ObjectID, Token: c.Token, Outcome: store.Expired}
 				continue
 			}
@@ -295,7 +318,7 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 				probes--
 			}
 			f.inFlight.Add(1)
-			f.metrics.LookupsInFlight.Inc()
+			f.Metrics.LookupsInFlight.Inc()
 			lookups.Go(func() { f.runLookup(lookupCtx, c, claimedAt) })
 		}
 		if len(claims) < n {
@@ -310,28 +333,28 @@ func (f *Fetcher) runLookup(ctx context.Context, c store.Claim, claimedAt time.T
 	sample := limit.Sample{Outcome: limit.Failed}
 	defer func() {
 		if p := recover(); p != nil {
-			f.metrics.PanicsRecovered.WithLabelValues("lookup").Inc()
-			f.log.Error("panic in lookup", "object_id", c.ObjectID, "panic", p, "stack", string(debug.Stack()))
+			f.Metrics.PanicsRecovered.WithLabelValues("lookup").Inc()
+			f.Log.Error("panic in lookup", "object_id", c.ObjectID, "panic", p, "stack", string(debug.Stack()))
 			res.Outcome, res.RetryAfter = store.Failed, f.backoff(c.Attempts)
 			sample.Outcome = limit.Failed
 		}
 		if !sample.Start.IsZero() {
-			sample.End, sample.InFlight = f.now(), int(f.inFlight.Load())
-			f.metrics.LookupLimit.Set(float64(f.limiter.Observe(sample)))
+			sample.End, sample.InFlight = f.Now(), int(f.inFlight.Load())
+			f.Metrics.LookupLimit.Set(float64(f.limiter.Observe(sample)))
 		}
 		f.inFlight.Add(-1)
-		f.metrics.LookupsInFlight.Dec()
+		f.Metrics.LookupsInFlight.Dec()
 		f.results <- res
 		notify(f.done)
 	}()
 
-	start := f.now()
+	start := f.Now()
 	if slack := f.cfg.Lease - f.cfg.Timeout; start.After(claimedAt.Add(slack / 2)) {
 		// The lease could run out before the result is written: hand the row back
 		// unasked, due at once for whichever fetcher has room.
 		res.Outcome = store.Failed
-		f.metrics.Lookups.WithLabelValues("abandoned").Inc()
-		f.errs.Warn(ctx, "lease-short", "claims handed back unasked: too little of their lease left",
+		f.Metrics.Lookups.WithLabelValues("abandoned").Inc()
+		f.Errs.Warn(ctx, "lease-short", "claims handed back unasked: too little of their lease left",
 			"claimed_ago", start.Sub(claimedAt).String())
 		return
 	}
@@ -339,7 +362,7 @@ func (f *Fetcher) runLookup(ctx context.Context, c store.Claim, claimedAt time.T
 	defer cancel()
 	sample.Start = start
 	online, err := f.lookup(lctx, c.ObjectID)
-	f.metrics.LookupSeconds.Observe(f.now().Sub(start).Seconds())
+	f.Metrics.LookupSeconds.Observe(f.Now().Sub(start).Seconds())
 	var rej rejection
 	switch {
 	case err == nil:
@@ -349,17 +372,17 @@ func (f *Fetcher) runLookup(ctx context.Context, c store.Claim, claimedAt time.T
 		// is asked again no sooner than the service said.
 		sample.Outcome, sample.RetryAfter = limit.Rejected, rej.Wait()
 		res.Outcome, res.RetryAfter = store.Failed, max(f.backoff(c.Attempts), rej.Wait())
-		f.metrics.Lookups.WithLabelValues("rejected").Inc()
-		f.errs.Info(ctx, "rejected", "object service at capacity: lowering the lookup limit",
+		f.Metrics.Lookups.WithLabelValues("rejected").Inc()
+		f.Errs.Info(ctx, "rejected", "object service at capacity: lowering the lookup limit",
 			"limit", f.limiter.Limit(), "retry_after", rej.Wait().String())
 		return
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 		sample.Outcome = limit.Timeout
 	}
-	if err == nil && f.failures.Swap(0) >= int64(f.cfg.TripAfter) && f.cfg.TripAfter > 0 {
+	if err == nil && f.failures.Swap(0) >= int64(f.cfg.TripAfter) {
 		// Rate-limited like the trip below: lookups already in flight when the
 		// breaker tripped can still succeed and make it flap for a moment.
-		f.errs.Info(ctx, "breaker-closed", "object service answers again: lookups at full speed")
+		f.Errs.Info(ctx, "breaker-closed", "object service answers again: lookups at full speed")
 	}
 	switch {
 	case err == nil && online:
@@ -369,21 +392,21 @@ func (f *Fetcher) runLookup(ctx context.Context, c store.Claim, claimedAt time.T
 	case ctx.Err() != nil:
 		// Shutting down: hand the claim back, due at once.
 		res.Outcome = store.Failed
-		f.metrics.Lookups.WithLabelValues("abandoned").Inc()
+		f.Metrics.Lookups.WithLabelValues("abandoned").Inc()
 		return
 	default:
 		res.Outcome, res.RetryAfter = store.Failed, f.backoff(c.Attempts)
 		if f.failures.Add(1) == int64(f.cfg.TripAfter) {
-			f.errs.Warn(ctx, "breaker-open", "object service looks down: probing with one lookup at a time until it answers",
+			f.Errs.Warn(ctx, "breaker-open", "object service looks down: probing with one lookup at a time until it answers",
 				"consecutive_failures", f.cfg.TripAfter)
 		}
-		f.errs.Error(ctx, "lookup", "lookup failed; retrying with backoff", err, "object_id", c.ObjectID, "attempt", c.Attempts)
+		f.Errs.Error(ctx, "lookup", "lookup failed; retrying with backoff", err, "object_id", c.ObjectID, "attempt", c.Attempts)
 	}
-	f.metrics.Lookups.WithLabelValues(string(res.Outcome)).Inc()
+	f.Metrics.Lookups.WithLabelValues(string(res.Outcome)).Inc()
 }
 
 func (f *Fetcher) tripped() bool {
-	return f.cfg.TripAfter > 0 && f.failures.Load() >= int64(f.cfg.TripAfter)
+	return f.failures.Load() >= int64(f.cfg.TripAfter)
 }
 
 // backoff: exponential in the attempts so far, with full jitter in [d/2, d], so that a
@@ -428,27 +451,27 @@ func (f *Fetcher) writeLoop() {
 // lookup, and writing these results could not succeed anyway (stale tokens).
 func (f *Fetcher) write(batch []store.Result) {
 	ctx := context.Background()
-	giveUp := f.now().Add(f.cfg.Lease)
+	giveUp := f.Now().Add(f.cfg.Lease)
 	retry := backoff.Retry{Policy: backoff.Policy{Base: 50 * time.Millisecond, Max: 2 * time.Second}}
 	for {
 		wctx, cancel := context.WithTimeout(ctx, dbTimeout)
 		// The cutoff is taken at each attempt: a batch retried through an outage must
 		// not write rows that expired meanwhile.
-		done, err := f.store.CompleteLookups(wctx, batch, f.now().Add(-f.cfg.ExpireAfter))
+		done, err := f.store.CompleteLookups(wctx, batch, f.Now().Add(-f.cfg.ExpireAfter))
 		cancel()
 		if err == nil {
-			f.metrics.RowsWritten.WithLabelValues("upsert").Add(float64(done.Upserted))
-			f.metrics.RowsWritten.WithLabelValues("delete").Add(float64(done.Removed))
-			f.metrics.StaleResults.Add(float64(int64(len(batch)) - done.Owned))
-			f.errs.Recovered(ctx, "complete", "writing lookup results works again")
+			f.Metrics.RowsWritten.WithLabelValues("upsert").Add(float64(done.Upserted))
+			f.Metrics.RowsWritten.WithLabelValues("delete").Add(float64(done.Removed))
+			f.Metrics.StaleResults.Add(float64(int64(len(batch)) - done.Owned))
+			f.Errs.Recovered(ctx, "complete", "writing lookup results works again")
 			return
 		}
-		f.metrics.DatabaseErrors.WithLabelValues("complete").Inc()
-		if f.now().After(giveUp) {
-			f.errs.Error(ctx, "complete-giveup", "lookup results dropped: leases ran out, the objects will be looked up again", err, "results", len(batch))
+		f.Metrics.DatabaseErrors.WithLabelValues("complete").Inc()
+		if f.Now().After(giveUp) {
+			f.Errs.Error(ctx, "complete-giveup", "lookup results dropped: leases ran out, the objects will be looked up again", err, "results", len(batch))
 			return
 		}
-		f.errs.Error(ctx, "complete", "writing lookup results failed; retrying", err, "results", len(batch))
+		f.Errs.Error(ctx, "complete", "writing lookup results failed; retrying", err, "results", len(batch))
 		backoff.Sleep(ctx, retry.Next())
 	}
 }

@@ -3,7 +3,6 @@ package fetch_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -14,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/fetch"
 	"github.com/objwatch/callback/internal/merge"
 	"github.com/objwatch/callback/internal/metrics"
@@ -53,8 +53,9 @@ func (f *fixture) receive(t *testing.T, ids []int64, at ...time.Time) {
 		cbs[i] = callback.New(ts, ids)
 	}
 	require.NoError(t, f.store.InsertCallbacks(context.Background(), cbs))
-	m := merge.New(merge.Config{MaxBatches: 1000, MaxIDs: 1 << 20}, f.store, slog.New(slog.DiscardHandler), metrics.New(), nil)
-	_, err := m.Pass(context.Background())
+	m, err := merge.New(merge.Config{MaxBatches: 1000, MaxIDs: 1 << 20, ExpireAfter: time.Hour}, f.store, component.Deps{})
+	require.NoError(t, err)
+	_, err = m.Pass(context.Background())
 	require.NoError(t, err)
 }
 
@@ -68,7 +69,7 @@ func (f *fixture) start(t *testing.T, cfg fetch.Config, lookup fetch.LookupFunc)
 // run is start that also returns the fetcher.
 func (f *fixture) run(t *testing.T, cfg fetch.Config, lookup fetch.LookupFunc) (fetcher *fetch.Fetcher, stop func()) {
 	t.Helper()
-	fetcher, err := fetch.New(cfg, f.store, lookup, slog.New(slog.DiscardHandler), f.m)
+	fetcher, err := fetch.New(cfg, f.store, lookup, component.Deps{Metrics: f.m})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -103,8 +104,17 @@ func (f *fixture) settle(t *testing.T) {
 	eventually(t, func() bool { return f.pending(t) == 0 }, "pending work never drained")
 }
 
-// eventually is the package's one wait for a state (see its internal tests).
-var eventually = fetch.Eventually
+// eventually polls cond: a wait for a state, never an assertion about time.
+func eventually(t *testing.T, cond func() bool, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute) // generous: a loaded 2-core machine runs these slowly
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
 
 // objectService is a fake object service. LookupFunc gets the 1-based number of this
 // lookup of id. It counts lookups per id and fails the test if one id is ever looked

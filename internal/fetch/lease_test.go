@@ -1,8 +1,7 @@
-package fetch
+package fetch_test
 
 import (
 	"context"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,6 +9,8 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/objwatch/callback/internal/component"
+	"github.com/objwatch/callback/internal/fetch"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/store"
 )
@@ -48,15 +49,15 @@ func (s *stuckStore) CompleteLookups(ctx context.Context, results []store.Result
 	return store.Completed{Owned: int64(len(results))}, nil
 }
 
-func leaseConfig() Config {
-	return Config{
+func leaseConfig() fetch.Config {
+	return fetch.Config{
 		MinConcurrency: 4, Concurrency: 4, MaxClaim: 4, Timeout: time.Second, Lease: 3 * time.Second, ExpireAfter: time.Minute,
 		PollInterval: time.Millisecond, FlushInterval: time.Millisecond, FlushSize: 4,
 		BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond, ShutdownGrace: 100 * time.Millisecond,
 	}
 }
 
-func runFetcher(t *testing.T, f *Fetcher) (stop func()) {
+func runFetcher(t *testing.T, f *fetch.Fetcher) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- f.Run(ctx) }()
@@ -78,8 +79,7 @@ func TestClaimingStopsWhileResultsWaitToBeWritten(t *testing.T) {
 	// claim's worth that may still be arriving.
 	st := &stuckStore{t: t, maxHeld: int64(cfg.Concurrency + 2*cfg.FlushSize + cfg.MaxClaim), release: make(chan struct{})}
 	var lookups atomic.Int64
-	f, err := New(cfg, st, func(context.Context, int64) (bool, error) { lookups.Add(1); return true, nil },
-		slog.New(slog.DiscardHandler), metrics.New())
+	f, err := fetch.New(cfg, st, func(context.Context, int64) (bool, error) { lookups.Add(1); return true, nil }, component.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func TestClaimingStopsWhileResultsWaitToBeWritten(t *testing.T) {
 	stop()
 }
 
-// Case 5, the second half: a lookup must not start when its lease may run out before
+// A lookup must not start when its lease may run out before
 // its result is written. Here the claim itself took longer than the lease allows (a
 // database that answers slowly); the claims are handed back unasked.
 func TestLookupNeverStartsLateInItsLease(t *testing.T) {
@@ -122,31 +122,19 @@ func TestLookupNeverStartsLateInItsLease(t *testing.T) {
 	}
 	late.Store(true)
 	var lookups atomic.Int64
-	f, err := New(cfg, st, func(context.Context, int64) (bool, error) { lookups.Add(1); return true, nil },
-		slog.New(slog.DiscardHandler), metrics.New())
+	m := metrics.New()
+	f, err := fetch.New(cfg, st, func(context.Context, int64) (bool, error) { lookups.Add(1); return true, nil },
+		component.Deps{Metrics: m, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.now = now
 	stop := runFetcher(t, f)
 	eventually(t, func() bool { return st.written.Load() >= 8 }, "claims were never handed back")
 	stop()
 	if n := lookups.Load(); n != 0 {
 		t.Errorf("%d lookups started although their lease could run out before they were written", n)
 	}
-	if got := metrics.Sum(f.metrics.Lookups.WithLabelValues("abandoned")); got < 8 {
+	if got := metrics.Sum(m.Lookups.WithLabelValues("abandoned")); got < 8 {
 		t.Errorf("lookups_total{outcome=abandoned} = %v, want every claim handed back (at least 8)", got)
-	}
-}
-
-// eventually polls cond: a wait for a state, never an assertion about time.
-func eventually(t *testing.T, cond func() bool, msg string) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute) // generous: a loaded 2-core machine runs these slowly
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal(msg)
-		}
-		time.Sleep(2 * time.Millisecond)
 	}
 }

@@ -1,8 +1,7 @@
-package fetch
+package fetch_test
 
 import (
 	"context"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -10,6 +9,8 @@ import (
 	"github.com/google/uuid"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/objwatch/callback/internal/component"
+	"github.com/objwatch/callback/internal/fetch"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/store"
 )
@@ -74,12 +75,12 @@ func TestLookupPanicIsRecoveredCountedAndRetried(t *testing.T) {
 		return true, nil
 	}
 	m := metrics.New()
-	cfg := Config{
+	cfg := fetch.Config{
 		MinConcurrency: 4, Concurrency: 4, MaxClaim: 4, Timeout: time.Second, Lease: 3 * time.Second, ExpireAfter: time.Minute,
 		PollInterval: 5 * time.Millisecond, FlushInterval: time.Millisecond, FlushSize: 16,
 		BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond, ShutdownGrace: 100 * time.Millisecond,
 	}
-	f, err := New(cfg, st, lookup, slog.New(slog.DiscardHandler), m)
+	f, err := fetch.New(cfg, st, lookup, component.Deps{Metrics: m})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,8 +13,8 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/inbox"
-	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
 )
@@ -41,13 +41,17 @@ func BenchmarkCommitter(b *testing.B) {
 	pool, _ := pgtest.NewPool(b)
 	db := store.New(pool)
 	for _, submitters := range []int{16, 64} {
-		for _, flushers := range []int{inbox.DefaultConfig().Flushers} {
+		for _, flushers := range []int{inbox.FlushersDefault} {
 			b.Run(fmt.Sprintf("submitters=%d/flushers=%d", submitters, flushers), func(b *testing.B) {
 				ins := &countingInserter{inner: db}
-				cfg := inbox.DefaultConfig()
-				cfg.Flushers = flushers
-				cfg.CommitTimeout = 5 * time.Second // a slow commit here is a slow figure, not a spool write
-				c := inbox.NewCommitter(cfg, ins, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New(), nil)
+				cfg := inbox.CommitterConfig{
+					Flushers:      flushers,
+					CommitTimeout: 5 * time.Second, // a slow commit here is a slow figure, not a spool write
+				}
+				c, err := inbox.NewCommitter(cfg, ins, nil, component.Deps{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+				if err != nil {
+					b.Fatal(err)
+				}
 				ctx, stop := context.WithCancel(context.Background())
 				var running sync.WaitGroup
 				running.Go(func() { _ = c.Run(ctx) })

@@ -43,10 +43,10 @@
 package inbox
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,8 +54,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/objwatch/callback/internal/callback"
-	"github.com/objwatch/callback/internal/errlog"
-	"github.com/objwatch/callback/internal/metrics"
+	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/store"
 )
 
@@ -74,8 +73,8 @@ type Appender interface {
 	AppendBatch(batchID uuid.UUID, cbs []callback.Callback) error
 }
 
-// Config tunes the committer.
-type Config struct {
+// CommitterConfig tunes the committer. A zero field takes its default, below.
+type CommitterConfig struct {
 	Flushers      int           // concurrent writers; each holds at most one connection
 	MaxBatch      int           // callbacks per write at most
 	MaxBatchIDs   int           // no further callback once a write holds this many ids
@@ -84,17 +83,22 @@ type Config struct {
 	RetryDBAfter  time.Duration // after a failed database write, ping the database this often; writes go back to it once a ping answers
 }
 
-// DefaultConfig suits a 2-core machine and a sender that waits at most 1 s. One
-// flusher: while it waits for its commit, the next batch gathers in the queue, and the
-// batch grows with the load. With one row per batch a commit costs Postgres little,
-// and a second flusher's commit mostly queued behind the first's WAL flush: with 2
-// flushers batches halved and Postgres used half as much CPU again for nothing
-// (bench, 64 senders, 2 runs each, twice: 1 flusher 8.7k, 9.4k, 9.8k, 9.9k cb/s, p99
-// 17-20 ms, Postgres 0.21 cores; 2 flushers 8.5k, 8.0k, 7.5k, 7.5k, p99 20-24 ms,
-// Postgres 0.30; 16 senders: 5.8k-7.5k against 3.9k-5.5k).
-func DefaultConfig() Config {
-	return Config{Flushers: 1, MaxBatch: store.MaxBatchCallbacks, MaxBatchIDs: store.MaxBatchIDs, QueueSize: 8192, CommitTimeout: 400 * time.Millisecond, RetryDBAfter: 250 * time.Millisecond}
-}
+// The defaults suit a 2-core machine and a sender that waits at most 1 s. One flusher:
+// while it waits for its commit, the next batch gathers in the queue, and the batch
+// grows with the load. With one row per batch a commit costs Postgres little, and a
+// second flusher's commit mostly queued behind the first's WAL flush: with 2 flushers
+// batches halved and Postgres used half as much CPU again for nothing (bench, 64
+// senders, 2 runs each, twice: 1 flusher 8.7k, 9.4k, 9.8k, 9.9k cb/s, p99 17-20 ms,
+// Postgres 0.21 cores; 2 flushers 8.5k, 8.0k, 7.5k, 7.5k, p99 20-24 ms, Postgres 0.30;
+// 16 senders: 5.8k-7.5k against 3.9k-5.5k). A batch is as big as the store allows.
+const (
+	FlushersDefault      = 1
+	MaxBatchDefault      = store.MaxBatchCallbacks
+	MaxBatchIDsDefault   = store.MaxBatchIDs
+	QueueSizeDefault     = 8192
+	CommitTimeoutDefault = 400 * time.Millisecond
+	RetryDBAfterDefault  = 250 * time.Millisecond
+)
 
 type request struct {
 	cb   callback.Callback
@@ -105,14 +109,11 @@ var requestPool = sync.Pool{New: func() any { return &request{done: make(chan er
 
 // Committer is the group committer.
 type Committer struct {
-	cfg     Config
-	db      Inserter
-	spool   Appender // nil: no spool, database failures answer 503
-	log     *slog.Logger
-	errs    *errlog.Limiter
-	metrics *metrics.Metrics
-	queue   chan *request
-	now     func() time.Time
+	component.Base
+	cfg   CommitterConfig
+	db    Inserter
+	spool Appender // nil: no spool, database failures answer 503
+	queue chan *request
 
 	// dbDown is set by a failed write: writes then go straight to the spool, and a
 	// probe (probing: one goroutine at a time) pings the database every RetryDBAfter
@@ -120,10 +121,9 @@ type Committer struct {
 	// write a CommitTimeout, not those of one write per retry: against a blackholed
 	// server each such write holds the callbacks behind it for CommitTimeout, and
 	// with a sender that waits 1 s, a retry a second is enough to time some out.
-	dbDown    atomic.Bool
-	probing   atomic.Bool
-	runCtx    context.Context // Run's: the probe ends with it
-	committed func()          // called after each database write: wakes the merger
+	dbDown  atomic.Bool
+	probing atomic.Bool
+	runCtx  context.Context // Run's: the probe ends with it
 
 	// failed is set by a failed database write and cleared by the next one that
 	// works, which then calls recovered (see OnRecovered).
@@ -149,7 +149,7 @@ type Committer struct {
 func (c *Committer) Load() float64 {
 	c.load.Lock()
 	defer c.load.Unlock()
-	now, busy := c.now(), c.busy.Load()
+	now, busy := c.Now(), c.busy.Load()
 	if elapsed := now.Sub(c.load.at); elapsed >= 200*time.Millisecond {
 		sample := 0.0
 		if !c.load.at.IsZero() {
@@ -161,16 +161,23 @@ func (c *Committer) Load() float64 {
 	return c.load.value
 }
 
-// NewCommitter builds a committer; Run starts its flushers. committed may be nil.
-func NewCommitter(cfg Config, db Inserter, spool Appender, log *slog.Logger, m *metrics.Metrics, committed func()) *Committer {
-	if committed == nil {
-		committed = func() {}
+// NewCommitter builds a committer over db and spool (nil: none), or says which setting
+// is wrong; Run starts its flushers.
+func NewCommitter(cfg CommitterConfig, db Inserter, spool Appender, deps component.Deps) (*Committer, error) {
+	cfg.Flushers = cmp.Or(cfg.Flushers, FlushersDefault)
+	cfg.MaxBatch = cmp.Or(cfg.MaxBatch, MaxBatchDefault)
+	cfg.MaxBatchIDs = cmp.Or(cfg.MaxBatchIDs, MaxBatchIDsDefault)
+	cfg.QueueSize = cmp.Or(cfg.QueueSize, QueueSizeDefault)
+	cfg.CommitTimeout = cmp.Or(cfg.CommitTimeout, CommitTimeoutDefault)
+	cfg.RetryDBAfter = cmp.Or(cfg.RetryDBAfter, RetryDBAfterDefault)
+	if cfg.Flushers < 0 || cfg.MaxBatch < 0 || cfg.MaxBatchIDs < 0 || cfg.QueueSize < 0 || cfg.CommitTimeout < 0 || cfg.RetryDBAfter < 0 {
+		return nil, errors.New("committer settings must be positive")
 	}
 	return &Committer{
-		cfg: cfg, db: db, spool: spool, log: log, errs: errlog.New(log, 10*time.Second), metrics: m,
-		queue: make(chan *request, cfg.QueueSize), now: time.Now, committed: committed, runCtx: context.Background(),
+		Base: component.NewBase(deps), cfg: cfg, db: db, spool: spool,
+		queue: make(chan *request, cfg.QueueSize), runCtx: context.Background(),
 		recovered: func() {},
-	}
+	}, nil
 }
 
 // OnRecovered sets f to be called after the first database write that works after a
@@ -268,20 +275,19 @@ func (c *Committer) flush(ctx context.Context, batch []*request, cbs []callback.
 
 // write makes cbs durable in the database or, failing that, in the spool.
 func (c *Committer) write(ctx context.Context, cbs []callback.Callback) error {
-	c.metrics.CommitBatchSize.Observe(float64(len(cbs)))
-	defer func(start time.Time) { c.busy.Add(int64(c.now().Sub(start))) }(c.now())
+	c.Metrics.CommitBatchSize.Observe(float64(len(cbs)))
+	defer func(start time.Time) { c.busy.Add(int64(c.Now().Sub(start))) }(c.Now())
 	// Minted before the write, and the same for both copies, so that a batch that ends up
 	// both in the inbox and in the spool is recognised at replay (store.ReplaySegment).
 	batchID := uuid.Must(uuid.NewV7())
 	if !c.dbDown.Load() {
-		start := c.now()
+		start := c.Now()
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.CommitTimeout)
 		err := c.db.InsertBatch(wctx, batchID, cbs)
 		cancel()
 		if err == nil {
-			c.metrics.CommitSeconds.WithLabelValues("inbox").Observe(c.now().Sub(start).Seconds())
-			c.errs.Recovered(ctx, "insert", "inbox writes work again")
-			c.committed()
+			c.Metrics.CommitSeconds.WithLabelValues("inbox").Observe(c.Now().Sub(start).Seconds())
+			c.Errs.Recovered(ctx, "insert", "inbox writes work again")
 			if c.failed.Swap(false) {
 				c.recovered()
 			}
@@ -290,22 +296,22 @@ func (c *Committer) write(ctx context.Context, cbs []callback.Callback) error {
 		// The write may even have committed (the timeout or a dead connection came
 		// during COMMIT's reply). Spooling it as well is safe: it goes under the same
 		// batch id, and replay skips a batch id that is in the inbox or was merged.
-		c.metrics.DatabaseErrors.WithLabelValues("commit").Inc()
+		c.Metrics.DatabaseErrors.WithLabelValues("commit").Inc()
 		c.dbDown.Store(true)
 		c.startProbe()
 		c.failed.Store(true)
-		c.errs.Error(ctx, "insert", "inbox write failed; spooling callbacks to disk", err, "callbacks", len(cbs))
+		c.Errs.Error(ctx, "insert", "inbox write failed; spooling callbacks to disk", err, "callbacks", len(cbs))
 	}
 	if c.spool == nil {
 		return fmt.Errorf("%w: database unavailable and no spool", ErrUnavailable)
 	}
-	start := c.now()
+	start := c.Now()
 	if err := c.spool.AppendBatch(batchID, cbs); err != nil {
-		c.errs.Error(ctx, "spool", "spool write failed; answering 503", err, "callbacks", len(cbs))
+		c.Errs.Error(ctx, "spool", "spool write failed; answering 503", err, "callbacks", len(cbs))
 		return fmt.Errorf("%w: database unavailable and spool failed: %v", ErrUnavailable, err)
 	}
-	c.metrics.CommitSeconds.WithLabelValues("spool").Observe(c.now().Sub(start).Seconds())
-	c.metrics.CallbacksSpooled.Add(float64(len(cbs)))
+	c.Metrics.CommitSeconds.WithLabelValues("spool").Observe(c.Now().Sub(start).Seconds())
+	c.Metrics.CallbacksSpooled.Add(float64(len(cbs)))
 	return nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/inbox"
 	"github.com/objwatch/callback/internal/store"
 )
@@ -33,7 +34,8 @@ func TestCommitter_timedOutCommitThatCommittedIsMergedOnce(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	ctx := context.Background()
-	c := inbox.NewCommitter(inbox.DefaultConfig(), lostReply{f.store}, f.spool, discard, f.m, nil)
+	c, err := inbox.NewCommitter(inbox.CommitterConfig{}, lostReply{f.store}, f.spool, component.Deps{Metrics: f.m})
+	require.NoError(t, err)
 	cctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- c.Run(cctx) }()
@@ -58,7 +60,7 @@ func TestCommitter_timedOutCommitThatCommittedIsMergedOnce(t *testing.T) {
 	require.Zero(t, pending(t, f))
 
 	for range 2 { // and a second pass finds nothing more to do
-		require.NoError(t, f.replayer(f.store, nil).ReplayOnce(ctx))
+		require.NoError(t, f.replayer(t, f.store, f.spool, nil).ReplayOnce(ctx))
 		require.Zero(t, f.segments(t))
 		require.Zero(t, f.mergeInbox(t).IDs, "the replayed copy is not merged again")
 		require.Zero(t, pending(t, f), "so nothing is looked up again")

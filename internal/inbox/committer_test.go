@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/spool"
@@ -70,12 +71,12 @@ var failing = errors.New("database is down")
 
 // setup builds a committer over db and sp (sp may be nil: no spool), driven by a fake
 // clock; run starts its flushers until the test ends.
-func setup(t *testing.T, cfg Config, db Inserter, sp Appender) (*Committer, *clock, *metrics.Metrics) {
+func setup(t *testing.T, cfg CommitterConfig, db Inserter, sp Appender) (*Committer, *clock, *metrics.Metrics) {
 	t.Helper()
 	m := metrics.New()
-	c := NewCommitter(cfg, db, sp, slog.New(slog.DiscardHandler), m, nil)
 	clk := &clock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
-	c.now = clk.Now
+	c, err := NewCommitter(cfg, db, sp, component.Deps{Metrics: m, Now: clk.Now})
+	require.NoError(t, err)
 	return c, clk, m
 }
 
@@ -164,7 +165,7 @@ func TestSubmit_groupsConcurrentCallbacksIntoOneWrite(t *testing.T) {
 		}
 		return nil
 	}}
-	cfg := DefaultConfig()
+	cfg := CommitterConfig{}
 	cfg.Flushers = 1
 	c, _, m := setup(t, cfg, db, nil)
 	run(t, c)
@@ -225,7 +226,7 @@ func TestSubmit_batchesAreCappedAtMaxBatch(t *testing.T) {
 		batches = append(batches, len(cbs))
 		return nil
 	}}
-	cfg := DefaultConfig()
+	cfg := CommitterConfig{}
 	cfg.Flushers, cfg.MaxBatch = 1, 4
 	c, _, _ := setup(t, cfg, db, nil)
 	run(t, c)
@@ -250,7 +251,7 @@ func TestSubmit_batchesAreCappedAtMaxBatch(t *testing.T) {
 func TestSubmit_databaseFailureSpoolsAndSucceeds(t *testing.T) {
 	t.Parallel()
 	sp := openSpool(t)
-	c, _, m := setup(t, DefaultConfig(), inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
+	c, _, m := setup(t, CommitterConfig{}, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
 		return failing
 	}}, sp)
 	run(t, c)
@@ -268,7 +269,7 @@ func TestSubmit_databaseFailureSpoolsAndSucceeds(t *testing.T) {
 func TestSubmit_slowDatabaseWriteIsAbandonedForTheSpool(t *testing.T) {
 	t.Parallel()
 	sp := openSpool(t)
-	cfg := DefaultConfig()
+	cfg := CommitterConfig{}
 	cfg.CommitTimeout = 10 * time.Millisecond
 	c, _, _ := setup(t, cfg, inserter{InsertCallbacksFunc: func(ctx context.Context, _ []callback.Callback) error {
 		<-ctx.Done() // a hung database: only the commit timeout ends the write
@@ -293,7 +294,7 @@ func TestSubmit_databaseAndSpoolFailureIsUnavailable(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			c, _, m := setup(t, DefaultConfig(), inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
+			c, _, m := setup(t, CommitterConfig{}, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
 				return failing
 			}}, tt.spool)
 			run(t, c)
@@ -316,7 +317,7 @@ func TestSubmit_afterAFailureOnlyAPingThatAnswersSendsWritesBackToTheDatabase(t 
 	)
 	down.Store(true)
 	sp := openSpool(t)
-	cfg := DefaultConfig()
+	cfg := CommitterConfig{}
 	cfg.RetryDBAfter = time.Millisecond
 	cfg.CommitTimeout = 20 * time.Millisecond
 	c, clk, _ := setup(t, cfg, inserter{
@@ -367,12 +368,11 @@ func testEventually(t *testing.T, cond func() bool) {
 
 func TestSubmit_givingUpBeforeQueuedReturnsContextError(t *testing.T) {
 	t.Parallel()
-	cfg := DefaultConfig()
-	cfg.QueueSize = 0 // nobody runs the committer: Submit cannot even queue
-	c, _, _ := setup(t, cfg, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
+	c, _, _ := setup(t, CommitterConfig{}, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
 		t.Error("nothing may be written")
 		return nil
 	}}, nil)
+	c.queue = make(chan *request) // no room, and nobody runs the committer: Submit cannot even queue
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	require.ErrorIs(t, c.Submit(ctx, newCallback(1)), context.Canceled)
@@ -385,7 +385,7 @@ func TestRun_shutdownWritesWhatIsQueued(t *testing.T) {
 		mu      sync.Mutex
 		written []callback.Callback
 	)
-	c, _, _ := setup(t, DefaultConfig(), inserter{InsertCallbacksFunc: func(_ context.Context, cbs []callback.Callback) error {
+	c, _, _ := setup(t, CommitterConfig{}, inserter{InsertCallbacksFunc: func(_ context.Context, cbs []callback.Callback) error {
 		mu.Lock()
 		defer mu.Unlock()
 		written = append(written, cbs...)
@@ -414,9 +414,7 @@ func TestRun_shutdownWritesWhatIsQueued(t *testing.T) {
 func TestSubmit_writesAnInboxRowInPostgres(t *testing.T) {
 	t.Parallel()
 	pool, _ := pgtest.NewPool(t)
-	var committed atomic.Int64
-	m := metrics.New()
-	c := NewCommitter(DefaultConfig(), store.New(pool), openSpool(t), slog.New(slog.DiscardHandler), m, func() { committed.Add(1) })
+	c, _, m := setup(t, CommitterConfig{}, store.New(pool), openSpool(t))
 	run(t, c)
 
 	want := []callback.Callback{newCallback(3, 1, 3), newCallback()}
@@ -430,7 +428,6 @@ func TestSubmit_writesAnInboxRowInPostgres(t *testing.T) {
 		want[i].ReceivedAt = want[i].ReceivedAt.Truncate(time.Microsecond)
 	}
 	requireSame(t, want, got)
-	require.Equal(t, int64(2), committed.Load(), "the merger is woken after each write")
 	require.Zero(t, metrics.Sum(m.CallbacksSpooled))
 }
 
@@ -440,7 +437,7 @@ func TestSubmit_firstCommitAfterAFailureCallsRecovered(t *testing.T) {
 	t.Parallel()
 	var down atomic.Bool
 	down.Store(true)
-	cfg := DefaultConfig()
+	cfg := CommitterConfig{}
 	cfg.RetryDBAfter = time.Millisecond
 	notDown := func(context.Context) error {
 		if down.Load() {
@@ -474,7 +471,7 @@ func TestCommitter_loadIsTheShareOfTimeSpentWriting(t *testing.T) {
 		clk.Advance(30 * time.Millisecond)
 		return nil
 	}}
-	c, clock, _ := setup(t, DefaultConfig(), db, nil)
+	c, clock, _ := setup(t, CommitterConfig{}, db, nil)
 	clk = clock
 	run(t, c)
 	require.Zero(t, c.Load(), "nothing written yet")

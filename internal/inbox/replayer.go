@@ -1,16 +1,16 @@
 package inbox
 
 import (
+	"cmp"
 	"context"
-	"log/slog"
+	"errors"
 	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/objwatch/callback/internal/backoff"
 	"github.com/objwatch/callback/internal/callback"
-	"github.com/objwatch/callback/internal/errlog"
-	"github.com/objwatch/callback/internal/metrics"
+	"github.com/objwatch/callback/internal/component"
 )
 
 // SegmentStore replays one spool segment into the inbox exactly once.
@@ -25,17 +25,28 @@ type Spool interface {
 	Stats() (segments int, bytes int64)
 }
 
+// ReplayerConfig tunes the replayer. A zero field takes its default, below.
+type ReplayerConfig struct {
+	// Interval: how often the spool is checked while it holds nothing the database
+	// refused (see ReplayRetry for when it does).
+	Interval time.Duration
+	// Replayed, if set, is called after a pass that replayed something: it wakes the
+	// merger and the fetchers. It must not block.
+	Replayed func()
+}
+
+// ReplayIntervalDefault: a spool filled while the database was away is noticed within
+// a second of the database answering, even if nothing wakes the replayer.
+const ReplayIntervalDefault = time.Second
+
 // Replayer moves spooled callbacks into Postgres once it answers again: this process's
 // own spool and whatever dead processes left in the same directory.
 type Replayer struct {
-	store    SegmentStore
-	spool    Spool
-	log      *slog.Logger
-	errs     *errlog.Limiter
-	metrics  *metrics.Metrics
-	interval time.Duration
-	replayed func() // wakes the merger and the fetchers
-	wake     chan struct{}
+	component.Base
+	cfg   ReplayerConfig
+	store SegmentStore
+	spool Spool
+	wake  chan struct{}
 }
 
 // ReplayRetry is how soon a pass that left work in the spool (the database did not
@@ -68,15 +79,18 @@ func ReplayBudget(batches []callback.Batch) time.Duration {
 	return 5*time.Second + time.Duration(ids)*(time.Second/100_000)
 }
 
-// NewReplayer checks the spool every interval, and every ReplayRetry while it holds
-// work the database did not take. replayed is called after a pass that replayed
-// something; it may be nil.
-func NewReplayer(store SegmentStore, spool Spool, interval time.Duration, log *slog.Logger, m *metrics.Metrics, replayed func()) *Replayer {
-	if replayed == nil {
-		replayed = func() {}
+// NewReplayer builds a replayer of spool into store, or says which setting is wrong.
+// It checks the spool every Interval, and every ReplayRetry while it holds work the
+// database did not take.
+func NewReplayer(cfg ReplayerConfig, store SegmentStore, spool Spool, deps component.Deps) (*Replayer, error) {
+	cfg.Interval = cmp.Or(cfg.Interval, ReplayIntervalDefault)
+	if cfg.Replayed == nil {
+		cfg.Replayed = func() {}
 	}
-	return &Replayer{store: store, spool: spool, log: log, errs: errlog.New(log, 10*time.Second), metrics: m,
-		interval: interval, replayed: replayed, wake: make(chan struct{}, 1)}
+	if cfg.Interval < 0 {
+		return nil, errors.New("the replay interval must be positive")
+	}
+	return &Replayer{Base: component.NewBase(deps), cfg: cfg, store: store, spool: spool, wake: make(chan struct{}, 1)}, nil
 }
 
 // Wake makes Run take its next pass now: the database answers again (a commit worked).
@@ -96,9 +110,9 @@ func (r *Replayer) Run(ctx context.Context) error {
 			return nil
 		}
 		if r.ReplayOnce(ctx) != nil {
-			wait = min(ReplayRetry, r.interval)
+			wait = min(ReplayRetry, r.cfg.Interval)
 		} else {
-			wait = r.interval
+			wait = r.cfg.Interval
 		}
 	}
 }
@@ -107,8 +121,8 @@ func (r *Replayer) Run(ctx context.Context) error {
 // answers.
 func (r *Replayer) ReplayOnce(ctx context.Context) error {
 	segments, bytes := r.spool.Stats()
-	r.metrics.SpoolSegments.Set(float64(segments))
-	r.metrics.SpoolBytes.Set(float64(bytes))
+	r.Metrics.SpoolSegments.Set(float64(segments))
+	r.Metrics.SpoolBytes.Set(float64(bytes))
 	if segments == 0 {
 		return nil
 	}
@@ -116,7 +130,7 @@ func (r *Replayer) ReplayOnce(ctx context.Context) error {
 	err := r.store.Ping(pctx)
 	cancel()
 	if err != nil {
-		r.errs.Error(ctx, "ping", "database still unreachable; spool kept", err, "segments", segments)
+		r.Errs.Error(ctx, "ping", "database still unreachable; spool kept", err, "segments", segments)
 		return err
 	}
 	n, err := r.spool.Replay(ctx, func(ctx context.Context, segment uuid.UUID, batches []callback.Batch) error {
@@ -126,24 +140,24 @@ func (r *Replayer) ReplayOnce(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		r.metrics.CallbacksReplayed.Add(float64(inserted))
+		r.Metrics.CallbacksReplayed.Add(float64(inserted))
 		callbacks := 0
 		for _, b := range batches {
 			callbacks += len(b.Callbacks)
 		}
-		r.log.InfoContext(ctx, "spool segment replayed", "segment", segment, "callbacks", callbacks, "new", inserted)
+		r.Log.InfoContext(ctx, "spool segment replayed", "segment", segment, "callbacks", callbacks, "new", inserted)
 		return nil
 	})
 	if n > 0 {
-		r.replayed()
+		r.cfg.Replayed()
 	}
 	if err != nil {
-		r.metrics.DatabaseErrors.WithLabelValues("replay").Inc()
-		r.errs.Error(ctx, "replay", "spool replay failed; will retry", err)
+		r.Metrics.DatabaseErrors.WithLabelValues("replay").Inc()
+		r.Errs.Error(ctx, "replay", "spool replay failed; will retry", err)
 		return err
 	}
 	segments, bytes = r.spool.Stats()
-	r.metrics.SpoolSegments.Set(float64(segments))
-	r.metrics.SpoolBytes.Set(float64(bytes))
+	r.Metrics.SpoolSegments.Set(float64(segments))
+	r.Metrics.SpoolBytes.Set(float64(bytes))
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/inbox"
 	"github.com/objwatch/callback/internal/merge"
 	"github.com/objwatch/callback/internal/metrics"
@@ -52,13 +53,18 @@ func (f *fixture) openSpool(t *testing.T) *spool.Spool {
 // mergeInbox merges the inbox into pending, as the merger does.
 func (f *fixture) mergeInbox(t *testing.T) merge.Result {
 	t.Helper()
-	merged, err := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20}, f.store, discard, metrics.New(), nil).Pass(context.Background())
+	m, err := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, ExpireAfter: time.Hour}, f.store, component.Deps{})
+	require.NoError(t, err)
+	merged, err := m.Pass(context.Background())
 	require.NoError(t, err)
 	return merged
 }
 
-func (f *fixture) replayer(db inbox.SegmentStore, replayed func()) *inbox.Replayer {
-	return inbox.NewReplayer(db, f.spool, time.Hour, discard, f.m, replayed)
+func (f *fixture) replayer(t *testing.T, db inbox.SegmentStore, sp inbox.Spool, replayed func()) *inbox.Replayer {
+	t.Helper()
+	r, err := inbox.NewReplayer(inbox.ReplayerConfig{Interval: time.Hour, Replayed: replayed}, db, sp, component.Deps{Metrics: f.m})
+	require.NoError(t, err)
+	return r
 }
 
 // inbox reads the inbox table.
@@ -121,7 +127,7 @@ func TestReplayOnce_movesSpooledCallbacksIntoInboxOnce(t *testing.T) {
 	require.Equal(t, 2, f.segments(t))
 
 	woken := 0
-	r := f.replayer(f.store, func() { woken++ })
+	r := f.replayer(t, f.store, f.spool, func() { woken++ })
 	require.NoError(t, r.ReplayOnce(context.Background()))
 	require.Equal(t, want, f.inbox(t))
 	require.Zero(t, f.segments(t), "replayed segments are removed")
@@ -156,7 +162,7 @@ func TestReplayOnce_segmentCommittedBeforeACrashCountsOnce(t *testing.T) {
 	_, err = f.pool.Exec(context.Background(), "DELETE FROM inbox_batches")
 	require.NoError(t, err)
 
-	require.NoError(t, f.replayer(f.store, nil).ReplayOnce(context.Background()))
+	require.NoError(t, f.replayer(t, f.store, f.spool, nil).ReplayOnce(context.Background()))
 	require.Empty(t, f.inbox(t), "a segment already committed is not replayed again")
 	require.Zero(t, f.segments(t), "and its file is removed")
 	require.Zero(t, metrics.Sum(f.m.CallbacksReplayed))
@@ -172,7 +178,7 @@ func TestReplayOnce_batchStillInInboxIsNotInsertedAgain(t *testing.T) {
 	require.NoError(t, f.store.InsertBatch(context.Background(), batchID, want))
 	require.NoError(t, f.spool.AppendBatch(batchID, want))
 
-	require.NoError(t, f.replayer(f.store, nil).ReplayOnce(context.Background()))
+	require.NoError(t, f.replayer(t, f.store, f.spool, nil).ReplayOnce(context.Background()))
 	require.Equal(t, want, f.inbox(t), "in the inbox once")
 	require.Zero(t, f.segments(t))
 	require.Zero(t, metrics.Sum(f.m.CallbacksReplayed), "nothing was new")
@@ -209,12 +215,12 @@ func TestReplayOnce_databaseDownKeepsSpool(t *testing.T) {
 			require.NoError(t, f.spool.Append(want))
 
 			woken := 0
-			require.Error(t, f.replayer(tt.db, func() { woken++ }).ReplayOnce(context.Background()))
+			require.Error(t, f.replayer(t, tt.db, f.spool, func() { woken++ }).ReplayOnce(context.Background()))
 			require.Equal(t, 1, f.segments(t), "the spool is kept")
 			require.Zero(t, woken)
 
 			// Once the database answers, the same callbacks are replayed.
-			require.NoError(t, f.replayer(f.store, nil).ReplayOnce(context.Background()))
+			require.NoError(t, f.replayer(t, f.store, f.spool, nil).ReplayOnce(context.Background()))
 			require.Equal(t, want, f.inbox(t))
 		})
 	}
@@ -223,9 +229,9 @@ func TestReplayOnce_databaseDownKeepsSpool(t *testing.T) {
 func TestReplayOnce_emptySpoolDoesNotTouchTheDatabase(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	r := f.replayer(segmentStore{
+	r := f.replayer(t, segmentStore{
 		PingFunc: func(context.Context) error { return errors.New("must not ping") },
-	}, nil)
+	}, f.spool, nil)
 	require.NoError(t, r.ReplayOnce(context.Background()))
 }
 
@@ -238,7 +244,7 @@ func TestRun_replaysAtStart(t *testing.T) {
 	require.NoError(t, other.Close())
 
 	woken := make(chan struct{}, 1)
-	r := f.replayer(f.store, func() { woken <- struct{}{} })
+	r := f.replayer(t, f.store, f.spool, func() { woken <- struct{}{} })
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
@@ -288,7 +294,7 @@ func TestRun_retriesSoonWhileTheSpoolHoldsWork(t *testing.T) {
 		ReplaySegmentFunc: f.store.ReplaySegment,
 	}
 	woken := make(chan struct{}, 1)
-	runReplayer(t, f.replayer(db, func() { woken <- struct{}{} }))
+	runReplayer(t, f.replayer(t, db, f.spool, func() { woken <- struct{}{} }))
 	waitWoken(t, woken)
 	require.Equal(t, want, f.inbox(t))
 }
@@ -314,7 +320,7 @@ func TestRun_wakeReplaysAtOnce(t *testing.T) {
 	f := setup(t)
 	spy := passSpy{Spool: f.spool, passes: make(chan struct{}, 1)}
 	woken := make(chan struct{}, 1)
-	r := inbox.NewReplayer(f.store, spy, time.Hour, discard, f.m, func() { woken <- struct{}{} })
+	r := f.replayer(t, f.store, spy, func() { woken <- struct{}{} })
 	runReplayer(t, r)
 	<-spy.passes // the first pass found the spool empty and sleeps for an hour
 
@@ -342,7 +348,7 @@ func TestReplayOnce_aHungReplayIsAbandonedWithinItsBudget(t *testing.T) {
 			return 0, context.DeadlineExceeded // as when the deadline came
 		},
 	}
-	require.Error(t, f.replayer(hung, nil).ReplayOnce(context.Background()))
+	require.Error(t, f.replayer(t, hung, f.spool, nil).ReplayOnce(context.Background()))
 	require.Equal(t, 1, f.segments(t), "kept for the next pass")
 	require.LessOrEqual(t, budget, 6*time.Second, "a segment of a few ids gets a few seconds")
 

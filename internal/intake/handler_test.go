@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/inbox"
 	"github.com/objwatch/callback/internal/intake"
 	"github.com/objwatch/callback/internal/metrics"
@@ -69,7 +70,8 @@ func setup(t *testing.T) *backend {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sp.Close() })
 
-	committer := inbox.NewCommitter(inbox.DefaultConfig(), store.New(pool), sp, discard, metrics.New(), nil)
+	committer, err := inbox.NewCommitter(inbox.CommitterConfig{}, store.New(pool), sp, component.Deps{})
+	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = committer.Run(ctx) }()

@@ -17,13 +17,13 @@
 package merge
 
 import (
+	"cmp"
 	"context"
-	"log/slog"
+	"errors"
 	"time"
 
 	"github.com/objwatch/callback/internal/backoff"
-	"github.com/objwatch/callback/internal/errlog"
-	"github.com/objwatch/callback/internal/metrics"
+	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/store"
 )
 
@@ -34,25 +34,25 @@ type Store interface {
 	RefreshObjects(ctx context.Context, ids []int64, receivedAts []time.Time) (int64, error)
 }
 
-// Config tunes the merger.
+// Config tunes the merger. A zero field takes its default, below.
 type Config struct {
 	MaxBatches int // inbox rows read per pass at most
 	MaxIDs     int // no further row read once a pass holds this many ids
 	// MaxDistinct: distinct ids a pass offers to pending at most, newest batches
 	// first; ids named only after that refresh online objects and are otherwise dropped
-	// for capacity. 0: no bound. The pending upsert costs per distinct id: this bounds
-	// the pass's duration and the locks it holds, while every batch read is consumed.
+	// for capacity. The pending upsert costs per distinct id: this bounds the pass's
+	// duration and the locks it holds, while every batch read is consumed.
 	MaxDistinct int
-	// MaxNew: ids not pending yet that one pass makes pending, at most (0: no bound
-	// but MaxPending). Lookups take a few thousand a second; more would only wait.
+	// MaxNew: ids not pending yet that one pass makes pending, at most. Lookups take a
+	// few thousand a second; more would only wait.
 	MaxNew int
 	// MaxPending bounds the pending rows a pass leaves: when they are that many,
 	// waiting rows with receipts older than the pass's are evicted to make room for up
 	// to MaxNew newer ones, and ids beyond that are dropped for capacity, the newest
-	// receipts kept. 0: no bound.
+	// receipts kept.
 	MaxPending int
-	// ExpireAfter: receipts older than this left the window and are dropped, whole
-	// batches unread (0: none is).
+	// ExpireAfter is the window (EXPIRE_AFTER), required: receipts older than this are
+	// dropped, whole batches unread.
 	ExpireAfter time.Duration
 	Interval    time.Duration // poll for other replicas' inbox rows when not woken
 	// Rest after a pass, as a multiple of the pass's duration: 1 leaves the cores to
@@ -62,9 +62,12 @@ type Config struct {
 	// grows by up to 3 times the pass while it is, so that merging takes at most about
 	// a fifth of a core from a burst of callbacks (and coalesces more).
 	Yield func() float64
+	// Changed, if set, is called after a pass that changed pending work: it wakes the
+	// fetcher. It must not block.
+	Changed func()
 }
 
-// DefaultConfig merges on a 100 ms cadence rather than after every commit, so that
+// The defaults merge on a 100 ms cadence rather than after every commit, so that
 // passes coalesce. A pass reads up to 4M ids (MaxIDs; a few MB of batches, and decoding
 // is ~20 ns an id) and consumes all of it: every id read refreshes its object if online.
 // It offers the first 128k distinct ids, newest batches first, to pending (MaxDistinct):
@@ -72,13 +75,19 @@ type Config struct {
 // ids from a huge space the rest are dropped for capacity, since lookups could not use
 // them, and the pass stays under a second of Postgres. It makes at most 8k ids pending
 // (MaxNew): about two seconds of lookups at the highest limit, and when pending is full
-// it evicts as many older waiting rows for them, so that pending holds the newest work. MaxPending (256k) is about
-// twice what that limit (10,000 in flight at the object service's mean 2.3 s) can look
-// up within a 30 s window. The rest after a pass is capped at maxRest.
-func DefaultConfig() Config {
-	return Config{MaxBatches: 16384, MaxIDs: 1 << 22, MaxDistinct: 1 << 17, MaxNew: 1 << 13, MaxPending: 1 << 18, ExpireAfter: 30 * time.Second,
-		Interval: 100 * time.Millisecond, Rest: 1}
-}
+// it evicts as many older waiting rows for them, so that pending holds the newest work.
+// MaxPending (256k) is about twice what that limit (10,000 in flight at the object
+// service's mean 2.3 s) can look up within a 30 s window. The rest after a pass is
+// capped at maxRest.
+const (
+	MaxBatchesDefault  = 16384
+	MaxIDsDefault      = 1 << 22
+	MaxDistinctDefault = 1 << 17
+	MaxNewDefault      = 1 << 13
+	MaxPendingDefault  = 1 << 18
+	IntervalDefault    = 100 * time.Millisecond
+	RestDefault        = 1.0
+)
 
 // passTimeout bounds one pass; see Pass.
 const passTimeout = 10 * time.Second
@@ -89,24 +98,35 @@ const maxRest = 2 * time.Second
 
 // Merger runs merge passes.
 type Merger struct {
-	cfg     Config
-	store   Store
-	log     *slog.Logger
-	errs    *errlog.Limiter
-	metrics *metrics.Metrics
-	wake    chan struct{}
-	changed func() // wakes the fetcher
-	now     func() time.Time
+	component.Base
+	cfg   Config
+	store Store
+	wake  chan struct{}
 
 	lastPass time.Duration // how long the last pass took, for the rest after it
 }
 
-// New builds a merger; changed (may be nil) is called after a pass that changed pending work.
-func New(cfg Config, s Store, log *slog.Logger, m *metrics.Metrics, changed func()) *Merger {
-	if changed == nil {
-		changed = func() {}
+// New builds a merger, or says which setting is wrong.
+func New(cfg Config, s Store, deps component.Deps) (*Merger, error) {
+	cfg.MaxBatches = cmp.Or(cfg.MaxBatches, MaxBatchesDefault)
+	cfg.MaxIDs = cmp.Or(cfg.MaxIDs, MaxIDsDefault)
+	cfg.MaxDistinct = cmp.Or(cfg.MaxDistinct, MaxDistinctDefault)
+	cfg.MaxNew = cmp.Or(cfg.MaxNew, MaxNewDefault)
+	cfg.MaxPending = cmp.Or(cfg.MaxPending, MaxPendingDefault)
+	cfg.Interval = cmp.Or(cfg.Interval, IntervalDefault)
+	cfg.Rest = cmp.Or(cfg.Rest, RestDefault)
+	if cfg.Changed == nil {
+		cfg.Changed = func() {}
 	}
-	return &Merger{cfg: cfg, store: s, log: log, errs: errlog.New(log, 10*time.Second), metrics: m, wake: make(chan struct{}, 1), changed: changed, now: time.Now}
+	switch {
+	case cfg.MaxBatches < 0 || cfg.MaxIDs < 0 || cfg.MaxDistinct < 0 || cfg.MaxNew < 0 || cfg.MaxPending < 0:
+		return nil, errors.New("merge bounds must be positive")
+	case cfg.ExpireAfter <= 0:
+		return nil, errors.New("the window (ExpireAfter) must be positive")
+	case cfg.Interval < 0 || cfg.Rest < 0:
+		return nil, errors.New("the merge interval and rest must not be negative")
+	}
+	return &Merger{Base: component.NewBase(deps), cfg: cfg, store: s, wake: make(chan struct{}, 1)}, nil
 }
 
 // Wake asks for a pass now (new inbox rows were committed). Never blocks.
@@ -134,13 +154,13 @@ func (m *Merger) run(ctx context.Context, pass func(context.Context) (Result, er
 		}
 		if err != nil {
 			wait := retry.Next()
-			m.metrics.DatabaseErrors.WithLabelValues("merge").Inc()
-			m.errs.Error(ctx, "merge", "merging inbox failed; retrying", err, "retry_in", wait)
+			m.Metrics.DatabaseErrors.WithLabelValues("merge").Inc()
+			m.Errs.Error(ctx, "merge", "merging inbox failed; retrying", err, "retry_in", wait)
 			backoff.Wait(ctx, wait, m.wake)
 			continue
 		}
 		if retry.Reset() {
-			m.errs.Recovered(ctx, "merge", "merging inbox works again")
+			m.Errs.Recovered(ctx, "merge", "merging inbox works again")
 		}
 		// Rest in proportion to the pass, whether or not more is waiting: intake
 		// comes first, and a backlog is met by coalescing, not by working harder.
@@ -172,31 +192,28 @@ func (m *Merger) Pass(ctx context.Context) (Result, error) {
 	pctx, cancel := context.WithTimeout(ctx, passTimeout)
 	defer cancel()
 	p := params{MaxBatches: m.cfg.MaxBatches, MaxIDs: m.cfg.MaxIDs, MaxDistinct: m.cfg.MaxDistinct,
-		MaxNew: m.cfg.MaxNew, MaxPending: m.cfg.MaxPending}
-	if m.cfg.ExpireAfter > 0 {
-		p.Cutoff = m.now().Add(-m.cfg.ExpireAfter)
-	}
-	start := m.now()
+		MaxNew: m.cfg.MaxNew, MaxPending: m.cfg.MaxPending, Cutoff: m.Now().Add(-m.cfg.ExpireAfter)}
+	start := m.Now()
 	merged, err := mergeInbox(pctx, m.store, p)
-	m.lastPass = m.now().Sub(start)
+	m.lastPass = m.Now().Sub(start)
 	if err != nil {
 		return merged, err
 	}
-	m.metrics.MergeSeconds.Observe(m.lastPass.Seconds())
-	m.metrics.Dropped.WithLabelValues("inbox", "expired").Add(float64(merged.StaleBatchIDs))
-	m.metrics.Dropped.WithLabelValues("merge", "expired").Add(float64(merged.StaleIDs))
-	m.metrics.Dropped.WithLabelValues("merge", "capacity").Add(float64(merged.NoRoom))
-	m.metrics.Dropped.WithLabelValues("pending", "capacity").Add(float64(merged.Evicted))
+	m.Metrics.MergeSeconds.Observe(m.lastPass.Seconds())
+	m.Metrics.Dropped.WithLabelValues("inbox", "expired").Add(float64(merged.StaleBatchIDs))
+	m.Metrics.Dropped.WithLabelValues("merge", "expired").Add(float64(merged.StaleIDs))
+	m.Metrics.Dropped.WithLabelValues("merge", "capacity").Add(float64(merged.NoRoom))
+	m.Metrics.Dropped.WithLabelValues("pending", "capacity").Add(float64(merged.Evicted))
 	for _, q := range merged.Quarantined {
 		// Every one is logged: each is callbacks that a human has to look at.
-		m.metrics.Quarantined.Inc()
-		m.log.ErrorContext(ctx, "inbox batch cannot be decoded; moved to table inbox_quarantine",
+		m.Metrics.Quarantined.Inc()
+		m.Log.ErrorContext(ctx, "inbox batch cannot be decoded; moved to table inbox_quarantine",
 			"batch_id", q.BatchID, "callbacks", q.Callbacks, "err", q.Err)
 	}
-	m.metrics.MergedCallbacks.Add(float64(merged.Callbacks))
-	m.metrics.MergedIDs.Add(float64(merged.IDs))
+	m.Metrics.MergedCallbacks.Add(float64(merged.Callbacks))
+	m.Metrics.MergedIDs.Add(float64(merged.IDs))
 	if merged.Changed > 0 {
-		m.changed()
+		m.cfg.Changed()
 	}
 	return merged, nil
 }

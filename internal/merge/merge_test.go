@@ -5,6 +5,7 @@ package merge
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
@@ -33,14 +35,21 @@ type testBundle struct {
 	woken   *atomic.Int64
 }
 
-// setup builds a merger with cfg on a fresh database.
+// setup builds a merger with cfg on a fresh database. Unless cfg says otherwise, the
+// window takes in every receipt: the tests' receipts are fixed dates in the past.
 func setup(t *testing.T, cfg Config) (*Merger, *testBundle) {
 	t.Helper()
 	pool, _ := pgtest.NewPool(t)
 	b := &testBundle{pool: pool, store: store.New(pool), metrics: metrics.New(), logs: new(bytes.Buffer), woken: new(atomic.Int64)}
-	m := New(cfg, b.store, slog.New(slog.NewTextHandler(b.logs, nil)), b.metrics, func() { b.woken.Add(1) })
+	cfg.ExpireAfter = cmp.Or(cfg.ExpireAfter, forever)
+	cfg.Changed = func() { b.woken.Add(1) }
+	m, err := New(cfg, b.store, component.Deps{Log: slog.New(slog.NewTextHandler(b.logs, nil)), Metrics: b.metrics})
+	require.NoError(t, err)
 	return m, b
 }
+
+// forever is a window wider than the tests' past.
+const forever = 100 * 365 * 24 * time.Hour
 
 // start runs m until the test ends, around a pass that reports each pass that worked.
 func start(t *testing.T, m *Merger) (passes <-chan Result) {
@@ -107,12 +116,12 @@ func pass(t *testing.T, m *Merger) Result {
 // idle: an interval longer than any test, so only Wake or a full pass starts a pass.
 const idle = time.Hour
 
-// unbounded is a pass with room for everything the tests insert.
-var unbounded = Config{MaxBatches: 1000, MaxIDs: 1 << 20, Interval: idle}
+// plenty is a pass with room for everything the tests insert.
+var plenty = Config{MaxBatches: 1000, MaxIDs: 1 << 20, Interval: idle}
 
 func TestPass_drainsInboxIntoPending(t *testing.T) {
 	t.Parallel()
-	m, b := setup(t, unbounded)
+	m, b := setup(t, plenty)
 	b.insert(t,
 		callback.New(at(0), []int64{1, 2, 2}),
 		callback.New(at(5), []int64{2, 3}),
@@ -136,7 +145,7 @@ func TestPass_drainsInboxIntoPending(t *testing.T) {
 
 func TestPass_coalescesIDsKeepingTheNewestReceipt(t *testing.T) {
 	t.Parallel()
-	m, b := setup(t, unbounded)
+	m, b := setup(t, plenty)
 	b.insert(t,
 		callback.New(at(1000), []int64{3, 1, 3, 0}),
 		callback.New(at(2000), []int64{1}),
@@ -150,7 +159,7 @@ func TestPass_coalescesIDsKeepingTheNewestReceipt(t *testing.T) {
 
 func TestPass_olderReceiptDoesNotMovePendingBack(t *testing.T) {
 	t.Parallel()
-	m, b := setup(t, unbounded)
+	m, b := setup(t, plenty)
 	b.insert(t, callback.New(at(5000), []int64{7}))
 	pass(t, m)
 	b.insert(t, callback.New(at(4000), []int64{7}))
@@ -196,7 +205,7 @@ func TestPass_pendingRowFinishedDuringThePassIsMadeAgain(t *testing.T) {
 
 func TestPass_anUndecodableBatchIsQuarantinedAndTheRestMerged(t *testing.T) {
 	t.Parallel()
-	m, b := setup(t, unbounded)
+	m, b := setup(t, plenty)
 	ctx := context.Background()
 	b.insert(t, callback.New(at(1000), []int64{1}))
 	bad := callback.New(at(2000), nil).ID
@@ -237,7 +246,7 @@ func TestPass_quarantineIsCountedAndLogged(t *testing.T) {
 
 func TestPass_refreshesLastSeenOfOnlineObjects(t *testing.T) {
 	t.Parallel()
-	m, b := setup(t, unbounded)
+	m, b := setup(t, plenty)
 	ctx := context.Background()
 	b.insert(t, callback.New(at(1000), []int64{2}))
 	pass(t, m)
@@ -338,7 +347,7 @@ func TestPass_pastTheDistinctBoundOnlyRefreshes(t *testing.T) {
 
 func TestPass_fullPendingMakesRoomForNewerWork(t *testing.T) {
 	t.Parallel()
-	m, b := setup(t, unbounded)
+	m, b := setup(t, plenty)
 	b.insert(t, callback.New(at(0), []int64{1}), callback.New(at(1), []int64{2}), callback.New(at(50), []int64{3}))
 	pass(t, m)
 	m.cfg.MaxPending, m.cfg.MaxNew = 3, 2
@@ -355,7 +364,7 @@ func TestPass_fullPendingMakesRoomForNewerWork(t *testing.T) {
 
 func TestRun_wakeStartsAPass(t *testing.T) {
 	t.Parallel()
-	m, b := setup(t, unbounded)
+	m, b := setup(t, plenty)
 	passes := start(t, m)
 	require.Equal(t, Result{}, <-passes, "the first pass runs at once and finds nothing")
 
@@ -416,6 +425,19 @@ func TestRun_idBoundEndsAPassEarly(t *testing.T) {
 	require.Equal(t, Result{Batches: 1, Callbacks: 1, IDs: 3, Changed: 3}, second)
 	require.Zero(t, b.count(t, "inbox_batches"))
 	require.Len(t, b.pending(t), 9)
+}
+
+func TestNew_appliesDefaultsAndRejectsNonsense(t *testing.T) {
+	t.Parallel()
+	m, err := New(Config{ExpireAfter: time.Minute}, nil, component.Deps{})
+	require.NoError(t, err)
+	require.Equal(t, MaxPendingDefault, m.cfg.MaxPending)
+	require.Equal(t, RestDefault, m.cfg.Rest)
+
+	_, err = New(Config{}, nil, component.Deps{})
+	require.ErrorContains(t, err, "window")
+	_, err = New(Config{ExpireAfter: time.Minute, MaxPending: -1}, nil, component.Deps{})
+	require.Error(t, err)
 }
 
 func TestRun_retriesAfterDatabaseError(t *testing.T) {

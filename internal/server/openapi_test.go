@@ -19,6 +19,7 @@ import (
 
 	"github.com/objwatch/callback/api"
 	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/inbox"
 	"github.com/objwatch/callback/internal/intake"
 	"github.com/objwatch/callback/internal/metrics"
@@ -63,8 +64,8 @@ func setupAPI(t *testing.T) ([]string, *objectsEnv) {
 	db := store.New(pool)
 	log := slog.New(slog.DiscardHandler)
 
-	m := metrics.New()
-	committer := inbox.NewCommitter(inbox.DefaultConfig(), db, nil, log, m, nil)
+	committer, err := inbox.NewCommitter(inbox.CommitterConfig{}, db, nil, component.Deps{Log: log})
+	require.NoError(t, err)
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = committer.Run(ctx); close(done) }()

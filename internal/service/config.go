@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/objwatch/callback/internal/fetch"
+	"github.com/objwatch/callback/internal/inbox"
+	"github.com/objwatch/callback/internal/merge"
 )
 
 // config is everything the service reads from its environment, with the matching
@@ -53,19 +55,19 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		{"EXPIRE_AFTER", "expire-after", "30s", "delete objects not named by a callback for this long", duration(&c.ExpireAfter)},
 		{"FETCH_MIN_CONCURRENCY", "fetch-min-concurrency", strconv.Itoa(fetch.MinConcurrencyDefault), "floor of the adaptive limit of lookups in flight (where it starts)", positiveInt(&c.FetchMinConcurrency)},
 		{"FETCH_CONCURRENCY", "fetch-concurrency", strconv.Itoa(fetch.ConcurrencyDefault), "ceiling of the adaptive limit of lookups in flight (and of keep-alive connections)", positiveInt(&c.FetchConcurrency)},
-		{"FETCH_TIMEOUT", "fetch-timeout", "5s", "timeout of one lookup", duration(&c.FetchTimeout)},
-		{"MAX_PENDING", "max-pending", "262144", "objects waiting for a lookup at most; newer ids beyond it are dropped (counted) while lookups cannot keep up", positiveInt(&c.MaxPending)},
-		{"LEASE", "lease", "15s", "how long a claimed lookup is reserved; must exceed FETCH_TIMEOUT by 1s", duration(&c.Lease)},
+		{"FETCH_TIMEOUT", "fetch-timeout", fetch.TimeoutDefault.String(), "timeout of one lookup", duration(&c.FetchTimeout)},
+		{"MAX_PENDING", "max-pending", strconv.Itoa(merge.MaxPendingDefault), "objects waiting for a lookup at most; newer ids beyond it are dropped (counted) while lookups cannot keep up", positiveInt(&c.MaxPending)},
+		{"LEASE", "lease", fetch.LeaseDefault.String(), "how long a claimed lookup is reserved; must exceed FETCH_TIMEOUT by 1s", duration(&c.Lease)},
 		{"SPOOL_DIR", "spool-dir", "spool", "directory for callbacks accepted while Postgres is unreachable", str(&c.SpoolDir)},
 		{"MAX_BODY_BYTES", "max-body-bytes", "1048576", "largest accepted request body", positiveInt64(&c.MaxBodyBytes)},
 		{"MAX_IDS", "max-ids", "10000", "most object ids in one callback", positiveInt(&c.MaxIDs)},
 		{"BODY_TIMEOUT", "body-timeout", "1s", "a request body must arrive within this, or 408", duration(&c.BodyTimeout)},
 		{"CALLBACK_TOKEN", "callback-token", "", "if set, POST /callback requires Authorization: Bearer <token>", str(&c.CallbackToken)},
 		{"DB_MAX_CONNS", "db-max-conns", "16", "Postgres connections at most", positiveInt(&c.DBMaxConns)},
-		{"COMMIT_TIMEOUT", "commit-timeout", "400ms", "a durable write slower than this goes to the spool instead", duration(&c.CommitTimeout)},
+		{"COMMIT_TIMEOUT", "commit-timeout", inbox.CommitTimeoutDefault.String(), "a durable write slower than this goes to the spool instead", duration(&c.CommitTimeout)},
 		{"SHUTDOWN_DRAIN", "shutdown-drain", "5s", "on SIGTERM, keep serving this long with /readyz at 503 before closing the listener (0: close at once)", durationOrZero(&c.ShutdownDrain)},
 		{"SHUTDOWN_TIMEOUT", "shutdown-timeout", "10s", "after the drain, exit within this long", duration(&c.ShutdownTimeout)},
-		{"STATUS_INTERVAL", "status-interval", "5s", "log a one-line status this often (0: never)", durationOrZero(&c.StatusInterval)},
+		{"STATUS_INTERVAL", "status-interval", statusIntervalDefault.String(), "log a one-line status this often (0: never)", durationOrZero(&c.StatusInterval)},
 		{"LOG_FORMAT", "log-format", "auto", "json, text, or auto (text on a terminal)", oneOf(&c.LogFormat, "auto", "json", "text")},
 		{"LOG_LEVEL", "log-level", "info", "debug, info, warn or error", oneOf(&c.LogLevel, "debug", "info", "warn", "error")},
 		{"PPROF_ADDR", "pprof-addr", "", "if set, serve net/http/pprof on this address", str(&c.PprofAddr)},
@@ -105,13 +107,14 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	return c, nil
 }
 
-// fetchConfig is the fetcher's configuration: its defaults, with what the environment
-// sets. Its Validate is the one check of these settings together.
+// fetchConfig is the fetcher's configuration: what the environment sets, the rest the
+// fetcher's defaults. Its Validate is the one check of these settings together, the
+// one fetch.New makes.
 func (c config) fetchConfig() fetch.Config {
-	f := fetch.DefaultConfig()
-	f.MinConcurrency, f.Concurrency = c.FetchMinConcurrency, c.FetchConcurrency
-	f.Timeout, f.Lease, f.ExpireAfter = c.FetchTimeout, c.Lease, c.ExpireAfter
-	return f
+	return fetch.Config{
+		MinConcurrency: c.FetchMinConcurrency, Concurrency: c.FetchConcurrency,
+		Timeout: c.FetchTimeout, Lease: c.Lease, ExpireAfter: c.ExpireAfter,
+	}
 }
 
 // kind names a setting's type in -h, from its default: flag prints the backquoted

@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/objwatch/callback/internal/backoff"
+	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/errlog"
 	"github.com/objwatch/callback/internal/expiry"
 	"github.com/objwatch/callback/internal/fetch"
@@ -69,9 +70,14 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	defer sp.Close()
 
-	ccfg := inbox.DefaultConfig()
-	ccfg.CommitTimeout = cfg.CommitTimeout
-	committer := inbox.NewCommitter(ccfg, db, sp, log, m, nil) // the merger keeps its own cadence: see merge.DefaultConfig
+	// Every long-running component logs, counts and reads the clock the same way.
+	deps := component.Deps{Log: log, Metrics: m}
+	// The committer does not wake the merger: the merger keeps its own cadence, so that
+	// passes coalesce (see merge's defaults).
+	committer, err := inbox.NewCommitter(inbox.CommitterConfig{CommitTimeout: cfg.CommitTimeout}, db, sp, deps)
+	if err != nil {
+		return fmt.Errorf("building the committer: %w", err)
+	}
 	// Intake first: merging and lookups give the reply path the cores while it is busy.
 	busy := func() float64 { return replyPathBusy(committer.Load()) }
 
@@ -79,23 +85,36 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer lookups.CloseIdle()
 	fcfg := cfg.fetchConfig()
 	fcfg.Yield = func() float64 { return 0.75 * busy() }
-	fetcher, err := fetch.New(fcfg, db, lookups.Lookup, log, m)
+	fetcher, err := fetch.New(fcfg, db, lookups.Lookup, deps)
 	if err != nil {
 		return err // parseConfig validated it
 	}
-	mcfg := merge.DefaultConfig()
-	mcfg.MaxPending, mcfg.ExpireAfter, mcfg.Yield = cfg.MaxPending, cfg.ExpireAfter, busy
-	merger := merge.New(mcfg, db, log, m, fetcher.Wake)
+	merger, err := merge.New(merge.Config{MaxPending: cfg.MaxPending, ExpireAfter: cfg.ExpireAfter, Yield: busy, Changed: fetcher.Wake}, db, deps)
+	if err != nil {
+		return fmt.Errorf("building the merger: %w", err)
+	}
 	// When the database answers again (a replay or a commit worked after a failure),
 	// every stage that backed off while it was away starts at once: spooled and
 	// queued callbacks reach the table within a second, not after the longest backoff.
 	wakeWorkers := func() { merger.Wake(); fetcher.Wake() }
-	replayer := inbox.NewReplayer(db, sp, time.Second, log, m, wakeWorkers)
+	replayer, err := inbox.NewReplayer(inbox.ReplayerConfig{Replayed: wakeWorkers}, db, sp, deps)
+	if err != nil {
+		return fmt.Errorf("building the replayer: %w", err)
+	}
 	committer.OnRecovered(func() { wakeWorkers(); replayer.Wake() })
-	ecfg := expiry.DefaultConfig()
-	ecfg.Window, ecfg.Grace = cfg.ExpireAfter, cfg.CommitTimeout+100*time.Millisecond
-	ecfg.SpoolHolds = func() bool { segments, _ := sp.Stats(); return segments > 0 }
-	expirer := expiry.New(ecfg, db, log, m)
+	expirer, err := expiry.New(expiry.Config{
+		ExpireAfter: cfg.ExpireAfter,
+		Grace:       cfg.CommitTimeout + 100*time.Millisecond,
+		SpoolHolds:  func() bool { segments, _ := sp.Stats(); return segments > 0 },
+	}, db, deps)
+	if err != nil {
+		return fmt.Errorf("building expiry: %w", err)
+	}
+	status, err := newStatus(statusConfig{Interval: cfg.StatusInterval},
+		statusSources{db: db, spool: sp, fetcher: fetcher, target: databaseTarget(poolCfg)}, deps)
+	if err != nil {
+		return fmt.Errorf("building the status reporter: %w", err)
+	}
 
 	// draining turns /readyz to 503 at shutdown, before the listener closes.
 	var draining atomic.Bool
@@ -138,10 +157,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	// The status line and the health gauges run from the start: a DATABASE_URL that
 	// never works must be as visible as one that went away.
-	working.Go(func() {
-		reportStatus(workCtx, statusDeps{db: db, spool: sp, metrics: m, fetcher: fetcher, target: databaseTarget(poolCfg)},
-			cfg.StatusInterval, log)
-	})
+	working.Go(func() { _ = status.Run(workCtx) })
 	// Everything that reads the tables waits for the schema; intake does not (until
 	// then its writes fail over to the spool).
 	working.Go(func() {

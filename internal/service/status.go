@@ -1,39 +1,63 @@
 package service
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/fetch"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/spool"
 	"github.com/objwatch/callback/internal/store"
 )
 
-type statusDeps struct {
+// statusConfig tunes the status reporter.
+type statusConfig struct {
+	// Interval: log a status line this often (STATUS_INTERVAL); zero: never. The gauges
+	// are sampled as often, or every statusIntervalDefault when no line is logged.
+	Interval time.Duration
+}
+
+// statusIntervalDefault is STATUS_INTERVAL's default.
+const statusIntervalDefault = 5 * time.Second
+
+// statusSources are what the status reporter reads.
+type statusSources struct {
 	db      *store.Store
 	spool   *spool.Spool
-	metrics *metrics.Metrics
 	fetcher *fetch.Fetcher
 	target  string // the database, for the log line, without the password
 }
 
-// reportStatus samples the queues and the database's health into the gauges every few
-// seconds and, if interval is set, logs one line a person can read at a glance. It
+// status samples the queues and the database's health into the gauges every few
+// seconds and, if its Interval is set, logs one line a person can read at a glance. It
 // runs from the start, before the schema is applied: with a DATABASE_URL that never
 // worked the service still accepts callbacks into the spool, and that must be loud
 // in the log and visible to the alert on callback_database_up, not silent.
-func reportStatus(ctx context.Context, d statusDeps, interval time.Duration, log *slog.Logger) {
-	every := interval
-	if every == 0 {
-		every = 5 * time.Second
+type status struct {
+	component.Base
+	cfg statusConfig
+	src statusSources
+}
+
+func newStatus(cfg statusConfig, src statusSources, deps component.Deps) (*status, error) {
+	if cfg.Interval < 0 {
+		return nil, errors.New("the status interval must not be negative")
 	}
-	m := d.metrics
+	return &status{Base: component.NewBase(deps), cfg: cfg, src: src}, nil
+}
+
+// Run reports until ctx ends.
+func (s *status) Run(ctx context.Context) error {
+	d, m, log, interval := s.src, s.Metrics, s.Log, s.cfg.Interval
+	every := cmp.Or(interval, statusIntervalDefault)
 	// Down from the start until the first ping answers: what is spooled before then
 	// counts towards the outage.
-	started := time.Now()
+	started := s.Now()
 	var (
 		everUp        bool
 		downSince     = started
@@ -41,11 +65,11 @@ func reportStatus(ctx context.Context, d statusDeps, interval time.Duration, log
 	)
 	t := time.NewTicker(every)
 	defer t.Stop()
-	overload := overloadWatch{m: m, log: log}
+	overload := overloadWatch{m: m, log: log, now: s.Now}
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
 		}
 		segments, bytes := d.spool.Stats()
@@ -58,11 +82,11 @@ func reportStatus(ctx context.Context, d statusDeps, interval time.Duration, log
 		overload.sample(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
-				return
+				return nil
 			}
 			m.DatabaseUp.Set(0)
 			if downSince.IsZero() {
-				downSince, spooledAtDown = time.Now(), metrics.Sum(m.CallbacksSpooled)
+				downSince, spooledAtDown = s.Now(), metrics.Sum(m.CallbacksSpooled)
 			}
 			if interval == 0 {
 				continue
@@ -71,7 +95,7 @@ func reportStatus(ctx context.Context, d statusDeps, interval time.Duration, log
 			if !everUp {
 				// Most likely a wrong DATABASE_URL rather than an outage: say so loudly.
 				log.Error(fmt.Sprintf("database unreachable ever since the start %s ago: check DATABASE_URL; %d callbacks spooled",
-					time.Since(started).Round(time.Second), spooled),
+					s.Now().Sub(started).Round(time.Second), spooled),
 					"database", d.target, "err", err, "spool_segments", segments, "spool_bytes", bytes)
 				continue
 			}
@@ -82,13 +106,13 @@ func reportStatus(ctx context.Context, d statusDeps, interval time.Duration, log
 		}
 		m.DatabaseUp.Set(1)
 		if everUp && !downSince.IsZero() && interval != 0 {
-			log.Info("database reachable again", "database", d.target, "down_for", time.Since(downSince).Round(time.Second),
+			log.Info("database reachable again", "database", d.target, "down_for", s.Now().Sub(downSince).Round(time.Second),
 				"callbacks_spooled", int64(metrics.Sum(m.CallbacksSpooled)-spooledAtDown))
 		}
 		everUp, downSince = true, time.Time{}
 
 		sctx, cancel := context.WithTimeout(ctx, every)
-		st, err := d.db.Stats(sctx, time.Now())
+		st, err := d.db.Stats(sctx, s.Now())
 		cancel()
 		if err != nil {
 			continue // the schema is not there yet, or the loops that do the work report it
@@ -121,6 +145,7 @@ func reportStatus(ctx context.Context, d statusDeps, interval time.Duration, log
 type overloadWatch struct {
 	m       *metrics.Metrics
 	log     *slog.Logger
+	now     func() time.Time
 	last    float64
 	since   time.Time
 	dropped bool
@@ -131,14 +156,14 @@ func (o *overloadWatch) sample(ctx context.Context) {
 	grew := total > o.last
 	switch {
 	case grew && !o.dropped:
-		o.dropped, o.since = true, time.Now()
+		o.dropped, o.since = true, o.now()
 		o.m.Overloaded.Set(1)
 		o.log.WarnContext(ctx, "dropping work: more arrives than merging and lookups can use within the window; newest receipts first, see callback_work_dropped_total",
 			"dropped", int64(total-o.last))
 	case !grew && o.dropped:
 		o.dropped = false
 		o.m.Overloaded.Set(0)
-		o.log.InfoContext(ctx, "no longer dropping work", "lasted", time.Since(o.since).Round(time.Second))
+		o.log.InfoContext(ctx, "no longer dropping work", "lasted", o.now().Sub(o.since).Round(time.Second))
 	}
 	o.last = total
 }

@@ -2,7 +2,6 @@ package store_test
 
 import (
 	"context"
-	"log/slog"
 	"sort"
 	"testing"
 	"time"
@@ -13,8 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/merge"
-	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
 )
@@ -51,10 +50,15 @@ func insert(t *testing.T, s *store.Store, cbs ...callback.Callback) {
 // mergeInbox merges the whole inbox into pending, as the merger does.
 func mergeInbox(t *testing.T, s *store.Store) merge.Result {
 	t.Helper()
-	merged, err := merge.New(merge.Config{MaxBatches: 1000, MaxIDs: 1 << 20}, s, slog.New(slog.DiscardHandler), metrics.New(), nil).Pass(context.Background())
+	m, err := merge.New(merge.Config{MaxBatches: 1000, MaxIDs: 1 << 20, ExpireAfter: forever}, s, component.Deps{})
+	require.NoError(t, err)
+	merged, err := m.Pass(context.Background())
 	require.NoError(t, err)
 	return merged
 }
+
+// forever is a window wider than the tests' past: their receipts are fixed dates.
+const forever = 100 * 365 * 24 * time.Hour
 
 func claim(t *testing.T, s *store.Store, max int, lease time.Duration) map[int64]store.Claim {
 	t.Helper()
