@@ -315,11 +315,6 @@ func (c *Committer) write(ctx context.Context, cbs []callback.Callback) error {
 	return nil
 }
 
-// DatabaseDown reports whether writes currently go to the spool.
-func (c *Committer) DatabaseDown() bool {
-	return c.dbDown.Load()
-}
-
 // startProbe starts the probe unless one runs. It ends with Run's context (shutdown):
 // what is still queued then goes to the spool.
 func (c *Committer) startProbe() {

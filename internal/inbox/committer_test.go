@@ -67,7 +67,7 @@ func (c *clock) Advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-var failing = errors.New("database is down")
+var errFailing = errors.New("database is down")
 
 // setup builds a committer over db and sp (sp may be nil: no spool), driven by a fake
 // clock; run starts its flushers until the test ends.
@@ -252,7 +252,7 @@ func TestSubmit_databaseFailureSpoolsAndSucceeds(t *testing.T) {
 	t.Parallel()
 	sp := openSpool(t)
 	c, _, m := setup(t, CommitterConfig{}, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
-		return failing
+		return errFailing
 	}}, sp)
 	run(t, c)
 
@@ -260,7 +260,7 @@ func TestSubmit_databaseFailureSpoolsAndSucceeds(t *testing.T) {
 	for _, cb := range want {
 		require.NoError(t, c.Submit(context.Background(), cb), "a spooled callback is durable: Submit succeeds")
 	}
-	require.True(t, c.DatabaseDown())
+	require.True(t, c.dbDown.Load())
 	requireSame(t, want, spooled(t, sp))
 	require.Equal(t, 3.0, metrics.Sum(m.CallbacksSpooled))
 	require.Equal(t, 1.0, metrics.Sum(m.DatabaseErrors), "one failed write; later ones skip the database")
@@ -295,7 +295,7 @@ func TestSubmit_databaseAndSpoolFailureIsUnavailable(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			c, _, m := setup(t, CommitterConfig{}, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
-				return failing
+				return errFailing
 			}}, tt.spool)
 			run(t, c)
 			err := c.Submit(context.Background(), newCallback(1))
@@ -332,7 +332,7 @@ func TestSubmit_afterAFailureOnlyAPingThatAnswersSendsWritesBackToTheDatabase(t 
 		PingFunc: func(ctx context.Context) error {
 			pings.Add(1)
 			if down.Load() {
-				return failing
+				return errFailing
 			}
 			return nil
 		},
@@ -342,20 +342,20 @@ func TestSubmit_afterAFailureOnlyAPingThatAnswersSendsWritesBackToTheDatabase(t 
 	first, second, third := newCallback(1), newCallback(2), newCallback(3)
 	require.NoError(t, c.Submit(context.Background(), first))
 	require.Equal(t, int64(1), inserts.Load())
-	require.True(t, c.DatabaseDown())
+	require.True(t, c.dbDown.Load())
 
 	// However much time passes, a failing ping keeps writes on the spool.
 	testEventually(t, func() bool { return pings.Load() >= 5 })
 	clk.Advance(time.Hour)
 	require.NoError(t, c.Submit(context.Background(), second))
 	require.Equal(t, int64(1), inserts.Load(), "while pings fail, writes skip the database")
-	require.True(t, c.DatabaseDown())
+	require.True(t, c.dbDown.Load())
 
 	down.Store(false)
-	testEventually(t, func() bool { return !c.DatabaseDown() })
+	testEventually(t, func() bool { return !c.dbDown.Load() })
 	require.NoError(t, c.Submit(context.Background(), third))
 	require.Equal(t, int64(2), inserts.Load(), "once a ping answers, the database is tried again")
-	require.False(t, c.DatabaseDown())
+	require.False(t, c.dbDown.Load())
 
 	requireSame(t, []callback.Callback{first, second}, spooled(t, sp))
 }
@@ -441,7 +441,7 @@ func TestSubmit_firstCommitAfterAFailureCallsRecovered(t *testing.T) {
 	cfg.RetryDBAfter = time.Millisecond
 	notDown := func(context.Context) error {
 		if down.Load() {
-			return failing
+			return errFailing
 		}
 		return nil
 	}
@@ -456,7 +456,7 @@ func TestSubmit_firstCommitAfterAFailureCallsRecovered(t *testing.T) {
 	require.NoError(t, c.Submit(context.Background(), newCallback(1)))
 	require.Zero(t, recovered.Load(), "spooled, not committed")
 	down.Store(false)
-	testEventually(t, func() bool { return !c.DatabaseDown() })
+	testEventually(t, func() bool { return !c.dbDown.Load() })
 	require.NoError(t, c.Submit(context.Background(), newCallback(2)))
 	require.Equal(t, int64(1), recovered.Load(), "the first commit after the failure")
 	require.NoError(t, c.Submit(context.Background(), newCallback(3)))

@@ -28,7 +28,7 @@ type Spool interface {
 // ReplayerConfig tunes the replayer. A zero field takes its default, below.
 type ReplayerConfig struct {
 	// Interval: how often the spool is checked while it holds nothing the database
-	// refused (see ReplayRetry for when it does).
+	// refused (see replayRetry for when it does).
 	Interval time.Duration
 	// Replayed, if set, is called after a pass that replayed something: it wakes the
 	// merger and the fetchers. It must not block.
@@ -49,13 +49,13 @@ type Replayer struct {
 	wake  chan struct{}
 }
 
-// ReplayRetry is how soon a pass that left work in the spool (the database did not
+// replayRetry is how soon a pass that left work in the spool (the database did not
 // answer, or a replay failed) is tried again. Spooled callbacks wait in no table, so
 // nothing else moves them: an outage must not end in a backoff. Low, so that they
 // reach the inbox well within a second of Postgres answering again;
 // a failed ping costs a refused connection or at most pingTimeout, and runs only while
 // the spool holds work.
-const ReplayRetry = 200 * time.Millisecond
+const replayRetry = 200 * time.Millisecond
 
 // pingTimeout bounds the check that the database answers before a replay. Short: a
 // blackholed server must not hold the next retry back for long.
@@ -80,7 +80,7 @@ func ReplayBudget(batches []callback.Batch) time.Duration {
 }
 
 // NewReplayer builds a replayer of spool into store, or says which setting is wrong.
-// It checks the spool every Interval, and every ReplayRetry while it holds work the
+// It checks the spool every Interval, and every replayRetry while it holds work the
 // database did not take.
 func NewReplayer(cfg ReplayerConfig, store SegmentStore, spool Spool, deps component.Deps) (*Replayer, error) {
 	cfg.Interval = cmp.Or(cfg.Interval, ReplayIntervalDefault)
@@ -110,7 +110,7 @@ func (r *Replayer) Run(ctx context.Context) error {
 			return nil
 		}
 		if r.ReplayOnce(ctx) != nil {
-			wait = min(ReplayRetry, r.cfg.Interval)
+			wait = min(replayRetry, r.cfg.Interval)
 		} else {
 			wait = r.cfg.Interval
 		}

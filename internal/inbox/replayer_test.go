@@ -274,7 +274,7 @@ func waitWoken(t *testing.T, woken <-chan struct{}) {
 	}
 }
 
-// While the spool holds work, a failed pass is retried within ReplayRetry, not after
+// While the spool holds work, a failed pass is retried within replayRetry, not after
 // the interval or a growing backoff: spooled callbacks reach the inbox soon after the
 // database answers again.
 func TestRun_retriesSoonWhileTheSpoolHoldsWork(t *testing.T) {

@@ -197,11 +197,6 @@ func minUUIDv7(t time.Time) uuid.UUID {
 	return u
 }
 
-// ForgetSpoolReplays drops replay records older than before.
-func (s *Store) ForgetSpoolReplays(ctx context.Context, before time.Time) (int64, error) {
-	return s.q.ForgetSpoolReplays(ctx, before)
-}
-
 // OldestUnmerged is the oldest receipt waiting in the inbox whose batch is still within
 // the window (newest receipt at or after cutoff), or now if there is none.
 func (s *Store) OldestUnmerged(ctx context.Context, cutoff, now time.Time) (time.Time, error) {
