@@ -170,7 +170,7 @@ type Fetcher struct {
 	held     atomic.Int64 // claimed rows whose result is not written yet (in flight included)
 	failures atomic.Int64 // consecutive failed lookups; see Config.TripAfter
 	results  chan store.Result
-	done     chan struct{} // a lookup finished or a batch was written: there may be room to claim
+	room     chan struct{} // signalled when a lookup finished or a batch was written: there may be room to claim
 }
 
 // New builds a fetcher, or says which setting is wrong.
@@ -189,7 +189,7 @@ func New(cfg Config, s Store, lookup LookupFunc, deps component.Deps) (*Fetcher,
 		// Room for every result that can exist at once (see claimLoop), so that
 		// neither a lookup nor the claim loop ever waits to hand one over.
 		results: make(chan store.Result, cfg.Concurrency+cfg.MaxClaim+maxWaiting(cfg)),
-		done:    make(chan struct{}, 1),
+		room:    make(chan struct{}, 1),
 	}
 	f.Metrics.LookupLimit.Set(float64(f.limiter.Limit()))
 	return f, nil
@@ -255,11 +255,11 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 		free := limit - inFlight
 		if free <= 0 || int(f.held.Load())-inFlight >= maxWaiting(f.cfg) {
 			if yielding {
-				backoff.Wait(ctx, f.cfg.PollInterval, f.done) // the reply path may be idle again
+				backoff.Wait(ctx, f.cfg.PollInterval, f.room) // the reply path may be idle again
 			} else {
 				select {
 				case <-ctx.Done():
-				case <-f.done:
+				case <-f.room:
 				}
 			}
 			continue
@@ -270,7 +270,7 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 			// The object service looks down: wait, ever more patiently, for the one
 			// probe in flight to end, then send one more.
 			if f.inFlight.Load() > 0 {
-				backoff.Wait(ctx, f.cfg.PollInterval, f.done)
+				backoff.Wait(ctx, f.cfg.PollInterval, f.room)
 				continue
 			}
 			if !backoff.Sleep(ctx, probePause.Next()) {
@@ -345,7 +345,7 @@ func (f *Fetcher) runLookup(ctx context.Context, c store.Claim, claimedAt time.T
 		f.inFlight.Add(-1)
 		f.Metrics.LookupsInFlight.Dec()
 		f.results <- res
-		notify(f.done)
+		notify(f.room)
 	}()
 
 	start := f.Now()
@@ -442,7 +442,7 @@ func (f *Fetcher) writeLoop() {
 		deadline.Stop()
 		f.write(batch)
 		f.held.Add(-int64(len(batch)))
-		notify(f.done)
+		notify(f.room)
 	}
 }
 
@@ -457,12 +457,12 @@ func (f *Fetcher) write(batch []store.Result) {
 		wctx, cancel := context.WithTimeout(ctx, dbTimeout)
 		// The cutoff is taken at each attempt: a batch retried through an outage must
 		// not write rows that expired meanwhile.
-		done, err := f.store.CompleteLookups(wctx, batch, f.Now().Add(-f.cfg.ExpireAfter))
+		completed, err := f.store.CompleteLookups(wctx, batch, f.Now().Add(-f.cfg.ExpireAfter))
 		cancel()
 		if err == nil {
-			f.Metrics.RowsWritten.WithLabelValues("upsert").Add(float64(done.Upserted))
-			f.Metrics.RowsWritten.WithLabelValues("delete").Add(float64(done.Removed))
-			f.Metrics.StaleResults.Add(float64(int64(len(batch)) - done.Owned))
+			f.Metrics.RowsWritten.WithLabelValues("upsert").Add(float64(completed.Upserted))
+			f.Metrics.RowsWritten.WithLabelValues("delete").Add(float64(completed.Removed))
+			f.Metrics.StaleResults.Add(float64(int64(len(batch)) - completed.Owned))
 			f.Errs.Recovered(ctx, "complete", "writing lookup results works again")
 			return
 		}
