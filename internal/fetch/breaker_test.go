@@ -15,13 +15,10 @@ import (
 // per pending object per backoff period; when it answers again, everything completes.
 func TestBreaker(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
 	ids := make([]int64, 200)
 	for i := range ids {
 		ids[i] = int64(2 * i) // even: online once the service is back
 	}
-	f.receive(t, ids, time.Now())
-
 	cfg := config()
 	cfg.TripAfter = 8
 
@@ -35,7 +32,7 @@ func TestBreaker(t *testing.T) {
 	// Lookups that had started before the breaker tripped may still be finishing:
 	// count concurrency only once a full Concurrency's worth of failures has passed.
 	settledAfter := int64(cfg.TripAfter + cfg.Concurrency)
-	stop := f.start(t, cfg, func(ctx context.Context, id int64) (bool, error) {
+	fetcher, bundle := setup(t, cfg, func(ctx context.Context, id int64) (bool, error) {
 		n := calls.Add(1)
 		mu.Lock()
 		inFlight++
@@ -50,6 +47,8 @@ func TestBreaker(t *testing.T) {
 		}
 		return true, nil
 	})
+	bundle.receive(t, ids, time.Now())
+	stop := start(t, fetcher)
 
 	// Let it fail well past the trip point.
 	eventually(t, func() bool { return calls.Load() > settledAfter+5 }, "the fetcher stopped probing altogether")
@@ -58,7 +57,7 @@ func TestBreaker(t *testing.T) {
 	mu.Unlock()
 
 	up.Store(true)
-	f.settle(t)
+	bundle.settle(t)
 	stop()
-	require.Len(t, f.objects(t), len(ids))
+	require.Len(t, bundle.objects(t), len(ids))
 }

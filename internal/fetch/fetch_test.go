@@ -21,18 +21,41 @@ import (
 	"github.com/objwatch/callback/internal/store"
 )
 
-// fixture is a real store on a fresh database; work reaches pending the way it does in
-// the service (inbox rows, then a merge).
-type fixture struct {
-	pool  *pgxpool.Pool
-	store *store.Store
-	m     *metrics.Metrics
+// testBundle is what a test sees around its fetcher: a real store on a fresh database,
+// where work reaches pending the way it does in the service (inbox rows, then a
+// merge), and the fetcher's metrics.
+type testBundle struct {
+	pool    *pgxpool.Pool
+	store   *store.Store
+	metrics *metrics.Metrics
 }
 
-func setup(t *testing.T) *fixture {
+// setup builds a fetcher with cfg that asks lookup, over a fresh database; start runs
+// it.
+func setup(t *testing.T, cfg fetch.Config, lookup fetch.LookupFunc) (*fetch.Fetcher, *testBundle) {
 	t.Helper()
 	pool, _ := pgtest.NewPool(t)
-	return &fixture{pool: pool, store: store.New(pool), m: metrics.New()}
+	b := &testBundle{pool: pool, store: store.New(pool), metrics: metrics.New()}
+	f, err := fetch.New(cfg, b.store, lookup, component.Deps{Metrics: b.metrics})
+	require.NoError(t, err)
+	return f, b
+}
+
+// start runs f until stop (or the end of the test); stop returns once Run has.
+func start(t *testing.T, f *fetch.Fetcher) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			require.NoError(t, <-done)
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // config is short enough that retries, polls and timeouts take milliseconds.
@@ -46,62 +69,36 @@ func config() fetch.Config {
 }
 
 // receive makes one callback per element of at durable and merges it into pending.
-func (f *fixture) receive(t *testing.T, ids []int64, at ...time.Time) {
+func (b *testBundle) receive(t *testing.T, ids []int64, at ...time.Time) {
 	t.Helper()
 	cbs := make([]callback.Callback, len(at))
 	for i, ts := range at {
 		cbs[i] = callback.New(ts, ids)
 	}
-	require.NoError(t, f.store.InsertCallbacks(context.Background(), cbs))
-	m, err := merge.New(merge.Config{MaxBatches: 1000, MaxIDs: 1 << 20, ExpireAfter: time.Hour}, f.store, component.Deps{})
+	require.NoError(t, b.store.InsertCallbacks(context.Background(), cbs))
+	m, err := merge.New(merge.Config{MaxBatches: 1000, MaxIDs: 1 << 20, ExpireAfter: time.Hour}, b.store, component.Deps{})
 	require.NoError(t, err)
 	_, err = m.Pass(context.Background())
 	require.NoError(t, err)
 }
 
-// start runs a fetcher until stop (or the end of the test); stop returns once Run has.
-func (f *fixture) start(t *testing.T, cfg fetch.Config, lookup fetch.LookupFunc) (stop func()) {
-	t.Helper()
-	_, stop = f.run(t, cfg, lookup)
-	return stop
-}
-
-// run is start that also returns the fetcher.
-func (f *fixture) run(t *testing.T, cfg fetch.Config, lookup fetch.LookupFunc) (fetcher *fetch.Fetcher, stop func()) {
-	t.Helper()
-	fetcher, err := fetch.New(cfg, f.store, lookup, component.Deps{Metrics: f.m})
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- fetcher.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			require.NoError(t, <-done)
-		})
-	}
-	t.Cleanup(stop)
-	return fetcher, stop
-}
-
 // objects reads the objects table.
-func (f *fixture) objects(t *testing.T) map[int64]time.Time {
+func (b *testBundle) objects(t *testing.T) map[int64]time.Time {
 	t.Helper()
-	return pgtest.IDTimes(t, f.pool, "SELECT id, last_seen FROM objects")
+	return pgtest.IDTimes(t, b.pool, "SELECT id, last_seen FROM objects")
 }
 
-func (f *fixture) pending(t *testing.T) int {
+func (b *testBundle) pending(t *testing.T) int {
 	t.Helper()
 	var n int
-	require.NoError(t, f.pool.QueryRow(context.Background(), "SELECT count(*) FROM pending").Scan(&n))
+	require.NoError(t, b.pool.QueryRow(context.Background(), "SELECT count(*) FROM pending").Scan(&n))
 	return n
 }
 
 // settle waits until every pending lookup is done and written.
-func (f *fixture) settle(t *testing.T) {
+func (b *testBundle) settle(t *testing.T) {
 	t.Helper()
-	eventually(t, func() bool { return f.pending(t) == 0 }, "pending work never drained")
+	eventually(t, func() bool { return b.pending(t) == 0 }, "pending work never drained")
 }
 
 // eventually polls cond: a wait for a state, never an assertion about time.
@@ -168,45 +165,45 @@ func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
 
 func TestFetch_onlineWritesRow(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
-	at := now()
-	f.receive(t, []int64{1, 0, 9223372036854775807}, at)
 	svc := newObjectService(t, always(true))
-	f.start(t, config(), svc.Lookup)
+	fetcher, bundle := setup(t, config(), svc.Lookup)
+	at := now()
+	bundle.receive(t, []int64{1, 0, 9223372036854775807}, at)
+	start(t, fetcher)
 
-	f.settle(t)
-	require.Equal(t, map[int64]time.Time{0: at, 1: at, 9223372036854775807: at}, f.objects(t))
+	bundle.settle(t)
+	require.Equal(t, map[int64]time.Time{0: at, 1: at, 9223372036854775807: at}, bundle.objects(t))
 	require.Equal(t, map[int64]int{0: 1, 1: 1, 9223372036854775807: 1}, svc.Calls())
 }
 
 func TestFetch_offlineWritesNoRow(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
-	f.receive(t, []int64{2}, now())
 	svc := newObjectService(t, always(false))
-	f.start(t, config(), svc.Lookup)
+	fetcher, bundle := setup(t, config(), svc.Lookup)
+	bundle.receive(t, []int64{2}, now())
+	start(t, fetcher)
 
-	f.settle(t)
-	require.Empty(t, f.objects(t))
+	bundle.settle(t)
+	require.Empty(t, bundle.objects(t))
 	require.Equal(t, map[int64]int{2: 1}, svc.Calls())
 }
 
 func TestFetch_onlineThenOfflineRemovesRow(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
 	svc := newObjectService(t, func(_ context.Context, _ int64, call int) (bool, error) {
 		return call == 1, nil // online the first time, offline after
 	})
-	f.start(t, config(), svc.Lookup)
+	fetcher, bundle := setup(t, config(), svc.Lookup)
+	start(t, fetcher)
 
 	first := now()
-	f.receive(t, []int64{3}, first)
-	f.settle(t)
-	require.Equal(t, map[int64]time.Time{3: first}, f.objects(t))
+	bundle.receive(t, []int64{3}, first)
+	bundle.settle(t)
+	require.Equal(t, map[int64]time.Time{3: first}, bundle.objects(t))
 
-	f.receive(t, []int64{3}, now())
-	f.settle(t)
-	require.Empty(t, f.objects(t))
+	bundle.receive(t, []int64{3}, now())
+	bundle.settle(t)
+	require.Empty(t, bundle.objects(t))
 	require.Equal(t, map[int64]int{3: 2}, svc.Calls())
 }
 
@@ -227,48 +224,48 @@ func TestFetch_retriesUntilSuccess(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			f := setup(t)
-			at := now()
-			f.receive(t, []int64{4}, at)
 			svc := newObjectService(t, func(ctx context.Context, _ int64, call int) (bool, error) {
 				if call == 1 {
 					return tt.first(ctx)
 				}
 				return true, nil
 			})
-			f.start(t, config(), svc.Lookup)
+			fetcher, bundle := setup(t, config(), svc.Lookup)
+			at := now()
+			bundle.receive(t, []int64{4}, at)
+			start(t, fetcher)
 
-			f.settle(t)
-			require.Equal(t, map[int64]time.Time{4: at}, f.objects(t))
+			bundle.settle(t)
+			require.Equal(t, map[int64]time.Time{4: at}, bundle.objects(t))
 			require.Equal(t, map[int64]int{4: 2}, svc.Calls(), "one failed attempt, one retry")
-			require.Equal(t, 1.0, metrics.Sum(f.m.Lookups.WithLabelValues("failed")))
-			require.Equal(t, 1.0, metrics.Sum(f.m.Lookups.WithLabelValues("online")))
+			require.Equal(t, 1.0, metrics.Sum(bundle.metrics.Lookups.WithLabelValues("failed")))
+			require.Equal(t, 1.0, metrics.Sum(bundle.metrics.Lookups.WithLabelValues("online")))
 		})
 	}
 }
 
 func TestFetch_resultsCompletingOutOfOrder(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
 	const n = 12
-	base := now()
-	want := map[int64]time.Time{}
-	for id := range int64(n) {
-		at := base.Add(time.Duration(id) * time.Millisecond)
-		f.receive(t, []int64{id}, at)
-		if id%2 == 0 {
-			want[id] = at
-		}
-	}
 	// The first ids claimed answer last: results arrive in the reverse of claim order.
 	svc := newObjectService(t, func(_ context.Context, id int64, _ int) (bool, error) {
 		time.Sleep(time.Duration(n-id) * 3 * time.Millisecond)
 		return id%2 == 0, nil
 	})
-	f.start(t, config(), svc.Lookup)
+	fetcher, bundle := setup(t, config(), svc.Lookup)
+	base := now()
+	want := map[int64]time.Time{}
+	for id := range int64(n) {
+		at := base.Add(time.Duration(id) * time.Millisecond)
+		bundle.receive(t, []int64{id}, at)
+		if id%2 == 0 {
+			want[id] = at
+		}
+	}
+	start(t, fetcher)
 
-	f.settle(t)
-	require.Equal(t, want, f.objects(t))
+	bundle.settle(t)
+	require.Equal(t, want, bundle.objects(t))
 	for id := range int64(n) {
 		require.Equal(t, 1, svc.Calls()[id], "lookups of %d", id)
 	}
@@ -276,65 +273,64 @@ func TestFetch_resultsCompletingOutOfOrder(t *testing.T) {
 
 func TestFetch_expiredLeaseIsReclaimedAndStaleResultDiscarded(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
-	at := now()
-	f.receive(t, []int64{5}, at)
-
-	// A worker claims the row and dies (or hangs) with it: a 1 ms lease.
-	stale, err := f.store.ClaimDue(context.Background(), 10, time.Millisecond, time.Time{})
-	require.NoError(t, err)
-	require.Len(t, stale, 1)
-
 	started, release := make(chan struct{}), make(chan struct{})
 	svc := newObjectService(t, func(context.Context, int64, int) (bool, error) {
 		close(started)
 		<-release
 		return true, nil
 	})
-	f.start(t, config(), svc.Lookup)
+	fetcher, bundle := setup(t, config(), svc.Lookup)
+	at := now()
+	bundle.receive(t, []int64{5}, at)
+
+	// A worker claims the row and dies (or hangs) with it: a 1 ms lease.
+	stale, err := bundle.store.ClaimDue(context.Background(), 10, time.Millisecond, time.Time{})
+	require.NoError(t, err)
+	require.Len(t, stale, 1)
+
+	start(t, fetcher)
 	<-started // the fetcher reclaimed the row after the lease ran out
 
 	// The dead worker's answer arrives while the new lookup is in flight: discarded.
 	late := store.Result{ObjectID: 5, Token: stale[0].Token, Outcome: store.Offline}
-	done, err := f.store.CompleteLookups(context.Background(), []store.Result{late}, time.Time{})
+	completed, err := bundle.store.CompleteLookups(context.Background(), []store.Result{late}, time.Time{})
 	require.NoError(t, err)
-	require.Equal(t, store.Completed{}, done, "a result under a lost lease changes nothing")
-	require.Equal(t, 1, f.pending(t), "the reclaimed row is still there")
+	require.Equal(t, store.Completed{}, completed, "a result under a lost lease changes nothing")
+	require.Equal(t, 1, bundle.pending(t), "the reclaimed row is still there")
 
 	close(release)
-	f.settle(t)
-	require.Equal(t, map[int64]time.Time{5: at}, f.objects(t))
+	bundle.settle(t)
+	require.Equal(t, map[int64]time.Time{5: at}, bundle.objects(t))
 
 	// And once more after the new claimer finished.
 	late.Outcome = store.Failed
-	done, err = f.store.CompleteLookups(context.Background(), []store.Result{late}, time.Time{})
+	completed, err = bundle.store.CompleteLookups(context.Background(), []store.Result{late}, time.Time{})
 	require.NoError(t, err)
-	require.Equal(t, store.Completed{}, done)
-	require.Equal(t, map[int64]time.Time{5: at}, f.objects(t))
-	require.Zero(t, f.pending(t))
+	require.Equal(t, store.Completed{}, completed)
+	require.Equal(t, map[int64]time.Time{5: at}, bundle.objects(t))
+	require.Zero(t, bundle.pending(t))
 }
 
 func TestFetch_repeatedIDsAreCoalesced(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
+	svc := newObjectService(t, always(true))
+	fetcher, bundle := setup(t, config(), svc.Lookup)
 	base := now()
 	receipts := make([]time.Time, 50)
 	for i := range receipts {
 		receipts[i] = base.Add(time.Duration(i) * time.Millisecond)
 	}
-	f.receive(t, []int64{7, 8, 9, 7}, receipts...) // 50 callbacks, 200 ids, 3 objects
-	svc := newObjectService(t, always(true))
-	f.start(t, config(), svc.Lookup)
+	bundle.receive(t, []int64{7, 8, 9, 7}, receipts...) // 50 callbacks, 200 ids, 3 objects
+	start(t, fetcher)
 
-	f.settle(t)
+	bundle.settle(t)
 	require.Equal(t, map[int64]int{7: 1, 8: 1, 9: 1}, svc.Calls())
 	newest := receipts[len(receipts)-1]
-	require.Equal(t, map[int64]time.Time{7: newest, 8: newest, 9: newest}, f.objects(t))
+	require.Equal(t, map[int64]time.Time{7: newest, 8: newest, 9: newest}, bundle.objects(t))
 }
 
 func TestFetch_idReceivedDuringLookupIsLookedUpExactlyOnceMore(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
 	started, release := make(chan struct{}), make(chan struct{})
 	svc := newObjectService(t, func(_ context.Context, _ int64, call int) (bool, error) {
 		if call == 1 {
@@ -343,46 +339,45 @@ func TestFetch_idReceivedDuringLookupIsLookedUpExactlyOnceMore(t *testing.T) {
 		}
 		return true, nil
 	})
+	fetcher, bundle := setup(t, config(), svc.Lookup)
 	first := now()
-	f.receive(t, []int64{10}, first)
-	f.start(t, config(), svc.Lookup)
+	bundle.receive(t, []int64{10}, first)
+	start(t, fetcher)
 	<-started
 
 	// Two more callbacks name it while its lookup is in flight: its status may have
 	// changed since the lookup started.
 	second := first.Add(time.Millisecond)
 	third := first.Add(2 * time.Millisecond)
-	f.receive(t, []int64{10}, second)
-	f.receive(t, []int64{10}, third)
+	bundle.receive(t, []int64{10}, second)
+	bundle.receive(t, []int64{10}, third)
 	close(release)
 
-	f.settle(t)
+	bundle.settle(t)
 	require.Equal(t, map[int64]int{10: 2}, svc.Calls())
-	require.Equal(t, map[int64]time.Time{10: third}, f.objects(t))
+	require.Equal(t, map[int64]time.Time{10: third}, bundle.objects(t))
 }
 
 func TestFetch_receiptOlderThanWindowIsDroppedWithoutLookup(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
 	cfg := config()
-	fresh := now()
-	f.receive(t, []int64{11}, fresh.Add(-2*cfg.ExpireAfter))
-	f.receive(t, []int64{12}, fresh)
 	svc := newObjectService(t, always(true))
-	f.start(t, cfg, svc.Lookup)
+	fetcher, bundle := setup(t, cfg, svc.Lookup)
+	fresh := now()
+	bundle.receive(t, []int64{11}, fresh.Add(-2*cfg.ExpireAfter))
+	bundle.receive(t, []int64{12}, fresh)
+	start(t, fetcher)
 
-	eventually(t, func() bool { return f.pending(t) == 1 }, "the fresh receipt was never looked up")
+	eventually(t, func() bool { return bundle.pending(t) == 1 }, "the fresh receipt was never looked up")
 	require.Equal(t, map[int64]int{12: 1}, svc.Calls(), "no lookup for the expired receipt")
-	require.Equal(t, map[int64]time.Time{12: fresh}, f.objects(t))
+	require.Equal(t, map[int64]time.Time{12: fresh}, bundle.objects(t))
 	var attempts int
-	require.NoError(t, f.pool.QueryRow(context.Background(), "SELECT attempts FROM pending WHERE object_id = 11").Scan(&attempts))
+	require.NoError(t, bundle.pool.QueryRow(context.Background(), "SELECT attempts FROM pending WHERE object_id = 11").Scan(&attempts))
 	require.Zero(t, attempts, "never even claimed: expiry's sweep deletes it")
 }
 
 func TestFetch_shutdownHandsBackClaims(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
-	f.receive(t, []int64{13, 14, 15}, now())
 	var (
 		mu      sync.Mutex
 		blocked int
@@ -397,7 +392,9 @@ func TestFetch_shutdownHandsBackClaims(t *testing.T) {
 	cfg := config()
 	cfg.Timeout = time.Minute // longer than the test: only shutdown ends the lookups
 	cfg.Lease = time.Hour
-	stop := f.start(t, cfg, svc.Lookup)
+	fetcher, bundle := setup(t, cfg, svc.Lookup)
+	bundle.receive(t, []int64{13, 14, 15}, now())
+	stop := start(t, fetcher)
 	eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return blocked == 3 }, "lookups never started")
 
 	stop() // returns once Run has
@@ -407,7 +404,7 @@ func TestFetch_shutdownHandsBackClaims(t *testing.T) {
 		unclaimed bool
 		due       bool
 	}
-	rs, err := f.pool.Query(context.Background(),
+	rs, err := bundle.pool.Query(context.Background(),
 		"SELECT object_id, claim_token IS NULL, due_at <= now() FROM pending ORDER BY object_id")
 	require.NoError(t, err)
 	defer rs.Close()
@@ -420,18 +417,16 @@ func TestFetch_shutdownHandsBackClaims(t *testing.T) {
 	require.NoError(t, rs.Err())
 	require.Equal(t, []row{{13, true, true}, {14, true, true}, {15, true, true}}, got,
 		"claims in flight at shutdown are handed back, due at once for any replica")
-	require.Empty(t, f.objects(t))
-	require.Equal(t, 3.0, metrics.Sum(f.m.Lookups.WithLabelValues("abandoned")))
+	require.Empty(t, bundle.objects(t))
+	require.Equal(t, 3.0, metrics.Sum(bundle.metrics.Lookups.WithLabelValues("abandoned")))
 }
 
 func TestFetch_yieldsTheLimitToABusyReplyPath(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
 	ids := make([]int64, 40)
 	for i := range ids {
 		ids[i] = int64(100 + i)
 	}
-	f.receive(t, ids, now())
 	var (
 		yield    atomic.Uint64 // math.Float64bits
 		inFlight atomic.Int64
@@ -442,7 +437,7 @@ func TestFetch_yieldsTheLimitToABusyReplyPath(t *testing.T) {
 	cfg := config()
 	cfg.MinConcurrency, cfg.Concurrency = 16, 16
 	cfg.Yield = func() float64 { return math.Float64frombits(yield.Load()) }
-	f.start(t, cfg, func(ctx context.Context, _ int64) (bool, error) {
+	fetcher, bundle := setup(t, cfg, func(ctx context.Context, _ int64) (bool, error) {
 		n := inFlight.Add(1)
 		defer inFlight.Add(-1)
 		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
@@ -453,6 +448,8 @@ func TestFetch_yieldsTheLimitToABusyReplyPath(t *testing.T) {
 		}
 		return true, nil
 	})
+	bundle.receive(t, ids, now())
+	start(t, fetcher)
 
 	// The reply path wants everything: one lookup at a time, however many are due.
 	eventually(t, func() bool { return inFlight.Load() == 1 }, "no lookup started")
@@ -463,5 +460,5 @@ func TestFetch_yieldsTheLimitToABusyReplyPath(t *testing.T) {
 	yield.Store(math.Float64bits(0))
 	eventually(t, func() bool { return inFlight.Load() == 16 }, "the limit was not used again")
 	close(release)
-	f.settle(t)
+	bundle.settle(t)
 }

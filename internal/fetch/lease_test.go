@@ -57,16 +57,6 @@ func leaseConfig() fetch.Config {
 	}
 }
 
-func runFetcher(t *testing.T, f *fetch.Fetcher) (stop func()) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	var once sync.Once
-	stop = func() { once.Do(func() { cancel(); <-done }) }
-	t.Cleanup(stop)
-	return stop
-}
-
 // While results cannot be written, the fetcher
 // stops claiming. (Before, the bound was implicit: the results channel's capacity,
 // plus lookups blocked sending to it and the claim loop blocked sending expired
@@ -83,7 +73,7 @@ func TestClaimingStopsWhileResultsWaitToBeWritten(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop := runFetcher(t, f)
+	stop := start(t, f)
 
 	eventually(t, func() bool { return st.writing.Load() && lookups.Load() == st.claimed.Load() }, "the writer never got stuck")
 	// The fetcher has nothing left to do but wait for the writer. Give it every chance
@@ -128,7 +118,7 @@ func TestLookupNeverStartsLateInItsLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop := runFetcher(t, f)
+	stop := start(t, f)
 	eventually(t, func() bool { return st.written.Load() >= 8 }, "claims were never handed back")
 	stop()
 	if n := lookups.Load(); n != 0 {

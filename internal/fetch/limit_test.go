@@ -101,54 +101,54 @@ func ids(n int) []int64 {
 
 func TestLimit_growsAgainstAnUnlimitedService(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
 	const n = 3000
-	f.receive(t, ids(n), now())
 	// Latency well above the local noise of a loaded test machine, which a service of
 	// a few milliseconds is not.
 	svc, lookup := newCapacityService(t, 0, 20*time.Millisecond, 220*time.Millisecond, 0)
 	cfg := limitConfig()
-	fetcher, _ := f.run(t, cfg, lookup)
+	fetcher, bundle := setup(t, cfg, lookup)
+	bundle.receive(t, ids(n), now())
+	start(t, fetcher)
 
 	highest := 0
 	eventually(t, func() bool {
 		highest = max(highest, fetcher.Limit())
-		return f.pending(t) == 0
+		return bundle.pending(t) == 0
 	}, "pending work never drained")
 	t.Logf("limit %d at most, %d now; at most %d in flight at the service", highest, fetcher.Limit(), svc.peak.Load())
-	require.Len(t, f.objects(t), n)
+	require.Len(t, bundle.objects(t), n)
 	// Slow start: from 4, one more per answer while the limit is used.
 	require.Greater(t, highest, 10*cfg.MinConcurrency, "the limit did not grow")
 	require.Greater(t, svc.peak.Load(), int64(10*cfg.MinConcurrency), "the service never saw more than the floor at once")
-	require.Equal(t, float64(fetcher.Limit()), metrics.Sum(f.m.LookupLimit), "callback_lookup_limit")
-	require.Zero(t, metrics.Sum(f.m.Lookups.WithLabelValues("rejected")))
+	require.Equal(t, float64(fetcher.Limit()), metrics.Sum(bundle.metrics.LookupLimit), "callback_lookup_limit")
+	require.Zero(t, metrics.Sum(bundle.metrics.Lookups.WithLabelValues("rejected")))
 }
 
 func TestLimit_doesNotGrowWithoutDemand(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
-	f.receive(t, ids(2), now()) // never more than 2 in flight: under half the floor
 	_, lookup := newCapacityService(t, 0, time.Millisecond, 2*time.Millisecond, 0)
 	cfg := limitConfig()
 	cfg.MinConcurrency = 8
-	fetcher, _ := f.run(t, cfg, lookup)
+	fetcher, bundle := setup(t, cfg, lookup)
+	bundle.receive(t, ids(2), now()) // never more than 2 in flight: under half the floor
+	start(t, fetcher)
 	for range 20 {
-		f.receive(t, ids(2), now())
-		f.settle(t)
+		bundle.receive(t, ids(2), now())
+		bundle.settle(t)
 	}
 	require.Equal(t, cfg.MinConcurrency, fetcher.Limit())
 }
 
 func TestLimit_backsOffOn503AndHonoursRetryAfter(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
 	const (
 		n        = 400
 		capacity = 40
 	)
-	f.receive(t, ids(n), now())
 	svc, lookup := newCapacityService(t, capacity, 20*time.Millisecond, 220*time.Millisecond, time.Second)
-	fetcher, _ := f.run(t, limitConfig(), lookup)
+	fetcher, bundle := setup(t, limitConfig(), lookup)
+	bundle.receive(t, ids(n), now())
+	start(t, fetcher)
 
 	// Watch the limit's direction until every object is written.
 	last, decreased := fetcher.Limit(), false
@@ -156,17 +156,17 @@ func TestLimit_backsOffOn503AndHonoursRetryAfter(t *testing.T) {
 		l := fetcher.Limit()
 		decreased = decreased || l < last
 		last = l
-		return f.pending(t) == 0
+		return bundle.pending(t) == 0
 	}, "pending work never drained")
 
 	t.Logf("limit %d, at most %d in flight at the service, %d answered, %d rejected",
 		fetcher.Limit(), svc.peak.Load(), svc.answered.Load(), svc.rejected.Load())
-	require.Len(t, f.objects(t), n, "every object written in the end")
-	rejected := metrics.Sum(f.m.Lookups.WithLabelValues("rejected"))
+	require.Len(t, bundle.objects(t), n, "every object written in the end")
+	rejected := metrics.Sum(bundle.metrics.Lookups.WithLabelValues("rejected"))
 	require.Positive(t, rejected, "the service never said it was full: the test proves nothing")
 	require.Equal(t, float64(svc.rejected.Load()), rejected, "lookups_total{outcome=rejected}")
 	require.True(t, decreased, "the limit never came down after a 503")
 	require.Less(t, fetcher.Limit(), 4*capacity, "the limit ran away from the capacity")
 	require.Empty(t, svc.earlyRetries(), "objects asked again before their Retry-After passed")
-	require.Zero(t, metrics.Sum(f.m.Lookups.WithLabelValues("failed")), "a rejection is not a failure")
+	require.Zero(t, metrics.Sum(bundle.metrics.Lookups.WithLabelValues("failed")), "a rejection is not a failure")
 }

@@ -84,13 +84,7 @@ func TestLookupPanicIsRecoveredCountedAndRetried(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	start(t, f)
 
 	deadline := time.Now().Add(5 * time.Second)
 	for {

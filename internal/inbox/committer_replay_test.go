@@ -32,9 +32,9 @@ func (l lostReply) Ping(ctx context.Context) error { return l.s.Ping(ctx) }
 // spooled copy is replayed.
 func TestCommitter_timedOutCommitThatCommittedIsMergedOnce(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
+	r, b := setup(t)
 	ctx := context.Background()
-	c, err := inbox.NewCommitter(inbox.CommitterConfig{}, lostReply{f.store}, f.spool, component.Deps{Metrics: f.m})
+	c, err := inbox.NewCommitter(inbox.CommitterConfig{}, lostReply{b.store}, b.spool, component.Deps{Metrics: b.metrics})
 	require.NoError(t, err)
 	cctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -43,33 +43,33 @@ func TestCommitter_timedOutCommitThatCommittedIsMergedOnce(t *testing.T) {
 
 	cb := callback.New(time.Now().UTC().Truncate(time.Microsecond), []int64{2, 4})
 	require.NoError(t, c.Submit(ctx, cb), "spooled after the lost reply")
-	require.Equal(t, []callback.Callback{cb}, f.inbox(t), "committed")
-	require.Equal(t, 1, f.segments(t), "and spooled")
+	require.Equal(t, []callback.Callback{cb}, b.inbox(t), "committed")
+	require.Equal(t, 1, b.segments(t), "and spooled")
 
 	// The inbox copy is merged and its lookups are done before the spool is replayed.
-	require.Equal(t, int64(2), f.mergeInbox(t).IDs)
-	claims, err := f.store.ClaimDue(ctx, 10, time.Minute, time.Now().Add(-time.Hour))
+	require.Equal(t, int64(2), b.mergeInbox(t).IDs)
+	claims, err := b.store.ClaimDue(ctx, 10, time.Minute, time.Now().Add(-time.Hour))
 	require.NoError(t, err)
 	require.Len(t, claims, 2)
 	var results []store.Result
 	for _, cl := range claims {
 		results = append(results, store.Result{ObjectID: cl.ObjectID, Token: cl.Token, Outcome: store.Offline})
 	}
-	_, err = f.store.CompleteLookups(ctx, results, time.Now().Add(-time.Hour))
+	_, err = b.store.CompleteLookups(ctx, results, time.Now().Add(-time.Hour))
 	require.NoError(t, err)
-	require.Zero(t, pending(t, f))
+	require.Zero(t, pending(t, b))
 
 	for range 2 { // and a second pass finds nothing more to do
-		require.NoError(t, f.replayer(t, f.store, f.spool, nil).ReplayOnce(ctx))
-		require.Zero(t, f.segments(t))
-		require.Zero(t, f.mergeInbox(t).IDs, "the replayed copy is not merged again")
-		require.Zero(t, pending(t, f), "so nothing is looked up again")
+		require.NoError(t, r.ReplayOnce(ctx))
+		require.Zero(t, b.segments(t))
+		require.Zero(t, b.mergeInbox(t).IDs, "the replayed copy is not merged again")
+		require.Zero(t, pending(t, b), "so nothing is looked up again")
 	}
 }
 
-func pending(t *testing.T, f *fixture) int {
+func pending(t *testing.T, b *testBundle) int {
 	t.Helper()
 	var n int
-	require.NoError(t, f.pool.QueryRow(context.Background(), "SELECT count(*) FROM pending").Scan(&n))
+	require.NoError(t, b.pool.QueryRow(context.Background(), "SELECT count(*) FROM pending").Scan(&n))
 	return n
 }

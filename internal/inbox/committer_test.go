@@ -1,7 +1,8 @@
 package inbox
 
-// In package inbox, not inbox_test: the tests drive the committer's clock (now) and
-// watch its queue, so that nothing here depends on timing.
+// In package inbox, not inbox_test: the tests watch the committer's queue and whether
+// it takes the database for down, and drive its clock, so that nothing here depends on
+// timing.
 
 import (
 	"context"
@@ -69,15 +70,20 @@ func (c *clock) Advance(d time.Duration) {
 
 var errFailing = errors.New("database is down")
 
-// setup builds a committer over db and sp (sp may be nil: no spool), driven by a fake
-// clock; run starts its flushers until the test ends.
-func setup(t *testing.T, cfg CommitterConfig, db Inserter, sp Appender) (*Committer, *clock, *metrics.Metrics) {
+// testBundle is what a test sees around its committer: its clock and its metrics.
+type testBundle struct {
+	clock   *clock
+	metrics *metrics.Metrics
+}
+
+// setup builds a committer with cfg over db and sp (sp may be nil: no spool), driven by
+// a fake clock; run starts its flushers until the test ends.
+func setup(t *testing.T, cfg CommitterConfig, db Inserter, sp Appender) (*Committer, *testBundle) {
 	t.Helper()
-	m := metrics.New()
-	clk := &clock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
-	c, err := NewCommitter(cfg, db, sp, component.Deps{Metrics: m, Now: clk.Now})
+	b := &testBundle{clock: &clock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}, metrics: metrics.New()}
+	c, err := NewCommitter(cfg, db, sp, component.Deps{Metrics: b.metrics, Now: b.clock.Now})
 	require.NoError(t, err)
-	return c, clk, m
+	return c, b
 }
 
 func run(t *testing.T, c *Committer) {
@@ -167,7 +173,7 @@ func TestSubmit_groupsConcurrentCallbacksIntoOneWrite(t *testing.T) {
 	}}
 	cfg := CommitterConfig{}
 	cfg.Flushers = 1
-	c, _, m := setup(t, cfg, db, nil)
+	c, bundle := setup(t, cfg, db, nil)
 	run(t, c)
 
 	var (
@@ -206,7 +212,7 @@ func TestSubmit_groupsConcurrentCallbacksIntoOneWrite(t *testing.T) {
 		require.True(t, ok, "callback %d was never inserted", i)
 		require.Greater(t, returnAt[i], at, "Submit %d returned before its batch's insert returned", i)
 	}
-	require.Zero(t, metrics.Sum(m.CallbacksSpooled))
+	require.Zero(t, metrics.Sum(bundle.metrics.CallbacksSpooled))
 }
 
 func TestSubmit_batchesAreCappedAtMaxBatch(t *testing.T) {
@@ -228,7 +234,7 @@ func TestSubmit_batchesAreCappedAtMaxBatch(t *testing.T) {
 	}}
 	cfg := CommitterConfig{}
 	cfg.Flushers, cfg.MaxBatch = 1, 4
-	c, _, _ := setup(t, cfg, db, nil)
+	c, _ := setup(t, cfg, db, nil)
 	run(t, c)
 
 	var wg sync.WaitGroup
@@ -251,7 +257,7 @@ func TestSubmit_batchesAreCappedAtMaxBatch(t *testing.T) {
 func TestSubmit_databaseFailureSpoolsAndSucceeds(t *testing.T) {
 	t.Parallel()
 	sp := openSpool(t)
-	c, _, m := setup(t, CommitterConfig{}, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
+	c, bundle := setup(t, CommitterConfig{}, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
 		return errFailing
 	}}, sp)
 	run(t, c)
@@ -262,8 +268,8 @@ func TestSubmit_databaseFailureSpoolsAndSucceeds(t *testing.T) {
 	}
 	require.True(t, c.dbDown.Load())
 	requireSame(t, want, spooled(t, sp))
-	require.Equal(t, 3.0, metrics.Sum(m.CallbacksSpooled))
-	require.Equal(t, 1.0, metrics.Sum(m.DatabaseErrors), "one failed write; later ones skip the database")
+	require.Equal(t, 3.0, metrics.Sum(bundle.metrics.CallbacksSpooled))
+	require.Equal(t, 1.0, metrics.Sum(bundle.metrics.DatabaseErrors), "one failed write; later ones skip the database")
 }
 
 func TestSubmit_slowDatabaseWriteIsAbandonedForTheSpool(t *testing.T) {
@@ -271,7 +277,7 @@ func TestSubmit_slowDatabaseWriteIsAbandonedForTheSpool(t *testing.T) {
 	sp := openSpool(t)
 	cfg := CommitterConfig{}
 	cfg.CommitTimeout = 10 * time.Millisecond
-	c, _, _ := setup(t, cfg, inserter{InsertCallbacksFunc: func(ctx context.Context, _ []callback.Callback) error {
+	c, _ := setup(t, cfg, inserter{InsertCallbacksFunc: func(ctx context.Context, _ []callback.Callback) error {
 		<-ctx.Done() // a hung database: only the commit timeout ends the write
 		return ctx.Err()
 	}}, sp)
@@ -294,13 +300,13 @@ func TestSubmit_databaseAndSpoolFailureIsUnavailable(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			c, _, m := setup(t, CommitterConfig{}, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
+			c, bundle := setup(t, CommitterConfig{}, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
 				return errFailing
 			}}, tt.spool)
 			run(t, c)
 			err := c.Submit(context.Background(), newCallback(1))
 			require.ErrorIs(t, err, ErrUnavailable)
-			require.Zero(t, metrics.Sum(m.CallbacksSpooled))
+			require.Zero(t, metrics.Sum(bundle.metrics.CallbacksSpooled))
 		})
 	}
 }
@@ -320,7 +326,7 @@ func TestSubmit_afterAFailureOnlyAPingThatAnswersSendsWritesBackToTheDatabase(t 
 	cfg := CommitterConfig{}
 	cfg.RetryDBAfter = time.Millisecond
 	cfg.CommitTimeout = 20 * time.Millisecond
-	c, clk, _ := setup(t, cfg, inserter{
+	c, bundle := setup(t, cfg, inserter{
 		InsertCallbacksFunc: func(ctx context.Context, _ []callback.Callback) error {
 			inserts.Add(1)
 			if down.Load() {
@@ -346,7 +352,7 @@ func TestSubmit_afterAFailureOnlyAPingThatAnswersSendsWritesBackToTheDatabase(t 
 
 	// However much time passes, a failing ping keeps writes on the spool.
 	testEventually(t, func() bool { return pings.Load() >= 5 })
-	clk.Advance(time.Hour)
+	bundle.clock.Advance(time.Hour)
 	require.NoError(t, c.Submit(context.Background(), second))
 	require.Equal(t, int64(1), inserts.Load(), "while pings fail, writes skip the database")
 	require.True(t, c.dbDown.Load())
@@ -368,7 +374,7 @@ func testEventually(t *testing.T, cond func() bool) {
 
 func TestSubmit_givingUpBeforeQueuedReturnsContextError(t *testing.T) {
 	t.Parallel()
-	c, _, _ := setup(t, CommitterConfig{}, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
+	c, _ := setup(t, CommitterConfig{}, inserter{InsertCallbacksFunc: func(context.Context, []callback.Callback) error {
 		t.Error("nothing may be written")
 		return nil
 	}}, nil)
@@ -385,7 +391,7 @@ func TestRun_shutdownWritesWhatIsQueued(t *testing.T) {
 		mu      sync.Mutex
 		written []callback.Callback
 	)
-	c, _, _ := setup(t, CommitterConfig{}, inserter{InsertCallbacksFunc: func(_ context.Context, cbs []callback.Callback) error {
+	c, _ := setup(t, CommitterConfig{}, inserter{InsertCallbacksFunc: func(_ context.Context, cbs []callback.Callback) error {
 		mu.Lock()
 		defer mu.Unlock()
 		written = append(written, cbs...)
@@ -414,7 +420,7 @@ func TestRun_shutdownWritesWhatIsQueued(t *testing.T) {
 func TestSubmit_writesAnInboxRowInPostgres(t *testing.T) {
 	t.Parallel()
 	pool, _ := pgtest.NewPool(t)
-	c, _, m := setup(t, CommitterConfig{}, store.New(pool), openSpool(t))
+	c, bundle := setup(t, CommitterConfig{}, store.New(pool), openSpool(t))
 	run(t, c)
 
 	want := []callback.Callback{newCallback(3, 1, 3), newCallback()}
@@ -428,7 +434,7 @@ func TestSubmit_writesAnInboxRowInPostgres(t *testing.T) {
 		want[i].ReceivedAt = want[i].ReceivedAt.Truncate(time.Microsecond)
 	}
 	requireSame(t, want, got)
-	require.Zero(t, metrics.Sum(m.CallbacksSpooled))
+	require.Zero(t, metrics.Sum(bundle.metrics.CallbacksSpooled))
 }
 
 // The first write that works after a failure calls the recovered hook, once: the
@@ -445,7 +451,7 @@ func TestSubmit_firstCommitAfterAFailureCallsRecovered(t *testing.T) {
 		}
 		return nil
 	}
-	c, _, _ := setup(t, cfg, inserter{
+	c, _ := setup(t, cfg, inserter{
 		InsertCallbacksFunc: func(ctx context.Context, _ []callback.Callback) error { return notDown(ctx) },
 		PingFunc:            notDown,
 	}, openSpool(t))
@@ -471,8 +477,8 @@ func TestCommitter_loadIsTheShareOfTimeSpentWriting(t *testing.T) {
 		clk.Advance(30 * time.Millisecond)
 		return nil
 	}}
-	c, clock, _ := setup(t, CommitterConfig{}, db, nil)
-	clk = clock
+	c, bundle := setup(t, CommitterConfig{}, db, nil)
+	clk = bundle.clock
 	run(t, c)
 	require.Zero(t, c.Load(), "nothing written yet")
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,53 +25,68 @@ import (
 
 var discard = slog.New(slog.DiscardHandler)
 
-// fixture is a real spool and a real store on a fresh database.
-type fixture struct {
-	pool  *pgxpool.Pool
-	store *store.Store
-	dir   string
-	spool *spool.Spool
-	m     *metrics.Metrics
+// testBundle is what a test sees around its replayer: a real store on a fresh
+// database, a real spool, the metrics, and what the replayer's hook was told.
+type testBundle struct {
+	pool     *pgxpool.Pool
+	store    *store.Store
+	dir      string
+	spool    *spool.Spool
+	metrics  *metrics.Metrics
+	replayed *atomic.Int64 // passes that replayed something
+	woken    chan struct{} // told of such a pass, unless it still holds one
 }
 
-func setup(t *testing.T) *fixture {
+// setup builds a replayer of a real spool into a real store on a fresh database. Its
+// interval is an hour: only the first pass, Wake and the retry of a failed pass start
+// one within a test.
+func setup(t *testing.T) (*inbox.Replayer, *testBundle) {
 	t.Helper()
 	pool, _ := pgtest.NewPool(t)
-	f := &fixture{pool: pool, store: store.New(pool), dir: t.TempDir(), m: metrics.New()}
-	f.spool = f.openSpool(t)
-	return f
+	b := &testBundle{pool: pool, store: store.New(pool), dir: t.TempDir(), metrics: metrics.New(),
+		replayed: new(atomic.Int64), woken: make(chan struct{}, 1)}
+	b.spool = b.openSpool(t)
+	return b.replayer(t, b.store, b.spool), b
+}
+
+// replayer is another replayer, from sp into db, reporting to the same bundle.
+func (b *testBundle) replayer(t *testing.T, db inbox.SegmentStore, sp inbox.Spool) *inbox.Replayer {
+	t.Helper()
+	replayed := func() {
+		b.replayed.Add(1)
+		select {
+		case b.woken <- struct{}{}:
+		default:
+		}
+	}
+	r, err := inbox.NewReplayer(inbox.ReplayerConfig{Interval: time.Hour, Replayed: replayed}, db, sp, component.Deps{Metrics: b.metrics})
+	require.NoError(t, err)
+	return r
 }
 
 // openSpool opens another Spool on the same directory, as another process would.
-func (f *fixture) openSpool(t *testing.T) *spool.Spool {
+func (b *testBundle) openSpool(t *testing.T) *spool.Spool {
 	t.Helper()
-	sp, err := spool.Open(f.dir, discard)
+	sp, err := spool.Open(b.dir, discard)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sp.Close() })
 	return sp
 }
 
 // mergeInbox merges the inbox into pending, as the merger does.
-func (f *fixture) mergeInbox(t *testing.T) merge.Result {
+func (b *testBundle) mergeInbox(t *testing.T) merge.Result {
 	t.Helper()
-	m, err := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, ExpireAfter: time.Hour}, f.store, component.Deps{})
+	m, err := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, ExpireAfter: time.Hour}, b.store, component.Deps{})
 	require.NoError(t, err)
 	merged, err := m.Pass(context.Background())
 	require.NoError(t, err)
 	return merged
 }
 
-func (f *fixture) replayer(t *testing.T, db inbox.SegmentStore, sp inbox.Spool, replayed func()) *inbox.Replayer {
-	t.Helper()
-	r, err := inbox.NewReplayer(inbox.ReplayerConfig{Interval: time.Hour, Replayed: replayed}, db, sp, component.Deps{Metrics: f.m})
-	require.NoError(t, err)
-	return r
-}
-
 // inbox reads the inbox table.
-func (f *fixture) inbox(t *testing.T) []callback.Callback {
+func (b *testBundle) inbox(t *testing.T) []callback.Callback {
 	t.Helper()
-	out, err := store.New(f.pool).Inbox(context.Background())
+	out, err := store.New(b.pool).Inbox(context.Background())
 	require.NoError(t, err)
 	for i := range out {
 		if out[i].ObjectIDs == nil {
@@ -80,9 +96,9 @@ func (f *fixture) inbox(t *testing.T) []callback.Callback {
 	return out
 }
 
-func (f *fixture) segments(t *testing.T) int {
+func (b *testBundle) segments(t *testing.T) int {
 	t.Helper()
-	n, _ := f.spool.Stats()
+	n, _ := b.spool.Stats()
 	return n
 }
 
@@ -115,77 +131,75 @@ func (s segmentStore) ReplaySegment(ctx context.Context, segment uuid.UUID, batc
 
 func TestReplayOnce_movesSpooledCallbacksIntoInboxOnce(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
+	r, b := setup(t)
 	want := callbacks(5)
 	// Two segments: one left by a process that has gone (closed spool), and this
 	// process's active one.
-	other := f.openSpool(t)
+	other := b.openSpool(t)
 	require.NoError(t, other.Append(want[:2]))
 	require.NoError(t, other.Close())
-	require.NoError(t, f.spool.Append(want[2:4]))
-	require.NoError(t, f.spool.Append(want[4:]))
-	require.Equal(t, 2, f.segments(t))
-
-	woken := 0
-	r := f.replayer(t, f.store, f.spool, func() { woken++ })
-	require.NoError(t, r.ReplayOnce(context.Background()))
-	require.Equal(t, want, f.inbox(t))
-	require.Zero(t, f.segments(t), "replayed segments are removed")
-	require.Equal(t, 5.0, metrics.Sum(f.m.CallbacksReplayed))
-	require.Equal(t, 1, woken, "the merger is woken after a replay")
+	require.NoError(t, b.spool.Append(want[2:4]))
+	require.NoError(t, b.spool.Append(want[4:]))
+	require.Equal(t, 2, b.segments(t))
 
 	require.NoError(t, r.ReplayOnce(context.Background()))
-	require.Equal(t, want, f.inbox(t), "a second pass finds nothing to do")
-	require.Equal(t, 1, woken)
+	require.Equal(t, want, b.inbox(t))
+	require.Zero(t, b.segments(t), "replayed segments are removed")
+	require.Equal(t, 5.0, metrics.Sum(b.metrics.CallbacksReplayed))
+	require.Equal(t, int64(1), b.replayed.Load(), "the merger is woken after a replay")
+
+	require.NoError(t, r.ReplayOnce(context.Background()))
+	require.Equal(t, want, b.inbox(t), "a second pass finds nothing to do")
+	require.Equal(t, int64(1), b.replayed.Load())
 }
 
 func TestReplayOnce_segmentCommittedBeforeACrashCountsOnce(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
+	r, b := setup(t)
 	want := callbacks(3)
-	require.NoError(t, f.spool.Append(want))
+	require.NoError(t, b.spool.Append(want))
 
 	// The crash: a replay commits the segment, and the process dies before removing
 	// the file (here: apply commits, then fails, so the file stays).
-	_, err := f.spool.Replay(context.Background(), func(ctx context.Context, segment uuid.UUID, batches []callback.Batch) error {
-		n, err := f.store.ReplaySegment(ctx, segment, batches)
+	_, err := b.spool.Replay(context.Background(), func(ctx context.Context, segment uuid.UUID, batches []callback.Batch) error {
+		n, err := b.store.ReplaySegment(ctx, segment, batches)
 		require.NoError(t, err)
 		require.Equal(t, 3, n)
 		return errors.New("killed before removing the file")
 	})
 	require.Error(t, err)
-	require.Equal(t, 1, f.segments(t), "the file survived the crash")
-	require.Equal(t, want, f.inbox(t))
+	require.Equal(t, 1, b.segments(t), "the file survived the crash")
+	require.Equal(t, want, b.inbox(t))
 
 	// The merger may even have consumed those rows since: replaying the file again
 	// must not bring them back.
-	_, err = f.pool.Exec(context.Background(), "DELETE FROM inbox_batches")
+	_, err = b.pool.Exec(context.Background(), "DELETE FROM inbox_batches")
 	require.NoError(t, err)
 
-	require.NoError(t, f.replayer(t, f.store, f.spool, nil).ReplayOnce(context.Background()))
-	require.Empty(t, f.inbox(t), "a segment already committed is not replayed again")
-	require.Zero(t, f.segments(t), "and its file is removed")
-	require.Zero(t, metrics.Sum(f.m.CallbacksReplayed))
+	require.NoError(t, r.ReplayOnce(context.Background()))
+	require.Empty(t, b.inbox(t), "a segment already committed is not replayed again")
+	require.Zero(t, b.segments(t), "and its file is removed")
+	require.Zero(t, metrics.Sum(b.metrics.CallbacksReplayed))
 }
 
 func TestReplayOnce_batchStillInInboxIsNotInsertedAgain(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
+	r, b := setup(t)
 	want := callbacks(3)
 	// The committer's write committed but its reply was lost, so it spooled the same
 	// batch as well, under the same id.
 	batchID := uuid.Must(uuid.NewV7())
-	require.NoError(t, f.store.InsertBatch(context.Background(), batchID, want))
-	require.NoError(t, f.spool.AppendBatch(batchID, want))
+	require.NoError(t, b.store.InsertBatch(context.Background(), batchID, want))
+	require.NoError(t, b.spool.AppendBatch(batchID, want))
 
-	require.NoError(t, f.replayer(t, f.store, f.spool, nil).ReplayOnce(context.Background()))
-	require.Equal(t, want, f.inbox(t), "in the inbox once")
-	require.Zero(t, f.segments(t))
-	require.Zero(t, metrics.Sum(f.m.CallbacksReplayed), "nothing was new")
+	require.NoError(t, r.ReplayOnce(context.Background()))
+	require.Equal(t, want, b.inbox(t), "in the inbox once")
+	require.Zero(t, b.segments(t))
+	require.Zero(t, metrics.Sum(b.metrics.CallbacksReplayed), "nothing was new")
 
-	require.Equal(t, merge.Result{Batches: 1, Callbacks: 3, IDs: 2, Changed: 2}, f.mergeInbox(t))
+	require.Equal(t, merge.Result{Batches: 1, Callbacks: 3, IDs: 2, Changed: 2}, b.mergeInbox(t))
 	require.Equal(t, map[int64]time.Time{0: want[2].ReceivedAt, 7: want[2].ReceivedAt},
-		pgtest.IDTimes(t, f.pool, "SELECT object_id, received_at FROM pending"))
+		pgtest.IDTimes(t, b.pool, "SELECT object_id, received_at FROM pending"))
 }
 
 func TestReplayOnce_databaseDownKeepsSpool(t *testing.T) {
@@ -210,48 +224,45 @@ func TestReplayOnce_databaseDownKeepsSpool(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			f := setup(t)
+			r, b := setup(t)
 			want := callbacks(3)
-			require.NoError(t, f.spool.Append(want))
+			require.NoError(t, b.spool.Append(want))
 
-			woken := 0
-			require.Error(t, f.replayer(t, tt.db, f.spool, func() { woken++ }).ReplayOnce(context.Background()))
-			require.Equal(t, 1, f.segments(t), "the spool is kept")
-			require.Zero(t, woken)
+			require.Error(t, b.replayer(t, tt.db, b.spool).ReplayOnce(context.Background()))
+			require.Equal(t, 1, b.segments(t), "the spool is kept")
+			require.Zero(t, b.replayed.Load())
 
 			// Once the database answers, the same callbacks are replayed.
-			require.NoError(t, f.replayer(t, f.store, f.spool, nil).ReplayOnce(context.Background()))
-			require.Equal(t, want, f.inbox(t))
+			require.NoError(t, r.ReplayOnce(context.Background()))
+			require.Equal(t, want, b.inbox(t))
 		})
 	}
 }
 
 func TestReplayOnce_emptySpoolDoesNotTouchTheDatabase(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
-	r := f.replayer(t, segmentStore{
+	_, b := setup(t)
+	r := b.replayer(t, segmentStore{
 		PingFunc: func(context.Context) error { return errors.New("must not ping") },
-	}, f.spool, nil)
+	}, b.spool)
 	require.NoError(t, r.ReplayOnce(context.Background()))
 }
 
 func TestRun_replaysAtStart(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
+	r, b := setup(t)
 	want := callbacks(2)
-	other := f.openSpool(t) // left by the previous run of this service
+	other := b.openSpool(t) // left by the previous run of this service
 	require.NoError(t, other.Append(want))
 	require.NoError(t, other.Close())
 
-	woken := make(chan struct{}, 1)
-	r := f.replayer(t, f.store, f.spool, func() { woken <- struct{}{} })
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
-	<-woken // the first pass runs at once, not after the interval (an hour here)
+	<-b.woken // the first pass runs at once, not after the interval (an hour here)
 	cancel()
 	require.NoError(t, <-done)
-	require.Equal(t, want, f.inbox(t))
+	require.Equal(t, want, b.inbox(t))
 }
 
 // runReplayer runs r until the test ends.
@@ -279,9 +290,9 @@ func waitWoken(t *testing.T, woken <-chan struct{}) {
 // database answers again.
 func TestRun_retriesSoonWhileTheSpoolHoldsWork(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
+	_, b := setup(t)
 	want := callbacks(2)
-	require.NoError(t, f.spool.Append(want))
+	require.NoError(t, b.spool.Append(want))
 
 	var pings int
 	db := segmentStore{
@@ -289,14 +300,13 @@ func TestRun_retriesSoonWhileTheSpoolHoldsWork(t *testing.T) {
 			if pings++; pings <= 3 { // down for three passes, then back
 				return errors.New("connection refused")
 			}
-			return f.store.Ping(ctx)
+			return b.store.Ping(ctx)
 		},
-		ReplaySegmentFunc: f.store.ReplaySegment,
+		ReplaySegmentFunc: b.store.ReplaySegment,
 	}
-	woken := make(chan struct{}, 1)
-	runReplayer(t, f.replayer(t, db, f.spool, func() { woken <- struct{}{} }))
-	waitWoken(t, woken)
-	require.Equal(t, want, f.inbox(t))
+	runReplayer(t, b.replayer(t, db, b.spool))
+	waitWoken(t, b.woken)
+	require.Equal(t, want, b.inbox(t))
 }
 
 // passSpy is the spool, telling when a pass looks at it.
@@ -317,18 +327,17 @@ func (s passSpy) Stats() (int, int64) {
 // Wake starts a pass at once: the service calls it when a commit works again.
 func TestRun_wakeReplaysAtOnce(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
-	spy := passSpy{Spool: f.spool, passes: make(chan struct{}, 1)}
-	woken := make(chan struct{}, 1)
-	r := f.replayer(t, f.store, spy, func() { woken <- struct{}{} })
+	_, b := setup(t)
+	spy := passSpy{Spool: b.spool, passes: make(chan struct{}, 1)}
+	r := b.replayer(t, b.store, spy)
 	runReplayer(t, r)
 	<-spy.passes // the first pass found the spool empty and sleeps for an hour
 
 	want := callbacks(3)
-	require.NoError(t, f.spool.Append(want))
+	require.NoError(t, b.spool.Append(want))
 	r.Wake()
-	waitWoken(t, woken)
-	require.Equal(t, want, f.inbox(t))
+	waitWoken(t, b.woken)
+	require.Equal(t, want, b.inbox(t))
 }
 
 // A replay that hangs (a connection to a server that went away without a word) is
@@ -336,8 +345,8 @@ func TestRun_wakeReplaysAtOnce(t *testing.T) {
 // spool waits behind it.
 func TestReplayOnce_aHungReplayIsAbandonedWithinItsBudget(t *testing.T) {
 	t.Parallel()
-	f := setup(t)
-	require.NoError(t, f.spool.Append(callbacks(3)))
+	_, b := setup(t)
+	require.NoError(t, b.spool.Append(callbacks(3)))
 	var budget time.Duration
 	hung := segmentStore{
 		PingFunc: func(context.Context) error { return nil },
@@ -348,8 +357,8 @@ func TestReplayOnce_aHungReplayIsAbandonedWithinItsBudget(t *testing.T) {
 			return 0, context.DeadlineExceeded // as when the deadline came
 		},
 	}
-	require.Error(t, f.replayer(t, hung, f.spool, nil).ReplayOnce(context.Background()))
-	require.Equal(t, 1, f.segments(t), "kept for the next pass")
+	require.Error(t, b.replayer(t, hung, b.spool).ReplayOnce(context.Background()))
+	require.Equal(t, 1, b.segments(t), "kept for the next pass")
 	require.LessOrEqual(t, budget, 6*time.Second, "a segment of a few ids gets a few seconds")
 
 	big := []callback.Batch{{Callbacks: []callback.Callback{callback.New(time.Now(), make([]int64, 2_000_000))}}}
