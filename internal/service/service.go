@@ -243,7 +243,7 @@ func replyPathBusy(load float64) float64 {
 
 // migrate applies the migrations, retrying until it works or ctx ends.
 func migrate(ctx context.Context, databaseURL string, log *slog.Logger) bool {
-	errs := errlog.New(log, 10*time.Second)
+	errs := errlog.New(log, component.ErrorEvery)
 	retry := backoff.Retry{Policy: backoff.Policy{Base: 200 * time.Millisecond, Max: 5 * time.Second}}
 	for {
 		err := store.Migrate(ctx, databaseURL, io.Discard)
