@@ -25,11 +25,11 @@ const maxID = 1<<63 - 1
 const idsKey = "object_ids"
 
 // Parse appends the ids of body to dst[:0] and returns it. maxIDs > 0 caps the
-// count: more ids are a 413, detected at the first id over the cap, after which
-// nothing more is appended (the rest of the body is only validated, so that a
-// body that is not JSON at all is a 400 whatever it holds, as in encoding/json).
-// On error it returns dst[:0], so the caller keeps its buffer; the error is
-// always a *ParseError.
+// count: more ids are too many (ParseError.TooManyIDs), detected at the first id
+// over the cap, after which nothing more is appended (the rest of the body is only
+// validated, so that a body that is not JSON at all is invalid whatever it holds,
+// as in encoding/json). On error it returns dst[:0], so the caller keeps its
+// buffer; the error is always a *ParseError.
 func Parse(body []byte, maxIDs int, dst []int64) ([]int64, error) {
 	p := parser{b: body}
 	ids, err := p.parse(maxIDs, dst[:0])
@@ -37,7 +37,7 @@ func Parse(body []byte, maxIDs int, dst []int64) ([]int64, error) {
 	// seen inside a string; so a body that parsed without p.high is valid
 	// UTF-8, and the full check runs only on bodies that need it.
 	if (err != nil || p.high) && !utf8.Valid(body) {
-		return dst[:0], badRequest("body is not valid UTF-8")
+		return dst[:0], invalid("body is not valid UTF-8")
 	}
 	if err != nil {
 		return dst[:0], err
@@ -52,11 +52,21 @@ type parser struct {
 	high bool // a byte >= 0x80 was seen inside a string
 }
 
+// verdict is what reading one object_ids value found wrong with it: problem (fine
+// if nothing) and at, the index of the element it is about. It judges that member
+// alone: a later object_ids may replace it, so it is worded only if it stands.
+type verdict struct {
+	problem problem
+	at      int
+}
+
+// parse reads the body's one object member by member and the ids of its last
+// object_ids, and validates everything else.
 func (p *parser) parse(maxIDs int, dst []int64) ([]int64, *ParseError) {
 	b := p.b
 	i := skipWS(b, 0)
 	if i == len(b) {
-		return dst, badRequest("body is empty: want a JSON object")
+		return dst, invalid("body is empty: want a JSON object")
 	}
 	if b[i] != '{' {
 		// Validate first: malformed JSON is reported as such, as encoding/json does.
@@ -67,13 +77,13 @@ func (p *parser) parse(maxIDs int, dst []int64) ([]int64, *ParseError) {
 		if i = skipWS(b, i); i < len(b) {
 			return dst, p.syntax(i, "end of body after the JSON value")
 		}
-		return dst, badRequest("body must be a JSON object")
+		return dst, invalid("body must be a JSON object")
 	}
 
 	var (
-		found   bool
-		pending *ParseError // what is wrong with the latest object_ids, if anything
-		err     *ParseError
+		found bool
+		last  verdict // on the latest object_ids: the last one wins
+		err   *ParseError
 	)
 	i = skipWS(b, i+1)
 	if i < len(b) && b[i] == '}' {
@@ -94,7 +104,7 @@ func (p *parser) parse(maxIDs int, dst []int64) ([]int64, *ParseError) {
 			if ids {
 				// The last object_ids wins, like encoding/json: forget the earlier one.
 				found = true
-				dst, pending, i, err = p.ids(i, maxIDs, dst[:0])
+				dst, i, last, err = p.ids(i, maxIDs, dst[:0])
 			} else {
 				i, err = p.skipValue(i, 1)
 			}
@@ -116,34 +126,36 @@ func (p *parser) parse(maxIDs int, dst []int64) ([]int64, *ParseError) {
 		return dst, p.syntax(i, "end of body after the JSON object")
 	}
 	if !found {
-		return dst, badRequest("object_ids is missing")
+		return dst, invalid("object_ids is missing")
 	}
-	if pending != nil {
-		return dst, pending
+	if last.problem != fine {
+		return dst, last.problem.error(last.at, maxIDs)
 	}
 	return dst, nil
 }
 
-// ids parses the value of an object_ids member at b[i] into dst. A value that
-// is valid JSON but not a valid list of ids gives a problem, as pending, and is
-// still scanned to its end: a later object_ids may replace it, and what follows
-// must still be valid JSON. err is a syntax error, which ends the parse.
-func (p *parser) ids(i, maxIDs int, dst []int64) (_ []int64, pending *ParseError, _ int, err *ParseError) {
+// ids reads the value of an object_ids member at b[i] into dst, and returns dst and
+// the offset after the value. A value that is valid JSON but not a valid list of ids
+// is still read to its end, and its verdict says what is wrong: a later object_ids
+// may replace it, and what follows must still be valid JSON. The error is malformed
+// JSON, which ends the parse.
+func (p *parser) ids(i, maxIDs int, dst []int64) ([]int64, int, verdict, *ParseError) {
 	b := p.b
 	if i >= len(b) {
-		return dst, nil, i, p.syntax(i, "a value")
+		return dst, i, verdict{}, p.syntax(i, "a value")
 	}
+	var err *ParseError
 	switch b[i] {
 	case '[':
 	case 'n':
 		i, err = p.literal(i, "null")
-		return dst, isNull.error(0, 0), i, err
+		return dst, i, verdict{problem: isNull}, err
 	default:
 		i, err = p.skipValue(i, 1)
-		return dst, notArray.error(0, 0), i, err
+		return dst, i, verdict{problem: notArray}, err
 	}
 	if i = skipWS(b, i+1); i < len(b) && b[i] == ']' {
-		return dst, nil, i + 1, nil
+		return dst, i + 1, verdict{}, nil
 	}
 
 	var (
@@ -157,7 +169,7 @@ func (p *parser) ids(i, maxIDs int, dst []int64) (_ []int64, pending *ParseError
 	}
 	for {
 		if i >= len(b) {
-			return dst, nil, i, p.syntax(i, "an id")
+			return dst, i, verdict{}, p.syntax(i, "an id")
 		}
 		var (
 			n    uint64
@@ -195,7 +207,7 @@ func (p *parser) ids(i, maxIDs int, dst []int64) (_ []int64, pending *ParseError
 			}
 			if i < len(b) && (b[i] == '.' || b[i] == 'e' || b[i] == 'E') {
 				if i, err = p.numberTail(i); err != nil {
-					return dst, nil, i, err
+					return dst, i, verdict{}, err
 				}
 				kind = fractional
 			}
@@ -215,7 +227,7 @@ func (p *parser) ids(i, maxIDs int, dst []int64) (_ []int64, pending *ParseError
 				kind = isArray
 			}
 			if i, err = p.skipValue(i, 2); err != nil {
-				return dst, nil, i, err
+				return dst, i, verdict{}, err
 			}
 		}
 		if first == fine {
@@ -242,12 +254,9 @@ func (p *parser) ids(i, maxIDs int, dst []int64) (_ []int64, pending *ParseError
 			i++
 			break
 		}
-		return dst, nil, i, p.syntax(i, "',' or ']' after an id")
+		return dst, i, verdict{}, p.syntax(i, "',' or ']' after an id")
 	}
-	if first != fine {
-		return dst, first.error(at, maxIDs), i, nil
-	}
-	return dst, nil, i, nil
+	return dst, i, verdict{problem: first, at: at}, nil
 }
 
 // key scans the object key at b[i] (a '"') and reports whether it is

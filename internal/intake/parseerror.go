@@ -2,22 +2,24 @@ package intake
 
 import (
 	"fmt"
-	"net/http"
 	"strconv"
 	"unicode/utf8"
 )
 
-// ParseError is a rejected body: Status is 400 or 413, Msg is a short human
-// sentence for the {"error": Msg} reply.
+// ParseError is a rejected body. Msg is a short human sentence for the {"error": Msg}
+// reply. TooManyIDs marks a body refused only for carrying more ids than allowed;
+// every other ParseError is a body that is not a valid callback. The handler turns
+// the two into HTTP statuses (parseRejection).
 type ParseError struct {
-	Status int
-	Msg    string
+	Msg        string
+	TooManyIDs bool
 }
 
 func (e *ParseError) Error() string { return e.Msg }
 
-func badRequest(msg string) *ParseError {
-	return &ParseError{Status: http.StatusBadRequest, Msg: msg}
+// invalid is a body that is not a valid callback.
+func invalid(msg string) *ParseError {
+	return &ParseError{Msg: msg}
 }
 
 // problem is what is wrong with an object_ids value that is valid JSON.
@@ -38,18 +40,20 @@ const (
 	isArray
 )
 
+// error words k for the reply. index is the element it is about (for the problems
+// of an element), maxIDs the cap that tooMany went over.
 func (k problem) error(index, maxIDs int) *ParseError {
 	var why string
 	switch k {
 	case tooMany:
 		return &ParseError{
-			Status: http.StatusRequestEntityTooLarge,
-			Msg:    "too many object ids (limit " + strconv.Itoa(maxIDs) + ")",
+			Msg:        "too many object ids (limit " + strconv.Itoa(maxIDs) + ")",
+			TooManyIDs: true,
 		}
 	case isNull:
-		return badRequest("object_ids must not be null")
+		return invalid("object_ids must not be null")
 	case notArray:
-		return badRequest("object_ids must be an array of integers")
+		return invalid("object_ids must be an array of integers")
 	case negative:
 		why = "is negative"
 	case fractional:
@@ -67,18 +71,18 @@ func (k problem) error(index, maxIDs int) *ParseError {
 	case isArray:
 		why = "is an array, not an integer"
 	}
-	return badRequest(fmt.Sprintf("object_ids[%d] %s", index, why))
+	return invalid(fmt.Sprintf("object_ids[%d] %s", index, why))
 }
 
 // tooDeep is a container opened at b[i] beyond maxDepth.
 func tooDeep(i int) *ParseError {
-	return badRequest(fmt.Sprintf("malformed JSON at byte %d: nested deeper than %d levels", i, maxDepth))
+	return invalid(fmt.Sprintf("malformed JSON at byte %d: nested deeper than %d levels", i, maxDepth))
 }
 
 // syntax describes malformed JSON at b[i]; i == len(b) is a truncated body.
 func (p *parser) syntax(i int, want string) *ParseError {
 	if i >= len(p.b) {
-		return badRequest(fmt.Sprintf("malformed JSON: body ends at byte %d, want %s (truncated?)", len(p.b), want))
+		return invalid(fmt.Sprintf("malformed JSON: body ends at byte %d, want %s (truncated?)", len(p.b), want))
 	}
 	var got string
 	if c := p.b[i]; c < utf8.RuneSelf {
@@ -87,5 +91,5 @@ func (p *parser) syntax(i int, want string) *ParseError {
 		r, _ := utf8.DecodeRune(p.b[i:])
 		got = strconv.QuoteRune(r)
 	}
-	return badRequest(fmt.Sprintf("malformed JSON at byte %d: got %s, want %s", i, got, want))
+	return invalid(fmt.Sprintf("malformed JSON at byte %d: got %s, want %s", i, got, want))
 }
