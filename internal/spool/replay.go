@@ -171,7 +171,7 @@ func (s *Spool) reclaimSetAside(ctx context.Context, name string) (uuid.UUID, bo
 	var h [headerSize]byte
 	_, err = io.ReadFull(f, h[:])
 	f.Close()
-	if err != nil || h != header && h != headerV1 {
+	if _, known := formatOf(h[:]); err != nil || !known {
 		return uuid.UUID{}, false
 	}
 	// Another replica may do the same at once: a rename is atomic, and the loser's

@@ -11,32 +11,31 @@
 // takes it for replay, and on Close.
 //
 // A segment starts with an 8-byte header, "OWSPOOL" and a version byte, followed by
-// records. Each record is one Append, that is one group commit's batch (version 2):
+// records. Each record is one Append, that is one group commit's batch (version 3):
 //
 //	length   uint32, little endian: the payload's length
 //	checksum uint32, little endian: CRC-32C (Castagnoli) of the 4 length bytes and the payload
 //	payload:
 //	  batch id     16 bytes: the id the committer minted for the batch (callback.Batch)
-//	  callbacks    uvarint: how many callbacks follow, each:
-//	    callback id  16 bytes
-//	    receivedAt   8 bytes, big endian int64, Unix nanoseconds
-//	    count        uvarint: how many object ids follow
-//	    object ids   count zig-zag varints (binary.AppendVarint)
+//	  callbacks    to the end of the payload: the batch's callbacks in the encoding an
+//	               inbox batch holds them in (callback.AppendEncoded documents it)
 //
 // The batch id is what makes replay idempotent: a batch whose commit timed out but did
 // commit is in the inbox and here under the same id, and replay skips it
-// (store.ReplaySegment). Version 1 segments, written before batches had ids, hold one
-// callback per record (the payload is one callback as above, without batch id and
-// count); they are still read, and replayed as one batch without an id. Only new
-// segments are written, so a segment never mixes versions.
+// (store.ReplaySegment). Segments of versions 1 and 2, written by older releases, are
+// still read (legacy.go): version 2 differed only in how it encoded callbacks, and
+// version 1, written before batches had ids, held one callback per record and is
+// replayed as one batch without an id. Only new segments are written, so a segment
+// never mixes versions.
 //
 // A batch is one record, so it reaches the disk whole or, torn by a crash, not at all
-// (it was then never acknowledged). Varints, not fixed 8-byte ids: object ids are usually small positive numbers, so a
-// record is 2-4 times smaller, and the spool's cost is the bytes written and fsynced, not
-// the decoding. Every record is checksummed on its own, and the checksum covers the length,
-// so a torn tail (a crash in the middle of a write, which was therefore never
-// acknowledged) or a zero-filled tail is recognised, and replay stops there: the good
-// prefix is replayed, the rest is ignored with a warning.
+// (it was then never acknowledged). The encoding is compact, varints and ids as
+// differences, because the spool's cost is the bytes written and fsynced, not the
+// decoding; receipt times keep microseconds, all that the inbox keeps. Every record is
+// checksummed on its own, and the checksum covers the length, so a torn tail (a crash
+// in the middle of a write, which was therefore never acknowledged) or a zero-filled
+// tail is recognised, and replay stops there: the good prefix is replayed, the rest is
+// ignored with a warning.
 //
 // # Durability
 //
