@@ -5,7 +5,7 @@
 
 -- name: InsertBatch :exec
 -- The group commit: every callback that arrived while the previous commit was in
--- flight, in one row (encoded by internal/store/batch.go), one transaction. Spool
+-- flight, in one row (encoded by internal/callback/encoding.go), one transaction. Spool
 -- replay uses it too.
 INSERT INTO inbox_batches (batch_id, received_at, last_received_at, callbacks, ids, data)
 VALUES (@batch_id, @received_at, @last_received_at, @callbacks, @ids, @data);

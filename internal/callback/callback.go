@@ -1,5 +1,6 @@
 // Package callback holds the domain type at the centre of the service: one accepted
-// callback, as it travels from the HTTP handler into the inbox (or the outage spool).
+// callback, as it travels from the HTTP handler into the inbox (or the outage spool),
+// and the binary encoding that both keep callbacks in (encoding.go).
 package callback
 
 import (

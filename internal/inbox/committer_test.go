@@ -141,8 +141,10 @@ func submit(t *testing.T, c *Committer, cb callback.Callback) {
 	}
 }
 
+// newCallback is a callback received now, to the microsecond: the precision the
+// inbox and the spool keep.
 func newCallback(ids ...int64) callback.Callback {
-	return callback.New(time.Now(), ids)
+	return callback.New(time.Now().Truncate(time.Microsecond), ids)
 }
 
 func TestSubmit_groupsConcurrentCallbacksIntoOneWrite(t *testing.T) {

@@ -113,16 +113,8 @@ func (h *Handler) Callback(c *gin.Context) {
 	ids, err := Parse(body.Bytes(), h.cfg.MaxIDs, (*idsp)[:0])
 	*idsp = ids[:0]
 	if err != nil {
-		var pe *ParseError
-		if errors.As(err, &pe) {
-			reason := "invalid_body"
-			if pe.Status == http.StatusRequestEntityTooLarge {
-				reason = "too_many_ids"
-			}
-			h.reject(c, pe.Status, reason, pe.Msg)
-			return
-		}
-		h.reject(c, http.StatusBadRequest, "invalid_body", err.Error())
+		status, reason := parseRejection(err)
+		h.reject(c, status, reason, err.Error())
 		return
 	}
 
@@ -149,6 +141,15 @@ func (h *Handler) Callback(c *gin.Context) {
 	b = strconv.AppendInt(b, int64(sent), 10)
 	b = append(b, '}')
 	c.Data(http.StatusAccepted, "application/json", b)
+}
+
+// parseRejection is the status of the reply to a body Parse refused, and the reason
+// it is counted under: the one place parse errors become HTTP statuses.
+func parseRejection(err error) (status int, reason string) {
+	if pe, ok := errors.AsType[*ParseError](err); ok && pe.TooManyIDs {
+		return http.StatusRequestEntityTooLarge, "too_many_ids"
+	}
+	return http.StatusBadRequest, "invalid_body"
 }
 
 func (h *Handler) rejectTooLarge(c *gin.Context) {

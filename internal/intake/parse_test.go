@@ -18,7 +18,7 @@ import (
 // accepted or rejected, and with which status, exactly as here. Only the
 // messages differ (Parse says where; this says what).
 func referenceParse(body []byte, maxIDs int) ([]int64, *ParseError) {
-	bad := func(msg string) *ParseError { return &ParseError{Status: http.StatusBadRequest, Msg: msg} }
+	bad := func(msg string) *ParseError { return &ParseError{Msg: msg} }
 	if !utf8.Valid(body) {
 		return nil, bad("body is not valid UTF-8")
 	}
@@ -46,7 +46,7 @@ func referenceParse(body []byte, maxIDs int) ([]int64, *ParseError) {
 	ids := []int64{}
 	for i, e := range elems {
 		if maxIDs > 0 && i >= maxIDs {
-			return nil, &ParseError{Status: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("too many object ids (limit %d)", maxIDs)}
+			return nil, &ParseError{TooManyIDs: true, Msg: fmt.Sprintf("too many object ids (limit %d)", maxIDs)}
 		}
 		switch {
 		case e[0] == '-':
@@ -80,6 +80,12 @@ func parse(t testing.TB, body string, maxIDs int) ([]int64, *ParseError) {
 		t.Errorf("Parse(%q): rejected but returned ids %v", body, ids)
 	}
 	return nil, pe
+}
+
+// statusOf is the HTTP status the handler answers err with.
+func statusOf(err *ParseError) int {
+	status, _ := parseRejection(err)
+	return status
 }
 
 func TestParse_accepts(t *testing.T) {
@@ -118,7 +124,7 @@ func TestParse_accepts(t *testing.T) {
 			t.Parallel()
 			got, err := parse(t, tt.body, 10)
 			if err != nil {
-				t.Fatalf("Parse(%.80q): %d %q, want ids %v", tt.body, err.Status, err.Msg, tt.want)
+				t.Fatalf("Parse(%.80q): %d %q, want ids %v", tt.body, statusOf(err), err.Msg, tt.want)
 			}
 			if !slices.Equal(got, tt.want) || got == nil {
 				t.Errorf("Parse(%.80q) = %#v, want %v", tt.body, got, tt.want)
@@ -212,13 +218,13 @@ func TestParse_rejects(t *testing.T) {
 			if err == nil {
 				t.Fatalf("Parse(%.80q) = %v, want %d %q", tt.body, ids, tt.status, tt.msg)
 			}
-			if err.Status != tt.status || !strings.Contains(err.Msg, tt.msg) {
-				t.Errorf("Parse(%.80q): %d %q, want %d containing %q", tt.body, err.Status, err.Msg, tt.status, tt.msg)
+			if statusOf(err) != tt.status || !strings.Contains(err.Msg, tt.msg) {
+				t.Errorf("Parse(%.80q): %d %q, want %d containing %q", tt.body, statusOf(err), err.Msg, tt.status, tt.msg)
 			}
 			if err.Error() != err.Msg {
 				t.Errorf("Error() = %q, want Msg %q", err.Error(), err.Msg)
 			}
-			if _, rerr := referenceParse([]byte(tt.body), tt.maxIDs); rerr == nil || rerr.Status != tt.status {
+			if _, rerr := referenceParse([]byte(tt.body), tt.maxIDs); rerr == nil || statusOf(rerr) != tt.status {
 				t.Errorf("reference disagrees: %v", rerr)
 			}
 		})
@@ -230,7 +236,7 @@ func TestParse_stopsAppendingAtLimit(t *testing.T) {
 	body := idsBody(1_000_000, func(i int) int64 { return int64(i) })
 	dst := make([]int64, 0, 16)
 	got, err := Parse(body, 16, dst)
-	if pe, ok := errors.AsType[*ParseError](err); !ok || pe.Status != http.StatusRequestEntityTooLarge {
+	if pe, ok := errors.AsType[*ParseError](err); !ok || statusOf(pe) != http.StatusRequestEntityTooLarge {
 		t.Fatalf("Parse(a million ids, limit 16): %v, want 413", err)
 	}
 	if len(got) != 0 || cap(got) != 16 {
@@ -276,7 +282,7 @@ func FuzzParse(f *testing.F) {
 		got, err := Parse(body, maxIDs, []int64{-1, -1, -1, -1})
 		if err != nil {
 			pe, ok := errors.AsType[*ParseError](err)
-			if !ok || (pe.Status != http.StatusBadRequest && pe.Status != http.StatusRequestEntityTooLarge) || pe.Msg == "" {
+			if !ok || (statusOf(pe) != http.StatusBadRequest && statusOf(pe) != http.StatusRequestEntityTooLarge) || pe.Msg == "" {
 				t.Fatalf("Parse(%q): bad error %#v", body, err)
 			}
 			if len(got) != 0 {
@@ -284,14 +290,14 @@ func FuzzParse(f *testing.F) {
 			}
 			switch {
 			case wantErr == nil:
-				t.Fatalf("Parse(%q, %d) rejected with %d %q; reference accepts %v", body, maxIDs, pe.Status, pe.Msg, want)
-			case wantErr.Status != pe.Status:
-				t.Fatalf("Parse(%q, %d) = %d %q; reference says %d %q", body, maxIDs, pe.Status, pe.Msg, wantErr.Status, wantErr.Msg)
+				t.Fatalf("Parse(%q, %d) rejected with %d %q; reference accepts %v", body, maxIDs, statusOf(pe), pe.Msg, want)
+			case statusOf(wantErr) != statusOf(pe):
+				t.Fatalf("Parse(%q, %d) = %d %q; reference says %d %q", body, maxIDs, statusOf(pe), pe.Msg, statusOf(wantErr), wantErr.Msg)
 			}
 			return
 		}
 		if wantErr != nil {
-			t.Fatalf("Parse(%q, %d) accepted %v; reference says %d %q", body, maxIDs, got, wantErr.Status, wantErr.Msg)
+			t.Fatalf("Parse(%q, %d) accepted %v; reference says %d %q", body, maxIDs, got, statusOf(wantErr), wantErr.Msg)
 		}
 		if !slices.Equal(got, want) {
 			t.Fatalf("Parse(%q, %d) = %v; reference says %v", body, maxIDs, got, want)

@@ -52,7 +52,7 @@ func insertBatch(ctx context.Context, q *dbsqlc.Queries, batchID uuid.UUID, cbs 
 
 // batchRow encodes cbs into *buf and returns the inbox row that holds them.
 func batchRow(buf *[]byte, batchID uuid.UUID, cbs []callback.Callback) dbsqlc.InsertReplayedBatchParams {
-	*buf = appendBatch((*buf)[:0], cbs)
+	*buf = callback.AppendEncoded((*buf)[:0], cbs)
 	oldest, newest, ids := cbs[0].ReceivedAt, cbs[0].ReceivedAt, 0
 	for _, cb := range cbs {
 		if cb.ReceivedAt.Before(oldest) {

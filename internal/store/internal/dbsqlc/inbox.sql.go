@@ -143,7 +143,7 @@ type InsertBatchParams struct {
 // rows are locked in ascending object_id or with SKIP LOCKED; expiry locks only with
 // SKIP LOCKED, so it never waits on anyone.
 // The group commit: every callback that arrived while the previous commit was in
-// flight, in one row (encoded by internal/store/batch.go), one transaction. Spool
+// flight, in one row (encoded by internal/callback/encoding.go), one transaction. Spool
 // replay uses it too.
 func (q *Queries) InsertBatch(ctx context.Context, arg InsertBatchParams) error {
 	_, err := q.db.Exec(ctx, insertBatch,
