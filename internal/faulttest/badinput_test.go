@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // TestBadInput throws malformed and abusive requests at the running service (with
@@ -152,7 +154,7 @@ func TestBadInput(t *testing.T) {
 	})
 
 	// Nothing of the above was stored, and the service is still up.
-	eventually(t, 5*time.Second, "the service still answers /healthz", func() bool { return healthy(s.base) })
+	testhelper.Eventually(t, 5*time.Second, "the service still answers /healthz", func() bool { return healthy(s.base) })
 	var inbox, pending, objects int64
 	if err := pool.QueryRow(context.Background(),
 		"SELECT (SELECT count(*) FROM inbox_batches), (SELECT count(*) FROM pending), (SELECT count(*) FROM objects)").

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/objwatch/callback/internal/devpg"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // cluster is a throwaway Postgres of the test's own, started from the installed server
@@ -139,7 +140,7 @@ func (c *cluster) kill(t *testing.T) {
 		_ = syscall.Kill(p, syscall.SIGKILL) // a child may have exited meanwhile
 	}
 	// Gone once its port refuses connections.
-	eventually(t, 10*time.Second, "the killed postmaster stops listening", func() bool {
+	testhelper.Eventually(t, 10*time.Second, "the killed postmaster stops listening", func() bool {
 		conn, err := pgx.Connect(context.Background(), c.url("postgres")+"&connect_timeout=1")
 		if err == nil {
 			conn.Close(context.Background())

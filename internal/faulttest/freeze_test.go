@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // TestFrozenReplica freezes a replica with SIGSTOP while it holds claimed lookups, for
@@ -67,7 +68,7 @@ func TestFrozenReplica(t *testing.T) {
 	// cannot be taken by anyone until A runs again; such rows are left out (counted
 	// by SKIP LOCKED), but at least one claim must have been taken.
 	var left, all int
-	eventually(t, lease+15*time.Second, "replica B takes over the claims of the frozen replica", func() bool {
+	testhelper.Eventually(t, lease+15*time.Second, "replica B takes over the claims of the frozen replica", func() bool {
 		left, all = heldClaims(t, pool, tokens)
 		return left == 0 && all < len(tokens)
 	}, func() string { return fmt.Sprintf("A's tokens still on %d unlocked rows, %d rows in all", left, all) })
@@ -79,7 +80,7 @@ func TestFrozenReplica(t *testing.T) {
 
 	// The lookups A had in flight end (answered or timed out) and their results are
 	// written under tokens that B has replaced: every one is discarded.
-	eventually(t, 15*time.Second, "the resumed replica discards its stale results", func() bool {
+	testhelper.Eventually(t, 15*time.Second, "the resumed replica discards its stale results", func() bool {
 		return metric(t, a.base, "callback_lookup_results_stale_total") > 0
 	})
 	sleep(time.Second)
@@ -90,7 +91,7 @@ func TestFrozenReplica(t *testing.T) {
 
 	records := mergeRecords(la.s.Records(), lb.s.Records())
 	verifyTable(t, pool, records, tester.OnlineParity, ea.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(la.s.Stats(), lb.s.Stats()))
-	eventually(t, 15*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
+	testhelper.Eventually(t, 15*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
 }
 
 // claimTokens lists the claim tokens in pending (as text).

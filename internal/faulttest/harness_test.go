@@ -538,23 +538,6 @@ func queued(t *testing.T, pool *pgxpool.Pool) int64 {
 	return n
 }
 
-// eventually polls cond every 50 ms until it holds or within passes.
-// state, if given, describes what was seen instead, for the failure message.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool, state ...func() string) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			seen := ""
-			for _, s := range state {
-				seen += "; " + s()
-			}
-			t.Fatalf("not within %v: %s%s", within, what, seen)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // spoolSegments lists the segment files in a spool directory.
 func spoolSegments(t *testing.T, dir string) []string {
 	t.Helper()

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // TestKill9 kills the service binary with SIGKILL twice under load and restarts it
@@ -31,7 +32,7 @@ func TestKill9(t *testing.T) {
 
 	sleep(time.Second)
 	proxy.Refuse()
-	eventually(t, 10*time.Second, "the service spools while Postgres is cut", func() bool {
+	testhelper.Eventually(t, 10*time.Second, "the service spools while Postgres is cut", func() bool {
 		return metric(t, p.base, "callback_callbacks_spooled_total") > 0
 	})
 	sleep(300 * time.Millisecond)
@@ -55,7 +56,7 @@ func TestKill9(t *testing.T) {
 	}
 
 	verifyTable(t, pool, l.s.Records(), tester.OnlineParity, window, 20*time.Second, lateSlack(l.s.Stats()))
-	eventually(t, 10*time.Second, "the dead process's spool segments are replayed and removed", func() bool {
+	testhelper.Eventually(t, 10*time.Second, "the dead process's spool segments are replayed and removed", func() bool {
 		for _, f := range left {
 			if _, err := os.Stat(f); err == nil {
 				return false
@@ -66,7 +67,7 @@ func TestKill9(t *testing.T) {
 	if n := metric(t, p.base, "callback_callbacks_replayed_total"); n == 0 {
 		t.Errorf("the restarted process replayed no callbacks")
 	}
-	eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
+	testhelper.Eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
 	if n := objects.Stats().Overlapping; n != 0 {
 		t.Errorf("the object service saw %d overlapping lookups of one id", n)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // TestObjectServiceFaults: the object service answers 500, hangs past the lookup
@@ -52,7 +53,7 @@ func TestObjectServiceFaults(t *testing.T) {
 
 	verifyTable(t, pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 50*time.Second, lateSlack(l.s.Stats()))
 	// Offline ids may still be retrying (backoff up to 10 s) when the table matches.
-	eventually(t, 40*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
+	testhelper.Eventually(t, 40*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
 	st := objects.Stats()
 	t.Logf("object service: %+v, wrong id answers: %d", st, wrongID.Load())
 	if st.Fail == 0 || st.Hang == 0 || st.Malformed == 0 || st.Drop == 0 || wrongID.Load() == 0 {
@@ -116,7 +117,7 @@ func TestObjectServiceDown(t *testing.T) {
 
 			accepted := float64(l.s.Stats().Accepted)
 			// Merged (spooled ones replayed first), then each lookup failed until dropped.
-			eventually(t, 30*time.Second, "every lookup is dropped once its receipt leaves the window", func() bool {
+			testhelper.Eventually(t, 30*time.Second, "every lookup is dropped once its receipt leaves the window", func() bool {
 				return len(spoolSegments(t, e["SPOOL_DIR"])) == 0 && queued(t, pool) == 0 &&
 					metric(t, s.base, "callback_merged_callbacks_total") >= accepted
 			}, func() string {

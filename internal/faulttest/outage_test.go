@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // TestPostgresOutage cuts the service off from Postgres under load, through a proxy,
@@ -62,11 +63,11 @@ func TestPostgresOutage(t *testing.T) {
 
 			sleep(time.Second)
 			l.Stop()
-			eventually(t, 20*time.Second, "the spool is replayed and emptied", func() bool {
+			testhelper.Eventually(t, 20*time.Second, "the spool is replayed and emptied", func() bool {
 				return len(spoolSegments(t, e["SPOOL_DIR"])) == 0
 			})
 			verifyTable(t, pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(l.s.Stats()))
-			eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
+			testhelper.Eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
 		})
 	}
 }
@@ -129,13 +130,13 @@ func TestSpoolUnwritableAndDatabaseDown(t *testing.T) {
 	if err := proxy.Restore(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "callbacks are accepted again", func() bool {
+	testhelper.Eventually(t, 10*time.Second, "callbacks are accepted again", func() bool {
 		return postCallback(t, s.base, `{"object_ids":[1000002]}`) == http.StatusAccepted
 	})
 	// The accepted callbacks may have gone to the spool (a slow commit): wait for
 	// both to be looked up, then check nothing else arrived.
 	var ids []int64
-	eventually(t, 15*time.Second, "the two accepted ids, and only they, reach objects", func() bool {
+	testhelper.Eventually(t, 15*time.Second, "the two accepted ids, and only they, reach objects", func() bool {
 		ids = objectIDs(t, pool)
 		return len(spoolSegments(t, dir)) == 0 && queued(t, pool) == 0 && len(ids) >= 2
 	})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // TestTwoReplicas runs two service processes on one database and one spool
@@ -44,7 +45,7 @@ func TestTwoReplicas(t *testing.T) {
 
 	records := mergeRecords(la.s.Records(), lb.s.Records())
 	verifyTable(t, pool, records, tester.OnlineParity, window, 15*time.Second, lateSlack(la.s.Stats(), lb.s.Stats()))
-	eventually(t, 15*time.Second, "inbox and pending drain, A's claims included", func() bool { return queued(t, pool) == 0 })
+	testhelper.Eventually(t, 15*time.Second, "inbox and pending drain, A's claims included", func() bool { return queued(t, pool) == 0 })
 	if n := objects.Stats().Overlapping; n != 0 {
 		t.Errorf("the object service saw %d overlapping lookups of one id across the replicas", n)
 	}
@@ -58,7 +59,7 @@ func TestTwoReplicas(t *testing.T) {
 		}
 	}
 	gone := last.Add(tester.LastSeenTolerance + window + tester.ExpiryGrace)
-	eventually(t, time.Until(gone)+5*time.Second, "replica B expires every row", func() bool {
+	testhelper.Eventually(t, time.Until(gone)+5*time.Second, "replica B expires every row", func() bool {
 		var n int64
 		err := pool.QueryRow(context.Background(), "SELECT count(*) FROM objects").Scan(&n)
 		return err == nil && n == 0
@@ -104,5 +105,5 @@ func TestSIGTERM(t *testing.T) {
 	l.Stop()
 	t.Logf("sender: %+v", l.s.Stats())
 	verifyTable(t, pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(l.s.Stats()))
-	eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
+	testhelper.Eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
 }

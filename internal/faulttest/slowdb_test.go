@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // TestSlowPostgres puts a Postgres that answers, but slowly, behind the service under
@@ -45,9 +46,9 @@ func TestSlowPostgres(t *testing.T) {
 	sleep(time.Second)
 	l.Stop()
 	t.Logf("sender: %+v", l.s.Stats())
-	eventually(t, 25*time.Second, "the spool is replayed and emptied", func() bool {
+	testhelper.Eventually(t, 25*time.Second, "the spool is replayed and emptied", func() bool {
 		return len(spoolSegments(t, e["SPOOL_DIR"])) == 0
 	})
 	verifyTable(t, pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(l.s.Stats()))
-	eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
+	testhelper.Eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // An object service that is down entirely must see a trickle of probes, not one request
@@ -52,7 +54,7 @@ func TestBreaker(t *testing.T) {
 	})
 
 	// Let it fail well past the trip point.
-	eventually(t, func() bool { return calls.Load() > settledAfter+5 }, "the fetcher stopped probing altogether")
+	testhelper.Eventually(t, time.Minute, "the fetcher keeps probing", func() bool { return calls.Load() > settledAfter+5 })
 	mu.Lock()
 	require.Equal(t, 1, maxAfterTrip, "tripped: one probe at a time")
 	mu.Unlock()

@@ -18,6 +18,7 @@ import (
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // fixture is a real store on a fresh database; work reaches pending the way it does in
@@ -98,11 +99,8 @@ func (f *fixture) pending(t *testing.T) int {
 // settle waits until every pending lookup is done and written.
 func (f *fixture) settle(t *testing.T) {
 	t.Helper()
-	eventually(t, func() bool { return f.pending(t) == 0 }, "pending work never drained")
+	testhelper.Eventually(t, time.Minute, "pending work drains", func() bool { return f.pending(t) == 0 })
 }
-
-// eventually is the package's one wait for a state (see its internal tests).
-var eventually = fetch.Eventually
 
 // objectService is a fake object service. LookupFunc gets the 1-based number of this
 // lookup of id. It counts lookups per id and fails the test if one id is ever looked
@@ -359,7 +357,7 @@ func TestFetch_receiptOlderThanWindowIsDroppedWithoutLookup(t *testing.T) {
 	svc := newObjectService(t, always(true))
 	f.start(t, cfg, svc.Lookup)
 
-	eventually(t, func() bool { return f.pending(t) == 1 }, "the fresh receipt was never looked up")
+	testhelper.Eventually(t, time.Minute, "the fresh receipt is looked up", func() bool { return f.pending(t) == 1 })
 	require.Equal(t, map[int64]int{12: 1}, svc.Calls(), "no lookup for the expired receipt")
 	require.Equal(t, map[int64]time.Time{12: fresh}, f.objects(t))
 	var attempts int
@@ -386,7 +384,7 @@ func TestFetch_shutdownHandsBackClaims(t *testing.T) {
 	cfg.Timeout = time.Minute // longer than the test: only shutdown ends the lookups
 	cfg.Lease = time.Hour
 	stop := f.start(t, cfg, svc.Lookup)
-	eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return blocked == 3 }, "lookups never started")
+	testhelper.Eventually(t, time.Minute, "the lookups start", func() bool { mu.Lock(); defer mu.Unlock(); return blocked == 3 })
 
 	stop() // returns once Run has
 
@@ -443,13 +441,13 @@ func TestFetch_yieldsTheLimitToABusyReplyPath(t *testing.T) {
 	})
 
 	// The reply path wants everything: one lookup at a time, however many are due.
-	eventually(t, func() bool { return inFlight.Load() == 1 }, "no lookup started")
+	testhelper.Eventually(t, time.Minute, "a lookup starts", func() bool { return inFlight.Load() == 1 })
 	time.Sleep(100 * time.Millisecond) // twenty polls of the claim loop
 	require.Equal(t, int64(1), peak.Load(), "a yielding fetcher never exceeds what it leaves itself")
 
 	// Intake is idle again: the whole limit is used.
 	yield.Store(math.Float64bits(0))
-	eventually(t, func() bool { return inFlight.Load() == 16 }, "the limit was not used again")
+	testhelper.Eventually(t, time.Minute, "the limit is used again", func() bool { return inFlight.Load() == 16 })
 	close(release)
 	f.settle(t)
 }

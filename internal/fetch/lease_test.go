@@ -12,6 +12,7 @@ import (
 
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // stuckStore has endless due work and a writer that hangs (a database that takes
@@ -85,7 +86,7 @@ func TestClaimingStopsWhileResultsWaitToBeWritten(t *testing.T) {
 	}
 	stop := runFetcher(t, f)
 
-	eventually(t, func() bool { return st.writing.Load() && lookups.Load() == st.claimed.Load() }, "the writer never got stuck")
+	testhelper.Eventually(t, time.Minute, "the writer gets stuck", func() bool { return st.writing.Load() && lookups.Load() == st.claimed.Load() })
 	// The fetcher has nothing left to do but wait for the writer. Give it every chance
 	// to claim more (it must not): this waits, it asserts nothing about time.
 	before := st.claimed.Load()
@@ -129,24 +130,12 @@ func TestLookupNeverStartsLateInItsLease(t *testing.T) {
 	}
 	f.now = now
 	stop := runFetcher(t, f)
-	eventually(t, func() bool { return st.written.Load() >= 8 }, "claims were never handed back")
+	testhelper.Eventually(t, time.Minute, "claims are handed back", func() bool { return st.written.Load() >= 8 })
 	stop()
 	if n := lookups.Load(); n != 0 {
 		t.Errorf("%d lookups started although their lease could run out before they were written", n)
 	}
 	if got := metrics.Sum(f.metrics.Lookups.WithLabelValues("abandoned")); got < 8 {
 		t.Errorf("lookups_total{outcome=abandoned} = %v, want every claim handed back (at least 8)", got)
-	}
-}
-
-// eventually polls cond: a wait for a state, never an assertion about time.
-func eventually(t *testing.T, cond func() bool, msg string) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute) // generous: a loaded 2-core machine runs these slowly
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal(msg)
-		}
-		time.Sleep(2 * time.Millisecond)
 	}
 }

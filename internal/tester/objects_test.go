@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // setupObjects serves an ObjectService built from cfg. The returned channel receives once
@@ -50,13 +52,6 @@ func get(t *testing.T, ctx context.Context, url string) (*http.Response, []byte,
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	return resp, body, err
-}
-
-// eventually polls cond: a synchronisation with the server's goroutines, not a timing
-// assertion (the limit only stops a broken test).
-func eventually(t *testing.T, cond func() bool) {
-	t.Helper()
-	require.Eventually(t, cond, 10*time.Second, time.Millisecond)
 }
 
 func TestObjectService(t *testing.T) {
@@ -115,7 +110,7 @@ func TestObjectService(t *testing.T) {
 		for _, id := range []string{"7", "7", "8"} {
 			wg.Go(func() { _, _, _ = get(t, context.Background(), url+"/objects/"+id) })
 		}
-		eventually(t, func() bool { return o.Stats().InFlight == 3 })
+		testhelper.Eventually(t, 10*time.Second, "three lookups in flight", func() bool { return o.Stats().InFlight == 3 })
 		o.Close()
 		wg.Wait()
 		st := o.Stats()
@@ -138,7 +133,7 @@ func TestCapacity(t *testing.T) {
 		for _, id := range []string{"2", "4"} {
 			wg.Go(func() { _, _, _ = get(t, context.Background(), url+"/objects/"+id) })
 		}
-		eventually(t, func() bool { return o.Stats().InFlight == 2 })
+		testhelper.Eventually(t, 10*time.Second, "two lookups in flight", func() bool { return o.Stats().InFlight == 2 })
 		return o, url, &wg
 	}
 
@@ -322,7 +317,7 @@ func TestFaults(t *testing.T) {
 		o, url, done := setupObjects(t, cfg)
 		errc := make(chan error, 1)
 		go func() { _, _, err := get(t, context.Background(), url+"/objects/2"); errc <- err }()
-		eventually(t, func() bool { return o.Stats().Hang == 1 })
+		testhelper.Eventually(t, 10*time.Second, "a lookup hangs", func() bool { return o.Stats().Hang == 1 })
 		o.Close()
 		<-done
 		require.Error(t, <-errc, "a hang ends without an answer")
@@ -397,7 +392,7 @@ func TestServe(t *testing.T) {
 		_, _, err := get(t, context.Background(), "http://"+ln.Addr().String()+"/objects/1")
 		errc <- err
 	}()
-	eventually(t, func() bool { return o.Stats().Hang == 1 })
+	testhelper.Eventually(t, 10*time.Second, "a lookup hangs", func() bool { return o.Stats().Hang == 1 })
 	cancel() // a graceful shutdown must not wait an hour for the hang
 	require.NoError(t, <-served)
 	require.Error(t, <-errc)
