@@ -14,26 +14,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/objwatch/callback/internal/pgtest"
+	"github.com/objwatch/callback/internal/testhelper"
 	"github.com/stretchr/testify/require"
 )
-
-// lockedBuffer is a stdout that the test can read while run writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // setupTarget is a fake callback service; handle sees each callback's ids at receipt.
 func setupTarget(t *testing.T, handle func(ctx context.Context, received time.Time, ids []int64) error) string {
@@ -77,7 +60,7 @@ func TestRun(t *testing.T) {
 
 	t.Run("runs_both_parties_and_prints_a_summary", func(t *testing.T) {
 		t.Parallel()
-		var out lockedBuffer
+		var out testhelper.Buffer
 		err := run(t.Context(), fastArgs(setupTarget(t, nil), "-count", "5", "-senders", "2"), env(nil), &out, &out)
 		require.NoError(t, err)
 		s := out.String()
@@ -91,7 +74,7 @@ func TestRun(t *testing.T) {
 		t.Parallel()
 		ctx, cancel := context.WithCancel(t.Context())
 		cancel()
-		var out lockedBuffer
+		var out testhelper.Buffer
 		require.NoError(t, run(ctx, []string{"objects", "-objects-addr", "127.0.0.1:0"}, env(nil), &out, &out))
 		require.Contains(t, out.String(), "lookups: 0 served")
 		require.NotContains(t, out.String(), "callbacks:")
@@ -101,7 +84,7 @@ func TestRun(t *testing.T) {
 		t.Parallel()
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
-		var out lockedBuffer
+		var out testhelper.Buffer
 		done := make(chan error, 1)
 		go func() {
 			done <- run(ctx, []string{"objects", "-objects-addr", "127.0.0.1:0", "-capacity", "1",
@@ -144,7 +127,7 @@ func TestRun(t *testing.T) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = ln.Close() })
-		var out lockedBuffer
+		var out testhelper.Buffer
 		err = run(t.Context(), []string{"objects", "-objects-addr", ln.Addr().String()}, env(nil), &out, &out)
 		require.ErrorContains(t, err, "address already in use")
 	})
@@ -162,11 +145,11 @@ func TestRun(t *testing.T) {
 			{"objects", "-verify"},                               // nothing sent to verify
 			{"send", "-verify", "-target", "http://127.0.0.1:1"}, // no end to sending
 		} {
-			var out lockedBuffer
+			var out testhelper.Buffer
 			err := run(t.Context(), args, env(map[string]string{}), &out, &out)
 			require.Error(t, err, args)
 		}
-		var out lockedBuffer
+		var out testhelper.Buffer
 		err := run(t.Context(), []string{"send", "-verify"}, env(map[string]string{"DATABASE_URL": "x", "EXPIRE_AFTER": "soon"}), &out, &out)
 		require.ErrorContains(t, err, "EXPIRE_AFTER")
 	})
@@ -209,7 +192,7 @@ func TestVerify(t *testing.T) {
 	args := fastArgs(target, "-count", "20", "-ids-min", "1", "-ids-max", "5", "-id-max", "9",
 		"-verify", "-verify-expiry=false", "-catch-up", "200ms")
 
-	var out lockedBuffer
+	var out testhelper.Buffer
 	require.NoError(t, run(t.Context(), args, vars, &out, &out), out.String())
 	require.Contains(t, out.String(), "verify: OK")
 
@@ -217,7 +200,7 @@ func TestVerify(t *testing.T) {
 	broken.Lock()
 	breakIt = true
 	broken.Unlock()
-	out = lockedBuffer{}
+	out = testhelper.Buffer{}
 	err := run(t.Context(), args, vars, &out, &out)
 	t.Log(out.String())
 	require.ErrorContains(t, err, "verify: 1 differences")

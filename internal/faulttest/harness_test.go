@@ -2,7 +2,6 @@ package faulttest
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -25,6 +24,7 @@ import (
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/service"
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
 	"github.com/objwatch/callback/internal/testnet"
 )
 
@@ -231,7 +231,12 @@ func tail(path string, n int) string {
 	if err != nil {
 		return err.Error()
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return lastLines(string(b), n)
+}
+
+// lastLines is the last n lines of text.
+func lastLines(text string, n int) string {
+	lines := strings.Split(strings.TrimRight(text, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
@@ -240,13 +245,13 @@ type inproc struct {
 	base string
 	stop context.CancelFunc
 	done chan error
-	log  *syncBuffer
+	log  *testhelper.Buffer
 }
 
 func startInproc(t *testing.T, e env) *inproc {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &inproc{base: e.base(), stop: cancel, done: make(chan error, 1), log: &syncBuffer{}}
+	s := &inproc{base: e.base(), stop: cancel, done: make(chan error, 1), log: &testhelper.Buffer{}}
 	exited := make(chan struct{})
 	go func() {
 		err := service.Run(ctx, nil, func(k string) string { return e[k] }, io.Discard, s.log)
@@ -261,29 +266,11 @@ func startInproc(t *testing.T, e env) *inproc {
 			t.Errorf("service.Run did not return within 30s of cancel")
 		}
 		if t.Failed() {
-			t.Logf("last lines of the service log:\n%s", s.log.tail(30))
+			t.Logf("last lines of the service log:\n%s", lastLines(s.log.String(), 30))
 		}
 	})
 	waitHealthy(t, s.base, exited)
 	return s
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) tail(n int) string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	lines := strings.Split(strings.TrimRight(b.buf.String(), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // waitHealthy polls /healthz until it answers 200; exited aborts early.

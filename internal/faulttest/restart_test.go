@@ -25,7 +25,7 @@ func TestPostgresRestart(t *testing.T) {
 	s := startInproc(t, e)
 	// The service creates and migrates the database; wait for it before loading.
 	testhelper.Eventually(t, 20*time.Second, "the service applies its migrations", func() bool {
-		return strings.Contains(s.log.tail(50), "schema up to date")
+		return strings.Contains(lastLines(s.log.String(), 50), "schema up to date")
 	})
 	l := sendLoad(t, s.base, 4, 2000, 300)
 

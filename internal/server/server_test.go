@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -9,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,6 +17,7 @@ import (
 	"github.com/objwatch/callback/internal/callback"
 	"github.com/objwatch/callback/internal/intake"
 	"github.com/objwatch/callback/internal/metrics"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // panicking is a Submitter that panics with value on every call.
@@ -32,27 +31,10 @@ func (p *panicking) Submit(context.Context, callback.Callback) error {
 	panic(p.value)
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // setup serves every route, with POST /callback's durable write replaced by sub.
-func setup(t *testing.T, sub intake.Submitter) (*httptest.Server, *metrics.Metrics, *lockedBuffer) {
+func setup(t *testing.T, sub intake.Submitter) (*httptest.Server, *metrics.Metrics, *testhelper.Buffer) {
 	t.Helper()
-	logs := &lockedBuffer{}
+	logs := &testhelper.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, nil))
 	m := metrics.New()
 	h := New(Deps{

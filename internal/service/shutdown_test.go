@@ -1,37 +1,18 @@
 package service_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/service"
+	"github.com/objwatch/callback/internal/testhelper"
 )
-
-// syncBuffer collects the service's log lines from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
@@ -84,7 +65,7 @@ func TestShutdown(t *testing.T) {
 			"SHUTDOWN_DRAIN":  "0",
 			"LOG_FORMAT":      "json",
 		}
-		logs := &syncBuffer{}
+		logs := &testhelper.Buffer{}
 		ctx, stop := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- service.Run(ctx, nil, func(k string) string { return vars[k] }, io.Discard, logs) }()

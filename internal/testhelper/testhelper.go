@@ -1,5 +1,6 @@
 // Package testhelper holds the helpers that tests of several packages share: waits
-// for a condition. It is imported only by test files.
+// for a condition and a buffer that a server under test writes while the test reads
+// it. It is imported only by test files.
 //
 // Helpers that need a database (reading and writing the objects table, a fresh
 // migrated database) live in internal/pgtest, and addresses for servers under test in
@@ -7,6 +8,8 @@
 package testhelper
 
 import (
+	"bytes"
+	"sync"
 	"testing"
 	"time"
 )
@@ -53,4 +56,25 @@ func poll(t testing.TB, timeout time.Duration, what string, cond func() bool, se
 		time.Sleep(pause)
 		pause = next(pause)
 	}
+}
+
+// Buffer is an io.Writer safe for concurrent use, for the output of a server or a
+// command that the test reads while it is still being written. The zero value is
+// empty and ready.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String is everything written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

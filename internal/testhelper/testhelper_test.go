@@ -3,6 +3,8 @@ package testhelper_test
 import (
 	"fmt"
 	"runtime"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -67,4 +69,22 @@ func TestEventually(t *testing.T) {
 			t.Errorf("message %q, want %q", msg, want)
 		}
 	})
+}
+
+func TestBuffer(t *testing.T) {
+	t.Parallel()
+	var b testhelper.Buffer
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 100 {
+				_, _ = b.Write([]byte("line\n"))
+				_ = b.String()
+			}
+		})
+	}
+	wg.Wait()
+	if got := strings.Count(b.String(), "line\n"); got != 800 {
+		t.Errorf("%d lines, want 800", got)
+	}
 }
