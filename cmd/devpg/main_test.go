@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/objwatch/callback/internal/devpg"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 func TestParseTarget(t *testing.T) {
@@ -93,7 +94,7 @@ func TestRun_ensure_refuses_a_cluster_of_another_version(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "PG_VERSION"), []byte("9.1\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	env := mapEnv(map[string]string{
+	env := testhelper.Getenv(map[string]string{
 		"DATABASE_URL": fmt.Sprintf("postgres://postgres@127.0.0.1:%d/callback?sslmode=disable", freePort(t)),
 		"DEVPG_DIR":    dir,
 	})
@@ -131,7 +132,7 @@ func TestServerOptions(t *testing.T) {
 func TestRun_rejects_unknown_command(t *testing.T) {
 	t.Parallel()
 	var stdout, stderr bytes.Buffer
-	err := run(context.Background(), []string{"frobnicate"}, func(string) string { return "" }, &stdout, &stderr)
+	err := run(context.Background(), []string{"frobnicate"}, testhelper.Getenv(nil), &stdout, &stderr)
 	if !errors.Is(err, errUsage) {
 		t.Errorf("run(frobnicate) = %v, want errUsage", err)
 	}
@@ -147,7 +148,7 @@ func TestRun_stop_with_nothing_started_says_so(t *testing.T) {
 		"DEVPG_DIR":    filepath.Join(t.TempDir(), "none"),
 	}
 	var stdout bytes.Buffer
-	if err := run(context.Background(), []string{"stop"}, mapEnv(env), &stdout, &stdout); err != nil {
+	if err := run(context.Background(), []string{"stop"}, testhelper.Getenv(env), &stdout, &stdout); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
 	if !strings.Contains(stdout.String(), "nothing to stop") {
@@ -176,7 +177,7 @@ func TestRun_ensure_starts_a_cluster_where_none_answers(t *testing.T) {
 	}
 	port := freePort(t)
 	databaseURL := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/callback?sslmode=disable", port)
-	env := mapEnv(map[string]string{
+	env := testhelper.Getenv(map[string]string{
 		"DATABASE_URL": databaseURL,
 		"DEVPG_DIR":    filepath.Join(root, "data"),
 		"DEVPG_FAST":   "1",
@@ -256,10 +257,6 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func mapEnv(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
-}
-
 func TestParseTarget_multi_host(t *testing.T) {
 	t.Parallel()
 	got, err := parseTarget("postgres://postgres@127.0.0.1:55460,127.0.0.1:55461/app?target_session_attrs=read-write")
@@ -277,7 +274,7 @@ func TestParseTarget_multi_host(t *testing.T) {
 func TestRun_ensure_multi_host_url_starts_nothing(t *testing.T) {
 	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "data")
-	env := mapEnv(map[string]string{
+	env := testhelper.Getenv(map[string]string{
 		"DATABASE_URL": fmt.Sprintf("postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/callback?sslmode=disable", freePort(t), freePort(t)),
 		"DEVPG_DIR":    dir,
 	})
@@ -310,7 +307,7 @@ func TestRun_ensure_multi_host_url_with_a_live_host(t *testing.T) {
 	if err := probe(context.Background(), tg); err != nil {
 		t.Skipf("no server answers at DATABASE_URL: %v", err)
 	}
-	env := mapEnv(map[string]string{
+	env := testhelper.Getenv(map[string]string{
 		"DATABASE_URL": fmt.Sprintf("postgres://%s@127.0.0.1:%d,%s/callback?sslmode=disable", tg.User, freePort(t), tg.Addr()),
 	})
 	var out bytes.Buffer

@@ -44,10 +44,6 @@ func setupTarget(t *testing.T, handle func(ctx context.Context, received time.Ti
 	return srv.URL + "/callback"
 }
 
-func env(vars map[string]string) func(string) string {
-	return func(k string) string { return vars[k] }
-}
-
 func fastArgs(target string, extra ...string) []string {
 	return append([]string{
 		"-objects-addr", "127.0.0.1:0", "-target", target, "-interval", "0",
@@ -61,7 +57,7 @@ func TestRun(t *testing.T) {
 	t.Run("runs_both_parties_and_prints_a_summary", func(t *testing.T) {
 		t.Parallel()
 		var out testhelper.Buffer
-		err := run(t.Context(), fastArgs(setupTarget(t, nil), "-count", "5", "-senders", "2"), env(nil), &out, &out)
+		err := run(t.Context(), fastArgs(setupTarget(t, nil), "-count", "5", "-senders", "2"), testhelper.Getenv(nil), &out, &out)
 		require.NoError(t, err)
 		s := out.String()
 		require.Contains(t, s, "objects: serving GET /objects/{id} on 127.0.0.1:")
@@ -75,7 +71,7 @@ func TestRun(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		cancel()
 		var out testhelper.Buffer
-		require.NoError(t, run(ctx, []string{"objects", "-objects-addr", "127.0.0.1:0"}, env(nil), &out, &out))
+		require.NoError(t, run(ctx, []string{"objects", "-objects-addr", "127.0.0.1:0"}, testhelper.Getenv(nil), &out, &out))
 		require.Contains(t, out.String(), "lookups: 0 served")
 		require.NotContains(t, out.String(), "callbacks:")
 	})
@@ -88,7 +84,7 @@ func TestRun(t *testing.T) {
 		done := make(chan error, 1)
 		go func() {
 			done <- run(ctx, []string{"objects", "-objects-addr", "127.0.0.1:0", "-capacity", "1",
-				"-latency-min", "1h", "-latency-max", "1h", "-progress", "5ms"}, env(nil), &out, &out)
+				"-latency-min", "1h", "-latency-max", "1h", "-progress", "5ms"}, testhelper.Getenv(nil), &out, &out)
 		}()
 		var addr string
 		require.Eventually(t, func() bool {
@@ -128,7 +124,7 @@ func TestRun(t *testing.T) {
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = ln.Close() })
 		var out testhelper.Buffer
-		err = run(t.Context(), []string{"objects", "-objects-addr", ln.Addr().String()}, env(nil), &out, &out)
+		err = run(t.Context(), []string{"objects", "-objects-addr", ln.Addr().String()}, testhelper.Getenv(nil), &out, &out)
 		require.ErrorContains(t, err, "address already in use")
 	})
 
@@ -146,11 +142,11 @@ func TestRun(t *testing.T) {
 			{"send", "-verify", "-target", "http://127.0.0.1:1"}, // no end to sending
 		} {
 			var out testhelper.Buffer
-			err := run(t.Context(), args, env(map[string]string{}), &out, &out)
+			err := run(t.Context(), args, testhelper.Getenv(map[string]string{}), &out, &out)
 			require.Error(t, err, args)
 		}
 		var out testhelper.Buffer
-		err := run(t.Context(), []string{"send", "-verify"}, env(map[string]string{"DATABASE_URL": "x", "EXPIRE_AFTER": "soon"}), &out, &out)
+		err := run(t.Context(), []string{"send", "-verify"}, testhelper.Getenv(map[string]string{"DATABASE_URL": "x", "EXPIRE_AFTER": "soon"}), &out, &out)
 		require.ErrorContains(t, err, "EXPIRE_AFTER")
 	})
 }
@@ -188,7 +184,7 @@ func TestVerify(t *testing.T) {
 		}
 		return nil
 	})
-	vars := env(map[string]string{"DATABASE_URL": url})
+	vars := testhelper.Getenv(map[string]string{"DATABASE_URL": url})
 	args := fastArgs(target, "-count", "20", "-ids-min", "1", "-ids-max", "5", "-id-max", "9",
 		"-verify", "-verify-expiry=false", "-catch-up", "200ms")
 

@@ -254,7 +254,7 @@ func startInproc(t *testing.T, e env) *inproc {
 	s := &inproc{base: e.base(), stop: cancel, done: make(chan error, 1), log: &testhelper.Buffer{}}
 	exited := make(chan struct{})
 	go func() {
-		err := service.Run(ctx, nil, func(k string) string { return e[k] }, io.Discard, s.log)
+		err := service.Run(ctx, nil, testhelper.Getenv(e), io.Discard, s.log)
 		s.done <- err
 		close(exited)
 	}()

@@ -17,6 +17,7 @@ import (
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/service"
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
 	"github.com/objwatch/callback/internal/testnet"
 )
 
@@ -63,7 +64,7 @@ func start(t *testing.T, env map[string]string) *instance {
 	ctx, stop := context.WithCancel(context.Background())
 	inst := &instance{base: "http://" + addr, pool: pool, done: make(chan error, 1), stop: stop}
 	go func() {
-		inst.done <- service.Run(ctx, nil, func(k string) string { return vars[k] }, io.Discard, io.Discard)
+		inst.done <- service.Run(ctx, nil, testhelper.Getenv(vars), io.Discard, io.Discard)
 	}()
 	t.Cleanup(func() {
 		stop()

@@ -68,7 +68,7 @@ func TestShutdown(t *testing.T) {
 		logs := &testhelper.Buffer{}
 		ctx, stop := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		go func() { done <- service.Run(ctx, nil, func(k string) string { return vars[k] }, io.Discard, logs) }()
+		go func() { done <- service.Run(ctx, nil, testhelper.Getenv(vars), io.Discard, logs) }()
 		t.Cleanup(func() {
 			stop()
 			<-done

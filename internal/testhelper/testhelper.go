@@ -1,6 +1,6 @@
 // Package testhelper holds the helpers that tests of several packages share: waits
-// for a condition and a buffer that a server under test writes while the test reads
-// it. It is imported only by test files.
+// for a condition, a buffer that a server under test writes while the test reads it
+// and an environment from a map. It is imported only by test files.
 //
 // Helpers that need a database (reading and writing the objects table, a fresh
 // migrated database) live in internal/pgtest, and addresses for servers under test in
@@ -77,4 +77,10 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// Getenv is a getenv (for a run(ctx, args, getenv, ...) function) that reads vars:
+// the environment a test gives, and nothing of the process's own.
+func Getenv(vars map[string]string) func(string) string {
+	return func(key string) string { return vars[key] }
 }

@@ -88,3 +88,11 @@ func TestBuffer(t *testing.T) {
 		t.Errorf("%d lines, want 800", got)
 	}
 }
+
+func TestGetenv(t *testing.T) {
+	t.Parallel()
+	getenv := testhelper.Getenv(map[string]string{"A": "1"})
+	if getenv("A") != "1" || getenv("PATH") != "" {
+		t.Errorf(`getenv("A") = %q, getenv("PATH") = %q; want "1" and nothing of the process's`, getenv("A"), getenv("PATH"))
+	}
+}
