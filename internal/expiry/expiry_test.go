@@ -5,7 +5,6 @@ package expiry
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -31,7 +30,7 @@ func setup(t *testing.T) (*pgxpool.Pool, func(now func() time.Time) (*Expirer, *
 	pool, _ := pgtest.NewPool(t)
 	return pool, func(now func() time.Time) (*Expirer, *metrics.Metrics) {
 		m := metrics.New()
-		e := New(Config{Window: window, Tick: time.Hour, Chunk: 10_000}, store.New(pool), slog.New(slog.DiscardHandler), m)
+		e := New(Config{Window: window, Tick: time.Hour, Chunk: 10_000}, store.New(pool), testhelper.DiscardLogger(), m)
 		e.now = now
 		return e, m
 	}
@@ -209,7 +208,7 @@ func TestTick_passesCutoffsFromItsClock(t *testing.T) {
 	e := New(Config{Window: window, Tick: time.Hour, Grace: time.Second, Chunk: 7}, expireStore{ExpireFunc: func(_ context.Context, p store.ExpireParams) (store.ExpiryTick, error) {
 		got = p
 		return store.ExpiryTick{Ran: true, Deleted: 3, Swept: 2}, nil
-	}}, slog.New(slog.DiscardHandler), m)
+	}}, testhelper.DiscardLogger(), m)
 	e.now = fixed(t0)
 
 	ran, deleted := tick(e, context.Background())
@@ -230,7 +229,7 @@ func TestTick_databaseErrorIsCountedAndFinishedChunksStillCount(t *testing.T) {
 	m := metrics.New()
 	e := New(Config{Window: window, Tick: time.Hour}, expireStore{ExpireFunc: func(context.Context, store.ExpireParams) (store.ExpiryTick, error) {
 		return store.ExpiryTick{Ran: true, Deleted: 5}, errors.New("connection refused")
-	}}, slog.New(slog.DiscardHandler), m)
+	}}, testhelper.DiscardLogger(), m)
 
 	tk := e.Tick(context.Background())
 	require.Equal(t, int64(5), tk.Deleted)
@@ -247,7 +246,7 @@ func TestRun_ticksAtOnceAndStopsWithContext(t *testing.T) {
 		default:
 		}
 		return store.ExpiryTick{Ran: true}, nil
-	}}, slog.New(slog.DiscardHandler), metrics.New())
+	}}, testhelper.DiscardLogger(), metrics.New())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()
@@ -285,7 +284,7 @@ func TestTick_deletesNoObjectWhileTheSpoolHoldsCallbacks(t *testing.T) {
 	pgtest.InsertObjects(t, pool, map[int64]time.Time{1: t0.Add(-time.Hour)})
 	var holds atomic.Bool
 	holds.Store(true)
-	e := New(Config{Window: window, Tick: time.Hour, Chunk: 100, SpoolHolds: holds.Load}, store.New(pool), slog.New(slog.DiscardHandler), metrics.New())
+	e := New(Config{Window: window, Tick: time.Hour, Chunk: 100, SpoolHolds: holds.Load}, store.New(pool), testhelper.DiscardLogger(), metrics.New())
 	e.now = fixed(t0)
 
 	_, deleted := tick(e, context.Background())
@@ -304,7 +303,7 @@ func TestTick_deletesInChunksUntilDone(t *testing.T) {
 	}
 	pgtest.InsertObjects(t, pool, old)
 	pgtest.InsertObjects(t, pool, map[int64]time.Time{1000: t0})
-	e := New(Config{Window: window, Tick: time.Hour, Chunk: 10}, store.New(pool), slog.New(slog.DiscardHandler), metrics.New())
+	e := New(Config{Window: window, Tick: time.Hour, Chunk: 10}, store.New(pool), testhelper.DiscardLogger(), metrics.New())
 	e.now = fixed(t0)
 
 	_, deleted := tick(e, context.Background())

@@ -3,7 +3,6 @@ package fetch_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -67,7 +66,7 @@ func (f *fixture) start(t *testing.T, cfg fetch.Config, lookup fetch.LookupFunc)
 // run is start that also returns the fetcher.
 func (f *fixture) run(t *testing.T, cfg fetch.Config, lookup fetch.LookupFunc) (fetcher *fetch.Fetcher, stop func()) {
 	t.Helper()
-	fetcher, err := fetch.New(cfg, f.store, lookup, slog.New(slog.DiscardHandler), f.m)
+	fetcher, err := fetch.New(cfg, f.store, lookup, testhelper.DiscardLogger(), f.m)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

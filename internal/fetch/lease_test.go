@@ -2,7 +2,6 @@ package fetch
 
 import (
 	"context"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -80,7 +79,7 @@ func TestClaimingStopsWhileResultsWaitToBeWritten(t *testing.T) {
 	st := &stuckStore{t: t, maxHeld: int64(cfg.Concurrency + 2*cfg.FlushSize + cfg.MaxClaim), release: make(chan struct{})}
 	var lookups atomic.Int64
 	f, err := New(cfg, st, func(context.Context, int64) (bool, error) { lookups.Add(1); return true, nil },
-		slog.New(slog.DiscardHandler), metrics.New())
+		testhelper.DiscardLogger(), metrics.New())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +123,7 @@ func TestLookupNeverStartsLateInItsLease(t *testing.T) {
 	late.Store(true)
 	var lookups atomic.Int64
 	f, err := New(cfg, st, func(context.Context, int64) (bool, error) { lookups.Add(1); return true, nil },
-		slog.New(slog.DiscardHandler), metrics.New())
+		testhelper.DiscardLogger(), metrics.New())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package fetch
 
 import (
 	"context"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // requeueStore hands out its due claims once and, like pending's due_at, makes a
@@ -79,7 +79,7 @@ func TestLookupPanicIsRecoveredCountedAndRetried(t *testing.T) {
 		PollInterval: 5 * time.Millisecond, FlushInterval: time.Millisecond, FlushSize: 16,
 		BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond, ShutdownGrace: 100 * time.Millisecond,
 	}
-	f, err := New(cfg, st, lookup, slog.New(slog.DiscardHandler), m)
+	f, err := New(cfg, st, lookup, testhelper.DiscardLogger(), m)
 	if err != nil {
 		t.Fatal(err)
 	}

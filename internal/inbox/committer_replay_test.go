@@ -11,6 +11,7 @@ import (
 	"github.com/objwatch/callback/internal/callback"
 	"github.com/objwatch/callback/internal/inbox"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // lostReply is the store as the committer sees it when COMMIT's reply is lost: the
@@ -33,7 +34,7 @@ func TestCommitter_timedOutCommitThatCommittedIsMergedOnce(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	ctx := context.Background()
-	c := inbox.NewCommitter(inbox.DefaultConfig(), lostReply{f.store}, f.spool, discard, f.m, nil)
+	c := inbox.NewCommitter(inbox.DefaultConfig(), lostReply{f.store}, f.spool, testhelper.DiscardLogger(), f.m, nil)
 	cctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- c.Run(cctx) }()

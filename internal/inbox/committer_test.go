@@ -6,7 +6,6 @@ package inbox
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"runtime"
 	"slices"
 	"sync"
@@ -22,6 +21,7 @@ import (
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/spool"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // inserter is a fake Inserter. A nil PingFunc answers every ping.
@@ -73,7 +73,7 @@ var failing = errors.New("database is down")
 func setup(t *testing.T, cfg Config, db Inserter, sp Appender) (*Committer, *clock, *metrics.Metrics) {
 	t.Helper()
 	m := metrics.New()
-	c := NewCommitter(cfg, db, sp, slog.New(slog.DiscardHandler), m, nil)
+	c := NewCommitter(cfg, db, sp, testhelper.DiscardLogger(), m, nil)
 	clk := &clock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
 	c.now = clk.Now
 	return c, clk, m
@@ -89,7 +89,7 @@ func run(t *testing.T, c *Committer) {
 
 func openSpool(t *testing.T) *spool.Spool {
 	t.Helper()
-	sp, err := spool.Open(t.TempDir(), slog.New(slog.DiscardHandler))
+	sp, err := spool.Open(t.TempDir(), testhelper.DiscardLogger())
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sp.Close() })
 	return sp
@@ -416,7 +416,7 @@ func TestSubmit_writesAnInboxRowInPostgres(t *testing.T) {
 	pool, _ := pgtest.NewPool(t)
 	var committed atomic.Int64
 	m := metrics.New()
-	c := NewCommitter(DefaultConfig(), store.New(pool), openSpool(t), slog.New(slog.DiscardHandler), m, func() { committed.Add(1) })
+	c := NewCommitter(DefaultConfig(), store.New(pool), openSpool(t), testhelper.DiscardLogger(), m, func() { committed.Add(1) })
 	run(t, c)
 
 	want := []callback.Callback{newCallback(3, 1, 3), newCallback()}

@@ -3,7 +3,6 @@ package inbox_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"slices"
 	"testing"
 	"time"
@@ -18,9 +17,8 @@ import (
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/spool"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
-
-var discard = slog.New(slog.DiscardHandler)
 
 // fixture is a real spool and a real store on a fresh database.
 type fixture struct {
@@ -42,14 +40,14 @@ func setup(t *testing.T) *fixture {
 // openSpool opens another Spool on the same directory, as another process would.
 func (f *fixture) openSpool(t *testing.T) *spool.Spool {
 	t.Helper()
-	sp, err := spool.Open(f.dir, discard)
+	sp, err := spool.Open(f.dir, testhelper.DiscardLogger())
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sp.Close() })
 	return sp
 }
 
 func (f *fixture) replayer(db inbox.SegmentStore, replayed func()) *inbox.Replayer {
-	return inbox.NewReplayer(db, f.spool, time.Hour, discard, f.m, replayed)
+	return inbox.NewReplayer(db, f.spool, time.Hour, testhelper.DiscardLogger(), f.m, replayed)
 }
 
 // inbox reads the inbox table.
@@ -307,7 +305,7 @@ func TestRun_wakeReplaysAtOnce(t *testing.T) {
 	f := setup(t)
 	spy := passSpy{Spool: f.spool, passes: make(chan struct{}, 1)}
 	woken := make(chan struct{}, 1)
-	r := inbox.NewReplayer(f.store, spy, time.Hour, discard, f.m, func() { woken <- struct{}{} })
+	r := inbox.NewReplayer(f.store, spy, time.Hour, testhelper.DiscardLogger(), f.m, func() { woken <- struct{}{} })
 	runReplayer(t, r)
 	<-spy.passes // the first pass found the spool empty and sleeps for an hour
 

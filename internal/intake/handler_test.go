@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -31,6 +30,7 @@ import (
 	"github.com/objwatch/callback/internal/server"
 	"github.com/objwatch/callback/internal/spool"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // backend is what the routes write to: a fresh database, a real spool, and the real
@@ -60,16 +60,14 @@ func defaults() intake.Config {
 	return intake.Config{MaxBodyBytes: 1 << 20, MaxIDs: 10000, BodyTimeout: 200 * time.Millisecond}
 }
 
-var discard = slog.New(slog.DiscardHandler)
-
 func setup(t *testing.T) *backend {
 	t.Helper()
 	pool, _ := pgtest.NewPool(t)
-	sp, err := spool.Open(t.TempDir(), discard)
+	sp, err := spool.Open(t.TempDir(), testhelper.DiscardLogger())
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sp.Close() })
 
-	committer := inbox.NewCommitter(inbox.DefaultConfig(), store.New(pool), sp, discard, metrics.New(), nil)
+	committer := inbox.NewCommitter(inbox.DefaultConfig(), store.New(pool), sp, testhelper.DiscardLogger(), metrics.New(), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = committer.Run(ctx) }()
@@ -94,9 +92,9 @@ func (b *backend) serve(t *testing.T, cfg intake.Config, sub intake.Submitter) *
 	}
 	m := e.m
 	h := server.New(server.Deps{
-		Log:      discard,
+		Log:      testhelper.DiscardLogger(),
 		Metrics:  m,
-		Callback: intake.NewHandler(cfg, sub, discard, m),
+		Callback: intake.NewHandler(cfg, sub, testhelper.DiscardLogger(), m),
 		Objects:  server.NewObjects(store.New(b.pool), 30*time.Second),
 		Ready:    func(context.Context) error { return nil },
 	})

@@ -18,6 +18,7 @@ import (
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // mergeStore is a fake merge.Store.
@@ -100,7 +101,7 @@ func TestPass_drainsInboxIntoPending(t *testing.T) {
 		callback.New(at(9), nil),
 	)
 	var woken atomic.Int64
-	m := merge.New(merge.Config{MaxBatches: 1000, MaxIDs: 1 << 20, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, func() { woken.Add(1) })
+	m := merge.New(merge.Config{MaxBatches: 1000, MaxIDs: 1 << 20, Interval: idle}, f.store, testhelper.DiscardLogger(), f.m, func() { woken.Add(1) })
 
 	n, err := m.Pass(context.Background())
 	require.NoError(t, err)
@@ -123,7 +124,7 @@ func TestPass_drainsInboxIntoPending(t *testing.T) {
 func TestRun_wakeStartsAPass(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	m := merge.New(merge.Config{MaxBatches: 1000, MaxIDs: 1 << 20, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
+	m := merge.New(merge.Config{MaxBatches: 1000, MaxIDs: 1 << 20, Interval: idle}, f.reporting(), testhelper.DiscardLogger(), f.m, nil)
 	run(t, m)
 	require.Equal(t, store.Merged{}, <-f.passes, "the first pass runs at once and finds nothing")
 
@@ -140,7 +141,7 @@ func TestRun_fullPassLoopsAgainAtOnce(t *testing.T) {
 	for i := range 5 {
 		f.insert(t, callback.New(at(i), []int64{int64(i)}))
 	}
-	m := merge.New(merge.Config{MaxBatches: 2, MaxIDs: 1 << 20, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
+	m := merge.New(merge.Config{MaxBatches: 2, MaxIDs: 1 << 20, Interval: idle}, f.reporting(), testhelper.DiscardLogger(), f.m, nil)
 	run(t, m)
 
 	// No Wake and an hour's interval: only "a full pass means more is waiting" can
@@ -160,7 +161,7 @@ func TestRun_exactMultipleOfMaxEndsWithAnEmptyPass(t *testing.T) {
 	for i := range 4 {
 		f.insert(t, callback.New(at(i), []int64{int64(i)}))
 	}
-	m := merge.New(merge.Config{MaxBatches: 2, MaxIDs: 1 << 20, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
+	m := merge.New(merge.Config{MaxBatches: 2, MaxIDs: 1 << 20, Interval: idle}, f.reporting(), testhelper.DiscardLogger(), f.m, nil)
 	run(t, m)
 
 	var sizes []int64
@@ -179,7 +180,7 @@ func TestRun_idBoundEndsAPassEarly(t *testing.T) {
 	}
 	// 4 ids at most: the first batch (3 ids) is under the bound, so the second is taken
 	// too and crosses it; that pass is full, and the third batch waits for the next.
-	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 4, Interval: idle}, f.reporting(), slog.New(slog.DiscardHandler), f.m, nil)
+	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 4, Interval: idle}, f.reporting(), testhelper.DiscardLogger(), f.m, nil)
 	run(t, m)
 
 	first, second := <-f.passes, <-f.passes
@@ -222,7 +223,7 @@ func TestRun_retriesAfterDatabaseError(t *testing.T) {
 		return store.Merged{}, nil
 	}}
 	f := &fixture{m: metrics.New()}
-	m := merge.New(merge.Config{MaxBatches: 10, MaxIDs: 1 << 20, Interval: idle}, s, slog.New(slog.DiscardHandler), f.m, nil)
+	m := merge.New(merge.Config{MaxBatches: 10, MaxIDs: 1 << 20, Interval: idle}, s, testhelper.DiscardLogger(), f.m, nil)
 	run(t, m)
 	<-retried // without a Wake or the interval: the failure's own backoff retried
 	require.Equal(t, 1.0, metrics.Sum(f.m.DatabaseErrors.WithLabelValues("merge")))
@@ -234,7 +235,7 @@ func TestPass_takesTheNewestBatchesFirst(t *testing.T) {
 	for i := range 3 {
 		f.insert(t, callback.New(at(1000*i), []int64{int64(i)}))
 	}
-	m := merge.New(merge.Config{MaxBatches: 1, MaxIDs: 1 << 20, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
+	m := merge.New(merge.Config{MaxBatches: 1, MaxIDs: 1 << 20, Interval: idle}, f.store, testhelper.DiscardLogger(), f.m, nil)
 	var order []int64
 	for range 3 {
 		_, err := m.Pass(context.Background())
@@ -256,7 +257,7 @@ func TestPass_dropsWorkThatLeftTheWindow(t *testing.T) {
 	old, fresh := now.Add(-2*window), now.Add(-time.Second)
 	f.insert(t, callback.New(old, []int64{1, 2}), callback.New(old.Add(time.Millisecond), []int64{3})) // a whole stale batch
 	f.insert(t, callback.New(old, []int64{4, 5}), callback.New(fresh, []int64{6}))                     // stale and fresh
-	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, ExpireAfter: window, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
+	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, ExpireAfter: window, Interval: idle}, f.store, testhelper.DiscardLogger(), f.m, nil)
 
 	n, err := m.Pass(context.Background())
 	require.NoError(t, err)
@@ -272,7 +273,7 @@ func TestPass_boundsPendingKeepingTheNewest(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	f.insert(t, callback.New(at(0), []int64{1}))
-	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 3, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
+	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 3, Interval: idle}, f.store, testhelper.DiscardLogger(), f.m, nil)
 	_, err := m.Pass(context.Background())
 	require.NoError(t, err)
 
@@ -295,7 +296,7 @@ func TestPass_refreshesOnlineObjectsEvenWithoutRoom(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	pgtest.InsertObjects(t, f.pool, map[int64]time.Time{7: at(0), 8: at(50)})
-	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 1, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
+	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 1, Interval: idle}, f.store, testhelper.DiscardLogger(), f.m, nil)
 	f.insert(t, callback.New(at(5), []int64{1}), callback.New(at(20), []int64{7, 8}))
 
 	n, err := m.Pass(context.Background())
@@ -314,7 +315,7 @@ func TestPass_pastTheDistinctBoundOnlyRefreshes(t *testing.T) {
 	// after it, the online one is refreshed anyway, the other dropped for capacity.
 	f.insert(t, callback.New(at(10), []int64{2, 3}))
 	f.insert(t, callback.New(at(20), []int64{1}))
-	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxDistinct: 1, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
+	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxDistinct: 1, Interval: idle}, f.store, testhelper.DiscardLogger(), f.m, nil)
 
 	n, err := m.Pass(context.Background())
 	require.NoError(t, err)
@@ -331,7 +332,7 @@ func TestPass_fullPendingMakesRoomForNewerWork(t *testing.T) {
 	f.insert(t, callback.New(at(0), []int64{1}), callback.New(at(1), []int64{2}), callback.New(at(50), []int64{3}))
 	_, err := f.store.MergeInbox(context.Background(), 100, 1<<20)
 	require.NoError(t, err)
-	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 3, MaxNew: 2, Interval: idle}, f.store, slog.New(slog.DiscardHandler), f.m, nil)
+	m := merge.New(merge.Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 3, MaxNew: 2, Interval: idle}, f.store, testhelper.DiscardLogger(), f.m, nil)
 
 	// Pending is full. A pass of newer receipts evicts the oldest waiting rows older
 	// than its own receipts, two at most (MaxNew); id 3, named after the pass's oldest

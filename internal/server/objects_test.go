@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -22,6 +21,7 @@ import (
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/server"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // The helpers here are prefixed (objects...) because other test files share this
@@ -47,7 +47,7 @@ func (s submitter) Submit(ctx context.Context, cb callback.Callback) error {
 func setupObjects(t *testing.T) *objectsEnv {
 	t.Helper()
 	pool, _ := pgtest.NewPool(t)
-	log := slog.New(slog.DiscardHandler)
+	log := testhelper.DiscardLogger()
 	m := metrics.New()
 	sub := submitter{SubmitFunc: func(context.Context, callback.Callback) error {
 		t.Error("the read API must not submit callbacks")

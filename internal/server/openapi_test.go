@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/server"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // The API document (api/openapi.yaml) against the real handlers: every route, valid
@@ -61,7 +61,7 @@ func setupAPI(t *testing.T) ([]string, *objectsEnv) {
 	t.Helper()
 	pool, _ := pgtest.NewPool(t)
 	db := store.New(pool)
-	log := slog.New(slog.DiscardHandler)
+	log := testhelper.DiscardLogger()
 
 	m := metrics.New()
 	committer := inbox.NewCommitter(inbox.DefaultConfig(), db, nil, log, m, nil)

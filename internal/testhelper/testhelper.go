@@ -1,6 +1,7 @@
 // Package testhelper holds the helpers that tests of several packages share: waits
-// for a condition, a buffer that a server under test writes while the test reads it
-// and an environment from a map. It is imported only by test files.
+// for a condition, a buffer that a server under test writes while the test reads it, an
+// environment from a map and a logger that drops everything. It is imported only by
+// test files.
 //
 // Helpers that need a database (reading and writing the objects table, a fresh
 // migrated database) live in internal/pgtest, and addresses for servers under test in
@@ -9,6 +10,7 @@ package testhelper
 
 import (
 	"bytes"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -83,4 +85,11 @@ func (b *Buffer) String() string {
 // the environment a test gives, and nothing of the process's own.
 func Getenv(vars map[string]string) func(string) string {
 	return func(key string) string { return vars[key] }
+}
+
+// DiscardLogger is a logger that drops every record, for a component whose log the
+// test does not read. (Not one that writes to t.Log: goroutines of the component may
+// log after the test has ended, which t.Log does not allow.)
+func DiscardLogger() *slog.Logger {
+	return slog.New(slog.DiscardHandler)
 }
