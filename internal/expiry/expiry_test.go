@@ -40,7 +40,7 @@ func fixed(t time.Time) func() time.Time { return func() time.Time { return t } 
 
 func objects(t *testing.T, pool *pgxpool.Pool) map[int64]time.Time {
 	t.Helper()
-	return pgtest.IDTimes(t, pool, "SELECT id, last_seen FROM objects")
+	return pgtest.Objects(t, pool)
 }
 
 func TestTick_deletesRowsOlderThanWindowAndKeepsTheRest(t *testing.T) {

@@ -85,7 +85,7 @@ func (f *fixture) run(t *testing.T, cfg fetch.Config, lookup fetch.LookupFunc) (
 // objects reads the objects table.
 func (f *fixture) objects(t *testing.T) map[int64]time.Time {
 	t.Helper()
-	return pgtest.IDTimes(t, f.pool, "SELECT id, last_seen FROM objects")
+	return pgtest.Objects(t, f.pool)
 }
 
 func (f *fixture) pending(t *testing.T) int {

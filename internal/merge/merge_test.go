@@ -302,7 +302,7 @@ func TestPass_refreshesOnlineObjectsEvenWithoutRoom(t *testing.T) {
 	n, err := m.Pass(context.Background())
 	require.NoError(t, err)
 	require.Equal(t, int64(1), n.Refreshed)
-	require.Equal(t, map[int64]time.Time{7: at(20), 8: at(50)}, pgtest.IDTimes(t, f.pool, "SELECT id, last_seen FROM objects"),
+	require.Equal(t, map[int64]time.Time{7: at(20), 8: at(50)}, pgtest.Objects(t, f.pool),
 		"an online object named again takes the newer receipt at once, lookup or not; last_seen never goes back")
 	require.Len(t, f.pending(t), 1)
 }
@@ -321,7 +321,7 @@ func TestPass_pastTheDistinctBoundOnlyRefreshes(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(2), n.Batches, "every batch read is consumed")
 	require.Equal(t, map[int64]time.Time{1: at(20)}, f.pending(t))
-	require.Equal(t, map[int64]time.Time{2: at(10)}, pgtest.IDTimes(t, f.pool, "SELECT id, last_seen FROM objects"))
+	require.Equal(t, map[int64]time.Time{2: at(10)}, pgtest.Objects(t, f.pool))
 	require.Equal(t, 1.0, metrics.Sum(f.m.Dropped.WithLabelValues("merge", "capacity")))
 	require.Zero(t, f.count(t, "inbox_batches"))
 }

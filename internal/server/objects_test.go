@@ -73,14 +73,11 @@ type object struct {
 // insert writes objects rows as lookups would have.
 func (e *objectsEnv) insert(t *testing.T, rows []object) {
 	t.Helper()
-	ids := make([]int64, len(rows))
-	seen := make([]time.Time, len(rows))
-	for i, r := range rows {
-		ids[i], seen[i] = r.ID, r.LastSeen
+	byID := make(map[int64]time.Time, len(rows))
+	for _, r := range rows {
+		byID[r.ID] = r.LastSeen
 	}
-	_, err := e.pool.Exec(context.Background(),
-		"INSERT INTO objects (id, last_seen) SELECT * FROM unnest($1::bigint[], $2::timestamptz[])", ids, seen)
-	require.NoError(t, err)
+	pgtest.InsertObjects(t, e.pool, byID)
 }
 
 // get fetches path and decodes the JSON object it answers into out (if not nil).

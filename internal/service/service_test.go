@@ -98,7 +98,7 @@ func (in *instance) post(t *testing.T, body string) (from, to time.Time) {
 
 func (in *instance) objects(t *testing.T) map[int64]time.Time {
 	t.Helper()
-	return pgtest.IDTimes(t, in.pool, "SELECT id, last_seen FROM objects")
+	return pgtest.Objects(t, in.pool)
 }
 
 // settled: nothing left to merge or look up.
