@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -22,6 +21,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 // env is what every phase needs: where the server is, the service binary, a temp dir.
@@ -83,16 +84,6 @@ func redact(s string) string {
 		return "(unparsable url)"
 	}
 	return u.Redacted()
-}
-
-// freeAddr returns a loopback address that was free a moment ago.
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 // proc is a child process: the service or the no-op server.
@@ -206,11 +197,11 @@ func (e *env) startService(ctx context.Context, tag, objectsURL string, extra ..
 	s := &service{dbName: name, dbURL: e.dbURL(name), drop: drop}
 	fail := func(err error) (*service, error) { s.close(); return nil, err }
 
-	addr, err := freeAddr()
+	addr, err := testnet.Next()
 	if err != nil {
 		return fail(err)
 	}
-	s.pprofAddr, err = freeAddr()
+	s.pprofAddr, err = testnet.Next()
 	if err != nil {
 		return fail(err)
 	}

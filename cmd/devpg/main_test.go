@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/objwatch/callback/internal/devpg"
 	"github.com/objwatch/callback/internal/testhelper"
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 func TestParseTarget(t *testing.T) {
@@ -95,7 +95,7 @@ func TestRun_ensure_refuses_a_cluster_of_another_version(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := testhelper.Getenv(map[string]string{
-		"DATABASE_URL": fmt.Sprintf("postgres://postgres@127.0.0.1:%d/callback?sslmode=disable", freePort(t)),
+		"DATABASE_URL": fmt.Sprintf("postgres://postgres@127.0.0.1:%d/callback?sslmode=disable", testnet.FreePort(t)),
 		"DEVPG_DIR":    dir,
 	})
 	var out bytes.Buffer
@@ -175,7 +175,7 @@ func TestRun_ensure_starts_a_cluster_where_none_answers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	port := freePort(t)
+	port := testnet.FreePort(t)
 	databaseURL := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/callback?sslmode=disable", port)
 	env := testhelper.Getenv(map[string]string{
 		"DATABASE_URL": databaseURL,
@@ -247,16 +247,6 @@ func assertServer(ctx context.Context, t *testing.T, databaseURL, wantFsync stri
 	}
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func TestParseTarget_multi_host(t *testing.T) {
 	t.Parallel()
 	got, err := parseTarget("postgres://postgres@127.0.0.1:55460,127.0.0.1:55461/app?target_session_attrs=read-write")
@@ -275,7 +265,7 @@ func TestRun_ensure_multi_host_url_starts_nothing(t *testing.T) {
 	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "data")
 	env := testhelper.Getenv(map[string]string{
-		"DATABASE_URL": fmt.Sprintf("postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/callback?sslmode=disable", freePort(t), freePort(t)),
+		"DATABASE_URL": fmt.Sprintf("postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/callback?sslmode=disable", testnet.FreePort(t), testnet.FreePort(t)),
 		"DEVPG_DIR":    dir,
 	})
 	var out bytes.Buffer
@@ -308,7 +298,7 @@ func TestRun_ensure_multi_host_url_with_a_live_host(t *testing.T) {
 		t.Skipf("no server answers at DATABASE_URL: %v", err)
 	}
 	env := testhelper.Getenv(map[string]string{
-		"DATABASE_URL": fmt.Sprintf("postgres://%s@127.0.0.1:%d,%s/callback?sslmode=disable", tg.User, freePort(t), tg.Addr()),
+		"DATABASE_URL": fmt.Sprintf("postgres://%s@127.0.0.1:%d,%s/callback?sslmode=disable", tg.User, testnet.FreePort(t), tg.Addr()),
 	})
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"ensure"}, env, &out, &out); err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/objwatch/callback/internal/devpg"
 	"github.com/objwatch/callback/internal/testhelper"
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 // cluster is a throwaway Postgres of the test's own, started from the installed server
@@ -51,8 +52,7 @@ func newCluster(t *testing.T, settings ...string) *cluster {
 	if err := as.TakeDir(context.Background(), c.data); err != nil {
 		t.Fatal(err)
 	}
-	port, _ := strconv.Atoi(strings.TrimPrefix(freeAddr(t), "127.0.0.1:"))
-	c.port = port
+	c.port = testnet.FreePort(t)
 	// Registered before the start: cleanups run last first, so the server is stopped
 	// before its directory is removed.
 	t.Cleanup(func() { _, _ = c.run("pg_ctl", "-D", c.data, "-m", "immediate", "-w", "stop") })

@@ -13,6 +13,7 @@ import (
 
 	"github.com/objwatch/callback/internal/tester"
 	"github.com/objwatch/callback/internal/testhelper"
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 // TestFailover loses the Postgres primary under load from two replicas: its postmaster
@@ -72,7 +73,7 @@ func failover(t *testing.T, synchronous, blackhole bool) {
 		primaryAddr, standby.addr())
 	_, objectsURL := objectService(t, fastObjects(11), nil)
 	ea := baseEnv(t, dbURL, objectsURL)
-	eb := ea.with("LISTEN_ADDR", freeAddr(t), "SPOOL_DIR", t.TempDir())
+	eb := ea.with("LISTEN_ADDR", testnet.FreeAddr(t), "SPOOL_DIR", t.TempDir())
 	window := ea.duration(t, "EXPIRE_AFTER")
 	a, b := startProc(t, ea), startProc(t, eb)
 	for _, p := range []*proc{a, b} {

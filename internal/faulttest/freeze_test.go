@@ -12,6 +12,7 @@ import (
 
 	"github.com/objwatch/callback/internal/tester"
 	"github.com/objwatch/callback/internal/testhelper"
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 // TestFrozenReplica freezes a replica with SIGSTOP while it holds claimed lookups, for
@@ -30,7 +31,7 @@ func TestFrozenReplica(t *testing.T) {
 	// B has room for more lookups than its own load needs: lookups go newest receipt
 	// first, so a saturated replica would leave A's claims (the oldest receipts) to
 	// leave the window rather than take them over.
-	eb := ea.with("LISTEN_ADDR", freeAddr(t), "FETCH_CONCURRENCY", "256") // same database, same spool
+	eb := ea.with("LISTEN_ADDR", testnet.FreeAddr(t), "FETCH_CONCURRENCY", "256") // same database, same spool
 	lease := ea.duration(t, "LEASE")
 
 	a := startProc(t, ea)

@@ -88,7 +88,7 @@ type env map[string]string
 func baseEnv(t *testing.T, dbURL, objectsURL string) env {
 	return env{
 		"DATABASE_URL":      dbURL,
-		"LISTEN_ADDR":       freeAddr(t),
+		"LISTEN_ADDR":       testnet.FreeAddr(t),
 		"OBJECTS_URL":       objectsURL,
 		"SPOOL_DIR":         t.TempDir(),
 		"EXPIRE_AFTER":      "60s",
@@ -123,9 +123,6 @@ func (e env) duration(t *testing.T, key string) time.Duration {
 	}
 	return d
 }
-
-// freeAddr: see testnet.FreeAddr, and why Listen(":0") is not enough.
-func freeAddr(t *testing.T) string { return testnet.FreeAddr(t) }
 
 // proc is the service binary running as a subprocess.
 type proc struct {

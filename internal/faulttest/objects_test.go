@@ -14,6 +14,7 @@ import (
 
 	"github.com/objwatch/callback/internal/tester"
 	"github.com/objwatch/callback/internal/testhelper"
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 // TestObjectServiceFaults: the object service answers 500, hangs past the lookup
@@ -79,7 +80,7 @@ func TestObjectServiceDown(t *testing.T) {
 		listen func(t *testing.T) (string, *atomic.Int64)
 	}{
 		{"connection_refused", func(t *testing.T) (string, *atomic.Int64) {
-			return "http://" + freeAddr(t), nil // nothing listens there
+			return "http://" + testnet.FreeAddr(t), nil // nothing listens there
 		}},
 		{"connection_reset", func(t *testing.T) (string, *atomic.Int64) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -9,6 +9,7 @@ import (
 
 	"github.com/objwatch/callback/internal/tester"
 	"github.com/objwatch/callback/internal/testhelper"
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 // TestTwoReplicas runs two service processes on one database and one spool
@@ -24,7 +25,7 @@ func TestTwoReplicas(t *testing.T) {
 	cfg.LatencyMin, cfg.LatencyMax = 100*time.Millisecond, 400*time.Millisecond
 	objects, objectsURL := objectService(t, cfg, nil)
 	ea := baseEnv(t, dbURL, objectsURL).with("EXPIRE_AFTER", "8s")
-	eb := ea.with("LISTEN_ADDR", freeAddr(t)) // same database, same SPOOL_DIR
+	eb := ea.with("LISTEN_ADDR", testnet.FreeAddr(t)) // same database, same SPOOL_DIR
 	window := ea.duration(t, "EXPIRE_AFTER")
 
 	a := startProc(t, ea)

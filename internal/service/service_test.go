@@ -46,7 +46,7 @@ func start(t *testing.T, env map[string]string) *instance {
 	go objects.Serve(objCtx, objLn, time.Second) //nolint:errcheck
 	t.Cleanup(stopObjects)
 
-	addr := freeAddr(t)
+	addr := testnet.FreeAddr(t)
 	vars := map[string]string{
 		"DATABASE_URL":    dbURL,
 		"LISTEN_ADDR":     addr,
@@ -80,9 +80,6 @@ func start(t *testing.T, env map[string]string) *instance {
 	}, 10*time.Second, 10*time.Millisecond)
 	return inst
 }
-
-// freeAddr: see testnet.FreeAddr, and why Listen(":0") is not enough.
-func freeAddr(t *testing.T) string { return testnet.FreeAddr(t) }
 
 // post sends one callback and returns the interval in which the service received it.
 func (in *instance) post(t *testing.T, body string) (from, to time.Time) {

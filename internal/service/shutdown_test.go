@@ -12,6 +12,7 @@ import (
 
 	"github.com/objwatch/callback/internal/service"
 	"github.com/objwatch/callback/internal/testhelper"
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -52,13 +53,13 @@ func TestShutdown(t *testing.T) {
 
 	t.Run("wrong_database_url_is_loud_in_the_log_and_the_metrics", func(t *testing.T) {
 		t.Parallel()
-		nowhere := "postgres://postgres@" + freeAddr(t) + "/callback?sslmode=disable&connect_timeout=1"
-		addr := freeAddr(t)
+		nowhere := "postgres://postgres@" + testnet.FreeAddr(t) + "/callback?sslmode=disable&connect_timeout=1"
+		addr := testnet.FreeAddr(t)
 		spoolDir := t.TempDir()
 		vars := map[string]string{
 			"DATABASE_URL":    nowhere,
 			"LISTEN_ADDR":     addr,
-			"OBJECTS_URL":     "http://" + freeAddr(t),
+			"OBJECTS_URL":     "http://" + testnet.FreeAddr(t),
 			"SPOOL_DIR":       spoolDir,
 			"COMMIT_TIMEOUT":  "200ms",
 			"STATUS_INTERVAL": "50ms",
