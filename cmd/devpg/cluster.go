@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/objwatch/callback/internal/childproc"
 	"github.com/objwatch/callback/internal/devpg"
 )
 
@@ -82,7 +83,7 @@ func ensure(ctx context.Context, t target, opts options, stdout io.Writer) error
 		"-o", serverOptions(t, socketDir(dir, t.Port), opts.fast), "start")
 	if err != nil {
 		return fmt.Errorf("pg_ctl start in %s: %w\n%s\nlast lines of %s:\n%s",
-			dir, err, out, logFile, devpg.Tail(logFile, 20))
+			dir, err, out, logFile, childproc.Tail(logFile, 20))
 	}
 
 	// pg_ctl -w waited for the postmaster; check it is reachable the way clients are.
@@ -94,7 +95,7 @@ func ensure(ctx context.Context, t target, opts options, stdout io.Writer) error
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return fmt.Errorf("started a cluster in %s but cannot connect: %w\nlast lines of %s:\n%s",
-				dir, err, logFile, devpg.Tail(logFile, 20))
+				dir, err, logFile, childproc.Tail(logFile, 20))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

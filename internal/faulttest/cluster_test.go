@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/objwatch/callback/internal/childproc"
 	"github.com/objwatch/callback/internal/devpg"
 	"github.com/objwatch/callback/internal/testhelper"
 	"github.com/objwatch/callback/internal/testnet"
@@ -89,7 +90,7 @@ func (c *cluster) logFile() string { return filepath.Join(c.data, "server.log") 
 func (c *cluster) ctl(t *testing.T, args ...string) {
 	t.Helper()
 	if out, err := c.run("pg_ctl", append([]string{"-D", c.data}, args...)...); err != nil {
-		t.Fatalf("pg_ctl %s: %v\n%s\n%s", strings.Join(args, " "), err, out, devpg.Tail(c.logFile(), 20))
+		t.Fatalf("pg_ctl %s: %v\n%s\n%s", strings.Join(args, " "), err, out, childproc.Tail(c.logFile(), 20))
 	}
 }
 

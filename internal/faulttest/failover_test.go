@@ -78,7 +78,7 @@ func failover(t *testing.T, synchronous, blackhole bool) {
 	a, b := startProc(t, ea), startProc(t, eb)
 	for _, p := range []*proc{a, b} {
 		testhelper.Eventually(t, 30*time.Second, "the service applies its migrations", func() bool {
-			log, _ := os.ReadFile(p.log)
+			log, _ := os.ReadFile(p.Log)
 			return strings.Contains(string(log), "schema up to date")
 		})
 	}

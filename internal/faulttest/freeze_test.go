@@ -41,7 +41,7 @@ func TestFrozenReplica(t *testing.T) {
 	// SIGCONT gets a receipt time long after its sender gave up, which is about
 	// something else than leases.
 	la.Stop()
-	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+	if err := a.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatalf("SIGSTOP: %v", err)
 	}
 	frozen := time.Now()
@@ -49,7 +49,7 @@ func TestFrozenReplica(t *testing.T) {
 	resume := func() {
 		if !resumed {
 			resumed = true
-			_ = a.cmd.Process.Signal(syscall.SIGCONT)
+			_ = a.Signal(syscall.SIGCONT)
 		}
 	}
 	t.Cleanup(resume) // so that the cleanup's SIGKILL is not the only way out

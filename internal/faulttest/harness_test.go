@@ -1,7 +1,6 @@
 package faulttest
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/objwatch/callback/internal/childproc"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/service"
 	"github.com/objwatch/callback/internal/tester"
@@ -126,12 +125,9 @@ func (e env) duration(t *testing.T, key string) time.Duration {
 
 // proc is the service binary running as a subprocess.
 type proc struct {
-	t      *testing.T
-	cmd    *exec.Cmd
-	base   string
-	log    string
-	exited chan struct{}
-	err    error // Wait's, once exited is closed
+	*childproc.Proc
+	t    *testing.T
+	base string
 }
 
 var procSeq struct {
@@ -148,33 +144,20 @@ func startProc(t *testing.T, e env) *proc {
 	n := procSeq.n
 	procSeq.Unlock()
 	logPath := filepath.Join(t.TempDir(), fmt.Sprintf("callback-%d.log", n))
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cmd := exec.Command(bin)
-	// Dies with the test binary, even when that one crashes: a panic in an in-process
-	// service once left three of these running, retrying against dropped databases.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Env = subprocessEnv(e)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
+	cp, err := childproc.Start(cmd, logPath)
+	if err != nil {
 		t.Fatalf("starting the service: %v", err)
 	}
-	p := &proc{t: t, cmd: cmd, base: e.base(), log: logPath, exited: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		logFile.Close()
-		close(p.exited)
-	}()
+	p := &proc{Proc: cp, t: t, base: e.base()}
 	t.Cleanup(func() {
-		p.kill()
+		p.Kill()
 		if t.Failed() {
-			t.Logf("last lines of %s:\n%s", filepath.Base(logPath), tail(logPath, 30))
+			t.Logf("last lines of %s:\n%s", filepath.Base(logPath), p.Tail(30))
 		}
 	})
-	waitHealthy(t, p.base, p.exited)
+	waitHealthy(t, p.base, p.Done())
 	return p
 }
 
@@ -196,45 +179,20 @@ func subprocessEnv(e env) []string {
 	return out
 }
 
-// kill sends SIGKILL and waits for the process to be gone.
-func (p *proc) kill() {
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.exited
-}
-
 // terminate sends SIGTERM and returns how long the process took to exit, and its
 // exit code; the test fails if it is not gone within limit.
 func (p *proc) terminate(limit time.Duration) (time.Duration, int) {
 	p.t.Helper()
 	start := time.Now()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.Signal(syscall.SIGTERM); err != nil {
 		p.t.Fatalf("SIGTERM: %v", err)
 	}
 	select {
-	case <-p.exited:
+	case <-p.Done():
 	case <-time.After(limit):
 		p.t.Fatalf("the service did not exit within %v of SIGTERM", limit)
 	}
-	return time.Since(start), p.cmd.ProcessState.ExitCode()
-}
-
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	return lastLines(string(b), n)
-}
-
-// lastLines is the last n lines of text.
-func lastLines(text string, n int) string {
-	lines := strings.Split(strings.TrimRight(text, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+	return time.Since(start), p.Cmd.ProcessState.ExitCode()
 }
 
 // inproc is service.Run in this process, under the race detector when the tests are.
@@ -263,7 +221,7 @@ func startInproc(t *testing.T, e env) *inproc {
 			t.Errorf("service.Run did not return within 30s of cancel")
 		}
 		if t.Failed() {
-			t.Logf("last lines of the service log:\n%s", lastLines(s.log.String(), 30))
+			t.Logf("last lines of the service log:\n%s", childproc.LastLines(s.log.String(), 30))
 		}
 	})
 	waitHealthy(t, s.base, exited)
@@ -309,44 +267,13 @@ func healthy(base string) bool {
 // labels (e.g. `outcome="failed"`).
 func metric(t *testing.T, base, name string, labels ...string) float64 {
 	t.Helper()
-	resp, err := (&http.Client{Timeout: 2 * time.Second}).Get(base + "/metrics")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	m, err := childproc.ReadMetrics(ctx, base+"/metrics")
 	if err != nil {
 		t.Fatalf("reading metrics: %v", err)
 	}
-	defer resp.Body.Close()
-	sum := 0.0
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		series, value, ok := strings.Cut(line, " ")
-		if !ok {
-			continue
-		}
-		seriesName, rest, _ := strings.Cut(series, "{")
-		if seriesName != name {
-			continue
-		}
-		match := true
-		for _, l := range labels {
-			match = match && strings.Contains(rest, l)
-		}
-		if !match {
-			continue
-		}
-		v, err := strconv.ParseFloat(value, 64)
-		if err != nil {
-			t.Fatalf("metric line %q: %v", line, err)
-		}
-		sum += v
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatalf("reading metrics: %v", err)
-	}
-	return sum
+	return m.Sum(name, labels...)
 }
 
 // database is a fresh migrated database and a pool on it that bypasses any proxy.

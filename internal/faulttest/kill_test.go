@@ -26,7 +26,7 @@ func TestKill9(t *testing.T) {
 	l := sendLoad(t, e.base(), 1, 2000, 300)
 
 	sleep(1500 * time.Millisecond)
-	p.kill()
+	p.Kill()
 	t.Logf("killed the first process mid-load: %+v", l.s.Stats())
 	p = startProc(t, e)
 
@@ -36,7 +36,7 @@ func TestKill9(t *testing.T) {
 		return metric(t, p.base, "callback_callbacks_spooled_total") > 0
 	})
 	sleep(300 * time.Millisecond)
-	p.kill()
+	p.Kill()
 	left := spoolSegments(t, e["SPOOL_DIR"])
 	if len(left) == 0 {
 		t.Fatalf("the process killed during the outage left no spool segment in %s", e["SPOOL_DIR"])

@@ -36,7 +36,7 @@ func TestTwoReplicas(t *testing.T) {
 	sleep(2500 * time.Millisecond)
 	var claimedByA int64
 	_ = pool.QueryRow(context.Background(), "SELECT count(*) FROM pending WHERE claim_token IS NOT NULL").Scan(&claimedByA)
-	a.kill()
+	a.Kill()
 	la.Stop()
 	t.Logf("killed replica A with %d lookups claimed across both replicas", claimedByA)
 	sleep(2500 * time.Millisecond)
@@ -96,7 +96,7 @@ func TestSIGTERM(t *testing.T) {
 	if took > limit+time.Second {
 		t.Errorf("took %v to exit after SIGTERM, SHUTDOWN_TIMEOUT is %v", took, limit)
 	}
-	if log, err := os.ReadFile(p.log); err == nil && strings.Contains(string(log), "committer did not finish") {
+	if log, err := os.ReadFile(p.Log); err == nil && strings.Contains(string(log), "committer did not finish") {
 		t.Errorf("the committer did not finish writing accepted callbacks before the deadline")
 	}
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/objwatch/callback/internal/childproc"
 	"github.com/objwatch/callback/internal/tester"
 	"github.com/objwatch/callback/internal/testhelper"
 )
@@ -25,7 +26,7 @@ func TestPostgresRestart(t *testing.T) {
 	s := startInproc(t, e)
 	// The service creates and migrates the database; wait for it before loading.
 	testhelper.Eventually(t, 20*time.Second, "the service applies its migrations", func() bool {
-		return strings.Contains(lastLines(s.log.String(), 50), "schema up to date")
+		return strings.Contains(childproc.LastLines(s.log.String(), 50), "schema up to date")
 	})
 	l := sendLoad(t, s.base, 4, 2000, 300)
 
