@@ -2,7 +2,6 @@ package faulttest
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +20,7 @@ func TestPostgresRestart(t *testing.T) {
 	t.Parallel()
 	pg := startCluster(t)
 	_, objectsURL := objectService(t, fastObjects(4), nil)
-	dbURL := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/callback?sslmode=disable", pg.port)
+	dbURL := pg.url("callback")
 	e := baseEnv(t, dbURL, objectsURL)
 	s := startInproc(t, e)
 	// The service creates and migrates the database; wait for it before loading.
