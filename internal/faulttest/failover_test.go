@@ -71,8 +71,7 @@ func failover(t *testing.T, synchronous, blackhole bool) {
 	}
 	dbURL := fmt.Sprintf("postgres://postgres@%s,%s/callback?sslmode=disable&target_session_attrs=read-write",
 		primaryAddr, standby.addr())
-	_, objectsURL := objectService(t, fastObjects(11), nil)
-	ea := baseEnv(t, dbURL, objectsURL)
+	ea := setup(t, setupOpts{objects: fastObjects(11), dbURL: dbURL}).env
 	eb := ea.with("LISTEN_ADDR", testnet.FreeAddr(t), "SPOOL_DIR", t.TempDir())
 	window := ea.duration(t, "EXPIRE_AFTER")
 	a, b := startProc(t, ea), startProc(t, eb)

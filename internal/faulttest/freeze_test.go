@@ -22,12 +22,11 @@ import (
 // stale (callback_lookup_results_stale_total), nothing is lost, and the table is exact.
 func TestFrozenReplica(t *testing.T) {
 	t.Parallel()
-	dbURL, pool := database(t)
 	cfg := fastObjects(11)
 	// Slow enough that the replica has many lookups in flight when it is frozen.
 	cfg.LatencyMin, cfg.LatencyMax = 300*time.Millisecond, 800*time.Millisecond
-	_, objectsURL := objectService(t, cfg, nil)
-	ea := baseEnv(t, dbURL, objectsURL).with("EXPIRE_AFTER", "20s") // FETCH_TIMEOUT=1s, LEASE=3s
+	tb := setup(t, setupOpts{objects: cfg})
+	ea := tb.env.with("EXPIRE_AFTER", "20s") // FETCH_TIMEOUT=1s, LEASE=3s
 	// B has room for more lookups than its own load needs: lookups go newest receipt
 	// first, so a saturated replica would leave A's claims (the oldest receipts) to
 	// leave the window rather than take them over.
@@ -55,7 +54,7 @@ func TestFrozenReplica(t *testing.T) {
 	t.Cleanup(resume) // so that the cleanup's SIGKILL is not the only way out
 
 	// B is not running yet, so every claim now is A's.
-	tokens := claimTokens(t, pool)
+	tokens := claimTokens(t, tb.pool)
 	t.Logf("replica A frozen holding %d claims", len(tokens))
 	if len(tokens) == 0 {
 		t.Fatal("replica A held no claims when frozen: nothing to take over")
@@ -70,7 +69,7 @@ func TestFrozenReplica(t *testing.T) {
 	// by SKIP LOCKED), but at least one claim must have been taken.
 	var left, all int
 	testhelper.Eventually(t, lease+15*time.Second, "replica B takes over the claims of the frozen replica", func() bool {
-		left, all = heldClaims(t, pool, tokens)
+		left, all = heldClaims(t, tb.pool, tokens)
 		return left == 0 && all < len(tokens)
 	}, func() string { return fmt.Sprintf("A's tokens still on %d unlocked rows, %d rows in all", left, all) })
 	t.Logf("B took over A's claims %v after the freeze; %d of them locked by A's frozen session", time.Since(frozen).Round(time.Millisecond), all)
@@ -91,8 +90,8 @@ func TestFrozenReplica(t *testing.T) {
 	t.Logf("stale results discarded by A: %v", metric(t, a.base, "callback_lookup_results_stale_total"))
 
 	records := mergeRecords(la.s.Records(), lb.s.Records())
-	verifyTable(t, pool, records, tester.OnlineParity, ea.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(la.s.Stats(), lb.s.Stats()))
-	testhelper.Eventually(t, 15*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
+	verifyTable(t, tb.pool, records, tester.OnlineParity, ea.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(la.s.Stats(), lb.s.Stats()))
+	testhelper.Eventually(t, 15*time.Second, "inbox and pending drain", func() bool { return queued(t, tb.pool) == 0 })
 }
 
 // claimTokens lists the claim tokens in pending (as text).

@@ -276,11 +276,43 @@ func metric(t *testing.T, base, name string, labels ...string) float64 {
 	return m.Sum(name, labels...)
 }
 
-// database is a fresh migrated database and a pool on it that bypasses any proxy.
-func database(t *testing.T) (string, *pgxpool.Pool) {
+// setupOpts is what a fault test chooses about the service's surroundings.
+type setupOpts struct {
+	objects    tester.ObjectConfig             // the object service's: fastObjects(seed), perhaps slowed or faulty
+	wrap       func(http.Handler) http.Handler // around the object service, if set
+	objectsURL string                          // an object service of the test's own instead: none is started
+	proxy      bool                            // the service reaches its database through a Proxy
+	dbURL      string                          // the service's database (on a cluster of the test's); empty: a fresh one from pgtest
+}
+
+// testBundle is the service's surroundings: its environment, and what the test reads
+// or breaks besides the service.
+type testBundle struct {
+	env     env                   // baseEnv on the database and object service below
+	pool    *pgxpool.Pool         // to the database past any proxy; nil with setupOpts.dbURL
+	proxy   *Proxy                // between the service and its database, with setupOpts.proxy
+	objects *tester.ObjectService // nil with setupOpts.objectsURL
+}
+
+// setup makes what every fault test runs the service in: a database, an object
+// service and the environment. The test then starts the service on tb.env (changed
+// with env.with as it needs) with startProc or startInproc, once or several times.
+func setup(t *testing.T, opts setupOpts) *testBundle {
 	t.Helper()
-	pool, url := pgtest.NewPool(t)
-	return url, pool
+	tb := &testBundle{}
+	dbURL := opts.dbURL
+	if dbURL == "" {
+		tb.pool, dbURL = pgtest.NewPool(t)
+	}
+	if opts.proxy {
+		tb.proxy, dbURL = proxied(t, dbURL)
+	}
+	objectsURL := opts.objectsURL
+	if objectsURL == "" {
+		tb.objects, objectsURL = objectService(t, opts.objects, opts.wrap)
+	}
+	tb.env = baseEnv(t, dbURL, objectsURL)
+	return tb
 }
 
 // objectService serves the tester's object service (with wrap around it, if not nil)

@@ -16,10 +16,8 @@ import (
 // replay. Nothing acknowledged may be missing at the end.
 func TestKill9(t *testing.T) {
 	t.Parallel()
-	dbURL, pool := database(t)
-	proxy, viaProxy := proxied(t, dbURL)
-	objects, objectsURL := objectService(t, fastObjects(1), nil)
-	e := baseEnv(t, viaProxy, objectsURL)
+	tb := setup(t, setupOpts{objects: fastObjects(1), proxy: true})
+	e := tb.env
 	window := e.duration(t, "EXPIRE_AFTER")
 
 	p := startProc(t, e)
@@ -31,7 +29,7 @@ func TestKill9(t *testing.T) {
 	p = startProc(t, e)
 
 	sleep(time.Second)
-	proxy.Refuse()
+	tb.proxy.Refuse()
 	testhelper.Eventually(t, 10*time.Second, "the service spools while Postgres is cut", func() bool {
 		return metric(t, p.base, "callback_callbacks_spooled_total") > 0
 	})
@@ -43,7 +41,7 @@ func TestKill9(t *testing.T) {
 	}
 	t.Logf("killed the second process during the outage; it left %d spool segment(s)", len(left))
 
-	if err := proxy.Restore(); err != nil {
+	if err := tb.proxy.Restore(); err != nil {
 		t.Fatal(err)
 	}
 	p = startProc(t, e)
@@ -55,7 +53,7 @@ func TestKill9(t *testing.T) {
 		t.Fatalf("too little load to prove anything: %d callbacks accepted", st.Accepted)
 	}
 
-	verifyTable(t, pool, l.s.Records(), tester.OnlineParity, window, 20*time.Second, lateSlack(l.s.Stats()))
+	verifyTable(t, tb.pool, l.s.Records(), tester.OnlineParity, window, 20*time.Second, lateSlack(l.s.Stats()))
 	testhelper.Eventually(t, 10*time.Second, "the dead process's spool segments are replayed and removed", func() bool {
 		for _, f := range left {
 			if _, err := os.Stat(f); err == nil {
@@ -67,8 +65,8 @@ func TestKill9(t *testing.T) {
 	if n := metric(t, p.base, "callback_callbacks_replayed_total"); n == 0 {
 		t.Errorf("the restarted process replayed no callbacks")
 	}
-	testhelper.Eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
-	if n := objects.Stats().Overlapping; n != 0 {
+	testhelper.Eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, tb.pool) == 0 })
+	if n := tb.objects.Stats().Overlapping; n != 0 {
 		t.Errorf("the object service saw %d overlapping lookups of one id", n)
 	}
 }

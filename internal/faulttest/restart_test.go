@@ -19,9 +19,8 @@ import (
 func TestPostgresRestart(t *testing.T) {
 	t.Parallel()
 	pg := startCluster(t)
-	_, objectsURL := objectService(t, fastObjects(4), nil)
 	dbURL := pg.url("callback")
-	e := baseEnv(t, dbURL, objectsURL)
+	e := setup(t, setupOpts{objects: fastObjects(4), dbURL: dbURL}).env
 	s := startInproc(t, e)
 	// The service creates and migrates the database; wait for it before loading.
 	testhelper.Eventually(t, 20*time.Second, "the service applies its migrations", func() bool {
