@@ -114,13 +114,20 @@ func (p *proc) failure(what string) error {
 }
 
 // peakRSS is VmHWM from /proc: the process's resident high-water mark, in MiB.
-func (p *proc) peakRSS() float64 {
+func (p *proc) peakRSS() float64 { return p.statusMiB("VmHWM:") }
+
+// rss is VmRSS from /proc: the process's resident memory now, in MiB.
+func (p *proc) rss() float64 { return p.statusMiB("VmRSS:") }
+
+// statusMiB reads a field given in kB from /proc/<pid>/status, in MiB (0 when the
+// process is gone).
+func (p *proc) statusMiB(field string) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field {
 			kb, _ := strconv.ParseFloat(f[1], 64)
 			return kb / 1024
 		}
@@ -349,21 +356,6 @@ func (c *cpuSplit) stop() *cpuSplit {
 	}
 	c.PG = pg / el
 	return c
-}
-
-// rss is VmRSS from /proc: the process's resident memory now, in MiB.
-func (p *proc) rss() float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	return 0
 }
 
 // inboxOldest is the age in seconds of the oldest unmerged receipt, read from
