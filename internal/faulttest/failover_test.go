@@ -192,15 +192,7 @@ func verifyAfterAsyncFailover(t *testing.T, pool *pgxpool.Pool, records map[int6
 			return
 		}
 		if time.Since(start) > 20*time.Second {
-			var b strings.Builder
-			for i, p := range problems {
-				if i == 20 {
-					fmt.Fprintf(&b, "... and %d more\n", len(problems)-20)
-					break
-				}
-				fmt.Fprintln(&b, p)
-			}
-			t.Fatalf("the objects table still differs after the failover (%d problems):\n%s", len(problems), b.String())
+			t.Fatalf("the objects table still differs after the failover (%d problems):\n%s", len(problems), listProblems(problems))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

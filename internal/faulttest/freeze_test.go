@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/objwatch/callback/internal/tester"
@@ -97,15 +96,7 @@ func TestFrozenReplica(t *testing.T) {
 // claimTokens lists the claim tokens in pending (as text).
 func claimTokens(t *testing.T, pool *pgxpool.Pool) []string {
 	t.Helper()
-	rows, err := pool.Query(context.Background(), "SELECT claim_token::text FROM pending WHERE claim_token IS NOT NULL")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokens, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tokens
+	return column[string](t, pool, "SELECT claim_token::text FROM pending WHERE claim_token IS NOT NULL")
 }
 
 // heldClaims counts the pending rows that still hold one of tokens: left among the

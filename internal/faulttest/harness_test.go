@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/objwatch/callback/internal/childproc"
@@ -449,6 +450,11 @@ func verifyTable(t *testing.T, pool *pgxpool.Pool, records map[int64]tester.Send
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	t.Fatalf("the objects table still differs from what was accepted after %v (%d problems):\n%s", catchUp, len(problems), listProblems(problems))
+}
+
+// listProblems prints the first 20 problems, one a line, and how many more there are.
+func listProblems(problems []tester.Problem) string {
 	var b strings.Builder
 	for i, p := range problems {
 		if i == 20 {
@@ -457,7 +463,7 @@ func verifyTable(t *testing.T, pool *pgxpool.Pool, records map[int64]tester.Send
 		}
 		fmt.Fprintln(&b, p)
 	}
-	t.Fatalf("the objects table still differs from what was accepted after %v (%d problems):\n%s", catchUp, len(problems), b.String())
+	return b.String()
 }
 
 // lateSlack is verifyTable's late for senders with these stats.
@@ -468,6 +474,20 @@ func lateSlack(stats ...tester.SenderStats) time.Duration {
 		}
 	}
 	return 0
+}
+
+// column runs sql, which selects one column, and returns its values.
+func column[T any](t *testing.T, pool *pgxpool.Pool, sql string) []T {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), sql)
+	if err != nil {
+		t.Fatal(err)
+	}
+	values, err := pgx.CollectRows(rows, pgx.RowTo[T])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return values
 }
 
 // queued counts the rows still to merge or look up.

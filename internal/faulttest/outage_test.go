@@ -1,7 +1,6 @@
 package faulttest
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"os"
@@ -9,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/objwatch/callback/internal/tester"
@@ -143,15 +141,7 @@ func TestSpoolUnwritableAndDatabaseDown(t *testing.T) {
 
 func objectIDs(t *testing.T, pool *pgxpool.Pool) []int64 {
 	t.Helper()
-	rows, err := pool.Query(context.Background(), "SELECT id FROM objects ORDER BY id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ids
+	return column[int64](t, pool, "SELECT id FROM objects ORDER BY id")
 }
 
 func postCallback(t *testing.T, base, body string) int {
