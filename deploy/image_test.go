@@ -16,6 +16,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 
 	"github.com/objwatch/callback/internal/service"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // Docker does not run on the machines that test this: the Dockerfile is read with
@@ -201,7 +202,7 @@ func TestDockerfile(t *testing.T) {
 func serviceVariables(t *testing.T) map[string]bool {
 	t.Helper()
 	var usage bytes.Buffer
-	err := service.Run(context.Background(), []string{"-h"}, func(string) string { return "" }, io.Discard, &usage)
+	err := service.Run(context.Background(), []string{"-h"}, testhelper.Getenv(nil), io.Discard, &usage)
 	if err == nil {
 		t.Fatal("Run -h did not stop")
 	}

@@ -111,7 +111,7 @@ func (b *bench) httpCeiling(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer p.stop()
+	defer p.Stop(stopGrace)
 	target := "http://" + p.addr + "/callback"
 	if _, err := load(ctx, target, 64, time.Second, 0, 99, 1000); err != nil { // warm-up
 		return err
@@ -122,7 +122,7 @@ func (b *bench) httpCeiling(ctx context.Context) error {
 	cpuSrv := b.fig("ceiling", "HTTP ceiling: CPU of the no-op server", "cores")
 	cpuGen := b.fig("ceiling", "HTTP ceiling: CPU of the load generator", "cores")
 	for i := range b.runs {
-		cpu := startCPU(p.cmd.Process.Pid)
+		cpu := startCPU(p.Cmd.Process.Pid)
 		r, err := load(ctx, target, 64, b.runTime, 0, 99, uint64(i))
 		cpu.stop()
 		if err != nil {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -17,11 +16,13 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/objwatch/callback/internal/childproc"
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 // env is what every phase needs: where the server is, the service binary, a temp dir.
@@ -85,80 +86,48 @@ func redact(s string) string {
 	return u.Redacted()
 }
 
-// freeAddr returns a loopback address that was free a moment ago.
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
 // proc is a child process: the service or the no-op server.
 type proc struct {
-	cmd  *exec.Cmd
+	*childproc.Proc
 	addr string // its HTTP address
-	log  string // its stderr, for when it fails
-	done chan struct{}
-	err  error
 }
 
+// startProc starts cmd with its output in logPath (see childproc.Start).
 func startProc(cmd *exec.Cmd, logPath string) (*proc, error) {
-	// The service and the no-op server die with the bench, even when it crashes or is
-	// interrupted, so that no stray process skews the next measurement.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	f, err := os.Create(logPath)
+	p, err := childproc.Start(cmd, logPath)
 	if err != nil {
 		return nil, err
 	}
-	cmd.Stderr = f
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("starting %s: %w", cmd.Path, err)
-	}
-	p := &proc{cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() { p.err = cmd.Wait(); f.Close(); close(p.done) }()
-	return p, nil
+	return &proc{Proc: p}, nil
 }
 
-// stop sends SIGTERM and waits for the graceful shutdown (SIGKILL after 20 s).
-func (p *proc) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(20 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
+// stopGrace is how long a child has for its graceful shutdown before SIGKILL.
+const stopGrace = 20 * time.Second
 
 // failure describes a child that did not come up, with the end of its log.
 func (p *proc) failure(what string) error {
-	b, _ := os.ReadFile(p.log)
+	b, _ := os.ReadFile(p.Log)
 	if len(b) > 2000 {
 		b = b[len(b)-2000:]
 	}
-	return fmt.Errorf("%s did not come up (log %s):\n%s", what, p.log, b)
+	return fmt.Errorf("%s did not come up (log %s):\n%s", what, p.Log, b)
 }
 
 // peakRSS is VmHWM from /proc: the process's resident high-water mark, in MiB.
-func (p *proc) peakRSS() float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+func (p *proc) peakRSS() float64 { return p.statusMiB("VmHWM:") }
+
+// rss is VmRSS from /proc: the process's resident memory now, in MiB.
+func (p *proc) rss() float64 { return p.statusMiB("VmRSS:") }
+
+// statusMiB reads a field given in kB from /proc/<pid>/status, in MiB (0 when the
+// process is gone).
+func (p *proc) statusMiB(field string) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field {
 			kb, _ := strconv.ParseFloat(f[1], 64)
 			return kb / 1024
 		}
@@ -179,7 +148,7 @@ func (e *env) startNoop() (*proc, error) {
 	}
 	line, err := bufio.NewReader(out).ReadString('\n')
 	if err != nil {
-		p.stop()
+		p.Stop(stopGrace)
 		return nil, p.failure("noop-server")
 	}
 	p.addr = strings.TrimSpace(line)
@@ -206,11 +175,11 @@ func (e *env) startService(ctx context.Context, tag, objectsURL string, extra ..
 	s := &service{dbName: name, dbURL: e.dbURL(name), drop: drop}
 	fail := func(err error) (*service, error) { s.close(); return nil, err }
 
-	addr, err := freeAddr()
+	addr, err := testnet.Next()
 	if err != nil {
 		return fail(err)
 	}
-	s.pprofAddr, err = freeAddr()
+	s.pprofAddr, err = testnet.Next()
 	if err != nil {
 		return fail(err)
 	}
@@ -235,7 +204,7 @@ func (e *env) startService(ctx context.Context, tag, objectsURL string, extra ..
 
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if s.exited() || time.Now().After(deadline) {
+		if s.Exited() || time.Now().After(deadline) {
 			return fail(s.failure("service"))
 		}
 		if s.ready(ctx) {
@@ -264,7 +233,7 @@ func (s *service) ready(ctx context.Context) bool {
 
 func (s *service) close() {
 	if s.proc != nil {
-		s.stop()
+		s.Stop(stopGrace)
 	}
 	if s.pool != nil {
 		s.pool.Close()
@@ -278,35 +247,9 @@ func (s *service) pending(ctx context.Context) (int64, error) {
 	return n, err
 }
 
-// metrics reads the service's /metrics into series -> value ("name{labels}" as
-// printed).
-func (s *service) metrics() (map[string]float64, error) {
-	resp, err := http.Get("http://" + s.addr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("/metrics: %s", resp.Status)
-	}
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err == nil {
-			out[line[:i]] = v
-		}
-	}
-	return out, sc.Err()
+// metrics reads the service's /metrics.
+func (s *service) metrics() (childproc.Metrics, error) {
+	return childproc.ReadMetrics(context.Background(), "http://"+s.addr+"/metrics")
 }
 
 // sampler polls the service's goroutine count until stopped, keeping the peak.
@@ -413,21 +356,6 @@ func (c *cpuSplit) stop() *cpuSplit {
 	}
 	c.PG = pg / el
 	return c
-}
-
-// rss is VmRSS from /proc: the process's resident memory now, in MiB.
-func (p *proc) rss() float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	return 0
 }
 
 // inboxOldest is the age in seconds of the oldest unmerged receipt, read from

@@ -102,7 +102,7 @@ func (b *bench) intake(ctx context.Context, senders int, space int64) error {
 				}
 			})
 		}
-		cpu := startCPU(svc.cmd.Process.Pid)
+		cpu := startCPU(svc.Cmd.Process.Pid)
 		r, err := load(ctx, target, senders, b.runTime, 0, space-1, uint64(i))
 		cpu.stop()
 		if err != nil {

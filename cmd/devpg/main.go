@@ -25,6 +25,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/objwatch/callback/internal/devpg"
 )
 
 // defaultDatabaseURL matches the Makefile's and the service's default.
@@ -53,7 +55,8 @@ DEVPG_DIR, DEVPG_FAST=1 (no fsync: for tests only).
 // errUsage is returned for a missing or unknown subcommand.
 var errUsage = errors.New("unknown command (want ensure or stop)")
 
-// run is the whole program; main only wires the process to it.
+// run is the whole program; main only wires the process to it, and internal/devpg
+// does the work.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) != 1 {
 		fmt.Fprint(stderr, usage)
@@ -65,20 +68,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	switch args[0] {
 	case "ensure":
-		t, err := parseTarget(rawURL)
+		t, err := devpg.ParseTarget(rawURL)
 		if err != nil {
 			return err
 		}
-		return ensure(ctx, t, options{
-			dir:  getenv("DEVPG_DIR"),
-			fast: getenv("DEVPG_FAST") == "1",
+		return devpg.Ensure(ctx, t, devpg.Options{
+			Dir:  getenv("DEVPG_DIR"),
+			Fast: getenv("DEVPG_FAST") == "1",
 		}, stdout)
 	case "stop":
-		t, err := parseTarget(rawURL)
+		t, err := devpg.ParseTarget(rawURL)
 		if err != nil {
 			return err
 		}
-		return stopCluster(ctx, t, options{dir: getenv("DEVPG_DIR")}, stdout)
+		return devpg.Stop(ctx, t, devpg.Options{Dir: getenv("DEVPG_DIR")}, stdout)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -5,10 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,60 +14,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/objwatch/callback/internal/devpg"
+	"github.com/objwatch/callback/internal/testhelper"
+	"github.com/objwatch/callback/internal/testnet"
 )
-
-func TestParseTarget(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name     string
-		url      string
-		wantHost string
-		wantPort uint16
-		wantUser string
-		wantErr  bool
-	}{
-		{name: "default_url", url: defaultDatabaseURL, wantHost: "127.0.0.1", wantPort: 5432, wantUser: "postgres"},
-		{name: "other_port_and_user", url: "postgres://alice:secret@localhost:55432/app?sslmode=disable", wantHost: "localhost", wantPort: 55432, wantUser: "alice"},
-		{name: "postgresql_scheme_without_port", url: "postgresql://bob@127.0.0.1/app", wantHost: "127.0.0.1", wantPort: 5432, wantUser: "bob"},
-		{name: "ipv6_host", url: "postgres://postgres@[::1]:6000/app", wantHost: "::1", wantPort: 6000, wantUser: "postgres"},
-		{name: "key_value_string", url: "host=127.0.0.1 port=6543 user=carol dbname=app", wantHost: "127.0.0.1", wantPort: 6543, wantUser: "carol"},
-		{name: "socket_directory", url: "host=/var/run/postgresql port=5432 user=postgres", wantHost: "/var/run/postgresql", wantPort: 5432, wantUser: "postgres"},
-		{name: "rejects_bad_port", url: "postgres://postgres@127.0.0.1:notaport/app", wantErr: true},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			got, err := parseTarget(tc.url)
-			if tc.wantErr {
-				if err == nil {
-					t.Fatalf("parseTarget(%q) = %+v, want an error", tc.url, got)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("parseTarget(%q): %v", tc.url, err)
-			}
-			if got.Host != tc.wantHost || got.Port != tc.wantPort || got.User != tc.wantUser {
-				t.Errorf("parseTarget(%q) = %s:%d user %s, want %s:%d user %s",
-					tc.url, got.Host, got.Port, got.User, tc.wantHost, tc.wantPort, tc.wantUser)
-			}
-			if got.admin.Database != "postgres" {
-				t.Errorf("admin database = %q, want postgres (the app database may not exist yet)", got.admin.Database)
-			}
-		})
-	}
-}
-
-func TestParseTarget_keeps_password_out_of_errors(t *testing.T) {
-	t.Parallel()
-	_, err := parseTarget("postgres://u:hunter2@127.0.0.1:notaport/app")
-	if err == nil {
-		t.Fatal("want an error")
-	}
-	if strings.Contains(err.Error(), "hunter2") {
-		t.Errorf("error leaks the password: %v", err)
-	}
-}
 
 // A cluster left by a version that is no longer installed: ensure says which and what
 // to do, and touches nothing.
@@ -93,8 +40,8 @@ func TestRun_ensure_refuses_a_cluster_of_another_version(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "PG_VERSION"), []byte("9.1\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	env := mapEnv(map[string]string{
-		"DATABASE_URL": fmt.Sprintf("postgres://postgres@127.0.0.1:%d/callback?sslmode=disable", freePort(t)),
+	env := testhelper.Getenv(map[string]string{
+		"DATABASE_URL": fmt.Sprintf("postgres://postgres@127.0.0.1:%d/callback?sslmode=disable", testnet.FreePort(t)),
 		"DEVPG_DIR":    dir,
 	})
 	var out bytes.Buffer
@@ -108,30 +55,10 @@ func TestRun_ensure_refuses_a_cluster_of_another_version(t *testing.T) {
 	}
 }
 
-func TestServerOptions(t *testing.T) {
-	t.Parallel()
-	tg := target{Host: "127.0.0.1", Port: 55432}
-	durable := serverOptions(tg, "/data dir", false)
-	for _, want := range []string{"-p 55432", "-k '/data dir'", "listen_addresses=127.0.0.1", "max_connections=200"} {
-		if !strings.Contains(durable, want) {
-			t.Errorf("serverOptions() = %q, want it to contain %q", durable, want)
-		}
-	}
-	if strings.Contains(durable, "fsync") {
-		t.Errorf("serverOptions() without DEVPG_FAST = %q, must keep fsync on", durable)
-	}
-	fast := serverOptions(tg, "/d", true)
-	for _, want := range []string{"fsync=off", "synchronous_commit=off", "full_page_writes=off"} {
-		if !strings.Contains(fast, want) {
-			t.Errorf("serverOptions() with DEVPG_FAST = %q, want it to contain %q", fast, want)
-		}
-	}
-}
-
 func TestRun_rejects_unknown_command(t *testing.T) {
 	t.Parallel()
 	var stdout, stderr bytes.Buffer
-	err := run(context.Background(), []string{"frobnicate"}, func(string) string { return "" }, &stdout, &stderr)
+	err := run(context.Background(), []string{"frobnicate"}, testhelper.Getenv(nil), &stdout, &stderr)
 	if !errors.Is(err, errUsage) {
 		t.Errorf("run(frobnicate) = %v, want errUsage", err)
 	}
@@ -147,7 +74,7 @@ func TestRun_stop_with_nothing_started_says_so(t *testing.T) {
 		"DEVPG_DIR":    filepath.Join(t.TempDir(), "none"),
 	}
 	var stdout bytes.Buffer
-	if err := run(context.Background(), []string{"stop"}, mapEnv(env), &stdout, &stdout); err != nil {
+	if err := run(context.Background(), []string{"stop"}, testhelper.Getenv(env), &stdout, &stdout); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
 	if !strings.Contains(stdout.String(), "nothing to stop") {
@@ -174,9 +101,9 @@ func TestRun_ensure_starts_a_cluster_where_none_answers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	port := freePort(t)
+	port := testnet.FreePort(t)
 	databaseURL := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/callback?sslmode=disable", port)
-	env := mapEnv(map[string]string{
+	env := testhelper.Getenv(map[string]string{
 		"DATABASE_URL": databaseURL,
 		"DEVPG_DIR":    filepath.Join(root, "data"),
 		"DEVPG_FAST":   "1",
@@ -209,12 +136,12 @@ func TestRun_ensure_starts_a_cluster_where_none_answers(t *testing.T) {
 	if out := runCmd("stop"); !strings.Contains(out, "stopped") {
 		t.Errorf("stop printed %q", out)
 	}
-	tg, err := parseTarget(databaseURL)
+	tg, err := devpg.ParseTarget(databaseURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := probe(ctx, tg); !errors.Is(err, errNotAnswering) {
-		t.Fatalf("after stop, probe = %v, want errNotAnswering", err)
+	if err := devpg.Probe(ctx, tg); !errors.Is(err, devpg.ErrNotAnswering) {
+		t.Fatalf("after stop, probe = %v, want devpg.ErrNotAnswering", err)
 	}
 
 	if out := runCmd("ensure"); !strings.Contains(out, "started PostgreSQL") {
@@ -246,39 +173,14 @@ func assertServer(ctx context.Context, t *testing.T, databaseURL, wantFsync stri
 	}
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func mapEnv(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
-}
-
-func TestParseTarget_multi_host(t *testing.T) {
-	t.Parallel()
-	got, err := parseTarget("postgres://postgres@127.0.0.1:55460,127.0.0.1:55461/app?target_session_attrs=read-write")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.Addr() != "127.0.0.1:55460" || !slices.Equal(got.Others, []string{"127.0.0.1:55461"}) {
-		t.Errorf("parseTarget = %s and %q, want 127.0.0.1:55460 and [127.0.0.1:55461]", got.Addr(), got.Others)
-	}
-}
-
 // A URL naming a primary and its standbys is a replicated set someone runs: when none
 // of its hosts answers, ensure says so and starts nothing (a single cluster on the first
 // port would be no such set).
 func TestRun_ensure_multi_host_url_starts_nothing(t *testing.T) {
 	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "data")
-	env := mapEnv(map[string]string{
-		"DATABASE_URL": fmt.Sprintf("postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/callback?sslmode=disable", freePort(t), freePort(t)),
+	env := testhelper.Getenv(map[string]string{
+		"DATABASE_URL": fmt.Sprintf("postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/callback?sslmode=disable", testnet.FreePort(t), testnet.FreePort(t)),
 		"DEVPG_DIR":    dir,
 	})
 	var out bytes.Buffer
@@ -303,15 +205,15 @@ func TestRun_ensure_multi_host_url_with_a_live_host(t *testing.T) {
 	if live == "" {
 		live = defaultDatabaseURL
 	}
-	tg, err := parseTarget(live)
-	if err != nil || len(tg.Others) > 0 || isSocketDir(tg.Host) {
+	tg, err := devpg.ParseTarget(live)
+	if err != nil || len(tg.Others) > 0 || devpg.IsSocketDir(tg.Host) {
 		t.Skipf("DATABASE_URL is not one TCP host: %v", err)
 	}
-	if err := probe(context.Background(), tg); err != nil {
+	if err := devpg.Probe(context.Background(), tg); err != nil {
 		t.Skipf("no server answers at DATABASE_URL: %v", err)
 	}
-	env := mapEnv(map[string]string{
-		"DATABASE_URL": fmt.Sprintf("postgres://%s@127.0.0.1:%d,%s/callback?sslmode=disable", tg.User, freePort(t), tg.Addr()),
+	env := testhelper.Getenv(map[string]string{
+		"DATABASE_URL": fmt.Sprintf("postgres://%s@127.0.0.1:%d,%s/callback?sslmode=disable", tg.User, testnet.FreePort(t), tg.Addr()),
 	})
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"ensure"}, env, &out, &out); err != nil {

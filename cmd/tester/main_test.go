@@ -12,31 +12,21 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/stretchr/testify/require"
+
+	"github.com/objwatch/callback/internal/pgtest"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
-// lockedBuffer is a stdout that the test can read while run writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
+// testBundle is what a test of run reads besides its error.
+type testBundle struct {
+	target string             // POST /callback of the fake callback service
+	out    *testhelper.Buffer // where run writes, stdout and stderr alike
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// setupTarget is a fake callback service; handle sees each callback's ids at receipt.
-func setupTarget(t *testing.T, handle func(ctx context.Context, received time.Time, ids []int64) error) string {
+// setup serves a fake callback service, where handle (if not nil) sees each
+// callback's ids at receipt, and gives run a buffer to write to.
+func setup(t *testing.T, handle func(ctx context.Context, received time.Time, ids []int64) error) *testBundle {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		received := time.Now()
@@ -58,11 +48,7 @@ func setupTarget(t *testing.T, handle func(ctx context.Context, received time.Ti
 		fmt.Fprintf(w, `{"accepted":%d}`, len(body.ObjectIDs))
 	}))
 	t.Cleanup(srv.Close)
-	return srv.URL + "/callback"
-}
-
-func env(vars map[string]string) func(string) string {
-	return func(k string) string { return vars[k] }
+	return &testBundle{target: srv.URL + "/callback", out: &testhelper.Buffer{}}
 }
 
 func fastArgs(target string, extra ...string) []string {
@@ -77,10 +63,10 @@ func TestRun(t *testing.T) {
 
 	t.Run("runs_both_parties_and_prints_a_summary", func(t *testing.T) {
 		t.Parallel()
-		var out lockedBuffer
-		err := run(t.Context(), fastArgs(setupTarget(t, nil), "-count", "5", "-senders", "2"), env(nil), &out, &out)
+		tb := setup(t, nil)
+		err := run(t.Context(), fastArgs(tb.target, "-count", "5", "-senders", "2"), testhelper.Getenv(nil), tb.out, tb.out)
 		require.NoError(t, err)
-		s := out.String()
+		s := tb.out.String()
 		require.Contains(t, s, "objects: serving GET /objects/{id} on 127.0.0.1:")
 		require.Contains(t, s, "callbacks: 5 sent")
 		require.Contains(t, s, "5 accepted")
@@ -91,28 +77,28 @@ func TestRun(t *testing.T) {
 		t.Parallel()
 		ctx, cancel := context.WithCancel(t.Context())
 		cancel()
-		var out lockedBuffer
-		require.NoError(t, run(ctx, []string{"objects", "-objects-addr", "127.0.0.1:0"}, env(nil), &out, &out))
-		require.Contains(t, out.String(), "lookups: 0 served")
-		require.NotContains(t, out.String(), "callbacks:")
+		tb := setup(t, nil)
+		require.NoError(t, run(ctx, []string{"objects", "-objects-addr", "127.0.0.1:0"}, testhelper.Getenv(nil), tb.out, tb.out))
+		require.Contains(t, tb.out.String(), "lookups: 0 served")
+		require.NotContains(t, tb.out.String(), "callbacks:")
 	})
 
 	t.Run("objects_with_a_capacity_answer_503_beyond_it_and_count_it", func(t *testing.T) {
 		t.Parallel()
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
-		var out lockedBuffer
+		tb := setup(t, nil)
 		done := make(chan error, 1)
 		go func() {
 			done <- run(ctx, []string{"objects", "-objects-addr", "127.0.0.1:0", "-capacity", "1",
-				"-latency-min", "1h", "-latency-max", "1h", "-progress", "5ms"}, env(nil), &out, &out)
+				"-latency-min", "1h", "-latency-max", "1h", "-progress", "5ms"}, testhelper.Getenv(nil), tb.out, tb.out)
 		}()
 		var addr string
-		require.Eventually(t, func() bool {
-			_, rest, ok := strings.Cut(out.String(), "objects: serving GET /objects/{id} on ")
+		testhelper.Eventually(t, 10*time.Second, "the object service says where it serves", func() bool {
+			_, rest, ok := strings.Cut(tb.out.String(), "objects: serving GET /objects/{id} on ")
 			addr, _, _ = strings.Cut(rest, ",")
 			return ok && strings.Contains(rest, "capacity 1 at once")
-		}, 10*time.Second, time.Millisecond)
+		})
 
 		// The first lookup holds the only slot (its latency is an hour) until its client
 		// gives up; the progress line shows when it is in.
@@ -125,7 +111,7 @@ func TestRun(t *testing.T) {
 				resp.Body.Close()
 			}
 		}()
-		require.Eventually(t, func() bool { return strings.Contains(out.String(), "inflight=1") }, 10*time.Second, time.Millisecond)
+		testhelper.Eventually(t, 10*time.Second, "the first lookup holds the slot", func() bool { return strings.Contains(tb.out.String(), "inflight=1") })
 		resp, err := http.Get("http://" + addr + "/objects/4")
 		require.NoError(t, err)
 		resp.Body.Close()
@@ -136,7 +122,7 @@ func TestRun(t *testing.T) {
 		<-held
 		cancel()
 		require.NoError(t, <-done)
-		require.Contains(t, out.String(), "rejected for capacity 1 (50.0% of 2 requests)")
+		require.Contains(t, tb.out.String(), "rejected for capacity 1 (50.0% of 2 requests)")
 	})
 
 	t.Run("reports_a_busy_port", func(t *testing.T) {
@@ -144,13 +130,14 @@ func TestRun(t *testing.T) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = ln.Close() })
-		var out lockedBuffer
-		err = run(t.Context(), []string{"objects", "-objects-addr", ln.Addr().String()}, env(nil), &out, &out)
+		tb := setup(t, nil)
+		err = run(t.Context(), []string{"objects", "-objects-addr", ln.Addr().String()}, testhelper.Getenv(nil), tb.out, tb.out)
 		require.ErrorContains(t, err, "address already in use")
 	})
 
 	t.Run("rejects_bad_arguments", func(t *testing.T) {
 		t.Parallel()
+		tb := setup(t, nil)
 		for _, args := range [][]string{
 			{"-online", "odd"},
 			{"-senders", "x"},
@@ -162,32 +149,22 @@ func TestRun(t *testing.T) {
 			{"objects", "-verify"},                               // nothing sent to verify
 			{"send", "-verify", "-target", "http://127.0.0.1:1"}, // no end to sending
 		} {
-			var out lockedBuffer
-			err := run(t.Context(), args, env(map[string]string{}), &out, &out)
+			err := run(t.Context(), args, testhelper.Getenv(map[string]string{}), tb.out, tb.out)
 			require.Error(t, err, args)
 		}
-		var out lockedBuffer
-		err := run(t.Context(), []string{"send", "-verify"}, env(map[string]string{"DATABASE_URL": "x", "EXPIRE_AFTER": "soon"}), &out, &out)
+		err := run(t.Context(), []string{"send", "-verify"}, testhelper.Getenv(map[string]string{"DATABASE_URL": "x", "EXPIRE_AFTER": "soon"}), tb.out, tb.out)
 		require.ErrorContains(t, err, "EXPIRE_AFTER")
 	})
-}
-
-// setupDB gives the test its own database with the service's real schema (pgtest); it
-// returns the database's URL and a pool on it.
-func setupDB(t *testing.T) (string, *pgxpool.Pool) {
-	t.Helper()
-	pool, url := pgtest.NewPool(t)
-	return url, pool
 }
 
 // TestVerify runs the tester against a fake service that writes the objects table
 // itself at receipt (no lookups), correctly or, for one id, wrongly.
 func TestVerify(t *testing.T) {
 	t.Parallel()
-	url, pool := setupDB(t)
+	pool, url := pgtest.NewPool(t)
 	var broken sync.Mutex
 	breakIt := false
-	target := setupTarget(t, func(ctx context.Context, received time.Time, ids []int64) error {
+	tb := setup(t, func(ctx context.Context, received time.Time, ids []int64) error {
 		for _, id := range ids {
 			if id%2 == 0 {
 				_, err := pool.Exec(ctx, `INSERT INTO objects (id, last_seen) VALUES ($1, $2)
@@ -205,21 +182,20 @@ func TestVerify(t *testing.T) {
 		}
 		return nil
 	})
-	vars := env(map[string]string{"DATABASE_URL": url})
-	args := fastArgs(target, "-count", "20", "-ids-min", "1", "-ids-max", "5", "-id-max", "9",
+	vars := testhelper.Getenv(map[string]string{"DATABASE_URL": url})
+	args := fastArgs(tb.target, "-count", "20", "-ids-min", "1", "-ids-max", "5", "-id-max", "9",
 		"-verify", "-verify-expiry=false", "-catch-up", "200ms")
 
-	var out lockedBuffer
-	require.NoError(t, run(t.Context(), args, vars, &out, &out), out.String())
-	require.Contains(t, out.String(), "verify: OK")
+	require.NoError(t, run(t.Context(), args, vars, tb.out, tb.out), tb.out.String())
+	require.Contains(t, tb.out.String(), "verify: OK")
 
 	// The same run against a table broken by hand: id 1 is offline under the parity rule.
 	broken.Lock()
 	breakIt = true
 	broken.Unlock()
-	out = lockedBuffer{}
-	err := run(t.Context(), args, vars, &out, &out)
-	t.Log(out.String())
+	tb.out = &testhelper.Buffer{}
+	err := run(t.Context(), args, vars, tb.out, tb.out)
+	t.Log(tb.out.String())
 	require.ErrorContains(t, err, "verify: 1 differences")
-	require.Contains(t, out.String(), "verify: offline: id 1")
+	require.Contains(t, tb.out.String(), "verify: offline: id 1")
 }

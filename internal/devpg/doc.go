@@ -1,5 +1,6 @@
 // Package devpg runs throwaway PostgreSQL clusters from the server binaries installed
-// on this machine: cmd/devpg's for `make run` and `make test`, and the fault tests'
-// crashed, restarted, replicated and promoted servers. It finds the binaries, and runs
-// them as the postgres user when this process is root (initdb and pg_ctl refuse root).
+// on this machine: the one cmd/devpg keeps at DATABASE_URL for `make run` and `make
+// test` (Ensure, Stop), and the fault tests' crashed, restarted, replicated and
+// promoted servers (Cluster). It finds the binaries (DiscoverBinDir), and runs them as
+// the postgres user when this process is root (initdb and pg_ctl refuse root).
 package devpg

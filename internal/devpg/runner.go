@@ -113,19 +113,6 @@ func serverEnv(env []string) []string {
 	return out
 }
 
-// Tail returns the last n lines of a file, for error messages.
-func Tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(" + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
 // ShellQuote quotes s for /bin/sh when it has anything but safe characters.
 func ShellQuote(s string) string {
 	safe := s != ""

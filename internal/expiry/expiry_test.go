@@ -21,6 +21,7 @@ import (
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 const window = 30 * time.Second
@@ -181,7 +182,7 @@ func TestTick_secondReplicaDoesNotRunWhileFirstHoldsTheLock(t *testing.T) {
 	}()
 	// Wait until the first replica waits on our row lock: it got that far only by
 	// taking the expiry lock, which it holds until its transaction ends.
-	eventually(t, func() bool {
+	testhelper.Watch(t, 15*time.Second, "condition", func() bool {
 		var waiting bool
 		require.NoError(t, pool.QueryRow(ctx,
 			"SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock')").Scan(&waiting))
@@ -197,17 +198,6 @@ func TestTick_secondReplicaDoesNotRunWhileFirstHoldsTheLock(t *testing.T) {
 	got := <-firstDone
 	require.Equal(t, tickResult{ran: true, deleted: 1}, got)
 	require.Empty(t, objects(t, pool))
-}
-
-func eventually(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition never held")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 // tick runs one Tick and returns what the older tests read of it.

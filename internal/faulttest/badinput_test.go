@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // TestBadInput throws malformed and abusive requests at the running service (with
@@ -17,10 +19,9 @@ import (
 // reaches the inbox, pending work or objects, and the service is still up.
 func TestBadInput(t *testing.T) {
 	t.Parallel()
-	dbURL, pool := database(t)
-	_, objectsURL := objectService(t, fastObjects(10), nil)
+	tb := setup(t, setupOpts{objects: fastObjects(10)})
 	const token = "s3cret-token"
-	e := baseEnv(t, dbURL, objectsURL).with("CALLBACK_TOKEN", token, "BODY_TIMEOUT", "1s")
+	e := tb.env.with("CALLBACK_TOKEN", token, "BODY_TIMEOUT", "1s")
 	s := startInproc(t, e)
 	addr := e["LISTEN_ADDR"]
 	auth := "Bearer " + token
@@ -152,9 +153,9 @@ func TestBadInput(t *testing.T) {
 	})
 
 	// Nothing of the above was stored, and the service is still up.
-	eventually(t, 5*time.Second, "the service still answers /healthz", func() bool { return healthy(s.base) })
+	testhelper.Eventually(t, 5*time.Second, "the service still answers /healthz", func() bool { return healthy(s.base) })
 	var inbox, pending, objects int64
-	if err := pool.QueryRow(context.Background(),
+	if err := tb.pool.QueryRow(context.Background(),
 		"SELECT (SELECT count(*) FROM inbox_batches), (SELECT count(*) FROM pending), (SELECT count(*) FROM objects)").
 		Scan(&inbox, &pending, &objects); err != nil {
 		t.Fatal(err)

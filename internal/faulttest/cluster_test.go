@@ -15,15 +15,16 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/objwatch/callback/internal/devpg"
+	"github.com/objwatch/callback/internal/testhelper"
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 // cluster is a throwaway Postgres of the test's own, started from the installed server
 // binaries with internal/devpg, as the postgres user when the test runs as root.
 type cluster struct {
-	bin, data string
-	port      int
-	as        devpg.Runner
-	settings  []string // name=value, passed as -c at every start
+	devpg.Cluster
+	port     int
+	settings []string // name=value, passed as -c at every start
 }
 
 // newCluster finds the binaries and makes an empty data directory, or skips the test.
@@ -46,15 +47,18 @@ func newCluster(t *testing.T, settings ...string) *cluster {
 	if err := os.Chmod(base, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{bin: bin, data: filepath.Join(base, "data"), as: as, settings: settings}
-	if err := as.TakeDir(context.Background(), c.data); err != nil {
+	data := filepath.Join(base, "data")
+	c := &cluster{
+		Cluster:  devpg.Cluster{Bin: bin, Data: data, Log: filepath.Join(data, "server.log"), As: as},
+		port:     testnet.FreePort(t),
+		settings: settings,
+	}
+	if err := as.TakeDir(context.Background(), c.Data); err != nil {
 		t.Fatal(err)
 	}
-	port, _ := strconv.Atoi(strings.TrimPrefix(freeAddr(t), "127.0.0.1:"))
-	c.port = port
 	// Registered before the start: cleanups run last first, so the server is stopped
 	// before its directory is removed.
-	t.Cleanup(func() { _, _ = c.run("pg_ctl", "-D", c.data, "-m", "immediate", "-w", "stop") })
+	t.Cleanup(func() { _ = c.Stop(context.Background(), "immediate") })
 	return c
 }
 
@@ -62,9 +66,8 @@ func newCluster(t *testing.T, settings ...string) *cluster {
 func startCluster(t *testing.T, settings ...string) *cluster {
 	t.Helper()
 	c := newCluster(t, settings...)
-	if out, err := c.run("initdb", "-D", c.data, "-U", "postgres", "--auth=trust", "--no-sync",
-		"--encoding=UTF8", "--locale=C"); err != nil {
-		t.Fatalf("initdb: %v\n%s", err, out)
+	if err := c.Init(context.Background(), "postgres"); err != nil {
+		t.Fatal(err)
 	}
 	c.start(t)
 	return c
@@ -75,25 +78,18 @@ func startCluster(t *testing.T, settings ...string) *cluster {
 // synchronous_commit stays on: a synchronous standby's guarantee depends on it.
 func (c *cluster) start(t *testing.T) {
 	t.Helper()
-	opts := []string{"-p", strconv.Itoa(c.port), "-k", devpg.ShellQuote(c.data), "-c", "listen_addresses=127.0.0.1",
-		"-c", "max_connections=50", "-c", "fsync=off", "-c", "full_page_writes=off"}
-	for _, s := range c.settings {
-		opts = append(opts, "-c", devpg.ShellQuote(s))
+	settings := append([]string{"max_connections=50", "fsync=off", "full_page_writes=off"}, c.settings...)
+	if err := c.Start(context.Background(), devpg.ServerOptions(c.port, c.Data, "127.0.0.1", settings...)); err != nil {
+		t.Fatal(err)
 	}
-	c.ctl(t, "-w", "-t", "60", "-l", c.logFile(), "-o", strings.Join(opts, " "), "start")
 }
 
-func (c *cluster) logFile() string { return filepath.Join(c.data, "server.log") }
-
+// ctl runs pg_ctl with args (its command last) and fails the test if that fails.
 func (c *cluster) ctl(t *testing.T, args ...string) {
 	t.Helper()
-	if out, err := c.run("pg_ctl", append([]string{"-D", c.data}, args...)...); err != nil {
-		t.Fatalf("pg_ctl %s: %v\n%s\n%s", strings.Join(args, " "), err, out, devpg.Tail(c.logFile(), 20))
+	if err := c.Ctl(context.Background(), args...); err != nil {
+		t.Fatal(err)
 	}
-}
-
-func (c *cluster) run(name string, args ...string) ([]byte, error) {
-	return c.as.Run(context.Background(), "/", filepath.Join(c.bin, name), args...)
 }
 
 // addr is host:port, for a DATABASE_URL.
@@ -104,12 +100,12 @@ func (c *cluster) addr() string { return fmt.Sprintf("127.0.0.1:%d", c.port) }
 func (c *cluster) standby(t *testing.T, settings ...string) *cluster {
 	t.Helper()
 	s := newCluster(t, settings...)
-	if out, err := s.run("pg_basebackup", "-h", "127.0.0.1", "-p", strconv.Itoa(c.port), "-U", "postgres",
-		"-D", s.data, "-R", "-X", "stream", "--no-sync"); err != nil {
+	if out, err := s.Run(context.Background(), "pg_basebackup", "-h", "127.0.0.1", "-p", strconv.Itoa(c.port), "-U", "postgres",
+		"-D", s.Data, "-R", "-X", "stream", "--no-sync"); err != nil {
 		t.Fatalf("pg_basebackup: %v\n%s", err, out)
 	}
 	// The copy holds c's log; start writes the standby's own.
-	os.Remove(s.logFile())
+	os.Remove(s.Log)
 	s.start(t)
 	return s
 }
@@ -121,7 +117,7 @@ func (c *cluster) standby(t *testing.T, settings ...string) *cluster {
 // asynchronous standby, nothing was ever lost that way).
 func (c *cluster) kill(t *testing.T) {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(c.data, "postmaster.pid"))
+	b, err := os.ReadFile(filepath.Join(c.Data, "postmaster.pid"))
 	if err != nil {
 		t.Fatalf("reading postmaster.pid: %v", err)
 	}
@@ -139,7 +135,7 @@ func (c *cluster) kill(t *testing.T) {
 		_ = syscall.Kill(p, syscall.SIGKILL) // a child may have exited meanwhile
 	}
 	// Gone once its port refuses connections.
-	eventually(t, 10*time.Second, "the killed postmaster stops listening", func() bool {
+	testhelper.Eventually(t, 10*time.Second, "the killed postmaster stops listening", func() bool {
 		conn, err := pgx.Connect(context.Background(), c.url("postgres")+"&connect_timeout=1")
 		if err == nil {
 			conn.Close(context.Background())

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // TestSpoolDiskFull fills the spool's file system (a real ENOSPC, on a small tmpfs)
@@ -20,15 +21,13 @@ import (
 func TestSpoolDiskFull(t *testing.T) {
 	t.Parallel()
 	fs := mountTmpfs(t, "4m")
-	dbURL, pool := database(t)
-	proxy, viaProxy := proxied(t, dbURL)
-	_, objectsURL := objectService(t, fastObjects(13), nil)
-	e := baseEnv(t, viaProxy, objectsURL).with("SPOOL_DIR", filepath.Join(fs, "spool"))
+	tb := setup(t, setupOpts{objects: fastObjects(13), proxy: true})
+	e := tb.env.with("SPOOL_DIR", filepath.Join(fs, "spool"))
 	s := startInproc(t, e)
 	l := sendLoad(t, s.base, 13, 2000, 200)
 
 	sleep(time.Second)
-	proxy.Refuse()
+	tb.proxy.Refuse()
 	sleep(time.Second)
 	if n := metric(t, s.base, "callback_callbacks_spooled_total"); n == 0 {
 		t.Fatal("nothing was spooled with Postgres down")
@@ -65,24 +64,24 @@ func TestSpoolDiskFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	spooled := metric(t, s.base, "callback_callbacks_spooled_total")
-	eventually(t, 5*time.Second, "callbacks are spooled and accepted again once space returns", func() bool {
+	testhelper.Eventually(t, 5*time.Second, "callbacks are spooled and accepted again once space returns", func() bool {
 		return l.s.Stats().Accepted > full.Accepted+50 && metric(t, s.base, "callback_callbacks_spooled_total") > spooled
 	})
-	if err := proxy.Restore(); err != nil {
+	if err := tb.proxy.Restore(); err != nil {
 		t.Fatal(err)
 	}
 	sleep(time.Second)
 	l.Stop()
 	t.Logf("sender: %+v", l.s.Stats())
 
-	eventually(t, 20*time.Second, "the spool is replayed and emptied", func() bool {
+	testhelper.Eventually(t, 20*time.Second, "the spool is replayed and emptied", func() bool {
 		return len(spoolSegments(t, e["SPOOL_DIR"])) == 0
 	})
 	if corrupt, _ := filepath.Glob(filepath.Join(e["SPOOL_DIR"], "*.corrupt")); len(corrupt) > 0 {
 		t.Errorf("segments moved aside as unreadable: %v", corrupt)
 	}
-	verifyTable(t, pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(l.s.Stats()))
-	eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
+	verifyTable(t, tb.pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(l.s.Stats()))
+	testhelper.Eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, tb.pool) == 0 })
 }
 
 // mountTmpfs mounts a tmpfs of size (e.g. "4m") on a fresh directory for the test, and

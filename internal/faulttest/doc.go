@@ -7,5 +7,7 @@
 // against what the sender was told was accepted.
 //
 // The package holds only test code, apart from Proxy: a TCP proxy that can refuse,
-// blackhole and restore the connections to Postgres.
+// blackhole and restore the connections to Postgres. Each test gets the service's
+// surroundings from setup (harness_test.go) and starts the service with startProc or
+// startInproc.
 package faulttest

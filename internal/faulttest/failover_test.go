@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 // TestFailover loses the Postgres primary under load from two replicas: its postmaster
@@ -52,7 +54,7 @@ func failover(t *testing.T, synchronous, blackhole bool) {
 	}
 	primary := startCluster(t, "wal_level=replica", "max_wal_senders=4", "synchronous_standby_names="+names)
 	standby := primary.standby(t)
-	eventually(t, 20*time.Second, "the standby streams from the primary as "+state, func() bool {
+	testhelper.Eventually(t, 20*time.Second, "the standby streams from the primary as "+state, func() bool {
 		var got string
 		return primary.query(ctx, "SELECT sync_state FROM pg_stat_replication", &got) == nil && got == state
 	})
@@ -69,14 +71,13 @@ func failover(t *testing.T, synchronous, blackhole bool) {
 	}
 	dbURL := fmt.Sprintf("postgres://postgres@%s,%s/callback?sslmode=disable&target_session_attrs=read-write",
 		primaryAddr, standby.addr())
-	_, objectsURL := objectService(t, fastObjects(11), nil)
-	ea := baseEnv(t, dbURL, objectsURL)
-	eb := ea.with("LISTEN_ADDR", freeAddr(t), "SPOOL_DIR", t.TempDir())
+	ea := setup(t, setupOpts{objects: fastObjects(11), dbURL: dbURL}).env
+	eb := ea.with("LISTEN_ADDR", testnet.FreeAddr(t), "SPOOL_DIR", t.TempDir())
 	window := ea.duration(t, "EXPIRE_AFTER")
 	a, b := startProc(t, ea), startProc(t, eb)
 	for _, p := range []*proc{a, b} {
-		eventually(t, 30*time.Second, "the service applies its migrations", func() bool {
-			log, _ := os.ReadFile(p.log)
+		testhelper.Eventually(t, 30*time.Second, "the service applies its migrations", func() bool {
+			log, _ := os.ReadFile(p.Log)
 			return strings.Contains(string(log), "schema up to date")
 		})
 	}
@@ -118,7 +119,7 @@ func failover(t *testing.T, synchronous, blackhole bool) {
 	standby.ctl(t, "-w", "-t", "60", "promote")
 	promoted := time.Now()
 	// Generous: a test is no timing benchmark. The number is logged.
-	eventually(t, 15*time.Second, "both replicas commit into the promoted standby", func() bool {
+	testhelper.Eventually(t, 15*time.Second, "both replicas commit into the promoted standby", func() bool {
 		return inboxCommits(a) > ca && inboxCommits(b) > cb
 	})
 	t.Logf("writes resumed %v after the promotion", time.Since(promoted).Round(time.Millisecond))
@@ -140,7 +141,7 @@ func failover(t *testing.T, synchronous, blackhole bool) {
 	}
 	t.Cleanup(pool.Close)
 	for _, e := range []env{ea, eb} {
-		eventually(t, 20*time.Second, "the spool is replayed into the new primary and emptied", func() bool {
+		testhelper.Eventually(t, 20*time.Second, "the spool is replayed into the new primary and emptied", func() bool {
 			return len(spoolSegments(t, e["SPOOL_DIR"])) == 0
 		})
 	}
@@ -150,7 +151,7 @@ func failover(t *testing.T, synchronous, blackhole bool) {
 	} else {
 		verifyAfterAsyncFailover(t, pool, records, window, lateSlack(stats...))
 	}
-	eventually(t, 15*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
+	testhelper.Eventually(t, 15*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
 }
 
 // verifyAfterAsyncFailover is verifyTable for a failover to an asynchronous standby:
@@ -191,15 +192,7 @@ func verifyAfterAsyncFailover(t *testing.T, pool *pgxpool.Pool, records map[int6
 			return
 		}
 		if time.Since(start) > 20*time.Second {
-			var b strings.Builder
-			for i, p := range problems {
-				if i == 20 {
-					fmt.Fprintf(&b, "... and %d more\n", len(problems)-20)
-					break
-				}
-				fmt.Fprintln(&b, p)
-			}
-			t.Fatalf("the objects table still differs after the failover (%d problems):\n%s", len(problems), b.String())
+			t.Fatalf("the objects table still differs after the failover (%d problems):\n%s", len(problems), listProblems(problems))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

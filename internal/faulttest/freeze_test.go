@@ -7,10 +7,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 // TestFrozenReplica freezes a replica with SIGSTOP while it holds claimed lookups, for
@@ -20,16 +21,15 @@ import (
 // stale (callback_lookup_results_stale_total), nothing is lost, and the table is exact.
 func TestFrozenReplica(t *testing.T) {
 	t.Parallel()
-	dbURL, pool := database(t)
 	cfg := fastObjects(11)
 	// Slow enough that the replica has many lookups in flight when it is frozen.
 	cfg.LatencyMin, cfg.LatencyMax = 300*time.Millisecond, 800*time.Millisecond
-	_, objectsURL := objectService(t, cfg, nil)
-	ea := baseEnv(t, dbURL, objectsURL).with("EXPIRE_AFTER", "20s") // FETCH_TIMEOUT=1s, LEASE=3s
+	tb := setup(t, setupOpts{objects: cfg})
+	ea := tb.env.with("EXPIRE_AFTER", "20s") // FETCH_TIMEOUT=1s, LEASE=3s
 	// B has room for more lookups than its own load needs: lookups go newest receipt
 	// first, so a saturated replica would leave A's claims (the oldest receipts) to
 	// leave the window rather than take them over.
-	eb := ea.with("LISTEN_ADDR", freeAddr(t), "FETCH_CONCURRENCY", "256") // same database, same spool
+	eb := ea.with("LISTEN_ADDR", testnet.FreeAddr(t), "FETCH_CONCURRENCY", "256") // same database, same spool
 	lease := ea.duration(t, "LEASE")
 
 	a := startProc(t, ea)
@@ -39,7 +39,7 @@ func TestFrozenReplica(t *testing.T) {
 	// SIGCONT gets a receipt time long after its sender gave up, which is about
 	// something else than leases.
 	la.Stop()
-	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+	if err := a.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatalf("SIGSTOP: %v", err)
 	}
 	frozen := time.Now()
@@ -47,13 +47,13 @@ func TestFrozenReplica(t *testing.T) {
 	resume := func() {
 		if !resumed {
 			resumed = true
-			_ = a.cmd.Process.Signal(syscall.SIGCONT)
+			_ = a.Signal(syscall.SIGCONT)
 		}
 	}
 	t.Cleanup(resume) // so that the cleanup's SIGKILL is not the only way out
 
 	// B is not running yet, so every claim now is A's.
-	tokens := claimTokens(t, pool)
+	tokens := claimTokens(t, tb.pool)
 	t.Logf("replica A frozen holding %d claims", len(tokens))
 	if len(tokens) == 0 {
 		t.Fatal("replica A held no claims when frozen: nothing to take over")
@@ -67,8 +67,8 @@ func TestFrozenReplica(t *testing.T) {
 	// cannot be taken by anyone until A runs again; such rows are left out (counted
 	// by SKIP LOCKED), but at least one claim must have been taken.
 	var left, all int
-	eventually(t, lease+15*time.Second, "replica B takes over the claims of the frozen replica", func() bool {
-		left, all = heldClaims(t, pool, tokens)
+	testhelper.Eventually(t, lease+15*time.Second, "replica B takes over the claims of the frozen replica", func() bool {
+		left, all = heldClaims(t, tb.pool, tokens)
 		return left == 0 && all < len(tokens)
 	}, func() string { return fmt.Sprintf("A's tokens still on %d unlocked rows, %d rows in all", left, all) })
 	t.Logf("B took over A's claims %v after the freeze; %d of them locked by A's frozen session", time.Since(frozen).Round(time.Millisecond), all)
@@ -79,7 +79,7 @@ func TestFrozenReplica(t *testing.T) {
 
 	// The lookups A had in flight end (answered or timed out) and their results are
 	// written under tokens that B has replaced: every one is discarded.
-	eventually(t, 15*time.Second, "the resumed replica discards its stale results", func() bool {
+	testhelper.Eventually(t, 15*time.Second, "the resumed replica discards its stale results", func() bool {
 		return metric(t, a.base, "callback_lookup_results_stale_total") > 0
 	})
 	sleep(time.Second)
@@ -89,22 +89,14 @@ func TestFrozenReplica(t *testing.T) {
 	t.Logf("stale results discarded by A: %v", metric(t, a.base, "callback_lookup_results_stale_total"))
 
 	records := mergeRecords(la.s.Records(), lb.s.Records())
-	verifyTable(t, pool, records, tester.OnlineParity, ea.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(la.s.Stats(), lb.s.Stats()))
-	eventually(t, 15*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
+	verifyTable(t, tb.pool, records, tester.OnlineParity, ea.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(la.s.Stats(), lb.s.Stats()))
+	testhelper.Eventually(t, 15*time.Second, "inbox and pending drain", func() bool { return queued(t, tb.pool) == 0 })
 }
 
 // claimTokens lists the claim tokens in pending (as text).
 func claimTokens(t *testing.T, pool *pgxpool.Pool) []string {
 	t.Helper()
-	rows, err := pool.Query(context.Background(), "SELECT claim_token::text FROM pending WHERE claim_token IS NOT NULL")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokens, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tokens
+	return column[string](t, pool, "SELECT claim_token::text FROM pending WHERE claim_token IS NOT NULL")
 }
 
 // heldClaims counts the pending rows that still hold one of tokens: left among the

@@ -1,8 +1,6 @@
 package faulttest
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -13,18 +11,20 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/objwatch/callback/internal/childproc"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/service"
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
 	"github.com/objwatch/callback/internal/testnet"
 )
 
@@ -88,7 +88,7 @@ type env map[string]string
 func baseEnv(t *testing.T, dbURL, objectsURL string) env {
 	return env{
 		"DATABASE_URL":      dbURL,
-		"LISTEN_ADDR":       freeAddr(t),
+		"LISTEN_ADDR":       testnet.FreeAddr(t),
 		"OBJECTS_URL":       objectsURL,
 		"SPOOL_DIR":         t.TempDir(),
 		"EXPIRE_AFTER":      "60s",
@@ -124,17 +124,11 @@ func (e env) duration(t *testing.T, key string) time.Duration {
 	return d
 }
 
-// freeAddr: see testnet.FreeAddr, and why Listen(":0") is not enough.
-func freeAddr(t *testing.T) string { return testnet.FreeAddr(t) }
-
 // proc is the service binary running as a subprocess.
 type proc struct {
-	t      *testing.T
-	cmd    *exec.Cmd
-	base   string
-	log    string
-	exited chan struct{}
-	err    error // Wait's, once exited is closed
+	*childproc.Proc
+	t    *testing.T
+	base string
 }
 
 var procSeq struct {
@@ -151,33 +145,20 @@ func startProc(t *testing.T, e env) *proc {
 	n := procSeq.n
 	procSeq.Unlock()
 	logPath := filepath.Join(t.TempDir(), fmt.Sprintf("callback-%d.log", n))
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cmd := exec.Command(bin)
-	// Dies with the test binary, even when that one crashes: a panic in an in-process
-	// service once left three of these running, retrying against dropped databases.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Env = subprocessEnv(e)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
+	cp, err := childproc.Start(cmd, logPath)
+	if err != nil {
 		t.Fatalf("starting the service: %v", err)
 	}
-	p := &proc{t: t, cmd: cmd, base: e.base(), log: logPath, exited: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		logFile.Close()
-		close(p.exited)
-	}()
+	p := &proc{Proc: cp, t: t, base: e.base()}
 	t.Cleanup(func() {
-		p.kill()
+		p.Kill()
 		if t.Failed() {
-			t.Logf("last lines of %s:\n%s", filepath.Base(logPath), tail(logPath, 30))
+			t.Logf("last lines of %s:\n%s", filepath.Base(logPath), p.Tail(30))
 		}
 	})
-	waitHealthy(t, p.base, p.exited)
+	waitHealthy(t, p.base, p.Done())
 	return p
 }
 
@@ -199,40 +180,20 @@ func subprocessEnv(e env) []string {
 	return out
 }
 
-// kill sends SIGKILL and waits for the process to be gone.
-func (p *proc) kill() {
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.exited
-}
-
 // terminate sends SIGTERM and returns how long the process took to exit, and its
 // exit code; the test fails if it is not gone within limit.
 func (p *proc) terminate(limit time.Duration) (time.Duration, int) {
 	p.t.Helper()
 	start := time.Now()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.Signal(syscall.SIGTERM); err != nil {
 		p.t.Fatalf("SIGTERM: %v", err)
 	}
 	select {
-	case <-p.exited:
+	case <-p.Done():
 	case <-time.After(limit):
 		p.t.Fatalf("the service did not exit within %v of SIGTERM", limit)
 	}
-	return time.Since(start), p.cmd.ProcessState.ExitCode()
-}
-
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+	return time.Since(start), p.Cmd.ProcessState.ExitCode()
 }
 
 // inproc is service.Run in this process, under the race detector when the tests are.
@@ -240,16 +201,16 @@ type inproc struct {
 	base string
 	stop context.CancelFunc
 	done chan error
-	log  *syncBuffer
+	log  *testhelper.Buffer
 }
 
 func startInproc(t *testing.T, e env) *inproc {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &inproc{base: e.base(), stop: cancel, done: make(chan error, 1), log: &syncBuffer{}}
+	s := &inproc{base: e.base(), stop: cancel, done: make(chan error, 1), log: &testhelper.Buffer{}}
 	exited := make(chan struct{})
 	go func() {
-		err := service.Run(ctx, nil, func(k string) string { return e[k] }, io.Discard, s.log)
+		err := service.Run(ctx, nil, testhelper.Getenv(e), io.Discard, s.log)
 		s.done <- err
 		close(exited)
 	}()
@@ -261,29 +222,11 @@ func startInproc(t *testing.T, e env) *inproc {
 			t.Errorf("service.Run did not return within 30s of cancel")
 		}
 		if t.Failed() {
-			t.Logf("last lines of the service log:\n%s", s.log.tail(30))
+			t.Logf("last lines of the service log:\n%s", childproc.LastLines(s.log.String(), 30))
 		}
 	})
 	waitHealthy(t, s.base, exited)
 	return s
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) tail(n int) string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	lines := strings.Split(strings.TrimRight(b.buf.String(), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // waitHealthy polls /healthz until it answers 200; exited aborts early.
@@ -325,51 +268,52 @@ func healthy(base string) bool {
 // labels (e.g. `outcome="failed"`).
 func metric(t *testing.T, base, name string, labels ...string) float64 {
 	t.Helper()
-	resp, err := (&http.Client{Timeout: 2 * time.Second}).Get(base + "/metrics")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	m, err := childproc.ReadMetrics(ctx, base+"/metrics")
 	if err != nil {
 		t.Fatalf("reading metrics: %v", err)
 	}
-	defer resp.Body.Close()
-	sum := 0.0
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		series, value, ok := strings.Cut(line, " ")
-		if !ok {
-			continue
-		}
-		seriesName, rest, _ := strings.Cut(series, "{")
-		if seriesName != name {
-			continue
-		}
-		match := true
-		for _, l := range labels {
-			match = match && strings.Contains(rest, l)
-		}
-		if !match {
-			continue
-		}
-		v, err := strconv.ParseFloat(value, 64)
-		if err != nil {
-			t.Fatalf("metric line %q: %v", line, err)
-		}
-		sum += v
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatalf("reading metrics: %v", err)
-	}
-	return sum
+	return m.Sum(name, labels...)
 }
 
-// database is a fresh migrated database and a pool on it that bypasses any proxy.
-func database(t *testing.T) (string, *pgxpool.Pool) {
+// setupOpts is what a fault test chooses about the service's surroundings.
+type setupOpts struct {
+	objects    tester.ObjectConfig             // the object service's: fastObjects(seed), perhaps slowed or faulty
+	wrap       func(http.Handler) http.Handler // around the object service, if set
+	objectsURL string                          // an object service of the test's own instead: none is started
+	proxy      bool                            // the service reaches its database through a Proxy
+	dbURL      string                          // the service's database (on a cluster of the test's); empty: a fresh one from pgtest
+}
+
+// testBundle is the service's surroundings: its environment, and what the test reads
+// or breaks besides the service.
+type testBundle struct {
+	env     env                   // baseEnv on the database and object service below
+	pool    *pgxpool.Pool         // to the database past any proxy; nil with setupOpts.dbURL
+	proxy   *Proxy                // between the service and its database, with setupOpts.proxy
+	objects *tester.ObjectService // nil with setupOpts.objectsURL
+}
+
+// setup makes what every fault test runs the service in: a database, an object
+// service and the environment. The test then starts the service on tb.env (changed
+// with env.with as it needs) with startProc or startInproc, once or several times.
+func setup(t *testing.T, opts setupOpts) *testBundle {
 	t.Helper()
-	pool, url := pgtest.NewPool(t)
-	return url, pool
+	tb := &testBundle{}
+	dbURL := opts.dbURL
+	if dbURL == "" {
+		tb.pool, dbURL = pgtest.NewPool(t)
+	}
+	if opts.proxy {
+		tb.proxy, dbURL = proxied(t, dbURL)
+	}
+	objectsURL := opts.objectsURL
+	if objectsURL == "" {
+		tb.objects, objectsURL = objectService(t, opts.objects, opts.wrap)
+	}
+	tb.env = baseEnv(t, dbURL, objectsURL)
+	return tb
 }
 
 // objectService serves the tester's object service (with wrap around it, if not nil)
@@ -506,6 +450,11 @@ func verifyTable(t *testing.T, pool *pgxpool.Pool, records map[int64]tester.Send
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	t.Fatalf("the objects table still differs from what was accepted after %v (%d problems):\n%s", catchUp, len(problems), listProblems(problems))
+}
+
+// listProblems prints the first 20 problems, one a line, and how many more there are.
+func listProblems(problems []tester.Problem) string {
 	var b strings.Builder
 	for i, p := range problems {
 		if i == 20 {
@@ -514,7 +463,7 @@ func verifyTable(t *testing.T, pool *pgxpool.Pool, records map[int64]tester.Send
 		}
 		fmt.Fprintln(&b, p)
 	}
-	t.Fatalf("the objects table still differs from what was accepted after %v (%d problems):\n%s", catchUp, len(problems), b.String())
+	return b.String()
 }
 
 // lateSlack is verifyTable's late for senders with these stats.
@@ -527,6 +476,20 @@ func lateSlack(stats ...tester.SenderStats) time.Duration {
 	return 0
 }
 
+// column runs sql, which selects one column, and returns its values.
+func column[T any](t *testing.T, pool *pgxpool.Pool, sql string) []T {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), sql)
+	if err != nil {
+		t.Fatal(err)
+	}
+	values, err := pgx.CollectRows(rows, pgx.RowTo[T])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return values
+}
+
 // queued counts the rows still to merge or look up.
 func queued(t *testing.T, pool *pgxpool.Pool) int64 {
 	t.Helper()
@@ -536,23 +499,6 @@ func queued(t *testing.T, pool *pgxpool.Pool) int64 {
 		t.Fatalf("counting queued rows: %v", err)
 	}
 	return n
-}
-
-// eventually polls cond every 50 ms until it holds or within passes.
-// state, if given, describes what was seen instead, for the failure message.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool, state ...func() string) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			seen := ""
-			for _, s := range state {
-				seen += "; " + s()
-			}
-			t.Fatalf("not within %v: %s%s", within, what, seen)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // spoolSegments lists the segment files in a spool directory.

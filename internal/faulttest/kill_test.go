@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // TestKill9 kills the service binary with SIGKILL twice under load and restarts it
@@ -15,34 +16,32 @@ import (
 // replay. Nothing acknowledged may be missing at the end.
 func TestKill9(t *testing.T) {
 	t.Parallel()
-	dbURL, pool := database(t)
-	proxy, viaProxy := proxied(t, dbURL)
-	objects, objectsURL := objectService(t, fastObjects(1), nil)
-	e := baseEnv(t, viaProxy, objectsURL)
+	tb := setup(t, setupOpts{objects: fastObjects(1), proxy: true})
+	e := tb.env
 	window := e.duration(t, "EXPIRE_AFTER")
 
 	p := startProc(t, e)
 	l := sendLoad(t, e.base(), 1, 2000, 300)
 
 	sleep(1500 * time.Millisecond)
-	p.kill()
+	p.Kill()
 	t.Logf("killed the first process mid-load: %+v", l.s.Stats())
 	p = startProc(t, e)
 
 	sleep(time.Second)
-	proxy.Refuse()
-	eventually(t, 10*time.Second, "the service spools while Postgres is cut", func() bool {
+	tb.proxy.Refuse()
+	testhelper.Eventually(t, 10*time.Second, "the service spools while Postgres is cut", func() bool {
 		return metric(t, p.base, "callback_callbacks_spooled_total") > 0
 	})
 	sleep(300 * time.Millisecond)
-	p.kill()
+	p.Kill()
 	left := spoolSegments(t, e["SPOOL_DIR"])
 	if len(left) == 0 {
 		t.Fatalf("the process killed during the outage left no spool segment in %s", e["SPOOL_DIR"])
 	}
 	t.Logf("killed the second process during the outage; it left %d spool segment(s)", len(left))
 
-	if err := proxy.Restore(); err != nil {
+	if err := tb.proxy.Restore(); err != nil {
 		t.Fatal(err)
 	}
 	p = startProc(t, e)
@@ -54,8 +53,8 @@ func TestKill9(t *testing.T) {
 		t.Fatalf("too little load to prove anything: %d callbacks accepted", st.Accepted)
 	}
 
-	verifyTable(t, pool, l.s.Records(), tester.OnlineParity, window, 20*time.Second, lateSlack(l.s.Stats()))
-	eventually(t, 10*time.Second, "the dead process's spool segments are replayed and removed", func() bool {
+	verifyTable(t, tb.pool, l.s.Records(), tester.OnlineParity, window, 20*time.Second, lateSlack(l.s.Stats()))
+	testhelper.Eventually(t, 10*time.Second, "the dead process's spool segments are replayed and removed", func() bool {
 		for _, f := range left {
 			if _, err := os.Stat(f); err == nil {
 				return false
@@ -66,8 +65,8 @@ func TestKill9(t *testing.T) {
 	if n := metric(t, p.base, "callback_callbacks_replayed_total"); n == 0 {
 		t.Errorf("the restarted process replayed no callbacks")
 	}
-	eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
-	if n := objects.Stats().Overlapping; n != 0 {
+	testhelper.Eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, tb.pool) == 0 })
+	if n := tb.objects.Stats().Overlapping; n != 0 {
 		t.Errorf("the object service saw %d overlapping lookups of one id", n)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 // TestObjectServiceFaults: the object service answers 500, hangs past the lookup
@@ -26,12 +28,10 @@ import (
 // about one run in twenty: 0.47^10 × 150. At 27%, 0.27^10 × 150 ≈ 3e-4.
 func TestObjectServiceFaults(t *testing.T) {
 	t.Parallel()
-	_, pool := database(t)
-	dbURL := pool.Config().ConnString()
 	var wrongID atomic.Int64
 	cfg := fastObjects(5)
 	cfg.FailPct, cfg.HangPct, cfg.MalformedPct, cfg.DropPct = 6, 6, 6, 6
-	objects, objectsURL := objectService(t, cfg, func(h http.Handler) http.Handler {
+	tb := setup(t, setupOpts{objects: cfg, wrap: func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			id, err := strconv.ParseInt(strings.TrimPrefix(r.URL.Path, "/objects/"), 10, 64)
 			if err == nil && rand.IntN(16) == 0 {
@@ -42,18 +42,18 @@ func TestObjectServiceFaults(t *testing.T) {
 			}
 			h.ServeHTTP(w, r)
 		})
-	})
-	e := baseEnv(t, dbURL, objectsURL)
+	}})
+	e := tb.env
 	s := startInproc(t, e)
 	l := sendLoad(t, s.base, 5, 300, 150)
 	sleep(3 * time.Second)
 	l.Stop()
 	t.Logf("sender: %+v", l.s.Stats())
 
-	verifyTable(t, pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 50*time.Second, lateSlack(l.s.Stats()))
+	verifyTable(t, tb.pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 50*time.Second, lateSlack(l.s.Stats()))
 	// Offline ids may still be retrying (backoff up to 10 s) when the table matches.
-	eventually(t, 40*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
-	st := objects.Stats()
+	testhelper.Eventually(t, 40*time.Second, "inbox and pending drain", func() bool { return queued(t, tb.pool) == 0 })
+	st := tb.objects.Stats()
 	t.Logf("object service: %+v, wrong id answers: %d", st, wrongID.Load())
 	if st.Fail == 0 || st.Hang == 0 || st.Malformed == 0 || st.Drop == 0 || wrongID.Load() == 0 {
 		t.Errorf("not every fault was injected: %+v, wrong id %d", st, wrongID.Load())
@@ -78,7 +78,7 @@ func TestObjectServiceDown(t *testing.T) {
 		listen func(t *testing.T) (string, *atomic.Int64)
 	}{
 		{"connection_refused", func(t *testing.T) (string, *atomic.Int64) {
-			return "http://" + freeAddr(t), nil // nothing listens there
+			return "http://" + testnet.FreeAddr(t), nil // nothing listens there
 		}},
 		{"connection_reset", func(t *testing.T) (string, *atomic.Int64) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -105,9 +105,9 @@ func TestObjectServiceDown(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			_, pool := database(t)
 			objectsURL, seen := tc.listen(t)
-			e := baseEnv(t, pool.Config().ConnString(), objectsURL).with("EXPIRE_AFTER", "4s")
+			tb := setup(t, setupOpts{objectsURL: objectsURL})
+			e := tb.env.with("EXPIRE_AFTER", "4s")
 			s := startInproc(t, e)
 			l := sendLoad(t, s.base, 6, 49, 50)
 			sleep(time.Second)
@@ -116,17 +116,17 @@ func TestObjectServiceDown(t *testing.T) {
 
 			accepted := float64(l.s.Stats().Accepted)
 			// Merged (spooled ones replayed first), then each lookup failed until dropped.
-			eventually(t, 30*time.Second, "every lookup is dropped once its receipt leaves the window", func() bool {
-				return len(spoolSegments(t, e["SPOOL_DIR"])) == 0 && queued(t, pool) == 0 &&
+			testhelper.Eventually(t, 30*time.Second, "every lookup is dropped once its receipt leaves the window", func() bool {
+				return len(spoolSegments(t, e["SPOOL_DIR"])) == 0 && queued(t, tb.pool) == 0 &&
 					metric(t, s.base, "callback_merged_callbacks_total") >= accepted
 			}, func() string {
 				var st string
-				_ = pool.QueryRow(context.Background(), `SELECT string_agg(format('%s(attempts %s, due %ss ago, age %ss)',
+				_ = tb.pool.QueryRow(context.Background(), `SELECT string_agg(format('%s(attempts %s, due %ss ago, age %ss)',
 					object_id, attempts, round(extract(epoch FROM now() - due_at)::numeric, 1),
 					round(extract(epoch FROM now() - received_at)::numeric, 1)), ' ')
 					FROM (SELECT * FROM pending ORDER BY object_id LIMIT 5) p`).Scan(&st)
 				return fmt.Sprintf("accepted %v, merged %v, queued %d, spool %v, pending %s, dropped %v, failed %v", accepted,
-					metric(t, s.base, "callback_merged_callbacks_total"), queued(t, pool), spoolSegments(t, e["SPOOL_DIR"]), st,
+					metric(t, s.base, "callback_merged_callbacks_total"), queued(t, tb.pool), spoolSegments(t, e["SPOOL_DIR"]), st,
 					metric(t, s.base, "callback_work_dropped_total"), metric(t, s.base, "callback_lookups_total"))
 			})
 			dropped := metric(t, s.base, "callback_work_dropped_total")
@@ -148,7 +148,7 @@ func TestObjectServiceDown(t *testing.T) {
 				t.Errorf("no lookup was attempted")
 			}
 			var rows int
-			if err := pool.QueryRow(context.Background(), "SELECT count(*) FROM objects").Scan(&rows); err != nil {
+			if err := tb.pool.QueryRow(context.Background(), "SELECT count(*) FROM objects").Scan(&rows); err != nil {
 				t.Fatal(err)
 			}
 			if rows != 0 {

@@ -1,7 +1,6 @@
 package faulttest
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"os"
@@ -9,10 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // TestPostgresOutage cuts the service off from Postgres under load, through a proxy,
@@ -31,19 +30,17 @@ func TestPostgresOutage(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			dbURL, pool := database(t)
-			proxy, viaProxy := proxied(t, dbURL)
-			_, objectsURL := objectService(t, fastObjects(2), nil)
-			e := baseEnv(t, viaProxy, objectsURL)
+			tb := setup(t, setupOpts{objects: fastObjects(2), proxy: true})
+			e := tb.env
 			s := startInproc(t, e)
 			l := sendLoad(t, s.base, 2, 2000, 300)
 
 			sleep(time.Second)
 			before := l.s.Stats()
-			tc.cut(proxy)
+			tc.cut(tb.proxy)
 			sleep(3 * time.Second)
 			during := l.s.Stats()
-			if err := proxy.Restore(); err != nil {
+			if err := tb.proxy.Restore(); err != nil {
 				t.Fatal(err)
 			}
 
@@ -62,11 +59,11 @@ func TestPostgresOutage(t *testing.T) {
 
 			sleep(time.Second)
 			l.Stop()
-			eventually(t, 20*time.Second, "the spool is replayed and emptied", func() bool {
+			testhelper.Eventually(t, 20*time.Second, "the spool is replayed and emptied", func() bool {
 				return len(spoolSegments(t, e["SPOOL_DIR"])) == 0
 			})
-			verifyTable(t, pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(l.s.Stats()))
-			eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
+			verifyTable(t, tb.pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(l.s.Stats()))
+			testhelper.Eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, tb.pool) == 0 })
 		})
 	}
 }
@@ -77,10 +74,8 @@ func TestPostgresOutage(t *testing.T) {
 // even for root (permissions would not).
 func TestSpoolUnwritableAndDatabaseDown(t *testing.T) {
 	t.Parallel()
-	dbURL, pool := database(t)
-	proxy, viaProxy := proxied(t, dbURL)
-	_, objectsURL := objectService(t, fastObjects(3), nil)
-	e := baseEnv(t, viaProxy, objectsURL)
+	tb := setup(t, setupOpts{objects: fastObjects(3), proxy: true})
+	e := tb.env
 	// The first commit must not go to the spool (see below), and on a loaded machine
 	// (-race, packages in parallel) a first commit has taken over 400 ms. A cut database
 	// still fails at once here: the proxy refuses and resets.
@@ -102,7 +97,7 @@ func TestSpoolUnwritableAndDatabaseDown(t *testing.T) {
 	if err := os.WriteFile(dir, []byte("not a directory\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	proxy.Refuse()
+	tb.proxy.Refuse()
 
 	l := sendLoad(t, s.base, 3, 2000, 200)
 	sleep(2 * time.Second)
@@ -126,18 +121,18 @@ func TestSpoolUnwritableAndDatabaseDown(t *testing.T) {
 	if err := os.Rename(dir+".moved", dir); err != nil {
 		t.Fatal(err)
 	}
-	if err := proxy.Restore(); err != nil {
+	if err := tb.proxy.Restore(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "callbacks are accepted again", func() bool {
+	testhelper.Eventually(t, 10*time.Second, "callbacks are accepted again", func() bool {
 		return postCallback(t, s.base, `{"object_ids":[1000002]}`) == http.StatusAccepted
 	})
 	// The accepted callbacks may have gone to the spool (a slow commit): wait for
 	// both to be looked up, then check nothing else arrived.
 	var ids []int64
-	eventually(t, 15*time.Second, "the two accepted ids, and only they, reach objects", func() bool {
-		ids = objectIDs(t, pool)
-		return len(spoolSegments(t, dir)) == 0 && queued(t, pool) == 0 && len(ids) >= 2
+	testhelper.Eventually(t, 15*time.Second, "the two accepted ids, and only they, reach objects", func() bool {
+		ids = objectIDs(t, tb.pool)
+		return len(spoolSegments(t, dir)) == 0 && queued(t, tb.pool) == 0 && len(ids) >= 2
 	})
 	if len(ids) != 2 || ids[0] != 1000000 || ids[1] != 1000002 {
 		t.Errorf("objects holds %v, want exactly the two accepted ids [1000000 1000002]", ids)
@@ -146,15 +141,7 @@ func TestSpoolUnwritableAndDatabaseDown(t *testing.T) {
 
 func objectIDs(t *testing.T, pool *pgxpool.Pool) []int64 {
 	t.Helper()
-	rows, err := pool.Query(context.Background(), "SELECT id FROM objects ORDER BY id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ids
+	return column[int64](t, pool, "SELECT id FROM objects ORDER BY id")
 }
 
 func postCallback(t *testing.T, base, body string) int {

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 // Proxy forwards TCP connections from its own address to an upstream one (Postgres),
@@ -38,9 +40,14 @@ type Proxy struct {
 	closed bool
 }
 
-// NewProxy listens on a free loopback port and forwards to upstream.
+// NewProxy listens on a free loopback port and forwards to upstream. The port comes
+// from testnet, as Refuse gives it up for a while and Restore takes it back.
 func NewProxy(upstream string) (*Proxy, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := testnet.Next()
+	if err != nil {
+		return nil, fmt.Errorf("proxy listen: %w", err)
+	}
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("proxy listen: %w", err)
 	}
@@ -94,7 +101,8 @@ func (p *Proxy) Restore() error {
 		return nil
 	}
 	// The port was ours a moment ago; SO_REUSEADDR (set by Go) lets us take it back
-	// at once unless someone else grabbed it, which is improbable for an ephemeral port.
+	// at once unless someone else grabbed it, which is improbable: it lies below the
+	// kernel's ephemeral range and testnet hands it out once.
 	var err error
 	for range 100 {
 		var ln net.Listener

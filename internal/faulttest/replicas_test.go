@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
+	"github.com/objwatch/callback/internal/testnet"
 )
 
 // TestTwoReplicas runs two service processes on one database and one spool
@@ -17,13 +19,12 @@ import (
 // expiring rows.
 func TestTwoReplicas(t *testing.T) {
 	t.Parallel()
-	dbURL, pool := database(t)
 	cfg := fastObjects(7)
 	// Slow enough that lookups are in flight when a replica dies.
 	cfg.LatencyMin, cfg.LatencyMax = 100*time.Millisecond, 400*time.Millisecond
-	objects, objectsURL := objectService(t, cfg, nil)
-	ea := baseEnv(t, dbURL, objectsURL).with("EXPIRE_AFTER", "8s")
-	eb := ea.with("LISTEN_ADDR", freeAddr(t)) // same database, same SPOOL_DIR
+	tb := setup(t, setupOpts{objects: cfg})
+	ea := tb.env.with("EXPIRE_AFTER", "8s")
+	eb := ea.with("LISTEN_ADDR", testnet.FreeAddr(t)) // same database, same SPOOL_DIR
 	window := ea.duration(t, "EXPIRE_AFTER")
 
 	a := startProc(t, ea)
@@ -33,8 +34,8 @@ func TestTwoReplicas(t *testing.T) {
 
 	sleep(2500 * time.Millisecond)
 	var claimedByA int64
-	_ = pool.QueryRow(context.Background(), "SELECT count(*) FROM pending WHERE claim_token IS NOT NULL").Scan(&claimedByA)
-	a.kill()
+	_ = tb.pool.QueryRow(context.Background(), "SELECT count(*) FROM pending WHERE claim_token IS NOT NULL").Scan(&claimedByA)
+	a.Kill()
 	la.Stop()
 	t.Logf("killed replica A with %d lookups claimed across both replicas", claimedByA)
 	sleep(2500 * time.Millisecond)
@@ -43,9 +44,9 @@ func TestTwoReplicas(t *testing.T) {
 	t.Logf("sender B: %+v", lb.s.Stats())
 
 	records := mergeRecords(la.s.Records(), lb.s.Records())
-	verifyTable(t, pool, records, tester.OnlineParity, window, 15*time.Second, lateSlack(la.s.Stats(), lb.s.Stats()))
-	eventually(t, 15*time.Second, "inbox and pending drain, A's claims included", func() bool { return queued(t, pool) == 0 })
-	if n := objects.Stats().Overlapping; n != 0 {
+	verifyTable(t, tb.pool, records, tester.OnlineParity, window, 15*time.Second, lateSlack(la.s.Stats(), lb.s.Stats()))
+	testhelper.Eventually(t, 15*time.Second, "inbox and pending drain, A's claims included", func() bool { return queued(t, tb.pool) == 0 })
+	if n := tb.objects.Stats().Overlapping; n != 0 {
 		t.Errorf("the object service saw %d overlapping lookups of one id across the replicas", n)
 	}
 
@@ -58,9 +59,9 @@ func TestTwoReplicas(t *testing.T) {
 		}
 	}
 	gone := last.Add(tester.LastSeenTolerance + window + tester.ExpiryGrace)
-	eventually(t, time.Until(gone)+5*time.Second, "replica B expires every row", func() bool {
+	testhelper.Eventually(t, time.Until(gone)+5*time.Second, "replica B expires every row", func() bool {
 		var n int64
-		err := pool.QueryRow(context.Background(), "SELECT count(*) FROM objects").Scan(&n)
+		err := tb.pool.QueryRow(context.Background(), "SELECT count(*) FROM objects").Scan(&n)
 		return err == nil && n == 0
 	})
 	if n := metric(t, b.base, "callback_objects_rows_expired_total"); n == 0 {
@@ -76,11 +77,10 @@ func TestTwoReplicas(t *testing.T) {
 // durable: after a restart the table matches.
 func TestSIGTERM(t *testing.T) {
 	t.Parallel()
-	dbURL, pool := database(t)
 	cfg := fastObjects(9)
 	cfg.LatencyMin, cfg.LatencyMax = 200*time.Millisecond, 800*time.Millisecond
-	_, objectsURL := objectService(t, cfg, nil)
-	e := baseEnv(t, dbURL, objectsURL).with("SHUTDOWN_TIMEOUT", "4s")
+	tb := setup(t, setupOpts{objects: cfg})
+	e := tb.env.with("SHUTDOWN_TIMEOUT", "4s")
 	limit := e.duration(t, "SHUTDOWN_TIMEOUT")
 
 	p := startProc(t, e)
@@ -94,7 +94,7 @@ func TestSIGTERM(t *testing.T) {
 	if took > limit+time.Second {
 		t.Errorf("took %v to exit after SIGTERM, SHUTDOWN_TIMEOUT is %v", took, limit)
 	}
-	if log, err := os.ReadFile(p.log); err == nil && strings.Contains(string(log), "committer did not finish") {
+	if log, err := os.ReadFile(p.Log); err == nil && strings.Contains(string(log), "committer did not finish") {
 		t.Errorf("the committer did not finish writing accepted callbacks before the deadline")
 	}
 
@@ -103,6 +103,6 @@ func TestSIGTERM(t *testing.T) {
 	sleep(time.Second)
 	l.Stop()
 	t.Logf("sender: %+v", l.s.Stats())
-	verifyTable(t, pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(l.s.Stats()))
-	eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
+	verifyTable(t, tb.pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(l.s.Stats()))
+	testhelper.Eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, tb.pool) == 0 })
 }

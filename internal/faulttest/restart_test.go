@@ -2,14 +2,15 @@ package faulttest
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/objwatch/callback/internal/childproc"
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // TestPostgresRestart stops a real Postgres with `pg_ctl stop -m immediate` (what a
@@ -18,13 +19,12 @@ import (
 func TestPostgresRestart(t *testing.T) {
 	t.Parallel()
 	pg := startCluster(t)
-	_, objectsURL := objectService(t, fastObjects(4), nil)
-	dbURL := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/callback?sslmode=disable", pg.port)
-	e := baseEnv(t, dbURL, objectsURL)
+	dbURL := pg.url("callback")
+	e := setup(t, setupOpts{objects: fastObjects(4), dbURL: dbURL}).env
 	s := startInproc(t, e)
 	// The service creates and migrates the database; wait for it before loading.
-	eventually(t, 20*time.Second, "the service applies its migrations", func() bool {
-		return strings.Contains(s.log.tail(50), "schema up to date")
+	testhelper.Eventually(t, 20*time.Second, "the service applies its migrations", func() bool {
+		return strings.Contains(childproc.LastLines(s.log.String(), 50), "schema up to date")
 	})
 	l := sendLoad(t, s.base, 4, 2000, 300)
 
@@ -50,9 +50,9 @@ func TestPostgresRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	eventually(t, 20*time.Second, "the spool is replayed and emptied", func() bool {
+	testhelper.Eventually(t, 20*time.Second, "the spool is replayed and emptied", func() bool {
 		return len(spoolSegments(t, e["SPOOL_DIR"])) == 0
 	})
 	verifyTable(t, pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(l.s.Stats()))
-	eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
+	testhelper.Eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
 }

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // TestSlowPostgres puts a Postgres that answers, but slowly, behind the service under
@@ -15,19 +16,17 @@ import (
 // the delay ends, the spool is replayed and the table is exact: nothing lost.
 func TestSlowPostgres(t *testing.T) {
 	t.Parallel()
-	dbURL, pool := database(t)
-	proxy, viaProxy := proxied(t, dbURL)
-	_, objectsURL := objectService(t, fastObjects(15), nil)
-	e := baseEnv(t, viaProxy, objectsURL)
+	tb := setup(t, setupOpts{objects: fastObjects(15), proxy: true})
+	e := tb.env
 	s := startInproc(t, e)
 	l := sendLoad(t, s.base, 15, 2000, 300)
 
 	sleep(time.Second)
 	before := l.s.Stats()
-	proxy.Delay(2 * time.Second)
+	tb.proxy.Delay(2 * time.Second)
 	sleep(4 * time.Second)
 	during := l.s.Stats()
-	proxy.Delay(0)
+	tb.proxy.Delay(0)
 
 	ratio, answered := acceptedRatio(before, during)
 	t.Logf("with Postgres 2 s slower per round trip: %d answered, %.4f accepted, %d timeouts; latency over the run %+v",
@@ -45,9 +44,9 @@ func TestSlowPostgres(t *testing.T) {
 	sleep(time.Second)
 	l.Stop()
 	t.Logf("sender: %+v", l.s.Stats())
-	eventually(t, 25*time.Second, "the spool is replayed and emptied", func() bool {
+	testhelper.Eventually(t, 25*time.Second, "the spool is replayed and emptied", func() bool {
 		return len(spoolSegments(t, e["SPOOL_DIR"])) == 0
 	})
-	verifyTable(t, pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(l.s.Stats()))
-	eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, pool) == 0 })
+	verifyTable(t, tb.pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(l.s.Stats()))
+	testhelper.Eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, tb.pool) == 0 })
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // An object service that is down entirely must see a trickle of probes, not one request
@@ -51,7 +53,7 @@ func TestBreaker(t *testing.T) {
 	stop := start(t, fetcher)
 
 	// Let it fail well past the trip point.
-	eventually(t, func() bool { return calls.Load() > settledAfter+5 }, "the fetcher stopped probing altogether")
+	testhelper.Eventually(t, time.Minute, "the fetcher keeps probing", func() bool { return calls.Load() > settledAfter+5 })
 	mu.Lock()
 	require.Equal(t, 1, maxAfterTrip, "tripped: one probe at a time")
 	mu.Unlock()

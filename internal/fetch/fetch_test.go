@@ -19,6 +19,7 @@ import (
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // testBundle is what a test sees around its fetcher: a real store on a fresh database,
@@ -98,19 +99,7 @@ func (b *testBundle) pending(t *testing.T) int {
 // settle waits until every pending lookup is done and written.
 func (b *testBundle) settle(t *testing.T) {
 	t.Helper()
-	eventually(t, func() bool { return b.pending(t) == 0 }, "pending work never drained")
-}
-
-// eventually polls cond: a wait for a state, never an assertion about time.
-func eventually(t *testing.T, cond func() bool, msg string) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute) // generous: a loaded 2-core machine runs these slowly
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal(msg)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testhelper.Watch(t, time.Minute, "pending work never drained", func() bool { return b.pending(t) == 0 })
 }
 
 // objectService is a fake object service. LookupFunc gets the 1-based number of this
@@ -368,7 +357,7 @@ func TestFetch_receiptOlderThanWindowIsDroppedWithoutLookup(t *testing.T) {
 	bundle.receive(t, []int64{12}, fresh)
 	start(t, fetcher)
 
-	eventually(t, func() bool { return bundle.pending(t) == 1 }, "the fresh receipt was never looked up")
+	testhelper.Watch(t, time.Minute, "the fresh receipt was never looked up", func() bool { return bundle.pending(t) == 1 })
 	require.Equal(t, map[int64]int{12: 1}, svc.Calls(), "no lookup for the expired receipt")
 	require.Equal(t, map[int64]time.Time{12: fresh}, bundle.objects(t))
 	var attempts int
@@ -395,7 +384,7 @@ func TestFetch_shutdownHandsBackClaims(t *testing.T) {
 	fetcher, bundle := setup(t, cfg, svc.Lookup)
 	bundle.receive(t, []int64{13, 14, 15}, now())
 	stop := start(t, fetcher)
-	eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return blocked == 3 }, "lookups never started")
+	testhelper.Watch(t, time.Minute, "lookups never started", func() bool { mu.Lock(); defer mu.Unlock(); return blocked == 3 })
 
 	stop() // returns once Run has
 
@@ -452,13 +441,13 @@ func TestFetch_yieldsTheLimitToABusyReplyPath(t *testing.T) {
 	start(t, fetcher)
 
 	// The reply path wants everything: one lookup at a time, however many are due.
-	eventually(t, func() bool { return inFlight.Load() == 1 }, "no lookup started")
+	testhelper.Watch(t, time.Minute, "no lookup started", func() bool { return inFlight.Load() == 1 })
 	time.Sleep(100 * time.Millisecond) // twenty polls of the claim loop
 	require.Equal(t, int64(1), peak.Load(), "a yielding fetcher never exceeds what it leaves itself")
 
 	// Intake is idle again: the whole limit is used.
 	yield.Store(math.Float64bits(0))
-	eventually(t, func() bool { return inFlight.Load() == 16 }, "the limit was not used again")
+	testhelper.Watch(t, time.Minute, "the limit was not used again", func() bool { return inFlight.Load() == 16 })
 	close(release)
 	bundle.settle(t)
 }

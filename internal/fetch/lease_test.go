@@ -13,6 +13,7 @@ import (
 	"github.com/objwatch/callback/internal/fetch"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // stuckStore has endless due work and a writer that hangs (a database that takes
@@ -75,7 +76,7 @@ func TestClaimingStopsWhileResultsWaitToBeWritten(t *testing.T) {
 	}
 	stop := start(t, f)
 
-	eventually(t, func() bool { return st.writing.Load() && lookups.Load() == st.claimed.Load() }, "the writer never got stuck")
+	testhelper.Watch(t, time.Minute, "the writer never got stuck", func() bool { return st.writing.Load() && lookups.Load() == st.claimed.Load() })
 	// The fetcher has nothing left to do but wait for the writer. Give it every chance
 	// to claim more (it must not): this waits, it asserts nothing about time.
 	before := st.claimed.Load()
@@ -119,7 +120,7 @@ func TestLookupNeverStartsLateInItsLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := start(t, f)
-	eventually(t, func() bool { return st.written.Load() >= 8 }, "claims were never handed back")
+	testhelper.Watch(t, time.Minute, "claims were never handed back", func() bool { return st.written.Load() >= 8 })
 	stop()
 	if n := lookups.Load(); n != 0 {
 		t.Errorf("%d lookups started although their lease could run out before they were written", n)

@@ -15,6 +15,7 @@ import (
 	"github.com/objwatch/callback/internal/fetch"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/objectsvc"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // capacityService is an object service over HTTP that serves at most capacity lookups
@@ -111,10 +112,10 @@ func TestLimit_growsAgainstAnUnlimitedService(t *testing.T) {
 	start(t, fetcher)
 
 	highest := 0
-	eventually(t, func() bool {
+	testhelper.Watch(t, time.Minute, "pending work never drained", func() bool {
 		highest = max(highest, fetcher.Limit())
 		return bundle.pending(t) == 0
-	}, "pending work never drained")
+	})
 	t.Logf("limit %d at most, %d now; at most %d in flight at the service", highest, fetcher.Limit(), svc.peak.Load())
 	require.Len(t, bundle.objects(t), n)
 	// Slow start: from 4, one more per answer while the limit is used.
@@ -152,12 +153,12 @@ func TestLimit_backsOffOn503AndHonoursRetryAfter(t *testing.T) {
 
 	// Watch the limit's direction until every object is written.
 	last, decreased := fetcher.Limit(), false
-	eventually(t, func() bool {
+	testhelper.Watch(t, time.Minute, "pending work never drained", func() bool {
 		l := fetcher.Limit()
 		decreased = decreased || l < last
 		last = l
 		return bundle.pending(t) == 0
-	}, "pending work never drained")
+	})
 
 	t.Logf("limit %d, at most %d in flight at the service, %d answered, %d rejected",
 		fetcher.Limit(), svc.peak.Load(), svc.answered.Load(), svc.rejected.Load())

@@ -7,7 +7,6 @@ package inbox
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"runtime"
 	"slices"
 	"sync"
@@ -24,6 +23,7 @@ import (
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/spool"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // inserter is a fake Inserter. A nil PingFunc answers every ping.
@@ -96,7 +96,7 @@ func run(t *testing.T, c *Committer) {
 
 func openSpool(t *testing.T) *spool.Spool {
 	t.Helper()
-	sp, err := spool.Open(t.TempDir(), slog.New(slog.DiscardHandler))
+	sp, err := spool.Open(t.TempDir(), testhelper.DiscardLogger())
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sp.Close() })
 	return sp
@@ -353,25 +353,19 @@ func TestSubmit_afterAFailureOnlyAPingThatAnswersSendsWritesBackToTheDatabase(t 
 	require.True(t, c.dbDown.Load())
 
 	// However much time passes, a failing ping keeps writes on the spool.
-	testEventually(t, func() bool { return pings.Load() >= 5 })
+	testhelper.Watch(t, 10*time.Second, "condition", func() bool { return pings.Load() >= 5 })
 	bundle.clock.Advance(time.Hour)
 	require.NoError(t, c.Submit(context.Background(), second))
 	require.Equal(t, int64(1), inserts.Load(), "while pings fail, writes skip the database")
 	require.True(t, c.dbDown.Load())
 
 	down.Store(false)
-	testEventually(t, func() bool { return !c.dbDown.Load() })
+	testhelper.Watch(t, 10*time.Second, "condition", func() bool { return !c.dbDown.Load() })
 	require.NoError(t, c.Submit(context.Background(), third))
 	require.Equal(t, int64(2), inserts.Load(), "once a ping answers, the database is tried again")
 	require.False(t, c.dbDown.Load())
 
 	requireSame(t, []callback.Callback{first, second}, spooled(t, sp))
-}
-
-// testEventually waits for cond, failing the test after 10 s.
-func testEventually(t *testing.T, cond func() bool) {
-	t.Helper()
-	require.Eventually(t, cond, 10*time.Second, time.Millisecond)
 }
 
 func TestSubmit_givingUpBeforeQueuedReturnsContextError(t *testing.T) {
@@ -464,7 +458,7 @@ func TestSubmit_firstCommitAfterAFailureCallsRecovered(t *testing.T) {
 	require.NoError(t, c.Submit(context.Background(), newCallback(1)))
 	require.Zero(t, recovered.Load(), "spooled, not committed")
 	down.Store(false)
-	testEventually(t, func() bool { return !c.dbDown.Load() })
+	testhelper.Watch(t, 10*time.Second, "condition", func() bool { return !c.dbDown.Load() })
 	require.NoError(t, c.Submit(context.Background(), newCallback(2)))
 	require.Equal(t, int64(1), recovered.Load(), "the first commit after the failure")
 	require.NoError(t, c.Submit(context.Background(), newCallback(3)))

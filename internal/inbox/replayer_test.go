@@ -3,7 +3,6 @@ package inbox_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -21,9 +20,10 @@ import (
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/spool"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
-var discard = slog.New(slog.DiscardHandler)
+var discard = testhelper.DiscardLogger()
 
 // testBundle is what a test sees around its replayer: a real store on a fresh
 // database, a real spool, the metrics, and what the replayer's hook was told.

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -32,6 +31,7 @@ import (
 	"github.com/objwatch/callback/internal/server"
 	"github.com/objwatch/callback/internal/spool"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // backend is what the routes write to: a fresh database, a real spool, and the real
@@ -61,7 +61,7 @@ func defaults() intake.Config {
 	return intake.Config{MaxBodyBytes: 1 << 20, MaxIDs: 10000, BodyTimeout: 200 * time.Millisecond}
 }
 
-var discard = slog.New(slog.DiscardHandler)
+var discard = testhelper.DiscardLogger()
 
 func setup(t *testing.T) *backend {
 	t.Helper()

@@ -118,6 +118,12 @@ func IDTimes(t testing.TB, q Querier, sql string) map[int64]time.Time {
 	return out
 }
 
+// Objects reads the whole objects table as id -> last_seen (UTC).
+func Objects(t testing.TB, q Querier) map[int64]time.Time {
+	t.Helper()
+	return IDTimes(t, q, "SELECT id, last_seen FROM objects")
+}
+
 // Execer is what InsertObjects writes through: a pool, a connection or a transaction.
 type Execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)

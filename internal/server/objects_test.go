@@ -4,38 +4,21 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/callback"
 	"github.com/objwatch/callback/internal/intake"
-	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
-	"github.com/objwatch/callback/internal/server"
-	"github.com/objwatch/callback/internal/store"
 )
 
-// The helpers here are prefixed (objects...) because other test files share this
-// package.
-
-const objectsWindow = 30 * time.Second
-
-// objectsEnv is the service's routes over a fresh database.
-type objectsEnv struct {
-	url  string
-	pool *pgxpool.Pool
-}
-
-// submitter is a fake intake.Submitter: the read API never reaches it.
+// submitter is a fake intake.Submitter.
 type submitter struct {
 	SubmitFunc func(ctx context.Context, cb callback.Callback) error
 }
@@ -44,25 +27,16 @@ func (s submitter) Submit(ctx context.Context, cb callback.Callback) error {
 	return s.SubmitFunc(ctx, cb)
 }
 
-func setupObjects(t *testing.T) *objectsEnv {
+// setupObjects serves the routes over a fresh database, for the read API: it must
+// never submit a callback.
+func setupObjects(t *testing.T) *testBundle {
 	t.Helper()
 	pool, _ := pgtest.NewPool(t)
-	log := slog.New(slog.DiscardHandler)
-	m := metrics.New()
 	sub := submitter{SubmitFunc: func(context.Context, callback.Callback) error {
 		t.Error("the read API must not submit callbacks")
 		return nil
 	}}
-	h := server.New(server.Deps{
-		Log:      log,
-		Metrics:  m,
-		Callback: intake.NewHandler(intake.Config{MaxBodyBytes: 1 << 20, MaxIDs: 10000}, sub, log, m),
-		Objects:  server.NewObjects(store.New(pool), objectsWindow),
-		Ready:    func(context.Context) error { return nil },
-	})
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return &objectsEnv{url: srv.URL, pool: pool}
+	return setup(t, serverOpts{intake: intake.Config{MaxBodyBytes: 1 << 20, MaxIDs: 10000}, submit: sub, pool: pool})
 }
 
 type object struct {
@@ -71,22 +45,19 @@ type object struct {
 }
 
 // insert writes objects rows as lookups would have.
-func (e *objectsEnv) insert(t *testing.T, rows []object) {
+func (tb *testBundle) insert(t *testing.T, rows []object) {
 	t.Helper()
-	ids := make([]int64, len(rows))
-	seen := make([]time.Time, len(rows))
-	for i, r := range rows {
-		ids[i], seen[i] = r.ID, r.LastSeen
+	byID := make(map[int64]time.Time, len(rows))
+	for _, r := range rows {
+		byID[r.ID] = r.LastSeen
 	}
-	_, err := e.pool.Exec(context.Background(),
-		"INSERT INTO objects (id, last_seen) SELECT * FROM unnest($1::bigint[], $2::timestamptz[])", ids, seen)
-	require.NoError(t, err)
+	pgtest.InsertObjects(t, tb.pool, byID)
 }
 
 // get fetches path and decodes the JSON object it answers into out (if not nil).
-func (e *objectsEnv) get(t *testing.T, path string, out any) (int, map[string]any) {
+func (tb *testBundle) get(t *testing.T, path string, out any) (int, map[string]any) {
 	t.Helper()
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(e.url + path)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(tb.url + path)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
@@ -106,12 +77,12 @@ type page struct {
 }
 
 // listAll follows next from the first page until a page has none.
-func (e *objectsEnv) listAll(t *testing.T, order string, limit int) (all []object, pages int) {
+func (tb *testBundle) listAll(t *testing.T, order string, limit int) (all []object, pages int) {
 	t.Helper()
 	q := url.Values{"order": {order}, "limit": {strconv.Itoa(limit)}}
 	for {
 		var p page
-		status, raw := e.get(t, "/objects?"+q.Encode(), &p)
+		status, raw := tb.get(t, "/objects?"+q.Encode(), &p)
 		require.Equal(t, http.StatusOK, status, "reply %v", raw)
 		require.LessOrEqual(t, len(p.Objects), limit)
 		require.NotNil(t, p.Objects, "an empty page is [], not null")
@@ -174,14 +145,14 @@ func TestListObjects_pagesThroughEveryRowOnce(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			e := setupObjects(t)
+			tb := setupObjects(t)
 			rows := someObjects(tt.rows)
-			e.insert(t, rows)
+			tb.insert(t, rows)
 			// Rows out of the window are never served, on any page.
-			e.insert(t, []object{{ID: 5, LastSeen: fresh(-time.Hour)}, {ID: 9223372036854775805, LastSeen: fresh(-2 * objectsWindow)}})
+			tb.insert(t, []object{{ID: 5, LastSeen: fresh(-time.Hour)}, {ID: 9223372036854775805, LastSeen: fresh(-2 * objectsWindow)}})
 
 			for order, sortFunc := range orders {
-				got, pages := e.listAll(t, order, tt.limit)
+				got, pages := tb.listAll(t, order, tt.limit)
 				want := slices.Clone(rows)
 				slices.SortFunc(want, sortFunc)
 				requireObjects(t, want, got)
@@ -193,14 +164,14 @@ func TestListObjects_pagesThroughEveryRowOnce(t *testing.T) {
 
 func TestListObjects_parameters(t *testing.T) {
 	t.Parallel()
-	e := setupObjects(t)
+	tb := setupObjects(t)
 	rows := someObjects(4)
-	e.insert(t, rows)
+	tb.insert(t, rows)
 
 	t.Run("default_is_id_order_in_one_page", func(t *testing.T) {
 		t.Parallel()
 		var p page
-		status, _ := e.get(t, "/objects", &p)
+		status, _ := tb.get(t, "/objects", &p)
 		require.Equal(t, http.StatusOK, status)
 		require.Nil(t, p.Next, "fewer rows than the default limit: one page")
 		want := slices.Clone(rows)
@@ -211,7 +182,7 @@ func TestListObjects_parameters(t *testing.T) {
 		t.Run("limit_"+strconv.Itoa(limit)+"_accepted", func(t *testing.T) {
 			t.Parallel()
 			var p page
-			status, body := e.get(t, "/objects?limit="+strconv.Itoa(limit), &p)
+			status, body := tb.get(t, "/objects?limit="+strconv.Itoa(limit), &p)
 			require.Equal(t, http.StatusOK, status, "reply %v", body)
 			require.Len(t, p.Objects, min(limit, len(rows)))
 		})
@@ -231,7 +202,7 @@ func TestListObjects_parameters(t *testing.T) {
 	} {
 		t.Run(query+"_rejected", func(t *testing.T) {
 			t.Parallel()
-			status, body := e.get(t, "/objects?"+query, nil)
+			status, body := tb.get(t, "/objects?"+query, nil)
 			require.Equal(t, http.StatusBadRequest, status, "reply %v", body)
 			require.NotEmpty(t, body["error"])
 		})
@@ -240,9 +211,9 @@ func TestListObjects_parameters(t *testing.T) {
 
 func TestGetObject(t *testing.T) {
 	t.Parallel()
-	e := setupObjects(t)
+	tb := setupObjects(t)
 	seen := fresh(-time.Second)
-	e.insert(t, []object{
+	tb.insert(t, []object{
 		{ID: 0, LastSeen: seen},
 		{ID: 42, LastSeen: seen},
 		{ID: 9223372036854775807, LastSeen: seen},
@@ -267,7 +238,7 @@ func TestGetObject(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			var got object
-			status, body := e.get(t, tt.path, &got)
+			status, body := tb.get(t, tt.path, &got)
 			require.Equal(t, tt.status, status, "reply %v", body)
 			if tt.want == nil {
 				require.NotEmpty(t, body["error"], "an error reply says what is wrong")

@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -22,10 +20,9 @@ import (
 	"github.com/objwatch/callback/internal/component"
 	"github.com/objwatch/callback/internal/inbox"
 	"github.com/objwatch/callback/internal/intake"
-	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
-	"github.com/objwatch/callback/internal/server"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // The API document (api/openapi.yaml) against the real handlers: every route, valid
@@ -58,50 +55,34 @@ type apiCase struct {
 // setupAPI serves the real routes over a fresh database with the real group
 // committer (index 0), one whose durable write fails and which is not ready (1), and
 // one that requires a token, with small limits (2).
-func setupAPI(t *testing.T) ([]string, *objectsEnv) {
+func setupAPI(t *testing.T) []*testBundle {
 	t.Helper()
 	pool, _ := pgtest.NewPool(t)
-	db := store.New(pool)
-	log := slog.New(slog.DiscardHandler)
-
-	committer, err := inbox.NewCommitter(inbox.CommitterConfig{}, db, nil, component.Deps{Log: log})
+	committer, err := inbox.NewCommitter(inbox.CommitterConfig{}, store.New(pool), nil, component.Deps{Log: testhelper.DiscardLogger()})
 	require.NoError(t, err)
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = committer.Run(ctx); close(done) }()
 	t.Cleanup(func() { stop(); <-done })
 
-	serve := func(cfg intake.Config, sub intake.Submitter, ready server.Readiness) string {
-		m := metrics.New()
-		srv := httptest.NewServer(server.New(server.Deps{
-			Log: log, Metrics: m,
-			Callback: intake.NewHandler(cfg, sub, log, m),
-			Objects:  server.NewObjects(db, objectsWindow),
-			Ready:    ready,
-		}))
-		t.Cleanup(srv.Close)
-		return srv.URL
-	}
 	failing := submitter{SubmitFunc: func(context.Context, callback.Callback) error { return inbox.ErrUnavailable }}
-	urls := []string{
-		serve(intake.Config{MaxBodyBytes: 1 << 20, MaxIDs: 10000, BodyTimeout: time.Second}, committer, func(context.Context) error { return nil }),
-		serve(intake.Config{MaxBodyBytes: 1 << 20, MaxIDs: 10000}, failing, func(context.Context) error {
-			return errors.New("database unreachable and spool not writable")
-		}),
-		serve(intake.Config{MaxBodyBytes: 256, MaxIDs: 5, Token: "s3cret", BodyTimeout: 200 * time.Millisecond}, committer, func(context.Context) error { return nil }),
+	return []*testBundle{
+		setup(t, serverOpts{intake: intake.Config{MaxBodyBytes: 1 << 20, MaxIDs: 10000, BodyTimeout: time.Second}, submit: committer, pool: pool}),
+		setup(t, serverOpts{intake: intake.Config{MaxBodyBytes: 1 << 20, MaxIDs: 10000}, submit: failing, pool: pool,
+			ready: func(context.Context) error { return errors.New("database unreachable and spool not writable") }}),
+		setup(t, serverOpts{intake: intake.Config{MaxBodyBytes: 256, MaxIDs: 5, Token: "s3cret", BodyTimeout: 200 * time.Millisecond}, submit: committer, pool: pool}),
 	}
-	return urls, &objectsEnv{url: urls[0], pool: pool}
 }
 
 func TestOpenAPI(t *testing.T) {
 	t.Parallel()
 	v := openAPIValidator(t)
-	urls, env := setupAPI(t)
-	env.insert(t, []object{{ID: 1, LastSeen: fresh(-3 * time.Second)}, {ID: 2, LastSeen: fresh(-2 * time.Second)}, {ID: 3, LastSeen: fresh(-time.Second)}})
+	servers := setupAPI(t)
+	servers[0].insert(t, []object{{ID: 1, LastSeen: fresh(-3 * time.Second)}, {ID: 2, LastSeen: fresh(-2 * time.Second)}, {ID: 3, LastSeen: fresh(-time.Second)}})
 
 	// A cursor the service handed out, for the case that follows one.
 	var firstPage page
-	status, _ := env.get(t, "/objects?order=newest&limit=2", &firstPage)
+	status, _ := servers[0].get(t, "/objects?order=newest&limit=2", &firstPage)
 	require.Equal(t, http.StatusOK, status)
 	require.NotNil(t, firstPage.Next)
 
@@ -144,7 +125,7 @@ func TestOpenAPI(t *testing.T) {
 	seen := map[string]bool{}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			req, resp, body := do(t, urls[tc.serverIndex], tc)
+			req, resp, body := do(t, servers[tc.serverIndex].url, tc)
 			require.Equal(t, tc.wantStatus, resp.StatusCode, "reply %s", body)
 			require.NotEmpty(t, resp.Header.Get("X-Request-ID"))
 			if id := tc.header.Get("X-Request-ID"); id != "" {
@@ -175,11 +156,11 @@ func TestOpenAPI(t *testing.T) {
 func TestOpenAPI_bodyTimeout(t *testing.T) {
 	t.Parallel()
 	v := openAPIValidator(t)
-	urls, _ := setupAPI(t)
+	servers := setupAPI(t)
 	pr, pw := io.Pipe()
 	defer pw.Close()
 	go func() { _, _ = pw.Write([]byte(`{"object_ids":[1,`)) }() // and nothing more
-	req, err := http.NewRequest("POST", urls[2]+"/callback", pr)
+	req, err := http.NewRequest("POST", servers[2].url+"/callback", pr)
 	require.NoError(t, err)
 	req.Header.Set("Authorization", "Bearer s3cret")
 	req.Header.Set("Content-Type", "application/json")
@@ -189,7 +170,7 @@ func TestOpenAPI_bodyTimeout(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	require.Equal(t, http.StatusRequestTimeout, resp.StatusCode, "reply %s", body)
 	resp.Body = io.NopCloser(bytes.NewReader(body))
-	vreq, _ := http.NewRequest("POST", urls[2]+"/callback", strings.NewReader(`{"object_ids":[1]}`))
+	vreq, _ := http.NewRequest("POST", servers[2].url+"/callback", strings.NewReader(`{"object_ids":[1]}`))
 	vreq.Header = req.Header
 	ok, errs := v.ValidateHttpResponse(vreq, resp)
 	require.True(t, ok, "response %d %s does not match the document: %v", resp.StatusCode, body, errs)

@@ -1,7 +1,6 @@
-package server
+package server_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -9,16 +8,19 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/objwatch/callback/internal/callback"
 	"github.com/objwatch/callback/internal/intake"
 	"github.com/objwatch/callback/internal/metrics"
+	"github.com/objwatch/callback/internal/server"
+	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // panicking is a Submitter that panics with value on every call.
@@ -32,39 +34,49 @@ func (p *panicking) Submit(context.Context, callback.Callback) error {
 	panic(p.value)
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+// objectsWindow is how long after its last lookup an object is served, here.
+const objectsWindow = 30 * time.Second
+
+// serverOpts is how a test wants the routes served.
+type serverOpts struct {
+	intake intake.Config    // POST /callback's limits
+	submit intake.Submitter // where POST /callback's callbacks go
+	ready  server.Readiness // nil: always ready
+	pool   *pgxpool.Pool    // the database behind GET /objects; nil: no test reads it
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
+// testBundle is a served set of routes and what a test reads besides them.
+type testBundle struct {
+	url     string             // the server's base URL
+	metrics *metrics.Metrics   // the server's
+	logs    *testhelper.Buffer // the server's log, JSON lines
+	pool    *pgxpool.Pool      // serverOpts.pool
 }
 
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// setup serves every route, with POST /callback's durable write replaced by sub.
-func setup(t *testing.T, sub intake.Submitter) (*httptest.Server, *metrics.Metrics, *lockedBuffer) {
+// setup serves every route, wired as the service wires them, as opts says. Each test
+// file has its own setup on top of it (setupObjects, setupAPI).
+func setup(t *testing.T, opts serverOpts) *testBundle {
 	t.Helper()
-	logs := &lockedBuffer{}
-	log := slog.New(slog.NewJSONHandler(logs, nil))
-	m := metrics.New()
-	h := New(Deps{
+	tb := &testBundle{metrics: metrics.New(), logs: &testhelper.Buffer{}, pool: opts.pool}
+	log := slog.New(slog.NewJSONHandler(tb.logs, nil))
+	objects := server.NewObjects(nil, objectsWindow) // the read API is not called
+	if opts.pool != nil {
+		objects = server.NewObjects(store.New(opts.pool), objectsWindow)
+	}
+	ready := opts.ready
+	if ready == nil {
+		ready = func(context.Context) error { return nil }
+	}
+	srv := httptest.NewServer(server.New(server.Deps{
 		Log:      log,
-		Metrics:  m,
-		Callback: intake.NewHandler(intake.Config{MaxBodyBytes: 1 << 20, MaxIDs: 100}, sub, log, m),
-		Objects:  NewObjects(nil, time.Minute), // the read API is not called here
-		Ready:    func(context.Context) error { return nil },
-	})
-	srv := httptest.NewServer(h)
+		Metrics:  tb.metrics,
+		Callback: intake.NewHandler(opts.intake, opts.submit, log, tb.metrics),
+		Objects:  objects,
+		Ready:    ready,
+	}))
 	t.Cleanup(srv.Close)
-	return srv, m, logs
+	tb.url = srv.URL
+	return tb
 }
 
 func panics(t *testing.T, m *metrics.Metrics, where string) float64 {
@@ -93,10 +105,10 @@ func TestRecovery(t *testing.T) {
 	t.Run("handler_panic_answers_500_json_is_counted_logged_and_the_server_keeps_serving", func(t *testing.T) {
 		t.Parallel()
 		sub := &panicking{value: "boom"}
-		srv, m, logs := setup(t, sub)
+		tb := setup(t, serverOpts{intake: intake.Config{MaxBodyBytes: 1 << 20, MaxIDs: 100}, submit: sub})
 
 		for i := 1; i <= 3; i++ {
-			resp, body, err := post(t, srv.URL)
+			resp, body, err := post(t, tb.url)
 			if err != nil {
 				t.Fatalf("request %d: %v", i, err)
 			}
@@ -110,14 +122,14 @@ func TestRecovery(t *testing.T) {
 			if err := json.Unmarshal(body, &reply); err != nil || reply.Error == "" {
 				t.Errorf("body %q: want {\"error\": ...} (%v)", body, err)
 			}
-			if got := panics(t, m, "http"); got != float64(i) {
+			if got := panics(t, tb.metrics, "http"); got != float64(i) {
 				t.Errorf("after %d panics PanicsRecovered{http} = %v", i, got)
 			}
 		}
 		if sub.calls.Load() != 3 {
 			t.Errorf("the panicking handler ran %d times, want 3", sub.calls.Load())
 		}
-		resp, err := http.Get(srv.URL + "/healthz")
+		resp, err := http.Get(tb.url + "/healthz")
 		if err != nil {
 			t.Fatalf("healthz after panics: %v", err)
 		}
@@ -125,7 +137,7 @@ func TestRecovery(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Errorf("healthz after panics: %d", resp.StatusCode)
 		}
-		log := logs.String()
+		log := tb.logs.String()
 		if !strings.Contains(log, "panic in handler") || !strings.Contains(log, "boom") || !strings.Contains(log, "goroutine ") {
 			t.Errorf("the panic was not logged with its value and stack:\n%s", log)
 		}
@@ -133,14 +145,14 @@ func TestRecovery(t *testing.T) {
 
 	t.Run("abort_handler_panic_closes_the_connection_without_counting", func(t *testing.T) {
 		t.Parallel()
-		srv, m, _ := setup(t, &panicking{value: http.ErrAbortHandler})
-		if resp, _, err := post(t, srv.URL); err == nil {
+		tb := setup(t, serverOpts{intake: intake.Config{MaxBodyBytes: 1 << 20, MaxIDs: 100}, submit: &panicking{value: http.ErrAbortHandler}})
+		if resp, _, err := post(t, tb.url); err == nil {
 			t.Errorf("got status %d, want the connection aborted", resp.StatusCode)
 		}
-		if got := panics(t, m, "http"); got != 0 {
+		if got := panics(t, tb.metrics, "http"); got != 0 {
 			t.Errorf("PanicsRecovered{http} = %v for http.ErrAbortHandler, want 0", got)
 		}
-		resp, err := http.Get(srv.URL + "/healthz")
+		resp, err := http.Get(tb.url + "/healthz")
 		if err != nil {
 			t.Fatalf("healthz after an aborted request: %v", err)
 		}

@@ -8,13 +8,15 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // setup parses args with env as the whole environment.
 func setup(t *testing.T, args []string, env map[string]string) (config, error) {
 	t.Helper()
 	var stderr strings.Builder
-	c, err := parseConfig(args, func(k string) string { return env[k] }, &stderr)
+	c, err := parseConfig(args, testhelper.Getenv(env), &stderr)
 	if err == nil {
 		require.Empty(t, stderr.String(), "a valid configuration prints nothing")
 	}
@@ -165,7 +167,7 @@ func TestParseConfig_rejectsInvalidValues(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := parseConfig(tt.args, func(k string) string { return tt.env[k] }, io.Discard)
+			_, err := parseConfig(tt.args, testhelper.Getenv(tt.env), io.Discard)
 			require.Error(t, err)
 			for _, w := range tt.want {
 				require.ErrorContains(t, err, w)
@@ -192,7 +194,7 @@ func TestParseConfig_leaseJustOverFetchTimeoutIsValid(t *testing.T) {
 func TestParseConfig_helpShowsKindsAndDefaults(t *testing.T) {
 	t.Parallel()
 	var stderr strings.Builder
-	_, err := parseConfig([]string{"-h"}, func(string) string { return "" }, &stderr)
+	_, err := parseConfig([]string{"-h"}, testhelper.Getenv(nil), &stderr)
 	require.ErrorIs(t, err, flag.ErrHelp, "main exits 0 on it")
 	require.Contains(t, stderr.String(), "-expire-after duration")
 	require.Contains(t, stderr.String(), "-max-ids int")

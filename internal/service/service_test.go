@@ -17,6 +17,7 @@ import (
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/service"
 	"github.com/objwatch/callback/internal/tester"
+	"github.com/objwatch/callback/internal/testhelper"
 	"github.com/objwatch/callback/internal/testnet"
 )
 
@@ -45,7 +46,7 @@ func start(t *testing.T, env map[string]string) *instance {
 	go objects.Serve(objCtx, objLn, time.Second) //nolint:errcheck
 	t.Cleanup(stopObjects)
 
-	addr := freeAddr(t)
+	addr := testnet.FreeAddr(t)
 	vars := map[string]string{
 		"DATABASE_URL":    dbURL,
 		"LISTEN_ADDR":     addr,
@@ -63,7 +64,7 @@ func start(t *testing.T, env map[string]string) *instance {
 	ctx, stop := context.WithCancel(context.Background())
 	inst := &instance{base: "http://" + addr, pool: pool, done: make(chan error, 1), stop: stop}
 	go func() {
-		inst.done <- service.Run(ctx, nil, func(k string) string { return vars[k] }, io.Discard, io.Discard)
+		inst.done <- service.Run(ctx, nil, testhelper.Getenv(vars), io.Discard, io.Discard)
 	}()
 	t.Cleanup(func() {
 		stop()
@@ -80,9 +81,6 @@ func start(t *testing.T, env map[string]string) *instance {
 	return inst
 }
 
-// freeAddr: see testnet.FreeAddr, and why Listen(":0") is not enough.
-func freeAddr(t *testing.T) string { return testnet.FreeAddr(t) }
-
 // post sends one callback and returns the interval in which the service received it.
 func (in *instance) post(t *testing.T, body string) (from, to time.Time) {
 	t.Helper()
@@ -97,7 +95,7 @@ func (in *instance) post(t *testing.T, body string) (from, to time.Time) {
 
 func (in *instance) objects(t *testing.T) map[int64]time.Time {
 	t.Helper()
-	return pgtest.IDTimes(t, in.pool, "SELECT id, last_seen FROM objects")
+	return pgtest.Objects(t, in.pool)
 }
 
 // settled: nothing left to merge or look up.

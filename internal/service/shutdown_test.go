@@ -1,37 +1,19 @@
 package service_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/service"
+	"github.com/objwatch/callback/internal/testhelper"
+	"github.com/objwatch/callback/internal/testnet"
 )
-
-// syncBuffer collects the service's log lines from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
@@ -71,23 +53,23 @@ func TestShutdown(t *testing.T) {
 
 	t.Run("wrong_database_url_is_loud_in_the_log_and_the_metrics", func(t *testing.T) {
 		t.Parallel()
-		nowhere := "postgres://postgres@" + freeAddr(t) + "/callback?sslmode=disable&connect_timeout=1"
-		addr := freeAddr(t)
+		nowhere := "postgres://postgres@" + testnet.FreeAddr(t) + "/callback?sslmode=disable&connect_timeout=1"
+		addr := testnet.FreeAddr(t)
 		spoolDir := t.TempDir()
 		vars := map[string]string{
 			"DATABASE_URL":    nowhere,
 			"LISTEN_ADDR":     addr,
-			"OBJECTS_URL":     "http://" + freeAddr(t),
+			"OBJECTS_URL":     "http://" + testnet.FreeAddr(t),
 			"SPOOL_DIR":       spoolDir,
 			"COMMIT_TIMEOUT":  "200ms",
 			"STATUS_INTERVAL": "50ms",
 			"SHUTDOWN_DRAIN":  "0",
 			"LOG_FORMAT":      "json",
 		}
-		logs := &syncBuffer{}
+		logs := &testhelper.Buffer{}
 		ctx, stop := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		go func() { done <- service.Run(ctx, nil, func(k string) string { return vars[k] }, io.Discard, logs) }()
+		go func() { done <- service.Run(ctx, nil, testhelper.Getenv(vars), io.Discard, logs) }()
 		t.Cleanup(func() {
 			stop()
 			<-done

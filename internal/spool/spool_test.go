@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"math"
 	"os"
 	"os/exec"
@@ -23,6 +22,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // setup opens a spool in a fresh directory and closes it at the end of the test.
@@ -35,7 +35,7 @@ func setup(t testing.TB) (*Spool, string) {
 
 func open(t testing.TB, dir string) *Spool {
 	t.Helper()
-	s, err := Open(dir, slog.New(slog.DiscardHandler))
+	s, err := Open(dir, testhelper.DiscardLogger())
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

@@ -35,7 +35,7 @@ func rows(t *testing.T, pool *pgxpool.Pool, sql string) map[int64]time.Time {
 }
 
 func objectsTable(t *testing.T, pool *pgxpool.Pool) map[int64]time.Time {
-	return rows(t, pool, "SELECT id, last_seen FROM objects")
+	return pgtest.Objects(t, pool)
 }
 
 func pendingTable(t *testing.T, pool *pgxpool.Pool) map[int64]time.Time {

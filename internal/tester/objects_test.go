@@ -15,22 +15,29 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
-// setupObjects serves an ObjectService built from cfg. The returned channel receives once
-// per request when the handler has returned.
-func setupObjects(t *testing.T, cfg ObjectConfig) (*ObjectService, string, <-chan struct{}) {
+// objectsBundle is what a test of the object service reads besides the service.
+type objectsBundle struct {
+	url     string          // the server's base URL
+	handled <-chan struct{} // receives once per request, when its handler has returned
+}
+
+// setupObjects serves an ObjectService built from cfg.
+func setupObjects(t *testing.T, cfg ObjectConfig) (*ObjectService, *objectsBundle) {
 	t.Helper()
 	o, err := NewObjectService(cfg)
 	require.NoError(t, err)
-	done := make(chan struct{}, 100)
+	handled := make(chan struct{}, 100)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		defer func() { done <- struct{}{} }()
+		defer func() { handled <- struct{}{} }()
 		o.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
 	t.Cleanup(o.Close) // runs first: ends hangs so that srv.Close does not wait for them
-	return o, srv.URL, done
+	return o, &objectsBundle{url: srv.URL, handled: handled}
 }
 
 func fastObjects() ObjectConfig {
@@ -52,21 +59,14 @@ func get(t *testing.T, ctx context.Context, url string) (*http.Response, []byte,
 	return resp, body, err
 }
 
-// eventually polls cond: a synchronisation with the server's goroutines, not a timing
-// assertion (the limit only stops a broken test).
-func eventually(t *testing.T, cond func() bool) {
-	t.Helper()
-	require.Eventually(t, cond, 10*time.Second, time.Millisecond)
-}
-
 func TestObjectService(t *testing.T) {
 	t.Parallel()
 
 	t.Run("answers_the_original_format_with_a_json_content_type", func(t *testing.T) {
 		t.Parallel()
-		_, url, _ := setupObjects(t, fastObjects())
+		_, tb := setupObjects(t, fastObjects())
 		for _, id := range []int64{0, 1, 42, 1<<63 - 1} {
-			resp, body, err := get(t, t.Context(), url+"/objects/"+strconv.FormatInt(id, 10))
+			resp, body, err := get(t, t.Context(), tb.url+"/objects/"+strconv.FormatInt(id, 10))
 			require.NoError(t, err)
 			require.Equal(t, http.StatusOK, resp.StatusCode)
 			require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
@@ -82,9 +82,9 @@ func TestObjectService(t *testing.T) {
 
 	t.Run("rejects_a_bad_id_with_a_json_400", func(t *testing.T) {
 		t.Parallel()
-		o, url, _ := setupObjects(t, fastObjects())
+		o, tb := setupObjects(t, fastObjects())
 		for _, id := range []string{"abc", "-1", "1.5", "9223372036854775808"} {
-			resp, body, err := get(t, t.Context(), url+"/objects/"+id)
+			resp, body, err := get(t, t.Context(), tb.url+"/objects/"+id)
 			require.NoError(t, err)
 			require.Equal(t, http.StatusBadRequest, resp.StatusCode, id)
 			require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
@@ -99,9 +99,9 @@ func TestObjectService(t *testing.T) {
 		t.Parallel()
 		cfg := fastObjects()
 		cfg.LatencyMin, cfg.LatencyMax = 5*time.Millisecond, 5*time.Millisecond
-		_, url, _ := setupObjects(t, cfg)
+		_, tb := setupObjects(t, cfg)
 		start := time.Now()
-		_, _, err := get(t, t.Context(), url+"/objects/1")
+		_, _, err := get(t, t.Context(), tb.url+"/objects/1")
 		require.NoError(t, err)
 		require.GreaterOrEqual(t, time.Since(start), 5*time.Millisecond)
 	})
@@ -110,12 +110,12 @@ func TestObjectService(t *testing.T) {
 		t.Parallel()
 		cfg := fastObjects()
 		cfg.LatencyMin, cfg.LatencyMax = time.Hour, time.Hour // ended by Close below
-		o, url, _ := setupObjects(t, cfg)
+		o, tb := setupObjects(t, cfg)
 		var wg sync.WaitGroup
 		for _, id := range []string{"7", "7", "8"} {
-			wg.Go(func() { _, _, _ = get(t, context.Background(), url+"/objects/"+id) })
+			wg.Go(func() { _, _, _ = get(t, context.Background(), tb.url+"/objects/"+id) })
 		}
-		eventually(t, func() bool { return o.Stats().InFlight == 3 })
+		testhelper.Eventually(t, 10*time.Second, "three lookups in flight", func() bool { return o.Stats().InFlight == 3 })
 		o.Close()
 		wg.Wait()
 		st := o.Stats()
@@ -129,27 +129,27 @@ func TestCapacity(t *testing.T) {
 	t.Parallel()
 
 	// holdTwo fills a capacity of 2 with lookups that wait until Close.
-	holdTwo := func(t *testing.T, cfg ObjectConfig) (*ObjectService, string, *sync.WaitGroup) {
+	holdTwo := func(t *testing.T, cfg ObjectConfig) (*ObjectService, *objectsBundle, *sync.WaitGroup) {
 		t.Helper()
 		cfg.Capacity = 2
 		cfg.LatencyMin, cfg.LatencyMax = time.Hour, time.Hour // ended by Close
-		o, url, _ := setupObjects(t, cfg)
+		o, tb := setupObjects(t, cfg)
 		var wg sync.WaitGroup
 		for _, id := range []string{"2", "4"} {
-			wg.Go(func() { _, _, _ = get(t, context.Background(), url+"/objects/"+id) })
+			wg.Go(func() { _, _, _ = get(t, context.Background(), tb.url+"/objects/"+id) })
 		}
-		eventually(t, func() bool { return o.Stats().InFlight == 2 })
-		return o, url, &wg
+		testhelper.Eventually(t, 10*time.Second, "two lookups in flight", func() bool { return o.Stats().InFlight == 2 })
+		return o, tb, &wg
 	}
 
 	t.Run("answers_503_with_retry_after_beyond_capacity_without_the_latency", func(t *testing.T) {
 		t.Parallel()
-		o, url, wg := holdTwo(t, fastObjects())
+		o, tb, wg := holdTwo(t, fastObjects())
 		// The latency is an hour: an answer at all proves the rejection skipped it. (The
 		// timeout only stops a broken test from hanging.)
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		defer cancel()
-		resp, body, err := get(t, ctx, url+"/objects/6")
+		resp, body, err := get(t, ctx, tb.url+"/objects/6")
 		require.NoError(t, err)
 		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 		require.Equal(t, "1", resp.Header.Get("Retry-After"))
@@ -168,11 +168,11 @@ func TestCapacity(t *testing.T) {
 
 	t.Run("serves_again_once_a_slot_is_free", func(t *testing.T) {
 		t.Parallel()
-		o, url, wg := holdTwo(t, fastObjects())
+		o, tb, wg := holdTwo(t, fastObjects())
 		o.Close() // ends both waits; later lookups answer at once
 		wg.Wait()
 		for range 3 {
-			resp, _, err := get(t, t.Context(), url+"/objects/8")
+			resp, _, err := get(t, t.Context(), tb.url+"/objects/8")
 			require.NoError(t, err)
 			require.Equal(t, http.StatusOK, resp.StatusCode)
 		}
@@ -183,10 +183,10 @@ func TestCapacity(t *testing.T) {
 		t.Parallel()
 		cfg := fastObjects()
 		cfg.RetryAfter = 3 * time.Second
-		_, url, _ := holdTwo(t, cfg)
+		_, tb, _ := holdTwo(t, cfg)
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		defer cancel()
-		resp, _, err := get(t, ctx, url+"/objects/6")
+		resp, _, err := get(t, ctx, tb.url+"/objects/6")
 		require.NoError(t, err)
 		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 		require.Equal(t, "3", resp.Header.Get("Retry-After"))
@@ -197,10 +197,10 @@ func TestCapacity(t *testing.T) {
 		cfg := fastObjects()
 		cfg.Capacity = 5
 		cfg.LatencyMin, cfg.LatencyMax = 2*time.Millisecond, 5*time.Millisecond
-		o, url, _ := setupObjects(t, cfg)
+		o, tb := setupObjects(t, cfg)
 		var wg sync.WaitGroup
 		for i := range 40 {
-			wg.Go(func() { _, _, _ = get(t, context.Background(), url+"/objects/"+strconv.Itoa(i)) })
+			wg.Go(func() { _, _, _ = get(t, context.Background(), tb.url+"/objects/"+strconv.Itoa(i)) })
 		}
 		wg.Wait()
 		st := o.Stats()
@@ -278,9 +278,9 @@ func TestOnlineRules(t *testing.T) {
 		t.Parallel()
 		cfg := fastObjects()
 		cfg.Online = OnlinePercent(50)
-		o, url, _ := setupObjects(t, cfg)
+		o, tb := setupObjects(t, cfg)
 		for id := range int64(20) {
-			_, body, err := get(t, t.Context(), url+"/objects/"+strconv.FormatInt(id, 10))
+			_, body, err := get(t, t.Context(), tb.url+"/objects/"+strconv.FormatInt(id, 10))
 			require.NoError(t, err)
 			require.JSONEq(t, `{"id":`+strconv.FormatInt(id, 10)+`,"online":`+strconv.FormatBool(o.Online(id))+`}`, string(body))
 		}
@@ -294,8 +294,8 @@ func TestFaults(t *testing.T) {
 		t.Parallel()
 		cfg := fastObjects()
 		cfg.FailPct = 100
-		o, url, _ := setupObjects(t, cfg)
-		resp, body, err := get(t, t.Context(), url+"/objects/2")
+		o, tb := setupObjects(t, cfg)
+		resp, body, err := get(t, t.Context(), tb.url+"/objects/2")
 		require.NoError(t, err)
 		require.Equal(t, http.StatusInternalServerError, resp.StatusCode)
 		require.Contains(t, string(body), `"error"`)
@@ -306,12 +306,12 @@ func TestFaults(t *testing.T) {
 		t.Parallel()
 		cfg := fastObjects()
 		cfg.HangPct, cfg.HangFor = 100, time.Hour
-		o, url, done := setupObjects(t, cfg)
+		o, tb := setupObjects(t, cfg)
 		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
 		defer cancel()
-		_, _, err := get(t, ctx, url+"/objects/2")
+		_, _, err := get(t, ctx, tb.url+"/objects/2")
 		require.ErrorIs(t, err, context.DeadlineExceeded)
-		<-done // the handler returned although HangFor is an hour
+		<-tb.handled // the handler returned although HangFor is an hour
 		require.Equal(t, int64(1), o.Stats().Hang)
 	})
 
@@ -319,12 +319,12 @@ func TestFaults(t *testing.T) {
 		t.Parallel()
 		cfg := fastObjects()
 		cfg.HangPct, cfg.HangFor = 100, time.Hour
-		o, url, done := setupObjects(t, cfg)
+		o, tb := setupObjects(t, cfg)
 		errc := make(chan error, 1)
-		go func() { _, _, err := get(t, context.Background(), url+"/objects/2"); errc <- err }()
-		eventually(t, func() bool { return o.Stats().Hang == 1 })
+		go func() { _, _, err := get(t, context.Background(), tb.url+"/objects/2"); errc <- err }()
+		testhelper.Eventually(t, 10*time.Second, "a lookup hangs", func() bool { return o.Stats().Hang == 1 })
 		o.Close()
-		<-done
+		<-tb.handled
 		require.Error(t, <-errc, "a hang ends without an answer")
 	})
 
@@ -332,8 +332,8 @@ func TestFaults(t *testing.T) {
 		t.Parallel()
 		cfg := fastObjects()
 		cfg.MalformedPct = 100
-		o, url, _ := setupObjects(t, cfg)
-		resp, body, err := get(t, t.Context(), url+"/objects/2")
+		o, tb := setupObjects(t, cfg)
+		resp, body, err := get(t, t.Context(), tb.url+"/objects/2")
 		require.NoError(t, err)
 		require.Equal(t, http.StatusOK, resp.StatusCode)
 		var v map[string]any
@@ -345,8 +345,8 @@ func TestFaults(t *testing.T) {
 		t.Parallel()
 		cfg := fastObjects()
 		cfg.DropPct = 100
-		o, url, _ := setupObjects(t, cfg)
-		_, _, err := get(t, t.Context(), url+"/objects/2")
+		o, tb := setupObjects(t, cfg)
+		_, _, err := get(t, t.Context(), tb.url+"/objects/2")
 		require.Error(t, err)
 		require.Equal(t, int64(1), o.Stats().Drop)
 	})
@@ -356,11 +356,11 @@ func TestFaults(t *testing.T) {
 		cfg := fastObjects()
 		cfg.LatencyMin, cfg.LatencyMax = 0, 0
 		cfg.FailPct, cfg.MalformedPct, cfg.DropPct = 25, 25, 25
-		o, url, _ := setupObjects(t, cfg)
+		o, tb := setupObjects(t, cfg)
 		for id := range int64(10) {
 			for attempt := 0; ; attempt++ {
 				require.Less(t, attempt, 200, "id %d never answered", id)
-				resp, body, err := get(t, t.Context(), url+"/objects/"+strconv.FormatInt(id, 10))
+				resp, body, err := get(t, t.Context(), tb.url+"/objects/"+strconv.FormatInt(id, 10))
 				if err == nil && resp.StatusCode == http.StatusOK && json.Valid(body) {
 					break
 				}
@@ -397,7 +397,7 @@ func TestServe(t *testing.T) {
 		_, _, err := get(t, context.Background(), "http://"+ln.Addr().String()+"/objects/1")
 		errc <- err
 	}()
-	eventually(t, func() bool { return o.Stats().Hang == 1 })
+	testhelper.Eventually(t, 10*time.Second, "a lookup hangs", func() bool { return o.Stats().Hang == 1 })
 	cancel() // a graceful shutdown must not wait an hour for the hang
 	require.NoError(t, <-served)
 	require.Error(t, <-errc)

@@ -32,9 +32,15 @@ func (r *received) all() [][]int64 {
 	return append([][]int64(nil), r.bodies...)
 }
 
-// setupTarget serves a fake callback service whose reply is chosen by answer, given the
-// arrival number (0, 1, ...) and the ids. It returns the URL of POST /callback.
-func setupTarget(t *testing.T, answer func(n int64, ids []int64, w http.ResponseWriter, r *http.Request)) (string, *received) {
+// senderBundle is what a test of the sender reads besides it.
+type senderBundle struct {
+	received *received // the bodies the fake callback service got
+}
+
+// setupSender serves a fake callback service whose reply is chosen by answer, given the
+// arrival number (0, 1, ...) and the ids, and returns the config of a fast sender aimed
+// at it: the test sets what it needs and runs it with runSender.
+func setupSender(t *testing.T, answer func(n int64, ids []int64, w http.ResponseWriter, r *http.Request)) (SenderConfig, *senderBundle) {
 	t.Helper()
 	var (
 		n   atomic.Int64
@@ -52,19 +58,15 @@ func setupTarget(t *testing.T, answer func(n int64, ids []int64, w http.Response
 		answer(n.Add(1)-1, body.ObjectIDs, w, r)
 	}))
 	t.Cleanup(srv.Close)
-	return srv.URL + "/callback", &got
+	cfg := DefaultSenderConfig()
+	cfg.Target = srv.URL + "/callback"
+	cfg.Interval = 0 // back-to-back
+	return cfg, &senderBundle{received: &got}
 }
 
 func accept(_ int64, ids []int64, w http.ResponseWriter, _ *http.Request) {
 	w.WriteHeader(http.StatusAccepted)
 	_, _ = w.Write([]byte(`{"accepted":1}`))
-}
-
-func fastSender(target string) SenderConfig {
-	cfg := DefaultSenderConfig()
-	cfg.Target = target
-	cfg.Interval = 0 // back-to-back
-	return cfg
 }
 
 func runSender(t *testing.T, cfg SenderConfig) *Sender {
@@ -91,7 +93,7 @@ func TestAppendBody(t *testing.T) {
 func TestSenderCounts(t *testing.T) {
 	t.Parallel()
 	// Arrivals cycle through five answers, so each gets exactly a fifth of 15 callbacks.
-	target, got := setupTarget(t, func(n int64, ids []int64, w http.ResponseWriter, r *http.Request) {
+	cfg, tb := setupSender(t, func(n int64, ids []int64, w http.ResponseWriter, r *http.Request) {
 		switch n % 5 {
 		case 0:
 			accept(n, ids, w, r)
@@ -105,7 +107,6 @@ func TestSenderCounts(t *testing.T) {
 			<-r.Context().Done() // slower than the sender's timeout
 		}
 	})
-	cfg := fastSender(target)
 	// The timeout leaves room for a loaded machine: a late 400 must not count as failed.
 	cfg.Senders, cfg.Count, cfg.Timeout = 3, 15, 300*time.Millisecond
 	cfg.IDsMin = 1 // every callback names an id, so that each shows up in the records
@@ -125,7 +126,7 @@ func TestSenderCounts(t *testing.T) {
 	// been committed) have Maybe; ids only ever refused by 400 or 503 are absent.
 	accepted, maybe := map[int64]bool{}, map[int64]bool{}
 	var idsSent int64
-	for n, ids := range got.all() {
+	for n, ids := range tb.received.all() {
 		idsSent += int64(len(ids))
 		for _, id := range ids {
 			switch n % 5 {
@@ -148,8 +149,7 @@ func TestSenderCounts(t *testing.T) {
 
 func TestSenderDrawsIDsInsideTheRanges(t *testing.T) {
 	t.Parallel()
-	target, got := setupTarget(t, accept)
-	cfg := fastSender(target)
+	cfg, tb := setupSender(t, accept)
 	cfg.Senders, cfg.Count = 4, 400
 	cfg.IDsMin, cfg.IDsMax = 3, 7
 	cfg.IDMin, cfg.IDMax = 10, 20
@@ -157,7 +157,7 @@ func TestSenderDrawsIDsInsideTheRanges(t *testing.T) {
 	require.Equal(t, int64(400), s.Stats().Accepted)
 
 	counts, values := map[int]bool{}, map[int64]bool{}
-	for _, ids := range got.all() {
+	for _, ids := range tb.received.all() {
 		require.GreaterOrEqual(t, len(ids), 3)
 		require.LessOrEqual(t, len(ids), 7)
 		counts[len(ids)] = true
@@ -173,12 +173,11 @@ func TestSenderDrawsIDsInsideTheRanges(t *testing.T) {
 
 func TestSenderDefaultsAreTheOriginal(t *testing.T) {
 	t.Parallel()
-	target, got := setupTarget(t, accept)
-	cfg := fastSender(target)
+	cfg, tb := setupSender(t, accept)
 	cfg.Count = 400
 	runSender(t, cfg)
 	empty, maxLen := 0, 0
-	for _, ids := range got.all() {
+	for _, ids := range tb.received.all() {
 		if len(ids) == 0 {
 			empty++
 		}
@@ -198,11 +197,10 @@ func TestSenderDefaultsAreTheOriginal(t *testing.T) {
 func TestSenderIsReproducibleFromItsSeed(t *testing.T) {
 	t.Parallel()
 	bodies := func(seed uint64) [][]int64 {
-		target, got := setupTarget(t, accept)
-		cfg := fastSender(target)
+		cfg, tb := setupSender(t, accept)
 		cfg.Count, cfg.Seed = 20, seed
 		runSender(t, cfg)
-		return got.all()
+		return tb.received.all()
 	}
 	require.Equal(t, bodies(7), bodies(7))
 	require.NotEqual(t, bodies(7), bodies(8))
@@ -213,8 +211,7 @@ func TestSenderStops(t *testing.T) {
 
 	t.Run("after_its_duration_without_error", func(t *testing.T) {
 		t.Parallel()
-		target, _ := setupTarget(t, accept)
-		cfg := fastSender(target)
+		cfg, _ := setupSender(t, accept)
 		cfg.Interval, cfg.Duration = time.Hour, 10*time.Millisecond
 		s := runSender(t, cfg)
 		require.Zero(t, s.Stats().Sent, "the original sleeps before its first callback")
@@ -222,8 +219,7 @@ func TestSenderStops(t *testing.T) {
 
 	t.Run("at_a_rate", func(t *testing.T) {
 		t.Parallel()
-		target, _ := setupTarget(t, accept)
-		cfg := fastSender(target)
+		cfg, _ := setupSender(t, accept)
 		cfg.Rate, cfg.Senders, cfg.Count = 2000, 4, 20
 		s := runSender(t, cfg)
 		require.Equal(t, int64(20), s.Stats().Accepted)
@@ -231,8 +227,7 @@ func TestSenderStops(t *testing.T) {
 
 	t.Run("when_cancelled_with_the_context_error", func(t *testing.T) {
 		t.Parallel()
-		target, _ := setupTarget(t, accept)
-		cfg := fastSender(target)
+		cfg, _ := setupSender(t, accept)
 		cfg.Interval = time.Hour
 		s, err := NewSender(cfg)
 		require.NoError(t, err)

@@ -1,4 +1,4 @@
-package main
+package devpg
 
 import (
 	"context"
@@ -14,8 +14,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// target is the server that DATABASE_URL points at.
-type target struct {
+// Target is the server that DATABASE_URL points at.
+type Target struct {
 	Host string // a host name or IP address; a path means a Unix socket directory
 	Port uint16
 	User string
@@ -27,23 +27,23 @@ type target struct {
 }
 
 // Addr is host:port, for messages.
-func (t target) Addr() string {
+func (t Target) Addr() string {
 	return net.JoinHostPort(t.Host, strconv.Itoa(int(t.Port)))
 }
 
-// parseTarget reads a DATABASE_URL (a postgres:// URL or a key=value string) the way
+// ParseTarget reads a DATABASE_URL (a postgres:// URL or a key=value string) the way
 // pgx and libpq do, defaults included: a URL without a user means the OS user.
-func parseTarget(databaseURL string) (target, error) {
+func ParseTarget(databaseURL string) (Target, error) {
 	cfg, err := pgx.ParseConfig(databaseURL)
 	if err != nil {
 		// pgx's message can include the password; the URL itself is not repeated.
-		return target{}, fmt.Errorf("parsing DATABASE_URL: %w", err)
+		return Target{}, fmt.Errorf("parsing DATABASE_URL: %w", err)
 	}
 	cfg.Database = "postgres"
 	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > 3*time.Second {
 		cfg.ConnectTimeout = 3 * time.Second
 	}
-	t := target{Host: cfg.Host, Port: cfg.Port, User: cfg.User, admin: cfg}
+	t := Target{Host: cfg.Host, Port: cfg.Port, User: cfg.User, admin: cfg}
 	for _, f := range cfg.Fallbacks {
 		// sslmode=prefer lists each host twice, with and without TLS.
 		addr := net.JoinHostPort(f.Host, strconv.Itoa(int(f.Port)))
@@ -55,25 +55,25 @@ func parseTarget(databaseURL string) (target, error) {
 }
 
 // Addrs is every host:port of the URL, for messages.
-func (t target) Addrs() string {
+func (t Target) Addrs() string {
 	return strings.Join(append([]string{t.Addr()}, t.Others...), ",")
 }
 
-// errNotAnswering means nothing speaks the Postgres protocol at the target: the
+// ErrNotAnswering means nothing speaks the Postgres protocol at the target: the
 // connection was refused or timed out. Any answer from a server, even a refusal
 // (bad password, unknown role), is a different error: then the port is taken and
 // starting a cluster there would only fail.
-var errNotAnswering = errors.New("no PostgreSQL server answers")
+var ErrNotAnswering = errors.New("no PostgreSQL server answers")
 
-// probe connects to the target's "postgres" database and runs a trivial query.
-func probe(ctx context.Context, t target) error {
+// Probe connects to the target's "postgres" database and runs a trivial query.
+func Probe(ctx context.Context, t Target) error {
 	conn, err := pgx.ConnectConfig(ctx, t.admin)
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) {
 			return fmt.Errorf("a server answers at %s but refuses user %q: %w", t.Addrs(), t.User, err)
 		}
-		return fmt.Errorf("%w at %s: %w", errNotAnswering, t.Addrs(), err)
+		return fmt.Errorf("%w at %s: %w", ErrNotAnswering, t.Addrs(), err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	var one int
@@ -109,7 +109,7 @@ func isLocal(ctx context.Context, host string) (bool, error) {
 	return false, nil
 }
 
-// isSocketDir tells whether a libpq host is a Unix socket directory.
-func isSocketDir(host string) bool {
+// IsSocketDir tells whether a libpq host is a Unix socket directory.
+func IsSocketDir(host string) bool {
 	return strings.HasPrefix(host, "/")
 }
