@@ -87,10 +87,9 @@ type CommitterConfig struct {
 // while it waits for its commit, the next batch gathers in the queue, and the batch
 // grows with the load. With one row per batch a commit costs Postgres little, and a
 // second flusher's commit mostly queued behind the first's WAL flush: with 2 flushers
-// batches halved and Postgres used half as much CPU again for nothing (bench, 64
-// senders, 2 runs each, twice: 1 flusher 8.7k, 9.4k, 9.8k, 9.9k cb/s, p99 17-20 ms,
-// Postgres 0.21 cores; 2 flushers 8.5k, 8.0k, 7.5k, 7.5k, p99 20-24 ms, Postgres 0.30;
-// 16 senders: 5.8k-7.5k against 3.9k-5.5k). A batch is as big as the store allows.
+// batches halved, throughput fell and Postgres used half as much CPU again for nothing
+// (the figures: docs/design.md, "Measurements behind the defaults"). A batch is as big
+// as the store allows.
 const (
 	FlushersDefault      = 1
 	MaxBatchDefault      = store.MaxBatchCallbacks

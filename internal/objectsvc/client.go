@@ -25,17 +25,9 @@ import (
 // It speaks just enough HTTP/1.1 for one GET, on keep-alive connections of its own,
 // because of what thousands of lookups in flight cost. net/http's transport holds each
 // connection with a reader and a writer goroutine beside the caller's: three stacks per
-// lookup. Measured with 10,000 lookups parked on a slow object service (`tester
-// objects -latency-min 120s -latency-max 120s`; the service with FETCH_MIN_CONCURRENCY
-// and FETCH_CONCURRENCY at 10000 and 20,000 fresh ids sent; VmRSS, heap and stacks
-// from its metrics after a GC; Go 1.26):
-//
-//	through http.Client, 1 KiB buffers     165 MB stacks, 83 MB heap; service RSS 282 MiB
-//	the transport directly, 512 B buffers  129 MB stacks, 70 MB heap; service RSS 230 MiB
-//	this client (10,019 goroutines)                                   service RSS 139 MiB
-//
-// which left too little of a 256 MiB budget for merging during a flood (357 MiB peak in
-// the bench's flood phase). Here a lookup is one goroutine, its connection and a 512 B
+// lookup: with 10,000 lookups in flight the service took 282 MiB through http.Client
+// and 139 MiB with this client (docs/design.md, "Measurements behind the defaults"),
+// and the former left too little of a 256 MiB budget for merging during a flood. Here a lookup is one goroutine, its connection and a 512 B
 // read buffer; the response is still parsed by net/http (http.ReadResponse), so
 // chunked bodies, long header lines and Connection: close are handled as usual.
 type Client struct {

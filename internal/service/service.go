@@ -231,12 +231,9 @@ func databaseTarget(c *pgxpool.Config) string {
 // to how much background work should yield, 0 to 1: nothing below 30% (ordinary
 // traffic), all it may from 80% on (commits back to back, callbacks queueing). Merging
 // then still has about a fifth of a core and lookups a quarter of their limit, so the
-// table keeps moving through a flood, slowly: intake comes first. Measured with the
-// bench (64 senders, ids from 100,000, 3 runs on one service): without yielding, once
-// the lookup limit had grown to 10,000, runs 2 and 3 fell to 0.26 and 0.19 of the HTTP
-// ceiling, Postgres busy with claims and completions; with it, 0.56/0.52/0.46. Letting
-// the limit grow while it yields (judging its use against the share allowed) kept
-// thousands of lookups going through bursts: 0.43 of the ceiling.
+// table keeps moving through a flood, slowly: intake comes first. Without yielding,
+// intake fell to a fraction of the HTTP ceiling once the lookup limit had grown
+// (docs/design.md, "Measurements behind the defaults").
 func replyPathBusy(load float64) float64 {
 	return min(max((load-0.3)/0.5, 0), 1)
 }

@@ -31,18 +31,12 @@
 // A Retry-After holds the limit where it is until it has passed: the service said when
 // to come back, so it is no time to probe for more.
 //
-// Why not failsafe-go's adaptive limiter (a maintained library): it was measured beside
-// this one against an object service with a capacity of 1,000 and one with none
-// (BenchmarkAgainstObjectService, whose comment has the table). It watches latency
-// only, moves by about log10(limit) a second, and so against a random latency and
-// 503s it stayed near its initial 128: 0.13 of the Little's-law bound where this one
-// reached 0.92 with 0.1% rejected, and 56 lookups/s where this one had 4,000 in flight
-// after 13 s.
-//
-// End to end, the service with its default settings against `tester -capacity 1000`
-// (0.3-4.3 s) and 2,000 ids/s from 20,000 objects: 408 lookups/s over 45 s, 0.94 of
-// the bound of 1000 / 2.3 s, with 0.1% of requests rejected; against no limit the same
-// load was exact (`-verify`) with the limit at about 9,500 and 3,400 in flight.
+// Why not failsafe-go's adaptive limiter (a maintained library): it watches latency
+// only and moves by about log10(limit) a second, so against a random latency and 503s
+// it stayed near its initial 128, far below the Little's-law bound this one reaches
+// (BenchmarkAgainstObjectService measures both; the figures, with the end-to-end run
+// against `tester -capacity 1000`, are in docs/design.md, "Measurements behind the
+// defaults").
 //
 // The limiter is a pure function of the samples it is fed (times come with them), so
 // that table tests can drive it exactly. It does not count lookups in flight: its user
