@@ -70,14 +70,14 @@ func start(t *testing.T, env map[string]string) *instance {
 		stop()
 		<-inst.done
 	})
-	require.Eventually(t, func() bool {
+	testhelper.Eventually(t, 10*time.Second, "condition", func() bool {
 		resp, err := http.Get(inst.base + "/healthz")
 		if err != nil {
 			return false
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
-	}, 10*time.Second, 10*time.Millisecond)
+	})
 	return inst
 }
 
@@ -115,7 +115,7 @@ func TestService(t *testing.T) {
 		aFrom, aTo := svc.post(t, `{"object_ids":[1,2,3,4,0]}`)
 		svc.post(t, `{"object_ids":[]}`)
 		bFrom, bTo := svc.post(t, `{"object_ids":[2,2,5],"extra":{"ignored":[1,2]}}`)
-		require.Eventually(t, func() bool { return svc.settled(t) && len(svc.objects(t)) == 3 }, 15*time.Second, 10*time.Millisecond)
+		testhelper.Eventually(t, 15*time.Second, "condition", func() bool { return svc.settled(t) && len(svc.objects(t)) == 3 })
 
 		got := svc.objects(t)
 		require.ElementsMatch(t, []int64{0, 2, 4}, keys(got), "even ids are online (tester's parity rule)")
@@ -125,10 +125,10 @@ func TestService(t *testing.T) {
 
 		// A newer callback naming an online object moves its last_seen forward.
 		cFrom, cTo := svc.post(t, `{"object_ids":[4]}`)
-		require.Eventually(t, func() bool {
+		testhelper.Eventually(t, 15*time.Second, "condition", func() bool {
 			o := svc.objects(t)
 			return svc.settled(t) && !o[4].Before(cFrom.Truncate(time.Microsecond))
-		}, 15*time.Second, 10*time.Millisecond)
+		})
 		within(t, svc.objects(t)[4], cFrom, cTo)
 	})
 
@@ -136,8 +136,8 @@ func TestService(t *testing.T) {
 		t.Parallel()
 		svc := start(t, map[string]string{"EXPIRE_AFTER": "2s"})
 		svc.post(t, `{"object_ids":[10,11,12]}`)
-		require.Eventually(t, func() bool { return len(svc.objects(t)) == 2 }, 10*time.Second, 10*time.Millisecond)
-		require.Eventually(t, func() bool { return len(svc.objects(t)) == 0 }, 15*time.Second, 50*time.Millisecond)
+		testhelper.Eventually(t, 10*time.Second, "condition", func() bool { return len(svc.objects(t)) == 2 })
+		testhelper.Eventually(t, 15*time.Second, "condition", func() bool { return len(svc.objects(t)) == 0 })
 		require.True(t, svc.settled(t))
 	})
 
@@ -145,7 +145,7 @@ func TestService(t *testing.T) {
 		t.Parallel()
 		svc := start(t, map[string]string{"EXPIRE_AFTER": "5m"})
 		svc.post(t, `{"object_ids":[6,8,9]}`)
-		require.Eventually(t, func() bool { return svc.settled(t) && len(svc.objects(t)) == 2 }, 15*time.Second, 10*time.Millisecond)
+		testhelper.Eventually(t, 15*time.Second, "condition", func() bool { return svc.settled(t) && len(svc.objects(t)) == 2 })
 
 		resp, err := http.Get(svc.base + "/objects/8")
 		require.NoError(t, err)

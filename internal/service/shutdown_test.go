@@ -36,10 +36,10 @@ func TestShutdown(t *testing.T) {
 		require.Equal(t, http.StatusOK, code)
 
 		svc.stop()
-		require.Eventually(t, func() bool {
+		testhelper.Eventually(t, 5*time.Second, "condition", func() bool {
 			code, body := get(t, svc.base+"/readyz")
 			return code == http.StatusServiceUnavailable && strings.Contains(body, "shutting down")
-		}, 5*time.Second, 10*time.Millisecond)
+		})
 		// Still draining: a sender the load balancer has not moved yet is served.
 		svc.post(t, `{"object_ids":[1,2,3]}`)
 		code, _ = get(t, svc.base+"/healthz")
@@ -75,13 +75,13 @@ func TestShutdown(t *testing.T) {
 			<-done
 		})
 		base := "http://" + addr
-		require.Eventually(t, func() bool {
+		testhelper.Eventually(t, 10*time.Second, "condition", func() bool {
 			resp, err := http.Get(base + "/healthz")
 			if err == nil {
 				resp.Body.Close()
 			}
 			return err == nil
-		}, 10*time.Second, 10*time.Millisecond)
+		})
 
 		// Durable in the spool: accepted.
 		resp, err := http.Post(base+"/callback", "application/json", strings.NewReader(`{"object_ids":[7]}`))
@@ -89,14 +89,14 @@ func TestShutdown(t *testing.T) {
 		resp.Body.Close()
 		require.Equal(t, http.StatusAccepted, resp.StatusCode)
 
-		require.Eventually(t, func() bool {
+		testhelper.Eventually(t, 10*time.Second, "metrics", func() bool {
 			_, body := get(t, base+"/metrics")
 			return strings.Contains(body, "callback_database_up 0\n") && strings.Contains(body, "callback_spool_segments 1\n")
-		}, 10*time.Second, 20*time.Millisecond, "metrics")
-		require.Eventually(t, func() bool {
+		})
+		testhelper.Eventually(t, 10*time.Second, "the expected log line", func() bool {
 			return strings.Contains(logs.String(), "database unreachable ever since the start") &&
 				strings.Contains(logs.String(), "check DATABASE_URL; 1 callbacks spooled")
-		}, 10*time.Second, 20*time.Millisecond, "log: %s", logs)
+		}, func() string { return "log: " + logs.String() })
 		require.NotContains(t, logs.String(), nowhere[:20]+"@", "the log names the database without credentials")
 
 		stop()
