@@ -23,6 +23,7 @@ import (
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 // testBundle is what a test sees of its merger's surroundings: a real store on a fresh
@@ -189,12 +190,12 @@ func TestPass_pendingRowFinishedDuringThePassIsMadeAgain(t *testing.T) {
 		assert.NoError(t, err)
 		passed <- merged
 	}()
-	require.Eventually(t, func() bool {
+	testhelper.Eventually(t, 15*time.Second, "condition", func() bool {
 		var waiting bool
 		require.NoError(t, b.pool.QueryRow(ctx,
 			"SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock')").Scan(&waiting))
 		return waiting
-	}, 15*time.Second, 2*time.Millisecond)
+	})
 	_, err = result.Exec(ctx, "DELETE FROM pending WHERE object_id = 4")
 	require.NoError(t, err)
 	require.NoError(t, result.Commit(ctx))

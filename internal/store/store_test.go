@@ -16,6 +16,7 @@ import (
 	"github.com/objwatch/callback/internal/merge"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
 
 func setup(t *testing.T) (*store.Store, *pgxpool.Pool) {
@@ -193,7 +194,7 @@ func TestLookups(t *testing.T) {
 		insert(t, s, callback.New(at(1), []int64{6}))
 		mergeInbox(t, s)
 		stale := claim(t, s, 10, time.Millisecond)
-		require.Eventually(t, func() bool { return len(claim(t, s, 10, time.Minute)) == 1 }, 5*time.Second, 5*time.Millisecond)
+		testhelper.Eventually(t, 5*time.Second, "condition", func() bool { return len(claim(t, s, 10, time.Minute)) == 1 })
 		// The first worker comes back late: its token no longer owns the row.
 		done := complete(t, s, result(stale[6], store.Online))
 		require.Equal(t, store.Completed{}, done)
@@ -419,12 +420,12 @@ func TestReplaySegment(t *testing.T) {
 			done <- err
 		}()
 		// Wait until the replay is blocked on the merge's row lock, then commit it.
-		require.Eventually(t, func() bool {
+		testhelper.Eventually(t, 10*time.Second, "condition", func() bool {
 			var waiting bool
 			err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
 				WHERE datname = current_database() AND wait_event_type = 'Lock')`).Scan(&waiting)
 			return err == nil && waiting
-		}, 10*time.Second, 10*time.Millisecond)
+		})
 		require.NoError(t, tx.Commit(ctx))
 		require.NoError(t, <-done)
 
