@@ -6,25 +6,11 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
-	"time"
 
-	"github.com/objwatch/callback/internal/callback"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
-
-// callbacks makes n callbacks of 200 ids drawn from 0..idMax.
-func callbacks(rng *rand.Rand, n int, idMax int64) []callback.Callback {
-	cbs := make([]callback.Callback, n)
-	for i := range cbs {
-		ids := make([]int64, 200)
-		for j := range ids {
-			ids[j] = rng.Int64N(idMax + 1)
-		}
-		cbs[i] = callback.New(time.Now(), ids)
-	}
-	return cbs
-}
 
 // BenchmarkPass is one merge pass of inbox rows of 200 ids into pending. With ids
 // from 0..99 the pending rows and the online objects rows already exist, as in steady
@@ -58,7 +44,7 @@ func BenchmarkPass(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
-				cbs := callbacks(rng, c.perPass, c.idMax)
+				cbs := testhelper.Callbacks(rng, c.perPass, c.idMax)
 				if c.dedup {
 					for i := range cbs {
 						slices.Sort(cbs[i].ObjectIDs)

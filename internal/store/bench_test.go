@@ -5,25 +5,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
-	"time"
 
 	"github.com/objwatch/callback/internal/callback"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/testhelper"
 )
-
-// callbacks makes n callbacks of 200 ids drawn from 0..idMax.
-func callbacks(rng *rand.Rand, n int, idMax int64) []callback.Callback {
-	cbs := make([]callback.Callback, n)
-	for i := range cbs {
-		ids := make([]int64, 200)
-		for j := range ids {
-			ids[j] = rng.Int64N(idMax + 1)
-		}
-		cbs[i] = callback.New(time.Now(), ids)
-	}
-	return cbs
-}
 
 // BenchmarkInsertCallbacks is one group commit of batch callbacks (one row, one
 // transaction, one WAL flush), from one connection: the write on the reply path.
@@ -34,7 +21,7 @@ func BenchmarkInsertCallbacks(b *testing.B) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, batch := range []int{1, 10, 100} {
 		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
-			cbs := callbacks(rng, batch, 99)
+			cbs := testhelper.Callbacks(rng, batch, 99)
 			b.ReportAllocs()
 			for b.Loop() {
 				for i := range cbs {

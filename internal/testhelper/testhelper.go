@@ -1,6 +1,6 @@
 // Package testhelper holds the helpers that tests of several packages share: waits
 // for a condition, a buffer that a server under test writes while the test reads it, an
-// environment from a map and a logger that drops everything. It is imported only by
+// environment from a map, a logger that drops everything and callbacks for benchmarks. It is imported only by
 // test files.
 //
 // Helpers that need a database (reading and writing the objects table, a fresh
@@ -11,9 +11,12 @@ package testhelper
 import (
 	"bytes"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/objwatch/callback/internal/callback"
 )
 
 // Eventually polls cond until it holds, and fails the test if it does not within
@@ -92,4 +95,18 @@ func Getenv(vars map[string]string) func(string) string {
 // log after the test has ended, which t.Log does not allow.)
 func DiscardLogger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
+}
+
+// Callbacks makes n callbacks of 200 ids drawn from 0..idMax, received now: the
+// shape of the sender's bursts, for benchmarks.
+func Callbacks(rng *rand.Rand, n int, idMax int64) []callback.Callback {
+	cbs := make([]callback.Callback, n)
+	for i := range cbs {
+		ids := make([]int64, 200)
+		for j := range ids {
+			ids[j] = rng.Int64N(idMax + 1)
+		}
+		cbs[i] = callback.New(time.Now(), ids)
+	}
+	return cbs
 }
