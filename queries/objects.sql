@@ -36,10 +36,3 @@ SELECT id, last_seen FROM objects
 WHERE (last_seen, id) < (@before_seen::timestamptz, @before_id::bigint) AND last_seen >= @cutoff
 ORDER BY last_seen DESC, id DESC
 LIMIT @max_rows;
-
--- name: OnlineIDs :many
--- Every object online now, for a merge pass that has more ids than it can make pending:
--- it refreshes those of the rest that are online (RefreshObjects) without a lookup. An
--- index-only scan of objects_pkey; the table holds what lookups could afford, not the
--- id space.
-SELECT id FROM objects;

@@ -1,11 +1,13 @@
 -- name: ClaimDue :many
--- Claims up to max_rows due rows for one lookup each, NEWEST receipt first: due_at is
--- the row's priority (its newest receipt while it waits; see the migration
--- 20261202000001), and the scan walks pending_due_at_idx backwards from now(). With no
--- backlog every due row is taken and the order does not matter; under a backlog the
--- receipts furthest from leaving the window are looked up first (adaptive LIFO).
--- A row whose receipt already left the window (cutoff, service clock) is never
--- claimed: the sweep deletes it (SweepPending), so no claim loop spins on dead work.
+-- Claims up to max_rows due rows for one lookup each, highest rank first: due_at is a
+-- waiting row's rank (its newest receipt on the database's clock, lower for a
+-- re-check; see MergePending), and the scan walks pending_due_at_idx backwards from
+-- now(). With no backlog every due row is taken and the order does not matter; under a
+-- backlog the receipts furthest from leaving the window are looked up first (adaptive
+-- LIFO), objects not looked up yet before re-checks. Done rows (due_at '-infinity') are
+-- never claimed. A row whose receipt already left the window (cutoff, the service's
+-- clock, like receipts) is never claimed either: the sweep deletes it (SweepPending),
+-- so no claim loop spins on dead work.
 -- SKIP LOCKED: claimers never wait for each other or for the merger. The lease is
 -- due_at itself: moving it to now() + lease means a row whose worker dies becomes due
 -- again when the lease runs out.
@@ -16,7 +18,7 @@ SET claim_token         = arg.claim_token,
     attempts            = p.attempts + 1
 FROM (
     SELECT d.object_id FROM pending d
-    WHERE d.due_at <= now() AND d.received_at >= @cutoff
+    WHERE d.due_at <= now() AND d.due_at > '-infinity' AND d.received_at >= @cutoff
     ORDER BY d.due_at DESC
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
@@ -26,22 +28,46 @@ FROM (
 WHERE p.object_id = due.object_id
 RETURNING p.object_id, p.received_at, p.attempts;
 
+-- name: CountDue :one
+-- How many rows are due now, counted up to max_rows: the demand the lookup limit is
+-- raised to meet (internal/fetch). A range of pending_due_at_idx, read only while the
+-- limit is fully used and more is due.
+SELECT count(*)::bigint AS due FROM (
+    SELECT 1 FROM pending d
+    WHERE d.due_at <= now() AND d.due_at > '-infinity' AND d.received_at >= @cutoff
+    LIMIT @max_rows
+) d;
+
 -- name: SweepPending :one
--- Pending rows whose newest receipt left the window and that no live lease holds
--- (due_at, the lease's end or the receipt, is past the cutoff too): their lookup could
--- not write a row any more. At most max_rows per call, oldest first, SKIP LOCKED.
-WITH stale AS (
+-- Rows whose newest receipt left the window (cutoff): a lookup could not write a row
+-- for them any more, and an older receipt merged later is dropped by the merger itself.
+-- Two ranges, at most max_rows each, oldest first, SKIP LOCKED:
+--   * done rows, through pending_done_idx;
+--   * waiting rows whose rank is below now() - older_ms, where older_ms is the window
+--     plus a re-check's handicap: a rank is never lower than that for a receipt within
+--     the window, so the range holds only candidates; a row claimed or backing off is
+--     reached once its lease or backoff is over, which also means no live lease holds it.
+WITH done AS (
     SELECT d.object_id FROM pending d
-    WHERE d.due_at < @cutoff AND d.received_at < @cutoff
+    WHERE d.due_at = '-infinity' AND d.received_at < @cutoff
+    ORDER BY d.received_at
+    LIMIT @max_rows
+    FOR UPDATE SKIP LOCKED
+), waiting AS (
+    SELECT d.object_id FROM pending d
+    WHERE d.due_at > '-infinity' AND d.due_at < now() - sqlc.arg(older_ms)::bigint * interval '1 millisecond'
+      AND d.received_at < @cutoff
     ORDER BY d.due_at
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
 ), swept AS (
     DELETE FROM pending p
-    WHERE p.object_id IN (SELECT stale.object_id FROM stale)
-    RETURNING p.object_id
+    WHERE p.object_id IN (SELECT done.object_id FROM done UNION ALL SELECT waiting.object_id FROM waiting)
+    RETURNING p.due_at = '-infinity' AS was_done
 )
-SELECT count(*)::bigint AS swept FROM swept;
+SELECT count(*) FILTER (WHERE NOT swept.was_done)::bigint AS waiting,
+       count(*) FILTER (WHERE swept.was_done)::bigint     AS done
+FROM swept;
 
 -- name: CompleteLookups :one
 -- Applies a batch of lookup outcomes in one statement. Only rows that still carry the
@@ -65,15 +91,21 @@ SELECT count(*)::bigint AS swept FROM swept;
 --   failed   release the row, due again after retry_after_ms (backoff, chosen by the caller).
 --   expired  the receipt left the window before the lookup: drop it unless a newer
 --            receipt arrived.
--- Then, for online/offline/expired: a row with no newer receipt is done (deleted); a
--- row with one is released to run again at once, exactly once more.
+-- Then, for online/offline: a row with no newer receipt is done (due_at '-infinity':
+-- it keeps the newest receipt, so that an older one merged later changes nothing; see
+-- the migration 20261206000001), with looked_up_at set; a row with a newer receipt is
+-- released to run again at once, exactly once more, ranked as a re-check (@recheck_ms
+-- lower; @now is the service's clock, as in MergePending). For expired: deleted, or
+-- released if a newer receipt arrived.
 WITH result AS (
     SELECT unnest(@object_ids::bigint[])      AS object_id,
            unnest(@claim_tokens::uuid[])      AS claim_token,
            unnest(@outcomes::text[])          AS outcome,
            unnest(@retry_after_ms::bigint[])  AS retry_after_ms
 ), owned AS (
-    SELECT p.object_id, p.received_at, p.claimed_received_at, result.outcome, result.retry_after_ms
+    SELECT p.object_id, p.received_at, p.claimed_received_at, result.outcome, result.retry_after_ms,
+           result.outcome IN ('online', 'offline') AS answered,
+           p.received_at > p.claimed_received_at AS newer
     FROM pending p
     JOIN result ON result.object_id = p.object_id AND result.claim_token = p.claim_token
     ORDER BY p.object_id
@@ -92,27 +124,40 @@ WITH result AS (
     WHERE o.id = owned.object_id AND owned.outcome = 'offline'
     RETURNING o.id
 ), finished AS (
+    UPDATE pending p
+    SET claim_token         = NULL,
+        claimed_received_at = NULL,
+        attempts            = 0,
+        due_at              = '-infinity',
+        looked_up_at        = now()
+    FROM owned
+    WHERE p.object_id = owned.object_id AND owned.answered AND NOT owned.newer
+    RETURNING p.object_id
+), dropped AS (
     DELETE FROM pending p
     USING owned
-    WHERE p.object_id = owned.object_id
-      AND owned.outcome <> 'failed'
-      AND owned.received_at <= owned.claimed_received_at
+    WHERE p.object_id = owned.object_id AND owned.outcome = 'expired' AND NOT owned.newer
     RETURNING p.object_id
 ), released AS (
     UPDATE pending p
     SET claim_token         = NULL,
         claimed_received_at = NULL,
         attempts            = CASE WHEN owned.outcome = 'failed' THEN p.attempts ELSE 0 END,
-        due_at              = now() + owned.retry_after_ms * interval '1 millisecond'
+        looked_up_at        = CASE WHEN owned.answered THEN now() ELSE p.looked_up_at END,
+        due_at              = CASE
+            WHEN owned.outcome = 'failed' THEN now() + owned.retry_after_ms * interval '1 millisecond'
+            ELSE least(now(), now() + (owned.received_at - sqlc.arg(now)::timestamptz))
+                 - CASE WHEN owned.answered OR p.looked_up_at IS NOT NULL THEN @recheck_ms::bigint ELSE 0 END
+                   * interval '1 millisecond'
+            END
     FROM owned
-    WHERE p.object_id = owned.object_id
-      AND (owned.outcome = 'failed' OR owned.received_at > owned.claimed_received_at)
+    WHERE p.object_id = owned.object_id AND (owned.outcome = 'failed' OR owned.newer)
     RETURNING p.object_id
 )
 SELECT (SELECT count(*) FROM owned)::bigint    AS owned,
        (SELECT count(*) FROM upserted)::bigint AS upserted,
        (SELECT count(*) FROM removed)::bigint  AS removed,
-       (SELECT count(*) FROM finished)::bigint AS finished,
+       ((SELECT count(*) FROM finished) + (SELECT count(*) FROM dropped))::bigint AS finished,
        (SELECT count(*) FROM released)::bigint AS released;
 
 -- name: QueueStats :one
@@ -123,27 +168,10 @@ SELECT
     coalesce((SELECT sum(callbacks) FROM inbox_batches), 0)::bigint AS inbox_callbacks,
     coalesce(extract(epoch FROM arg.now - (SELECT min(received_at) FROM inbox_batches)), 0)::float8
         AS inbox_oldest_seconds,
-    (SELECT count(*) FROM pending)::bigint AS pending_rows,
+    (SELECT count(*) FROM pending WHERE due_at > '-infinity')::bigint AS pending_rows,
     (SELECT count(*) FROM pending WHERE claim_token IS NOT NULL)::bigint AS claimed_rows,
-    coalesce(extract(epoch FROM arg.now - (SELECT min(received_at) FROM pending)), 0)::float8
+    (SELECT count(*) FROM pending WHERE due_at = '-infinity')::bigint AS done_rows,
+    coalesce(extract(epoch FROM arg.now - (SELECT min(received_at) FROM pending WHERE due_at > '-infinity')), 0)::float8
         AS pending_oldest_seconds,
     (SELECT count(*) FROM objects)::bigint AS objects_rows
 FROM (SELECT @now::timestamptz AS now) arg;
-
--- name: EvictPending :one
--- Newest first when pending is full: up to max_rows waiting rows (not claimed, not
--- backing off) whose newest receipt is older than older_than are deleted, oldest
--- first, to make room for newer receipts. Under a flood this keeps pending the newest
--- work, not the first work that filled it. SKIP LOCKED: never waits, so never deadlocks.
-WITH victims AS (
-    SELECT d.object_id FROM pending d
-    WHERE d.due_at <= now() AND d.claim_token IS NULL AND d.received_at < @older_than
-    ORDER BY d.due_at
-    LIMIT @max_rows
-    FOR UPDATE SKIP LOCKED
-), evicted AS (
-    DELETE FROM pending p
-    WHERE p.object_id IN (SELECT victims.object_id FROM victims)
-    RETURNING p.object_id
-)
-SELECT count(*)::bigint AS evicted FROM evicted;

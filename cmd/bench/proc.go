@@ -243,7 +243,7 @@ func (s *service) close() {
 
 func (s *service) pending(ctx context.Context) (int64, error) {
 	var n int64
-	err := s.pool.QueryRow(ctx, "SELECT count(*) FROM pending").Scan(&n)
+	err := s.pool.QueryRow(ctx, "SELECT count(*) FROM pending WHERE due_at > '-infinity'").Scan(&n)
 	return n, err
 }
 

@@ -78,7 +78,7 @@ func (w *watch) sample(ctx context.Context) point {
 		}
 	}
 	p.inboxOldest, _ = w.svc.inboxOldest(ctx)
-	_ = w.svc.pool.QueryRow(ctx, "SELECT count(*) FROM pending").Scan(&p.pending)
+	_ = w.svc.pool.QueryRow(ctx, "SELECT count(*) FROM pending WHERE due_at > '-infinity'").Scan(&p.pending)
 	var size int64
 	if err := w.svc.pool.QueryRow(ctx, "SELECT pg_database_size(current_database())").Scan(&size); err == nil {
 		p.dbMB = float64(size) / (1 << 20)

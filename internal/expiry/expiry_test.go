@@ -36,7 +36,14 @@ type testBundle struct {
 	metrics *metrics.Metrics
 	cfg     Config
 	clock   atomic.Pointer[time.Time]
+	// behind: how far the fleet's low watermark is behind the expirer's clock.
+	behind atomic.Int64
 }
+
+// lowFunc is a fake Watermark.
+type lowFunc func(ctx context.Context, now time.Time) (time.Time, error)
+
+func (f lowFunc) Low(ctx context.Context, now time.Time) (time.Time, error) { return f(ctx, now) }
 
 // setup builds an expirer with cfg (the window and an hour's tick unless it says
 // otherwise) on a fresh database, its clock at t0 until the test sets it.
@@ -54,7 +61,10 @@ func setup(t *testing.T, cfg Config) (*Expirer, *testBundle) {
 // with its own clock.
 func (b *testBundle) replica(t *testing.T, now func() time.Time) *Expirer {
 	t.Helper()
-	e, err := New(b.cfg, b.db, component.Deps{Metrics: b.metrics, Now: now})
+	low := lowFunc(func(_ context.Context, now time.Time) (time.Time, error) {
+		return now.Add(-time.Duration(b.behind.Load())), nil
+	})
+	e, err := New(b.cfg, b.db, low, component.Deps{Metrics: b.metrics, Now: now})
 	require.NoError(t, err)
 	return e
 }
@@ -226,7 +236,8 @@ func (s expireStore) OldestUnmerged(ctx context.Context, cutoff, now time.Time) 
 func TestTick_passesCutoffsFromItsClock(t *testing.T) {
 	t.Parallel()
 	var got store.ExpireParams
-	e, b := setup(t, Config{Grace: time.Second, Chunk: 7})
+	e, b := setup(t, Config{Chunk: 7})
+	b.behind.Store(int64(time.Second))
 	e.store = expireStore{ExpireFunc: func(_ context.Context, p store.ExpireParams) (store.ExpiryTick, error) {
 		got = p
 		return store.ExpiryTick{Ran: true, Deleted: 3, Swept: 2}, nil
@@ -236,11 +247,13 @@ func TestTick_passesCutoffsFromItsClock(t *testing.T) {
 	require.True(t, ran)
 	require.Equal(t, int64(3), deleted)
 	require.Equal(t, store.ExpireParams{
-		ObjectsCutoff:      t0.Add(-time.Second - window), // not past callbacks that may not be committed yet
-		PendingCutoff:      t0.Add(-window),
-		ForgetBefore:       t0.Add(-spoolReplayMemory),
-		ForgetMergedBefore: t0.Add(-2 * window),
-		Chunk:              7,
+		ObjectsCutoff:       t0.Add(-time.Second - window), // not past the fleet's low watermark
+		PendingCutoff:       t0.Add(-window),
+		PendingRankSlack:    2 * window,
+		ForgetBefore:        t0.Add(-spoolReplayMemory),
+		ForgetMergedBefore:  t0.Add(-2 * window),
+		ForgetReplicasAfter: ForgetReplicasDefault,
+		Chunk:               7,
 	}, got)
 	require.Equal(t, 2.0, metrics.Sum(b.metrics.Dropped.WithLabelValues("pending", "expired")))
 }
@@ -301,16 +314,18 @@ func TestTick_neverPastCallbacksNotMergedYet(t *testing.T) {
 	require.Equal(t, map[int64]time.Time{1: t0.Add(-3 * time.Second)}, objects(t, pool))
 }
 
-func TestTick_deletesNoObjectWhileTheSpoolHoldsCallbacks(t *testing.T) {
+// A callback held outside the inbox (a request in flight, a spool, another replica's
+// spool) holds expiry back through the fleet's watermark.
+func TestTick_neverPastTheFleetsWatermark(t *testing.T) {
 	t.Parallel()
-	var holds atomic.Bool
-	holds.Store(true)
-	e, b := setup(t, Config{Chunk: 100, SpoolHolds: holds.Load})
-	pgtest.InsertObjects(t, b.pool, map[int64]time.Time{1: t0.Add(-time.Hour)})
+	e, b := setup(t, Config{Chunk: 100})
+	pgtest.InsertObjects(t, b.pool, map[int64]time.Time{1: t0.Add(-window - 5*time.Second), 2: t0.Add(-window - 20*time.Second)})
+	b.behind.Store(int64(10 * time.Second)) // a replica holds a callback received 10 s ago
 
 	_, deleted := tick(e, context.Background())
-	require.Zero(t, deleted, "spooled callbacks may name the row: they are not even in the inbox yet")
-	holds.Store(false)
+	require.Equal(t, int64(1), deleted, "only the row that had expired before the held receipt")
+	require.Equal(t, map[int64]time.Time{1: t0.Add(-window - 5*time.Second)}, objects(t, b.pool))
+	b.behind.Store(0)
 	_, deleted = tick(e, context.Background())
 	require.Equal(t, int64(1), deleted)
 }
@@ -336,17 +351,24 @@ func TestTick_sweepsPendingWorkThatLeftTheWindow(t *testing.T) {
 	e, b := setup(t, Config{})
 	pool := b.pool
 	ctx := context.Background()
+	// received_at is on the expirer's clock (t0), due_at (the rank, a lease, a backoff)
+	// on the database's.
 	_, err := pool.Exec(ctx, `INSERT INTO pending (object_id, received_at, due_at) VALUES
-		(1, $1, $1), (2, $2, $2), (3, $1, $3)`,
-		t0.Add(-window-time.Second), t0.Add(-time.Second), t0.Add(time.Minute))
+		(1, $1, now() - interval '61 seconds'),
+		(2, $2, now() - interval '1 second'),
+		(3, $1, now() + interval '1 minute'),
+		(4, $1, '-infinity'),
+		(5, $2, '-infinity')`,
+		t0.Add(-window-time.Second), t0.Add(-time.Second))
 	require.NoError(t, err)
 
 	tk := e.Tick(ctx)
 	require.Equal(t, int64(1), tk.Swept)
-	require.Equal(t, map[int64]time.Time{2: t0.Add(-time.Second), 3: t0.Add(-window - time.Second)},
+	require.Equal(t, int64(1), tk.Forgot)
+	require.Equal(t, map[int64]time.Time{2: t0.Add(-time.Second), 3: t0.Add(-window - time.Second), 5: t0.Add(-time.Second)},
 		pgtest.IDTimes(t, pool, "SELECT object_id, received_at FROM pending"),
-		"a row whose receipt is in the window stays, and so does one under a lease or backoff")
-	require.Equal(t, 1.0, metrics.Sum(b.metrics.Dropped.WithLabelValues("pending", "expired")))
+		"a row whose receipt is in the window stays, so does one under a lease or backoff, and so does a done row within the window")
+	require.Equal(t, 1.0, metrics.Sum(b.metrics.Dropped.WithLabelValues("pending", "expired")), "a done row forgotten is no work dropped")
 }
 
 func TestTick_dropsInboxBatchesThatLeftTheWindow(t *testing.T) {

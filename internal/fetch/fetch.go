@@ -45,7 +45,8 @@ const dbTimeout = 10 * time.Second
 // Store is what the fetcher needs of storage.
 type Store interface {
 	ClaimDue(ctx context.Context, max int, lease time.Duration, cutoff time.Time) ([]store.Claim, error)
-	CompleteLookups(ctx context.Context, results []store.Result, cutoff time.Time) (store.Completed, error)
+	CountDue(ctx context.Context, max int, cutoff time.Time) (int64, error)
+	CompleteLookups(ctx context.Context, results []store.Result, p store.CompleteParams) (store.Completed, error)
 }
 
 // LookupFunc asks the object service whether id is online. An error that has the
@@ -83,11 +84,17 @@ type Config struct {
 	FlushSize     int           // results per write at most
 	BackoffBase   time.Duration // first retry after a failed lookup (then doubling)
 	BackoffMax    time.Duration
-	// TripAfter consecutive failed lookups (no success in between) mean the object
-	// service itself is down, not one object: claiming drops to one probe at a time,
-	// paused BackoffBase, doubling to BackoffMax, until a lookup succeeds. Per-object
-	// backoff alone would still let N pending objects make N requests per backoff
-	// period against a dead service.
+	// RetryAfterMax caps what a Retry-After can make an object (and the limit, and the
+	// probes of a service that refuses everything) wait: RETRY_AFTER_MAX. A service
+	// that says "come back tomorrow" must not keep an object from the lookup a newer
+	// receipt asks for: a wait longer than the window is worth no more than the window.
+	RetryAfterMax time.Duration
+	// TripAfter consecutive lookups without an answer (failed, or rejected with a 429
+	// or 503) mean the object service itself is down or refusing everything, not one
+	// object: claiming drops to one probe at a time, paused BackoffBase, doubling to
+	// BackoffMax (and at least the last Retry-After, capped), until a lookup is
+	// answered. Per-object backoff alone would still let N pending objects make N
+	// requests per backoff period against a dead service.
 	TripAfter     int
 	ShutdownGrace time.Duration // at shutdown, lookups in flight get this long to finish
 }
@@ -113,10 +120,15 @@ const (
 	FlushIntervalDefault = 10 * time.Millisecond
 	FlushSizeDefault     = 512
 	BackoffBaseDefault   = 250 * time.Millisecond
-	BackoffMaxDefault    = 10 * time.Second
+	BackoffMaxDefault    = 5 * time.Second
+	RetryAfterMaxDefault = 5 * time.Second
 	TripAfterDefault     = 64
 	ShutdownGraceDefault = 5 * time.Second
 )
+
+// demandEvery: how often, at most, the fetcher counts the rows due while the limit is
+// fully used, to tell the limiter the demand (a range of one index, up to the ceiling).
+const demandEvery = 250 * time.Millisecond
 
 func (c Config) withDefaults() Config {
 	c.MinConcurrency = cmp.Or(c.MinConcurrency, MinConcurrencyDefault)
@@ -128,7 +140,11 @@ func (c Config) withDefaults() Config {
 	c.FlushInterval = cmp.Or(c.FlushInterval, FlushIntervalDefault)
 	c.FlushSize = cmp.Or(c.FlushSize, FlushSizeDefault)
 	c.BackoffBase = cmp.Or(c.BackoffBase, BackoffBaseDefault)
-	c.BackoffMax = cmp.Or(c.BackoffMax, BackoffMaxDefault)
+	// The defaults of the longest waits are kept within half a short window.
+	if c.ExpireAfter > 0 {
+		c.BackoffMax = cmp.Or(c.BackoffMax, min(BackoffMaxDefault, c.ExpireAfter/2))
+		c.RetryAfterMax = cmp.Or(c.RetryAfterMax, min(RetryAfterMaxDefault, c.ExpireAfter/2))
+	}
 	c.TripAfter = cmp.Or(c.TripAfter, TripAfterDefault)
 	c.ShutdownGrace = cmp.Or(c.ShutdownGrace, ShutdownGraceDefault)
 	return c
@@ -151,8 +167,11 @@ func (c Config) Validate() error {
 		return fmt.Errorf("lease (%v) must exceed the lookup timeout (%v) by at least 1s", c.Lease, c.Timeout)
 	case c.ExpireAfter <= 0:
 		return errors.New("the window (ExpireAfter) must be positive")
-	case c.PollInterval < 0 || c.FlushInterval < 0 || c.BackoffBase < 0 || c.BackoffMax < 0 || c.ShutdownGrace < 0 || c.TripAfter < 1:
+	case c.PollInterval < 0 || c.FlushInterval < 0 || c.BackoffBase < 0 || c.BackoffMax < 0 || c.RetryAfterMax < 0 || c.ShutdownGrace < 0 || c.TripAfter < 1:
 		return errors.New("intervals, backoffs and the shutdown grace must not be negative, and TripAfter must be at least 1")
+	case c.RetryAfterMax > c.ExpireAfter/2 || c.BackoffMax > c.ExpireAfter/2:
+		return fmt.Errorf("the longest wait before a retry (%v, Retry-After at most %v) must be at most half the window (%v): an object must be looked up again well within it",
+			c.BackoffMax, c.RetryAfterMax, c.ExpireAfter)
 	}
 	return nil
 }
@@ -168,9 +187,15 @@ type Fetcher struct {
 	wake     chan struct{}
 	inFlight atomic.Int64
 	held     atomic.Int64 // claimed rows whose result is not written yet (in flight included)
-	failures atomic.Int64 // consecutive failed lookups; see Config.TripAfter
+	failures atomic.Int64 // consecutive lookups without an answer; see Config.TripAfter
+	refusal  atomic.Int64 // the last Retry-After of a rejection, capped (nanoseconds): the least pause between probes
 	results  chan store.Result
 	room     chan struct{} // signalled when a lookup finished or a batch was written: there may be room to claim
+
+	// The claim loop's own: whether its last claim came back full (more may be due), and
+	// when it last counted the rows due.
+	moreDue  bool
+	demandAt time.Time
 }
 
 // New builds a fetcher, or says which setting is wrong.
@@ -179,7 +204,8 @@ func New(cfg Config, s Store, lookup LookupFunc, deps component.Deps) (*Fetcher,
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	lcfg := limit.DefaultConfig(cfg.MinConcurrency, cfg.Concurrency)
+	lcfg := limit.DefaultConfig(cfg.MinConcurrency, cfg.Concurrency, cfg.Timeout)
+	lcfg.MaxHold = cfg.RetryAfterMax
 	if err := lcfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -253,6 +279,21 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 			}
 		}
 		free := limit - inFlight
+		if free <= 0 && !yielding && f.moreDue {
+			// The limit is fully used and more is due: tell the limiter the demand, which
+			// may raise the limit to meet it at once (package limit).
+			if now := f.Now(); now.Sub(f.demandAt) >= demandEvery {
+				f.demandAt = now
+				cctx, cancel := context.WithTimeout(ctx, dbTimeout)
+				due, err := f.store.CountDue(cctx, f.cfg.Concurrency, now.Add(-f.cfg.ExpireAfter))
+				cancel()
+				if err == nil && due > 0 {
+					limit = f.limiter.Demand(inFlight+int(due), now)
+					f.Metrics.LookupLimit.Set(float64(limit))
+					free = limit - inFlight
+				}
+			}
+		}
 		if free <= 0 || int(f.held.Load())-inFlight >= maxWaiting(f.cfg) {
 			if yielding {
 				backoff.Wait(ctx, f.cfg.PollInterval, f.room) // the reply path may be idle again
@@ -273,7 +314,8 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 				backoff.Wait(ctx, f.cfg.PollInterval, f.room)
 				continue
 			}
-			if !backoff.Sleep(ctx, probePause.Next()) {
+			// At least what the service asked for, capped: it is refusing everything.
+			if !backoff.Sleep(ctx, max(probePause.Next(), time.Duration(f.refusal.Load()))) {
 				continue
 			}
 		} else {
@@ -321,7 +363,8 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 			f.Metrics.LookupsInFlight.Inc()
 			lookups.Go(func() { f.runLookup(lookupCtx, c, claimedAt) })
 		}
-		if len(claims) < n {
+		f.moreDue = len(claims) == n
+		if !f.moreDue {
 			// Nothing more is due: wait for new work, a poll, or room.
 			backoff.Wait(ctx, f.cfg.PollInterval, f.wake)
 		}
@@ -368,16 +411,27 @@ func (f *Fetcher) runLookup(ctx context.Context, c store.Claim, claimedAt time.T
 	case err == nil:
 		sample.Outcome = limit.Answered
 	case errors.As(err, &rej) && rej.Rejected():
-		// The service is up but full: not a failure for the breaker, and the object
-		// is asked again no sooner than the service said.
-		sample.Outcome, sample.RetryAfter = limit.Rejected, rej.Wait()
-		res.Outcome, res.RetryAfter = store.Failed, max(f.backoff(c.Attempts), rej.Wait())
+		// The service is up but full, or refusing everything for now: the object is
+		// asked again no sooner than the service said, but never later than
+		// RetryAfterMax (a newer receipt must not wait a day for its lookup), and no
+		// answer from a row of these trips the breaker as failures do.
+		wait := min(rej.Wait(), f.cfg.RetryAfterMax)
+		sample.Outcome, sample.RetryAfter = limit.Rejected, wait
+		res.Outcome, res.RetryAfter = store.Failed, max(f.backoff(c.Attempts), wait)
+		f.refusal.Store(int64(wait))
 		f.Metrics.Lookups.WithLabelValues("rejected").Inc()
-		f.Errs.Info(ctx, "rejected", "object service at capacity: lowering the lookup limit",
+		if f.failures.Add(1) == int64(f.cfg.TripAfter) {
+			f.Errs.Warn(ctx, "breaker-open", "object service refuses every lookup: probing with one lookup at a time until it answers",
+				"consecutive_rejections", f.cfg.TripAfter, "retry_after", rej.Wait().String())
+		}
+		f.Errs.Info(ctx, "rejected", "object service rejected lookups (429/503)",
 			"limit", f.limiter.Limit(), "retry_after", rej.Wait().String())
 		return
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 		sample.Outcome = limit.Timeout
+	}
+	if err == nil {
+		f.refusal.Store(0)
 	}
 	if err == nil && f.failures.Swap(0) >= int64(f.cfg.TripAfter) {
 		// Rate-limited like the trip below: lookups already in flight when the
@@ -457,7 +511,10 @@ func (f *Fetcher) write(batch []store.Result) {
 		wctx, cancel := context.WithTimeout(ctx, dbTimeout)
 		// The cutoff is taken at each attempt: a batch retried through an outage must
 		// not write rows that expired meanwhile.
-		completed, err := f.store.CompleteLookups(wctx, batch, f.Now().Add(-f.cfg.ExpireAfter))
+		now := f.Now()
+		completed, err := f.store.CompleteLookups(wctx, batch, store.CompleteParams{
+			Cutoff: now.Add(-f.cfg.ExpireAfter), Now: now, Recheck: store.RecheckHandicap(f.cfg.ExpireAfter),
+		})
 		cancel()
 		if err == nil {
 			f.Metrics.RowsWritten.WithLabelValues("upsert").Add(float64(completed.Upserted))

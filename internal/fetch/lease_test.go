@@ -43,7 +43,9 @@ func (s *stuckStore) ClaimDue(_ context.Context, max int, _ time.Duration, _ tim
 	return out, nil
 }
 
-func (s *stuckStore) CompleteLookups(ctx context.Context, results []store.Result, _ time.Time) (store.Completed, error) {
+func (s *stuckStore) CountDue(context.Context, int, time.Time) (int64, error) { return 0, nil }
+
+func (s *stuckStore) CompleteLookups(ctx context.Context, results []store.Result, _ store.CompleteParams) (store.Completed, error) {
 	s.writing.Store(true)
 	<-s.release
 	s.written.Add(int64(len(results)))

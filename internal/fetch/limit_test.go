@@ -171,3 +171,48 @@ func TestLimit_backsOffOn503AndHonoursRetryAfter(t *testing.T) {
 	require.Empty(t, svc.earlyRetries(), "objects asked again before their Retry-After passed")
 	require.Zero(t, metrics.Sum(bundle.metrics.Lookups.WithLabelValues("failed")), "a rejection is not a failure")
 }
+
+// An object service that says "come back tomorrow" (503, Retry-After: 86400) for a
+// while, then answers: the objects are looked up again within RetryAfterMax, not a day
+// later, and the limit is not left at its floor. The wait used to be taken whole by the
+// object's row and by the limiter's hold: nothing was looked up again, ever.
+func TestLimit_aRetryAfterOfADayHoldsNothingForLong(t *testing.T) {
+	t.Parallel()
+	const n = 300
+	var refusing atomic.Bool
+	refusing.Store(true)
+	var refused atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.URL.Path[len("/objects/"):]
+		if refusing.Load() {
+			refused.Add(1)
+			w.Header().Set("Retry-After", "86400")
+			http.Error(w, "come back tomorrow", http.StatusServiceUnavailable)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+		_, _ = w.Write([]byte(`{"id":` + id + `,"online":true}`))
+	}))
+	t.Cleanup(srv.Close)
+	client := objectsvc.New(srv.URL, 1000)
+	t.Cleanup(client.CloseIdle)
+
+	cfg := limitConfig()
+	cfg.RetryAfterMax = time.Second
+	fetcher, bundle := setup(t, cfg, client.Lookup)
+	bundle.receive(t, ids(n), now())
+	start(t, fetcher)
+	// Refused long enough for the breaker to open (64 in a row) and to probe, one
+	// lookup at a time, a Retry-After (capped) apart.
+	testhelper.Eventually(t, 30*time.Second, "the service was asked", func() bool { return refused.Load() >= 64 })
+	time.Sleep(2 * time.Second)
+	refusing.Store(false)
+	ended := time.Now()
+
+	testhelper.Watch(t, 30*time.Second, "objects refused with a Retry-After of a day were never looked up again", func() bool {
+		return len(bundle.objects(t)) == n
+	})
+	t.Logf("all %d objects online %v after the refusals ended (%d refused); limit %d", n, time.Since(ended).Round(time.Millisecond),
+		refused.Load(), fetcher.Limit())
+	require.Greater(t, fetcher.Limit(), cfg.MinConcurrency, "the limit stayed at its floor")
+}

@@ -32,7 +32,9 @@ func (s *requeueStore) ClaimDue(_ context.Context, max int, _ time.Duration, _ t
 	return out, nil
 }
 
-func (s *requeueStore) CompleteLookups(_ context.Context, results []store.Result, _ time.Time) (store.Completed, error) {
+func (s *requeueStore) CountDue(context.Context, int, time.Time) (int64, error) { return 0, nil }
+
+func (s *requeueStore) CompleteLookups(_ context.Context, results []store.Result, _ store.CompleteParams) (store.Completed, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, r := range results {

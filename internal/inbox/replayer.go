@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/google/uuid"
@@ -11,6 +12,7 @@ import (
 	"github.com/objwatch/callback/internal/backoff"
 	"github.com/objwatch/callback/internal/callback"
 	"github.com/objwatch/callback/internal/component"
+	"github.com/objwatch/callback/internal/spool"
 )
 
 // SegmentStore replays one spool segment into the inbox exactly once.
@@ -62,13 +64,15 @@ const replayRetry = 200 * time.Millisecond
 const pingTimeout = time.Second
 
 // ReplayBudget is how long the replay of one segment may take before it is abandoned
-// and retried: a few seconds plus one per 100,000 ids. Inserting 100,000 ids into the
-// inbox takes well under a second; the budget is not there for the work but for a
-// connection that hangs. After a failover through a blackholed network, the pool
-// may hand out a connection to the old primary that was used a moment ago and is
-// not pinged (pgxpool pings only connections idle for over a second); a replay
-// stuck on it holds the whole spool until its deadline, so the deadline must be as
-// short as the segment allows.
+// and retried: a few seconds, plus one per 100,000 ids and one per 10,000 batches.
+// Replaying 100,000 ids or 10,000 batches into the inbox takes well under a second
+// (store.ReplaySegment inserts thousands of batches per statement); the budget is not
+// there for the work but for a connection that hangs. After a failover through a
+// blackholed network, the pool may hand out a connection to the old primary that was
+// used a moment ago and is not pinged (pgxpool pings only connections idle for over a
+// second); a replay stuck on it holds its segment until its deadline, so the deadline
+// must be as short as the segment allows. A segment of many small batches (a long
+// outage with small callbacks) gets time for its batches as well as its ids.
 func ReplayBudget(batches []callback.Batch) time.Duration {
 	ids := 0
 	for _, b := range batches {
@@ -76,7 +80,7 @@ func ReplayBudget(batches []callback.Batch) time.Duration {
 			ids += len(cb.ObjectIDs)
 		}
 	}
-	return 5*time.Second + time.Duration(ids)*(time.Second/100_000)
+	return 5*time.Second + time.Duration(ids)*(time.Second/100_000) + time.Duration(len(batches))*(time.Second/10_000)
 }
 
 // NewReplayer builds a replayer of spool into store, or says which setting is wrong.
@@ -138,6 +142,14 @@ func (r *Replayer) ReplayOnce(ctx context.Context) error {
 		defer cancel()
 		inserted, err := r.store.ReplaySegment(sctx, segment, batches)
 		if err != nil {
+			// The next segments are tried only if the database still answers: one
+			// segment that fails must not hold back the others, and a database that
+			// is gone must not cost each of them its budget.
+			pctx, cancel := context.WithTimeout(ctx, pingTimeout)
+			defer cancel()
+			if perr := r.store.Ping(pctx); perr != nil {
+				return fmt.Errorf("%w: %w (and the database does not answer: %v)", spool.ErrStop, err, perr)
+			}
 			return err
 		}
 		r.Metrics.CallbacksReplayed.Add(float64(inserted))

@@ -364,3 +364,50 @@ func TestReplayOnce_aHungReplayIsAbandonedWithinItsBudget(t *testing.T) {
 	big := []callback.Batch{{Callbacks: []callback.Callback{callback.New(time.Now(), make([]int64, 2_000_000))}}}
 	require.Greater(t, inbox.ReplayBudget(big), 20*time.Second, "the largest segments get time for their size")
 }
+
+// A segment that fails while the database answers (its statement over the deadline, a
+// row refused) does not hold back the segments after it; when the database does not
+// answer, the pass stops at the first failure instead of spending every segment's
+// budget.
+func TestReplayOnce_oneFailingSegmentDoesNotHoldBackTheOthers(t *testing.T) {
+	t.Parallel()
+	for _, dbAnswers := range []bool{true, false} {
+		t.Run(map[bool]string{true: "database_answers", false: "database_gone"}[dbAnswers], func(t *testing.T) {
+			t.Parallel()
+			_, b := setup(t)
+			// Two segments: the other process's sealed one first (older), then ours.
+			other := b.openSpool(t)
+			require.NoError(t, other.Append(callbacks(2)))
+			require.NoError(t, other.Close())
+			require.NoError(t, b.spool.Append(callbacks(3)))
+
+			var tried []int
+			pings := 0
+			db := segmentStore{
+				PingFunc: func(context.Context) error {
+					pings++
+					if pings > 1 && !dbAnswers {
+						return errors.New("connection refused")
+					}
+					return nil
+				},
+				ReplaySegmentFunc: func(ctx context.Context, segment uuid.UUID, batches []callback.Batch) (int, error) {
+					tried = append(tried, len(batches[0].Callbacks))
+					if len(tried) == 1 {
+						return 0, errors.New("statement timeout")
+					}
+					return b.store.ReplaySegment(ctx, segment, batches)
+				},
+			}
+			require.Error(t, b.replayer(t, db, b.spool).ReplayOnce(context.Background()))
+			if dbAnswers {
+				require.Equal(t, []int{2, 3}, tried, "the second segment is replayed although the first failed")
+				require.Len(t, b.inbox(t), 3)
+				require.Equal(t, 1, b.segments(t), "the failed one is kept for the next pass")
+			} else {
+				require.Equal(t, []int{2}, tried, "the pass stops: the database is gone")
+				require.Equal(t, 2, b.segments(t))
+			}
+		})
+	}
+}

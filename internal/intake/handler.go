@@ -27,6 +27,14 @@ type Submitter interface {
 	Submit(ctx context.Context, cb callback.Callback) error
 }
 
+// Receipts counts the requests between their receipt stamp and their answer
+// (watermark.Tracker): until a callback is durable, expiry must not read the clock past
+// its receipt, and nothing else knows of it.
+type Receipts interface {
+	Begin(receipt time.Time) int64
+	End(token int64)
+}
+
 // Config limits what one request may carry.
 type Config struct {
 	MaxBodyBytes int64
@@ -37,18 +45,27 @@ type Config struct {
 
 // Handler serves POST /callback.
 type Handler struct {
-	cfg     Config
-	sub     Submitter
-	log     *slog.Logger
-	errs    *errlog.Limiter
-	metrics *metrics.Metrics
-	now     func() time.Time
+	cfg      Config
+	sub      Submitter
+	receipts Receipts
+	log      *slog.Logger
+	errs     *errlog.Limiter
+	metrics  *metrics.Metrics
+	now      func() time.Time
 }
 
-// NewHandler builds the handler.
-func NewHandler(cfg Config, sub Submitter, log *slog.Logger, m *metrics.Metrics) *Handler {
-	return &Handler{cfg: cfg, sub: sub, log: log, errs: errlog.New(log, 10*time.Second), metrics: m, now: time.Now}
+// NewHandler builds the handler. receipts may be nil (nothing counts them).
+func NewHandler(cfg Config, sub Submitter, receipts Receipts, log *slog.Logger, m *metrics.Metrics) *Handler {
+	if receipts == nil {
+		receipts = noReceipts{}
+	}
+	return &Handler{cfg: cfg, sub: sub, receipts: receipts, log: log, errs: errlog.New(log, 10*time.Second), metrics: m, now: time.Now}
 }
+
+type noReceipts struct{}
+
+func (noReceipts) Begin(time.Time) int64 { return 0 }
+func (noReceipts) End(int64)             {}
 
 // Buffers are pooled: at thousands of requests a second, a fresh 1 KiB body buffer
 // and id slice per request would be most of the garbage the service makes.
@@ -60,8 +77,10 @@ var (
 // Callback is the gin handler.
 func (h *Handler) Callback(c *gin.Context) {
 	// The receipt time is the moment the request is in our hands, before reading the
-	// body: it becomes last_seen.
+	// body: it becomes last_seen. From here until the answer, the receipt holds expiry
+	// back (Receipts): reading the body, waiting for the group commit or the spool.
 	received := h.now()
+	defer h.receipts.End(h.receipts.Begin(received))
 
 	if h.cfg.Token != "" && !h.authorized(c.GetHeader("Authorization")) {
 		h.reject(c, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token")

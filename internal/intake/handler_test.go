@@ -98,7 +98,7 @@ func (b *backend) serve(t *testing.T, cfg intake.Config, sub intake.Submitter) *
 	h := server.New(server.Deps{
 		Log:      discard,
 		Metrics:  m,
-		Callback: intake.NewHandler(cfg, sub, discard, m),
+		Callback: intake.NewHandler(cfg, sub, nil, discard, m),
 		Objects:  server.NewObjects(store.New(b.pool), 30*time.Second),
 		Ready:    func(context.Context) error { return nil },
 	})

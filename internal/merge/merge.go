@@ -20,6 +20,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/objwatch/callback/internal/backoff"
@@ -38,18 +39,14 @@ type Store interface {
 type Config struct {
 	MaxBatches int // inbox rows read per pass at most
 	MaxIDs     int // no further row read once a pass holds this many ids
-	// MaxDistinct: distinct ids a pass offers to pending at most, newest batches
-	// first; ids named only after that refresh online objects and are otherwise dropped
-	// for capacity. The pending upsert costs per distinct id: this bounds the pass's
-	// duration and the locks it holds, while every batch read is consumed.
+	// MaxDistinct: a pass consumes batches, newest first, until they hold this many
+	// distinct ids; the rest stay in the inbox for the next pass. The pending upsert
+	// costs per distinct id: this bounds the pass's duration and the locks it holds.
 	MaxDistinct int
-	// MaxNew: ids not pending yet that one pass makes pending, at most. Lookups take a
-	// few thousand a second; more would only wait.
-	MaxNew int
-	// MaxPending bounds the pending rows a pass leaves: when they are that many,
-	// waiting rows with receipts older than the pass's are evicted to make room for up
-	// to MaxNew newer ones, and ids beyond that are dropped for capacity, the newest
-	// receipts kept.
+	// MaxPending bounds the rows waiting for a lookup (MAX_PENDING). While there is
+	// room, nothing is dropped; when a pass brings more fresh ids than fit, waiting rows
+	// ranked below the pass are evicted for them, as many as needed, and what still
+	// does not fit is dropped for capacity, the newest receipts kept.
 	MaxPending int
 	// ExpireAfter is the window (EXPIRE_AFTER), required: receipts older than this are
 	// dropped, whole batches unread.
@@ -68,26 +65,27 @@ type Config struct {
 }
 
 // The defaults merge on a 100 ms cadence rather than after every commit, so that
-// passes coalesce. A pass reads up to 4M ids (MaxIDs; a few MB of batches, and decoding
-// is ~20 ns an id) and consumes all of it: every id read refreshes its object if online.
-// It offers the first 128k distinct ids, newest batches first, to pending (MaxDistinct):
-// with ids from a small space that is all of them, coalesced into few rows; with fresh
-// ids from a huge space the rest are dropped for capacity, since lookups could not use
-// them, and the pass stays under a second of Postgres. It makes at most 8k ids pending
-// (MaxNew): about two seconds of lookups at the highest limit, and when pending is full
-// it evicts as many older waiting rows for them, so that pending holds the newest work.
-// MaxPending (256k) is about twice what that limit (10,000 in flight at the object
-// service's mean 2.3 s) can look up within a 30 s window. The rest after a pass is
-// capped at maxRest.
+// passes coalesce. A pass reads up to 1M ids (MaxIDs; a megabyte or so of batches, and
+// decoding is ~20 ns an id) and consumes them until it holds 128k distinct ids
+// (MaxDistinct): with ids from a small space that is everything read, coalesced into
+// few rows; with fresh ids from a huge space it keeps a pass under a second or so of
+// Postgres. MaxPending (256k) is about twice what the highest lookup limit (10,000 in
+// flight at the object service's mean 2.3 s) can look up within a 30 s window, and
+// holds what a minutes-long outage leaves behind at production rates. The rest after
+// a pass is capped at maxRest.
 const (
 	MaxBatchesDefault  = 16384
-	MaxIDsDefault      = 1 << 22
+	MaxIDsDefault      = 1 << 20
 	MaxDistinctDefault = 1 << 17
-	MaxNewDefault      = 1 << 13
 	MaxPendingDefault  = 1 << 18
 	IntervalDefault    = 100 * time.Millisecond
 	RestDefault        = 1.0
 )
+
+// MinPending is the smallest MAX_PENDING the service accepts: a bound below a few
+// claims' worth of rows would drop work that the fetchers could take at once. (Tests
+// of the merger use smaller ones.)
+const MinPending = 1024
 
 // passTimeout bounds one pass; see Pass.
 const passTimeout = 10 * time.Second
@@ -111,7 +109,6 @@ func New(cfg Config, s Store, deps component.Deps) (*Merger, error) {
 	cfg.MaxBatches = cmp.Or(cfg.MaxBatches, MaxBatchesDefault)
 	cfg.MaxIDs = cmp.Or(cfg.MaxIDs, MaxIDsDefault)
 	cfg.MaxDistinct = cmp.Or(cfg.MaxDistinct, MaxDistinctDefault)
-	cfg.MaxNew = cmp.Or(cfg.MaxNew, MaxNewDefault)
 	cfg.MaxPending = cmp.Or(cfg.MaxPending, MaxPendingDefault)
 	cfg.Interval = cmp.Or(cfg.Interval, IntervalDefault)
 	cfg.Rest = cmp.Or(cfg.Rest, RestDefault)
@@ -119,8 +116,10 @@ func New(cfg Config, s Store, deps component.Deps) (*Merger, error) {
 		cfg.Changed = func() {}
 	}
 	switch {
-	case cfg.MaxBatches < 0 || cfg.MaxIDs < 0 || cfg.MaxDistinct < 0 || cfg.MaxNew < 0 || cfg.MaxPending < 0:
+	case cfg.MaxBatches < 0 || cfg.MaxIDs < 0 || cfg.MaxDistinct < 0:
 		return nil, errors.New("merge bounds must be positive")
+	case cfg.MaxPending < 1:
+		return nil, fmt.Errorf("the bound on waiting rows (MaxPending, %d) must be positive", cfg.MaxPending)
 	case cfg.ExpireAfter <= 0:
 		return nil, errors.New("the window (ExpireAfter) must be positive")
 	case cfg.Interval < 0 || cfg.Rest < 0:
@@ -191,9 +190,10 @@ func (m *Merger) Pass(ctx context.Context) (Result, error) {
 	// two even on a loaded machine.
 	pctx, cancel := context.WithTimeout(ctx, passTimeout)
 	defer cancel()
-	p := params{MaxBatches: m.cfg.MaxBatches, MaxIDs: m.cfg.MaxIDs, MaxDistinct: m.cfg.MaxDistinct,
-		MaxNew: m.cfg.MaxNew, MaxPending: m.cfg.MaxPending, Cutoff: m.Now().Add(-m.cfg.ExpireAfter)}
 	start := m.Now()
+	p := params{MaxBatches: m.cfg.MaxBatches, MaxIDs: m.cfg.MaxIDs, MaxDistinct: m.cfg.MaxDistinct,
+		MaxPending: m.cfg.MaxPending, Now: start, Cutoff: start.Add(-m.cfg.ExpireAfter),
+		Recheck: store.RecheckHandicap(m.cfg.ExpireAfter)}
 	merged, err := mergeInbox(pctx, m.store, p)
 	m.lastPass = m.Now().Sub(start)
 	if err != nil {
@@ -204,6 +204,7 @@ func (m *Merger) Pass(ctx context.Context) (Result, error) {
 	m.Metrics.Dropped.WithLabelValues("merge", "expired").Add(float64(merged.StaleIDs))
 	m.Metrics.Dropped.WithLabelValues("merge", "capacity").Add(float64(merged.NoRoom))
 	m.Metrics.Dropped.WithLabelValues("pending", "capacity").Add(float64(merged.Evicted))
+	m.Metrics.Dropped.WithLabelValues("recheck", "capacity").Add(float64(merged.RechecksSkipped))
 	for _, q := range merged.Quarantined {
 		// Every one is logged: each is callbacks that a human has to look at.
 		m.Metrics.Quarantined.Inc()

@@ -254,7 +254,7 @@ func TestPass_refreshesLastSeenOfOnlineObjects(t *testing.T) {
 	claims, err := b.store.ClaimDue(ctx, 10, time.Minute, t0.Add(-time.Hour))
 	require.NoError(t, err)
 	require.Len(t, claims, 1)
-	_, err = b.store.CompleteLookups(ctx, []store.Result{{ObjectID: 2, Token: claims[0].Token, Outcome: store.Online}}, t0.Add(-time.Hour))
+	_, err = b.store.CompleteLookups(ctx, []store.Result{{ObjectID: 2, Token: claims[0].Token, Outcome: store.Online}}, store.CompleteParams{Cutoff: t0.Add(-time.Hour), Now: time.Now()})
 	require.NoError(t, err)
 	require.Equal(t, map[int64]time.Time{2: at(1000)}, b.objects(t))
 
@@ -306,7 +306,8 @@ func TestPass_boundsPendingKeepingTheNewest(t *testing.T) {
 	pass(t, m)
 
 	// Two places left, four new ids: the two newest get them. Id 1, already pending,
-	// still takes its newer receipt although the bound is reached.
+	// still takes its newer receipt although the bound is reached, and is not evicted
+	// although it ranked below them: the pass names it.
 	b.insert(t,
 		callback.New(at(10), []int64{10}),
 		callback.New(at(40), []int64{40}),
@@ -330,20 +331,50 @@ func TestPass_refreshesOnlineObjectsEvenWithoutRoom(t *testing.T) {
 	require.Len(t, b.pending(t), 1)
 }
 
-func TestPass_pastTheDistinctBoundOnlyRefreshes(t *testing.T) {
+func TestPass_leavesBatchesPastTheDistinctBoundInTheInbox(t *testing.T) {
 	t.Parallel()
 	m, b := setup(t, Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxDistinct: 1, Interval: idle})
 	pgtest.InsertObjects(t, b.pool, map[int64]time.Time{2: at(0)})
-	// One distinct id per pass may go to pending: the newest batch's. Of the ids named
-	// after it, the online one is refreshed anyway, the other dropped for capacity.
+	// The newest batch holds the one distinct id a pass may take; the older one stays
+	// in the inbox, unread and not dropped, for the next pass.
 	b.insert(t, callback.New(at(10), []int64{2, 3}))
 	b.insert(t, callback.New(at(20), []int64{1}))
 
-	require.Equal(t, int64(2), pass(t, m).Batches, "every batch read is consumed")
+	first := pass(t, m)
+	require.Equal(t, int64(1), first.Batches)
+	require.True(t, first.Full, "a pass that left batches says more is waiting")
 	require.Equal(t, map[int64]time.Time{1: at(20)}, b.pending(t))
-	require.Equal(t, map[int64]time.Time{2: at(10)}, b.objects(t))
-	require.Equal(t, 1.0, metrics.Sum(b.metrics.Dropped.WithLabelValues("merge", "capacity")))
+	require.Equal(t, 1, b.count(t, "inbox_batches"))
+
+	require.Equal(t, int64(1), pass(t, m).Batches)
+	require.Equal(t, map[int64]time.Time{1: at(20), 2: at(10), 3: at(10)}, b.pending(t))
+	require.Equal(t, map[int64]time.Time{2: at(10)}, b.objects(t), "the online object is refreshed by the pass that takes its batch")
 	require.Zero(t, b.count(t, "inbox_batches"))
+	require.Zero(t, metrics.Sum(b.metrics.Dropped), "nothing dropped: there was room")
+}
+
+// A pass used to make at most 8,192 ids pending and drop the rest of the batches it
+// read "for capacity", with pending nearly empty: a spool replayed after an outage lost
+// most of its ids that way. Only a full pending may drop work.
+func TestPass_dropsNothingWhilePendingHasRoom(t *testing.T) {
+	t.Parallel()
+	m, b := setup(t, Config{Interval: idle}) // the defaults
+	const n = 20_000
+	var cbs []callback.Callback
+	for i := range n / 200 {
+		ids := make([]int64, 200)
+		for j := range ids {
+			ids[j] = int64(1_000_000 + i*200 + j) // fresh ids from a large space
+		}
+		cbs = append(cbs, callback.New(at(i), ids))
+	}
+	b.insert(t, cbs...)
+
+	merged := pass(t, m)
+	require.Equal(t, int64(n), merged.IDs)
+	require.Zero(t, merged.NoRoom)
+	require.Len(t, b.pending(t), n, "every fresh id is pending")
+	require.Zero(t, metrics.Sum(b.metrics.Dropped))
 }
 
 func TestPass_fullPendingMakesRoomForNewerWork(t *testing.T) {
@@ -351,16 +382,113 @@ func TestPass_fullPendingMakesRoomForNewerWork(t *testing.T) {
 	m, b := setup(t, plenty)
 	b.insert(t, callback.New(at(0), []int64{1}), callback.New(at(1), []int64{2}), callback.New(at(50), []int64{3}))
 	pass(t, m)
-	m.cfg.MaxPending, m.cfg.MaxNew = 3, 2
+	m.cfg.MaxPending = 3
 
-	// Pending is full. A pass of newer receipts evicts the oldest waiting rows older
-	// than its own receipts, two at most (MaxNew); id 3, named after the pass's oldest
-	// receipt, stays.
+	// Pending is full. A pass of three newer receipts evicts the waiting rows ranked
+	// below all of its own (ids 1 and 2); id 3, named after the pass's oldest receipt,
+	// stays; the oldest of the three finds no room.
 	b.insert(t, callback.New(at(10), []int64{5}), callback.New(at(11), []int64{6}), callback.New(at(12), []int64{7}))
 	require.Equal(t, int64(2), pass(t, m).Evicted)
 	require.Equal(t, map[int64]time.Time{3: at(50), 7: at(12), 6: at(11)}, b.pending(t))
 	require.Equal(t, 2.0, metrics.Sum(b.metrics.Dropped.WithLabelValues("pending", "capacity")))
 	require.Equal(t, 1.0, metrics.Sum(b.metrics.Dropped.WithLabelValues("merge", "capacity")))
+}
+
+// With a small bound, eviction used to take MaxNew - room rows whatever the pass
+// needed: every waiting row, every pass.
+func TestPass_evictsOnlyWhatThePassNeeds(t *testing.T) {
+	t.Parallel()
+	m, b := setup(t, plenty)
+	for i := range 8 {
+		b.insert(t, callback.New(at(i), []int64{int64(100 + i)}))
+	}
+	pass(t, m)
+	m.cfg.MaxPending = 10
+
+	// Room for 2; three newer fresh ids: one eviction, the oldest waiting row.
+	b.insert(t, callback.New(at(20), []int64{1, 2, 3}))
+	merged := pass(t, m)
+	require.Equal(t, int64(1), merged.Evicted)
+	require.Zero(t, merged.NoRoom)
+	pending := b.pending(t)
+	require.Len(t, pending, 10)
+	require.NotContains(t, pending, int64(100))
+	require.Contains(t, pending, int64(101))
+}
+
+// A done row remembers the newest receipt: an older one merged after its lookup (a
+// second merger, a late replay, newest-first order) changes nothing, so the table never
+// takes the older receipt as last_seen.
+func TestPass_anOlderReceiptMergedAfterTheLookupChangesNothing(t *testing.T) {
+	t.Parallel()
+	for _, online := range []bool{false, true} {
+		t.Run(map[bool]string{false: "after_offline", true: "after_online"}[online], func(t *testing.T) {
+			t.Parallel()
+			m, b := setup(t, plenty)
+			ctx := context.Background()
+			b.insert(t, callback.New(at(20), []int64{7}))
+			pass(t, m)
+			claims, err := b.store.ClaimDue(ctx, 10, time.Minute, t0.Add(-time.Hour))
+			require.NoError(t, err)
+			require.Len(t, claims, 1)
+			outcome := map[bool]store.Outcome{false: store.Offline, true: store.Online}[online]
+			_, err = b.store.CompleteLookups(ctx, []store.Result{{ObjectID: 7, Token: claims[0].Token, Outcome: outcome}},
+				store.CompleteParams{Cutoff: t0.Add(-time.Hour), Now: time.Now()})
+			require.NoError(t, err)
+
+			b.insert(t, callback.New(at(10), []int64{7})) // older than the one looked up
+			pass(t, m)
+			due, err := b.store.CountDue(ctx, 10, t0.Add(-time.Hour))
+			require.NoError(t, err)
+			require.Zero(t, due, "no lookup for an older receipt")
+			require.Equal(t, map[int64]time.Time{7: at(20)}, b.pending(t), "the newest receipt is remembered")
+			if online {
+				require.Equal(t, map[int64]time.Time{7: at(20)}, b.objects(t))
+			} else {
+				require.Empty(t, b.objects(t))
+			}
+		})
+	}
+}
+
+// A newer receipt for an object already looked up re-arms its row: one more lookup,
+// ranked below objects not looked up yet (a re-check).
+func TestPass_aNewerReceiptReArmsALookedUpObjectAsARecheck(t *testing.T) {
+	t.Parallel()
+	m, b := setup(t, plenty)
+	ctx := context.Background()
+	b.insert(t, callback.New(at(0), []int64{7}))
+	pass(t, m)
+	claims, err := b.store.ClaimDue(ctx, 10, time.Minute, t0.Add(-time.Hour))
+	require.NoError(t, err)
+	_, err = b.store.CompleteLookups(ctx, []store.Result{{ObjectID: 7, Token: claims[0].Token, Outcome: store.Offline}},
+		store.CompleteParams{Cutoff: t0.Add(-time.Hour), Now: time.Now()})
+	require.NoError(t, err)
+
+	b.insert(t, callback.New(at(30), []int64{7}), callback.New(at(20), []int64{8}))
+	pass(t, m)
+	first, err := b.store.ClaimDue(ctx, 1, time.Minute, t0.Add(-time.Hour))
+	require.NoError(t, err)
+	require.Equal(t, int64(8), first[0].ObjectID, "the object never looked up goes first, although its receipt is older")
+	second, err := b.store.ClaimDue(ctx, 1, time.Minute, t0.Add(-time.Hour))
+	require.NoError(t, err)
+	require.Equal(t, int64(7), second[0].ObjectID)
+	require.Equal(t, at(30), second[0].ReceivedAt.UTC())
+}
+
+// Ranks are on the database's clock: a merger whose clock runs an hour ahead of the
+// database still makes its receipts due at once (they used to be due an hour later,
+// past the window: never looked up).
+func TestPass_aMergerWhoseClockRunsAheadDelaysNothing(t *testing.T) {
+	t.Parallel()
+	m, b := setup(t, plenty)
+	ahead := time.Now().Add(time.Hour)
+	m.Now = func() time.Time { return ahead }
+	b.insert(t, callback.New(ahead.Add(-time.Second), []int64{7}))
+	pass(t, m)
+	claims, err := b.store.ClaimDue(context.Background(), 10, time.Minute, ahead.Add(-time.Minute))
+	require.NoError(t, err)
+	require.Len(t, claims, 1, "due now on the database's clock")
 }
 
 func TestRun_wakeStartsAPass(t *testing.T) {

@@ -3,7 +3,6 @@ package merge
 import (
 	"context"
 	"fmt"
-	"math"
 	"slices"
 	"time"
 
@@ -19,17 +18,22 @@ type Result struct {
 	IDs       int64 // distinct object ids in them, within the window
 	Changed   int64 // pending rows inserted or given a newer receipt
 	Refreshed int64 // online objects whose last_seen moved forward
-	Full      bool  // the pass stopped at a bound: more may be waiting
+	// Full: the pass stopped at a bound and left batches in the inbox (or may have):
+	// more is waiting.
+	Full bool
 
 	// Dropped before they cost anything (see Config): batches, and their ids, whose
 	// newest receipt left the window (deleted unread); ids in batches taken whose
-	// callback left the window; ids not made pending for lack of room.
+	// callback left the window; fresh ids for which pending had no room (full).
 	StaleBatches, StaleBatchIDs int64
 	StaleIDs                    int64
 	NoRoom                      int64
-	// Evicted: waiting pending rows with older receipts deleted to make room for this
-	// pass's newer ones.
+	// Evicted: waiting pending rows ranked below this pass, deleted to make room for
+	// its fresh ids.
 	Evicted int64
+	// RechecksSkipped: objects already looked up, named again, whose re-check found no
+	// room: they keep the newer receipt, without another lookup for now.
+	RechecksSkipped int64
 
 	// Quarantined: batches that could not be decoded, moved to inbox_quarantine.
 	Quarantined []Quarantined
@@ -47,22 +51,26 @@ type params struct {
 	MaxBatches  int
 	MaxIDs      int
 	MaxDistinct int // 0: no bound
-	MaxNew      int // 0: no bound but MaxPending
-	MaxPending  int // 0: no bound
-	// Cutoff: receipts older than this left the window and are dropped, whole batches
-	// unread. Zero: none is.
-	Cutoff time.Time
+	MaxPending  int // waiting pending rows at most
+	// Now is the service's clock at the start of the pass: receipts are ranked by their
+	// age on it. Cutoff: receipts older than this left the window and are dropped,
+	// whole batches unread; zero: none is.
+	Now     time.Time
+	Cutoff  time.Time
+	Recheck time.Duration // see store.RecheckHandicap
 }
 
 type idTime struct{ id, t int64 }
 
-// mergeInbox moves the newest inbox batches into pending, in one transaction: at most
-// MaxBatches rows, and no further row once MaxIDs ids are read. Batches and callbacks
-// that left the window are dropped first. The batches are decoded here; the first
-// MaxDistinct object ids go to pending once each, with the newest receipt that names
-// them, within MaxNew and MaxPending (queries/inbox.sql: DropStaleBatches, LockBatches,
-// MergePending, EvictPending), and every online object named takes the newer receipt
-// as last_seen (RefreshObjects).
+// mergeInbox moves the newest inbox batches into pending, in one transaction. Batches
+// and callbacks that left the window are dropped first. It reads at most MaxBatches
+// rows, and no further row once MaxIDs ids are read, and consumes them newest first
+// until they hold MaxDistinct distinct ids: the rest stay in the inbox, unlocked at
+// commit, for the next pass. A batch is decoded whole; every id in the batches it
+// consumes gets the newest receipt that names it: online objects take it as last_seen
+// (RefreshObjects), and pending takes it (MergePending), fresh ids within the room
+// MaxPending leaves (queries/inbox.sql: DropStaleBatches, LockBatches, MergePending).
+// Nothing is dropped for capacity unless pending is full.
 //
 // A pass costs per distinct id, not per id received: the map keeps one entry per
 // object, and the statements see each object once, however many callbacks named it.
@@ -83,28 +91,18 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 		if len(batches) == 0 {
 			return nil
 		}
-		// Every batch read is consumed (DeleteBatches below, in this transaction), the
-		// quarantined ones too.
-		used := make([]uuid.UUID, len(batches))
-		for i, b := range batches {
-			used[i] = b.ID
-		}
-		if err := tx.RememberMerged(ctx, used); err != nil {
-			return err
-		}
-		taken := 0
-		// newest: object id -> newest receipt (Unix microseconds) of the ids this pass
-		// offers to pending: the first MaxDistinct distinct ids, newest batches first.
-		// Ids named after that bound only refresh online objects (online, read when the
-		// bound is first reached) and are otherwise dropped for capacity: the batches are
-		// consumed whole either way, so the refresh path sees every receipt read.
+		// newest: object id -> newest receipt (Unix microseconds) in the batches used.
 		newest := make(map[int64]int64)
-		var online map[int64]struct{}
-		refresh := make(map[int64]int64)
+		var used []uuid.UUID
+		taken := 0
 		var scratch []int64
 		var staged []idTime
 		for _, b := range batches {
+			if p.MaxDistinct > 0 && len(newest) >= p.MaxDistinct {
+				break // left in the inbox for the next pass, not dropped
+			}
 			taken += b.IDs
+			used = append(used, b.ID)
 			// Decoded whole before any of it counts: a batch that breaks off halfway
 			// contributes nothing rather than a prefix of possible garbage.
 			staged = staged[:0]
@@ -130,38 +128,20 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 			merged.Callbacks += int64(b.Callbacks)
 			merged.StaleIDs += stale
 			for _, it := range staged {
-				if old, ok := newest[it.id]; ok {
-					if it.t > old {
-						newest[it.id] = it.t
-					}
-					continue
-				}
-				if p.MaxDistinct <= 0 || len(newest) < p.MaxDistinct {
+				if old, ok := newest[it.id]; !ok || it.t > old {
 					newest[it.id] = it.t
-					continue
-				}
-				if online == nil {
-					ids, err := tx.OnlineIDs(ctx)
-					if err != nil {
-						return err
-					}
-					online = make(map[int64]struct{}, len(ids))
-					for _, id := range ids {
-						online[id] = struct{}{}
-					}
-				}
-				if _, ok := online[it.id]; !ok {
-					merged.NoRoom++
-				} else if old, ok := refresh[it.id]; !ok || it.t > old {
-					refresh[it.id] = it.t
 				}
 			}
 		}
 		merged.Batches = int64(len(used))
+		merged.Full = len(used) < len(batches) || len(batches) == p.MaxBatches || taken >= p.MaxIDs
+		// Every batch used is consumed in this transaction, the quarantined ones too.
+		if err := tx.RememberMerged(ctx, used); err != nil {
+			return err
+		}
 		if err := tx.DeleteBatches(ctx, used); err != nil {
 			return err
 		}
-		merged.Full = len(batches) == p.MaxBatches || taken >= p.MaxIDs
 		ids, times := sortedByID(newest)
 		clear(newest)
 		merged.IDs = int64(len(ids))
@@ -170,50 +150,23 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 		}
 		// The refresh commits on its own connection before this transaction, which so
 		// far holds only the inbox rows it took; see queries/inbox.sql RefreshObjects.
-		rids, rtimes := ids, times
-		if len(refresh) > 0 {
-			for i, id := range ids {
-				refresh[id] = times[i].UnixMicro()
-			}
-			rids, rtimes = sortedByID(refresh)
-		}
-		if merged.Refreshed, err = s.RefreshObjects(ctx, rids, rtimes); err != nil {
+		if merged.Refreshed, err = s.RefreshObjects(ctx, ids, times); err != nil {
 			return err
 		}
-		maxNew := int64(math.MaxInt32)
-		if p.MaxNew > 0 {
-			maxNew = int64(p.MaxNew)
+		waiting, err := tx.CountWaiting(ctx)
+		if err != nil {
+			return err
 		}
-		if p.MaxPending > 0 {
-			n, err := tx.CountPending(ctx)
-			if err != nil {
-				return err
-			}
-			room := max(int64(p.MaxPending)-n, 0)
-			if room < maxNew {
-				// Full: older waiting work makes room for this pass's, which is newer
-				// than anything waiting from before it (newest batches first).
-				oldest := times[0]
-				for _, t := range times {
-					if t.Before(oldest) {
-						oldest = t
-					}
-				}
-				e, err := tx.EvictPending(ctx, oldest, maxNew-room)
-				if err != nil {
-					return err
-				}
-				merged.Evicted = e
-				room += e
-			}
-			maxNew = min(maxNew, room)
-		}
-		r, err := tx.MergePending(ctx, ids, times, maxNew)
+		r, err := tx.MergePending(ctx, store.MergeParams{
+			IDs: ids, ReceivedAts: times, Room: int64(p.MaxPending) - waiting, Now: p.Now, Recheck: p.Recheck,
+		})
 		if err != nil {
 			return err
 		}
 		merged.Changed = r.Changed
-		merged.NoRoom += r.Fresh - r.FreshTaken
+		merged.NoRoom = r.Fresh - r.FreshTaken
+		merged.RechecksSkipped = r.Rearm - r.Rearmed
+		merged.Evicted = r.Evicted
 		return nil
 	})
 	if err != nil {

@@ -30,7 +30,7 @@ type Metrics struct {
 	Quarantined     prometheus.Counter   // inbox batches that could not be decoded
 	MergeSeconds    prometheus.Histogram // one merge pass
 
-	// Work dropped before it cost anything, by stage (inbox, merge, pending, claim) and
+	// Work dropped before it cost anything, by stage (inbox, merge, pending, claim, recheck) and
 	// reason (expired: its receipt left the window; capacity: no room for it before it
 	// would). Nothing accepted is lost by this: see the inbox package's durability
 	// argument.
@@ -57,6 +57,11 @@ type Metrics struct {
 	ObjectsOnline   prometheus.Gauge
 	DatabaseErrors  *prometheus.CounterVec // component
 	PanicsRecovered *prometheus.CounterVec // where
+
+	// The fleet's low watermark, as this replica's expiry last read it.
+	ReplicasLive   prometheus.Gauge // replicas heard from within REPLICA_TIMEOUT (they hold expiry back)
+	ReplicasSilent prometheus.Gauge // replicas not heard from for longer, not stopped: no longer counted
+	WatermarkLag   prometheus.Gauge // now minus the fleet's low watermark: how far expiry lags the clock
 
 	// Health, for alerts: each is set where the state is known.
 	DatabaseUp    prometheus.Gauge // 1 while Postgres answers this replica, else 0
@@ -90,7 +95,7 @@ func New() *Metrics {
 		MergeSeconds: f.histogram("merge_pass_seconds", "Duration of one merge pass.",
 			prometheus.ExponentialBuckets(0.001, 2, 14)),
 		Dropped: f.counterVec("work_dropped_total",
-			"Receipts (ids; callbacks for whole inbox batches) dropped before they cost anything, by stage (inbox: whole batches unread; merge; pending: swept before a claim; claim) and reason (expired, capacity).",
+			"Receipts (ids; callbacks for whole inbox batches) dropped before they cost anything, by stage (inbox: whole batches unread; merge: no room in a full pending; pending: swept or evicted before a claim; claim; recheck: an object already looked up, named again, keeps the newer receipt but is not looked up again for now) and reason (expired, capacity).",
 			"stage", "reason"),
 		Overloaded: f.gauge("overloaded", "1 while work is being dropped for lack of lookup capacity, else 0."),
 		Lookups:    f.counterVec("lookups_total", "Object service lookups, by outcome.", "outcome"),
@@ -109,6 +114,9 @@ func New() *Metrics {
 		ObjectsOnline:   f.gauge("objects_online", "Rows in objects."),
 		DatabaseErrors:  f.counterVec("database_errors_total", "Failed database operations, by component.", "component"),
 		PanicsRecovered: f.counterVec("panics_recovered_total", "Panics recovered, by where.", "where"),
+		ReplicasLive:    f.gauge("replicas_live", "Replicas whose watermark holds expiry back: heard from within REPLICA_TIMEOUT (as this replica's expiry last read them)."),
+		ReplicasSilent:  f.gauge("replicas_silent", "Replicas not heard from within REPLICA_TIMEOUT and not stopped: they no longer hold expiry back; if one still holds spooled callbacks, rows it keeps alive may be expired before it replays them."),
+		WatermarkLag:    f.gauge("expiry_watermark_lag_seconds", "Now minus the fleet's low watermark: how far behind the clock expiry reads (about 0; up to REPLICA_TIMEOUT while a replica is cut off, up to the window at most from a live one)."),
 		DatabaseUp:      f.gauge("database_up", "1 while Postgres answers this replica's pings, 0 while callbacks can only be spooled."),
 		ExpiryLastRun:   f.gauge("expiry_last_run_timestamp_seconds", "Unix time of the last expiry this replica ran (it won the advisory lock); 0 if never."),
 		BuildInfo: f.gaugeVec("build_info", "Always 1; the labels say which build runs.",
@@ -124,7 +132,7 @@ func New() *Metrics {
 // a series that only appears when the first error happens cannot be used by rate() in
 // an alert or a dashboard until it has happened twice.
 func (m *Metrics) zeroKnownLabels() {
-	for _, c := range []string{"commit", "replay", "merge", "claim", "complete", "expiry"} {
+	for _, c := range []string{"commit", "replay", "merge", "claim", "complete", "expiry", "watermark"} {
 		m.DatabaseErrors.WithLabelValues(c)
 	}
 	for _, w := range []string{"http", "lookup"} {
@@ -137,7 +145,7 @@ func (m *Metrics) zeroKnownLabels() {
 	for _, o := range []string{"online", "offline", "failed", "expired", "abandoned", "rejected"} {
 		m.Lookups.WithLabelValues(o)
 	}
-	for _, stage := range []string{"inbox", "merge", "pending", "claim"} {
+	for _, stage := range []string{"inbox", "merge", "pending", "claim", "recheck"} {
 		for _, reason := range []string{"expired", "capacity"} {
 			m.Dropped.WithLabelValues(stage, reason)
 		}

@@ -70,7 +70,7 @@ func setup(t *testing.T, opts serverOpts) *testBundle {
 	srv := httptest.NewServer(server.New(server.Deps{
 		Log:      log,
 		Metrics:  tb.metrics,
-		Callback: intake.NewHandler(opts.intake, opts.submit, log, tb.metrics),
+		Callback: intake.NewHandler(opts.intake, opts.submit, nil, log, tb.metrics),
 		Objects:  objects,
 		Ready:    ready,
 	}))

@@ -12,6 +12,7 @@ import (
 	"github.com/objwatch/callback/internal/fetch"
 	"github.com/objwatch/callback/internal/inbox"
 	"github.com/objwatch/callback/internal/merge"
+	"github.com/objwatch/callback/internal/watermark"
 )
 
 // config is everything the service reads from its environment, with the matching
@@ -25,8 +26,10 @@ type config struct {
 	FetchConcurrency    int
 	FetchTimeout        time.Duration
 	MaxPending          int
+	RetryAfterMax       time.Duration
 	Lease               time.Duration
 	SpoolDir            string
+	ReplicaTimeout      time.Duration
 	MaxBodyBytes        int64
 	MaxIDs              int
 	BodyTimeout         time.Duration
@@ -56,9 +59,11 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		{"FETCH_MIN_CONCURRENCY", "fetch-min-concurrency", strconv.Itoa(fetch.MinConcurrencyDefault), "floor of the adaptive limit of lookups in flight (where it starts)", positiveInt(&c.FetchMinConcurrency)},
 		{"FETCH_CONCURRENCY", "fetch-concurrency", strconv.Itoa(fetch.ConcurrencyDefault), "ceiling of the adaptive limit of lookups in flight (and of keep-alive connections)", positiveInt(&c.FetchConcurrency)},
 		{"FETCH_TIMEOUT", "fetch-timeout", fetch.TimeoutDefault.String(), "timeout of one lookup", duration(&c.FetchTimeout)},
-		{"MAX_PENDING", "max-pending", strconv.Itoa(merge.MaxPendingDefault), "objects waiting for a lookup at most; newer ids beyond it are dropped (counted) while lookups cannot keep up", positiveInt(&c.MaxPending)},
+		{"MAX_PENDING", "max-pending", strconv.Itoa(merge.MaxPendingDefault), fmt.Sprintf("objects waiting for a lookup at most (at least %d); only when it is full are newer ids dropped (counted)", merge.MinPending), atLeast(&c.MaxPending, merge.MinPending)},
+		{"RETRY_AFTER_MAX", "retry-after-max", fetch.RetryAfterMaxDefault.String(), "longest wait a Retry-After from the object service can impose (at most half of EXPIRE_AFTER; unset: the default or half of EXPIRE_AFTER, whichever is less)", duration(&c.RetryAfterMax)},
 		{"LEASE", "lease", fetch.LeaseDefault.String(), "how long a claimed lookup is reserved; must exceed FETCH_TIMEOUT by 1s", duration(&c.Lease)},
 		{"SPOOL_DIR", "spool-dir", "spool", "directory for callbacks accepted while Postgres is unreachable", str(&c.SpoolDir)},
+		{"REPLICA_TIMEOUT", "replica-timeout", watermark.SilenceDefault.String(), "a replica not heard from for this long no longer holds expiry back (rows can outlive the window by this much while one is cut off)", duration(&c.ReplicaTimeout)},
 		{"MAX_BODY_BYTES", "max-body-bytes", "1048576", "largest accepted request body", positiveInt64(&c.MaxBodyBytes)},
 		{"MAX_IDS", "max-ids", "10000", "most object ids in one callback", positiveInt(&c.MaxIDs)},
 		{"BODY_TIMEOUT", "body-timeout", "1s", "a request body must arrive within this, or 408", duration(&c.BodyTimeout)},
@@ -101,8 +106,14 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		// A ceiling set below the default floor is a fixed limit, not an error.
 		c.FetchMinConcurrency = min(c.FetchMinConcurrency, c.FetchConcurrency)
 	}
+	if c.ReplicaTimeout < 3*watermark.HeartbeatDefault {
+		return config{}, fmt.Errorf("invalid REPLICA_TIMEOUT %v: must be at least %v, three heartbeats", c.ReplicaTimeout, 3*watermark.HeartbeatDefault)
+	}
+	if getenv("RETRY_AFTER_MAX") == "" && !set["retry-after-max"] {
+		c.RetryAfterMax = min(c.RetryAfterMax, c.ExpireAfter/2)
+	}
 	if err := c.fetchConfig().Validate(); err != nil {
-		return config{}, fmt.Errorf("invalid FETCH_MIN_CONCURRENCY, FETCH_CONCURRENCY, FETCH_TIMEOUT or LEASE: %w", err)
+		return config{}, fmt.Errorf("invalid FETCH_MIN_CONCURRENCY, FETCH_CONCURRENCY, FETCH_TIMEOUT, LEASE, RETRY_AFTER_MAX or EXPIRE_AFTER: %w", err)
 	}
 	return c, nil
 }
@@ -113,7 +124,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 func (c config) fetchConfig() fetch.Config {
 	return fetch.Config{
 		MinConcurrency: c.FetchMinConcurrency, Concurrency: c.FetchConcurrency,
-		Timeout: c.FetchTimeout, Lease: c.Lease, ExpireAfter: c.ExpireAfter,
+		Timeout: c.FetchTimeout, Lease: c.Lease, ExpireAfter: c.ExpireAfter, RetryAfterMax: c.RetryAfterMax,
 	}
 }
 
@@ -167,6 +178,20 @@ func positiveInt(p *int) func(string) error {
 		}
 		if n < 1 {
 			return errors.New("must be at least 1")
+		}
+		*p = n
+		return nil
+	}
+}
+
+func atLeast(p *int, least int) func(string) error {
+	return func(v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return err
+		}
+		if n < least {
+			return fmt.Errorf("must be at least %d", least)
 		}
 		*p = n
 		return nil

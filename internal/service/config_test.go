@@ -36,8 +36,10 @@ func TestParseConfig_defaults(t *testing.T) {
 		FetchConcurrency:    10000,
 		FetchTimeout:        5 * time.Second,
 		MaxPending:          262144,
+		RetryAfterMax:       5 * time.Second,
 		Lease:               15 * time.Second,
 		SpoolDir:            "spool",
+		ReplicaTimeout:      time.Minute,
 		MaxBodyBytes:        1 << 20,
 		MaxIDs:              10000,
 		BodyTimeout:         time.Second,
@@ -63,8 +65,11 @@ func TestParseConfig_readsEnvironment(t *testing.T) {
 		"FETCH_MIN_CONCURRENCY": "32",
 		"FETCH_CONCURRENCY":     "64",
 		"FETCH_TIMEOUT":         "2s",
+		"MAX_PENDING":           "5000",
+		"RETRY_AFTER_MAX":       "1s",
 		"LEASE":                 "4s",
 		"SPOOL_DIR":             "/var/spool/cb",
+		"REPLICA_TIMEOUT":       "90s",
 		"MAX_BODY_BYTES":        "2048",
 		"MAX_IDS":               "50",
 		"BODY_TIMEOUT":          "250ms",
@@ -87,9 +92,11 @@ func TestParseConfig_readsEnvironment(t *testing.T) {
 		FetchMinConcurrency: 32,
 		FetchConcurrency:    64,
 		FetchTimeout:        2 * time.Second,
-		MaxPending:          262144,
+		MaxPending:          5000,
+		RetryAfterMax:       time.Second,
 		Lease:               4 * time.Second,
 		SpoolDir:            "/var/spool/cb",
+		ReplicaTimeout:      90 * time.Second,
 		MaxBodyBytes:        2048,
 		MaxIDs:              50,
 		BodyTimeout:         250 * time.Millisecond,
@@ -163,6 +170,10 @@ func TestParseConfig_rejectsInvalidValues(t *testing.T) {
 		{name: "lease_shorter_than_fetch_timeout", env: map[string]string{"FETCH_TIMEOUT": "20s"}, want: []string{"LEASE", "FETCH_TIMEOUT"}},
 		{name: "lease_less_than_a_second_over_fetch_timeout", env: map[string]string{"LEASE": "5500ms"}, want: []string{"LEASE", "FETCH_TIMEOUT"}},
 		{name: "unknown_flag", args: []string{"-no-such-flag"}, want: []string{"no-such-flag"}},
+		// Below a few claims' worth, every pass would evict every waiting row.
+		{name: "max_pending_too_small", env: map[string]string{"MAX_PENDING": "100"}, want: []string{"MAX_PENDING", "at least 1024"}},
+		{name: "replica_timeout_under_three_heartbeats", env: map[string]string{"REPLICA_TIMEOUT": "2s"}, want: []string{"REPLICA_TIMEOUT", "three heartbeats"}},
+		{name: "retry_after_max_over_half_the_window", env: map[string]string{"RETRY_AFTER_MAX": "20s"}, want: []string{"RETRY_AFTER_MAX", "half the window"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -182,6 +193,13 @@ func TestParseConfig_fetchConcurrencyBelowTheDefaultFloorIsAFixedLimit(t *testin
 	require.NoError(t, err)
 	require.Equal(t, 64, got.FetchMinConcurrency)
 	require.Equal(t, 64, got.FetchConcurrency)
+}
+
+func TestParseConfig_retryAfterMaxUnsetStaysWithinHalfAShortWindow(t *testing.T) {
+	t.Parallel()
+	got, err := setup(t, nil, map[string]string{"EXPIRE_AFTER": "4s"})
+	require.NoError(t, err)
+	require.Equal(t, 2*time.Second, got.RetryAfterMax)
 }
 
 func TestParseConfig_leaseJustOverFetchTimeoutIsValid(t *testing.T) {

@@ -33,6 +33,7 @@ import (
 	"github.com/objwatch/callback/internal/server"
 	"github.com/objwatch/callback/internal/spool"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/watermark"
 )
 
 // Run is the whole service; it returns when ctx ends and shutdown is complete, or when
@@ -102,11 +103,14 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("building the replayer: %w", err)
 	}
 	committer.OnRecovered(func() { wakeWorkers(); replayer.Wake() })
-	expirer, err := expiry.New(expiry.Config{
-		ExpireAfter: cfg.ExpireAfter,
-		Grace:       cfg.CommitTimeout + 100*time.Millisecond,
-		SpoolHolds:  func() bool { segments, _ := sp.Stats(); return segments > 0 },
-	}, db, deps)
+	// The fleet's low watermark: this replica's requests in flight and spool, and the
+	// other replicas' (internal/watermark). Expiry reads the clock no further.
+	receipts := watermark.NewTracker()
+	publisher, err := watermark.New(watermark.Config{Window: cfg.ExpireAfter, Silence: cfg.ReplicaTimeout}, receipts, sp, db, deps)
+	if err != nil {
+		return fmt.Errorf("building the watermark publisher (SPOOL_DIR %q): %w", cfg.SpoolDir, err)
+	}
+	expirer, err := expiry.New(expiry.Config{ExpireAfter: cfg.ExpireAfter}, db, publisher, deps)
 	if err != nil {
 		return fmt.Errorf("building expiry: %w", err)
 	}
@@ -121,7 +125,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	handler := server.New(server.Deps{
 		Log:      log,
 		Metrics:  m,
-		Callback: intake.NewHandler(intake.Config{MaxBodyBytes: cfg.MaxBodyBytes, MaxIDs: cfg.MaxIDs, Token: cfg.CallbackToken, BodyTimeout: cfg.BodyTimeout}, committer, log, m),
+		Callback: intake.NewHandler(intake.Config{MaxBodyBytes: cfg.MaxBodyBytes, MaxIDs: cfg.MaxIDs, Token: cfg.CallbackToken, BodyTimeout: cfg.BodyTimeout}, committer, receipts, log, m),
 		Objects:  server.NewObjects(db, cfg.ExpireAfter),
 		Ready:    readiness(db, cfg.SpoolDir, &draining),
 	})
@@ -134,7 +138,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	log.Info("callback service listening", "addr", ln.Addr().String(), "objects_url", cfg.ObjectsURL,
 		"database", databaseTarget(poolCfg), "expire_after", cfg.ExpireAfter,
 		"fetch_concurrency", fmt.Sprintf("%d..%d", cfg.FetchMinConcurrency, cfg.FetchConcurrency),
-		"spool_dir", cfg.SpoolDir, "version", build.Version, "revision", build.Revision)
+		"spool_dir", cfg.SpoolDir, "replica", publisher.ID(), "version", build.Version, "revision", build.Revision)
 
 	// Three lifetimes, ended in this order at shutdown: the HTTP server (no new
 	// callbacks), the committer (writes out what was accepted), the workers (hand back
@@ -169,6 +173,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		w.Go(func() { _ = merger.Run(workCtx) })
 		w.Go(func() { _ = fetcher.Run(workCtx) })
 		w.Go(func() { _ = expirer.Run(workCtx) })
+		w.Go(func() { _ = publisher.Run(workCtx) })
 		w.Wait()
 	})
 

@@ -48,6 +48,13 @@ func (s *Spool) AppendBatch(batchID uuid.UUID, cbs []callback.Callback) error {
 		s.active = seg
 	}
 	seg := s.active
+	// Counted as held before any byte is written: a record on disk is never missing
+	// from OldestHeld, even one whose write then failed.
+	for _, cb := range cbs {
+		if seg.oldest.IsZero() || cb.ReceivedAt.Before(seg.oldest) {
+			seg.oldest = cb.ReceivedAt
+		}
+	}
 	if _, err := s.write(seg.f, buf); err != nil {
 		s.sealLocked()
 		return fmt.Errorf("writing spool segment %s: %w", seg.id, err)

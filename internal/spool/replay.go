@@ -31,8 +31,9 @@ const staleTmpAge = time.Minute
 // callbacks passed to successful applies.
 //
 // apply gets a whole segment at once and must commit it, with segment in the same
-// transaction, before it returns nil. If apply returns an error, Replay stops and
-// returns it; the segment stays for the next Replay. apply may see a segment again
+// transaction, before it returns nil. If apply returns an error, the segment stays for
+// the next Replay, and Replay goes on with the next one unless the error wraps ErrStop;
+// it returns the errors joined. apply may see a segment again
 // after a crash, or if removing the file failed: it recognises it by its id.
 func (s *Spool) Replay(ctx context.Context, apply func(ctx context.Context, segment uuid.UUID, batches []callback.Batch) error) (replayed int, err error) {
 	s.replayMu.Lock()
@@ -81,18 +82,28 @@ func (s *Spool) Replay(ctx context.Context, apply func(ctx context.Context, segm
 	// UUIDv7 sorts by creation time, to the millisecond, then by its random bits.
 	slices.SortFunc(ids, func(a, b uuid.UUID) int { return bytes.Compare(a[:], b[:]) })
 
+	// A segment whose replay fails does not hold back the others: each is tried, unless
+	// apply says to stop (ErrStop: the database is gone, the rest would fail too).
+	var errs []error
 	for _, id := range ids {
 		if err := ctx.Err(); err != nil {
-			return replayed, err
+			return replayed, errors.Join(append(errs, err)...)
 		}
 		n, err := s.replaySegment(ctx, id, apply)
 		replayed += n
 		if err != nil {
-			return replayed, err
+			errs = append(errs, err)
+			if errors.Is(err, ErrStop) {
+				break
+			}
 		}
 	}
-	return replayed, nil
+	return replayed, errors.Join(errs...)
 }
+
+// ErrStop, wrapped in what apply returns, ends a Replay at that segment: the segments
+// after it are not tried.
+var ErrStop = errors.New("replay stopped")
 
 // replaySegment replays one segment if it can lock it. n counts the callbacks applied.
 func (s *Spool) replaySegment(ctx context.Context, id uuid.UUID, apply func(context.Context, uuid.UUID, []callback.Batch) error) (n int, err error) {
@@ -118,6 +129,17 @@ func (s *Spool) replaySegment(ctx context.Context, id uuid.UUID, apply func(cont
 	} else if !same {
 		return 0, nil
 	}
+	// Held by this process from the lock until its replay committed or failed: other
+	// processes skip a locked segment (OldestHeld). Its receipts count as the caller's
+	// floor until they are read.
+	s.mu.Lock()
+	s.replaying[id] = time.Time{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.replaying, id)
+		s.mu.Unlock()
+	}()
 
 	data, err := io.ReadAll(f)
 	if err != nil {
@@ -137,9 +159,18 @@ func (s *Spool) replaySegment(ctx context.Context, id uuid.UUID, apply func(cont
 		s.logger.WarnContext(ctx, "spool segment has a torn or corrupt tail; replaying the records before it",
 			"segment", id, "records", len(batches), "ignored_bytes", ignored)
 	}
+	oldest := time.Time{}
 	for _, b := range batches {
 		n += len(b.Callbacks)
+		for _, cb := range b.Callbacks {
+			if oldest.IsZero() || cb.ReceivedAt.Before(oldest) {
+				oldest = cb.ReceivedAt
+			}
+		}
 	}
+	s.mu.Lock()
+	s.replaying[id] = oldest
+	s.mu.Unlock()
 	if n > 0 {
 		if err := apply(ctx, id, batches); err != nil {
 			return 0, fmt.Errorf("applying spool segment %s: %w", id, err)

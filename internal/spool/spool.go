@@ -88,6 +88,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/google/uuid"
 )
@@ -129,6 +130,15 @@ type Spool struct {
 	closed bool
 	active *segment // nil until the first Append and after every seal
 	buf    []byte   // encoding buffer, reused across Appends
+
+	// For OldestHeld (held.go): the segments this process is replaying, with their
+	// oldest receipt (zero until read), and the oldest receipt of sealed segments read.
+	replaying    map[uuid.UUID]time.Time
+	sealedOldest map[uuid.UUID]time.Time
+	// This process's slot in the directory (ReplicaID), locked while the spool is open.
+	slot      *os.File
+	slotN     int
+	replicaID string
 }
 
 // segment is the process's active segment: open, locked, appended to.
@@ -138,6 +148,7 @@ type segment struct {
 	fd      int
 	size    int64
 	records int
+	oldest  time.Time // the oldest receipt appended
 }
 
 // Open prepares dir (created with mode 0700 if missing). Nothing else is created until
@@ -155,6 +166,8 @@ func Open(dir string, logger *slog.Logger) (*Spool, error) {
 		maxSegmentBytes: maxSegmentBytes,
 		write:           (*os.File).Write,
 		sync:            syscall.Fdatasync,
+		replaying:       map[uuid.UUID]time.Time{},
+		sealedOldest:    map[uuid.UUID]time.Time{},
 	}, nil
 }
 
@@ -189,6 +202,10 @@ func (s *Spool) Close() error {
 		return nil
 	}
 	s.closed = true
+	if s.slot != nil {
+		s.slot.Close() // the slot is free for the next process
+		s.slot = nil
+	}
 	if s.active == nil {
 		return nil
 	}

@@ -44,14 +44,14 @@ func insertBatch(ctx context.Context, q *dbsqlc.Queries, batchID uuid.UUID, cbs 
 	}
 	buf := batchBufs.Get().(*[]byte)
 	defer putBatchBuf(buf)
-	if err := q.InsertBatch(ctx, dbsqlc.InsertBatchParams(batchRow(buf, batchID, cbs))); err != nil {
+	if err := q.InsertBatch(ctx, batchRow(buf, batchID, cbs)); err != nil {
 		return fmt.Errorf("inserting a batch of %d callbacks: %w", len(cbs), err)
 	}
 	return nil
 }
 
 // batchRow encodes cbs into *buf and returns the inbox row that holds them.
-func batchRow(buf *[]byte, batchID uuid.UUID, cbs []callback.Callback) dbsqlc.InsertReplayedBatchParams {
+func batchRow(buf *[]byte, batchID uuid.UUID, cbs []callback.Callback) dbsqlc.InsertBatchParams {
 	*buf = callback.AppendEncoded((*buf)[:0], cbs)
 	oldest, newest, ids := cbs[0].ReceivedAt, cbs[0].ReceivedAt, 0
 	for _, cb := range cbs {
@@ -63,7 +63,7 @@ func batchRow(buf *[]byte, batchID uuid.UUID, cbs []callback.Callback) dbsqlc.In
 		}
 		ids += len(cb.ObjectIDs)
 	}
-	return dbsqlc.InsertReplayedBatchParams{
+	return dbsqlc.InsertBatchParams{
 		BatchID:        batchID,
 		ReceivedAt:     oldest,
 		LastReceivedAt: newest,
@@ -90,14 +90,19 @@ func putBatchBuf(buf *[]byte) {
 // would look its objects up again (up to 65,536 lookups for one batch), and with two
 // replicas could put back a row, with an old last_seen, that a newer lookup deleted. So
 // a batch is inserted under its own id, and not at all if the inbox still holds that id
-// or merged_batches says it was merged (queries/inbox.sql InsertReplayedBatch and
+// or merged_batches says it was merged (queries/inbox.sql InsertReplayedBatches and
 // DropMergedReplays; how long merged ids are remembered: ForgetMergedBatches).
+//
+// The batches go in ReplayChunk at a time, one statement each: a segment written during
+// a long outage with small callbacks holds tens of thousands of batches, and one round
+// trip each would not fit any deadline (inbox.ReplayBudget counts batches and ids).
 //
 // A batch without an id comes from a segment written before batches had ids: it gets
 // new ids, as it always did, and may be merged twice.
 func (s *Store) ReplaySegment(ctx context.Context, segment uuid.UUID, batches []callback.Batch) (int, error) {
 	inserted := 0
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		inserted = 0 // a retried transaction starts over
 		q := s.q.WithTx(tx)
 		fresh, err := q.MarkSpoolReplayed(ctx, segment)
 		if err != nil {
@@ -106,33 +111,58 @@ func (s *Store) ReplaySegment(ctx context.Context, segment uuid.UUID, batches []
 		if fresh == 0 {
 			return nil
 		}
+		var rows dbsqlc.InsertReplayedBatchesParams
 		var ids []uuid.UUID
-		buf := batchBufs.Get().(*[]byte)
-		defer putBatchBuf(buf)
+		flush := func() error {
+			if len(rows.BatchIDs) == 0 {
+				return nil
+			}
+			got, err := q.InsertReplayedBatches(ctx, rows)
+			if err != nil {
+				return fmt.Errorf("inserting %d batches: %w", len(rows.BatchIDs), err)
+			}
+			for _, r := range got {
+				inserted += int(r.Callbacks)
+				ids = append(ids, r.BatchID)
+			}
+			rows = dbsqlc.InsertReplayedBatchesParams{}
+			return nil
+		}
+		add := func(id uuid.UUID, cbs []callback.Callback) error {
+			var buf []byte // each row keeps its own bytes until the statement is sent
+			r := batchRow(&buf, id, cbs)
+			rows.BatchIDs = append(rows.BatchIDs, r.BatchID)
+			rows.ReceivedAts = append(rows.ReceivedAts, r.ReceivedAt)
+			rows.LastReceivedAts = append(rows.LastReceivedAts, r.LastReceivedAt)
+			rows.Callbacks = append(rows.Callbacks, r.Callbacks)
+			rows.IDs = append(rows.IDs, r.IDs)
+			rows.Datas = append(rows.Datas, r.Data)
+			if len(rows.BatchIDs) >= ReplayChunk {
+				return flush()
+			}
+			return nil
+		}
 		for _, b := range batches {
 			if len(b.Callbacks) == 0 {
 				continue
 			}
-			if b.ID == uuid.Nil {
-				for rest := b.Callbacks; len(rest) > 0; {
-					n := batchLen(rest)
-					if err := insertBatch(ctx, q, uuid.Must(uuid.NewV7()), rest[:n]); err != nil {
-						return err
-					}
-					inserted += n
-					rest = rest[n:]
+			if b.ID != uuid.Nil {
+				// Written by one group commit, so already within the batch bounds.
+				if err := add(b.ID, b.Callbacks); err != nil {
+					return err
 				}
 				continue
 			}
-			// Written by one group commit, so already within the batch bounds.
-			n, err := q.InsertReplayedBatch(ctx, batchRow(buf, b.ID, b.Callbacks))
-			if err != nil {
-				return fmt.Errorf("inserting batch %s of %d callbacks: %w", b.ID, len(b.Callbacks), err)
+			for rest := b.Callbacks; len(rest) > 0; {
+				n := batchLen(rest)
+				if err := add(uuid.Must(uuid.NewV7()), rest[:n]); err != nil {
+					return err
+				}
+				rest = rest[n:]
 			}
-			if n > 0 {
-				inserted += len(b.Callbacks)
-				ids = append(ids, b.ID)
-			}
+		}
+		if err := flush(); err != nil {
+			return err
 		}
 		if len(ids) > 0 {
 			dropped, err := q.DropMergedReplays(ctx, ids)
@@ -148,6 +178,10 @@ func (s *Store) ReplaySegment(ctx context.Context, segment uuid.UUID, batches []
 	}
 	return inserted, nil
 }
+
+// ReplayChunk: batches per statement when a segment is replayed. A few megabytes of
+// batch data at most (a segment is 8 MiB), and well under a second of Postgres.
+const ReplayChunk = 4096
 
 // batchLen is how many of cbs, from the first, make one batch within the bounds.
 func batchLen(cbs []callback.Callback) int {

@@ -96,15 +96,6 @@ func (tx *MergeTx) Quarantine(ctx context.Context, b InboxBatch, reason error) e
 	return nil
 }
 
-// OnlineIDs reads the id of every online object.
-func (tx *MergeTx) OnlineIDs(ctx context.Context) ([]int64, error) {
-	ids, err := tx.q.OnlineIDs(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("reading online objects: %w", err)
-	}
-	return ids, nil
-}
-
 // DeleteBatches deletes the batches the pass took.
 func (tx *MergeTx) DeleteBatches(ctx context.Context, batchIDs []uuid.UUID) error {
 	if err := tx.q.DeleteBatches(ctx, batchIDs); err != nil {
@@ -113,21 +104,11 @@ func (tx *MergeTx) DeleteBatches(ctx context.Context, batchIDs []uuid.UUID) erro
 	return nil
 }
 
-// CountPending counts the pending rows.
-func (tx *MergeTx) CountPending(ctx context.Context) (int64, error) {
-	n, err := tx.q.CountPending(ctx)
+// CountWaiting counts the pending rows that are or will be looked up (not done ones).
+func (tx *MergeTx) CountWaiting(ctx context.Context) (int64, error) {
+	n, err := tx.q.CountWaiting(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("counting pending rows: %w", err)
-	}
-	return n, nil
-}
-
-// EvictPending deletes up to maxRows waiting pending rows whose newest receipt is older
-// than olderThan, oldest first, and returns how many.
-func (tx *MergeTx) EvictPending(ctx context.Context, olderThan time.Time, maxRows int64) (int64, error) {
-	n, err := tx.q.EvictPending(ctx, dbsqlc.EvictPendingParams{OlderThan: olderThan, MaxRows: int32(maxRows)})
-	if err != nil {
-		return 0, fmt.Errorf("evicting older pending rows: %w", err)
+		return 0, fmt.Errorf("counting waiting pending rows: %w", err)
 	}
 	return n, nil
 }
@@ -135,15 +116,32 @@ func (tx *MergeTx) EvictPending(ctx context.Context, olderThan time.Time, maxRow
 // PendingMerged is what one MergePending did.
 type PendingMerged struct {
 	Changed    int64 // pending rows inserted or given a newer receipt
-	Fresh      int64 // ids not pending before
-	FreshTaken int64 // of those, the ones made pending (at most maxNew)
+	Fresh      int64 // ids with no pending row before
+	FreshTaken int64 // of those, the ones made pending
+	Rearm      int64 // done rows (already looked up) given a newer receipt
+	Rearmed    int64 // of those, the ones made due for another lookup
+	Evicted    int64 // waiting rows ranked below this pass, deleted to make room
 }
 
-// MergePending gives each id (distinct, ascending) its receipt in pending: ids already
-// pending take a newer receipt, and at most maxNew ids not pending yet are inserted,
-// newest receipts first.
-func (tx *MergeTx) MergePending(ctx context.Context, ids []int64, receivedAts []time.Time, maxNew int64) (PendingMerged, error) {
-	r, err := tx.q.MergePending(ctx, dbsqlc.MergePendingParams{IDs: ids, ReceivedAts: receivedAts, MaxNew: int32(maxNew)})
+// MergeParams is one MergePending: ids distinct and ascending, each with its newest
+// receipt; see queries/inbox.sql.
+type MergeParams struct {
+	IDs         []int64
+	ReceivedAts []time.Time
+	// Room: fresh ids (and re-checks) that fit under the bound on waiting rows. More
+	// fresh ids evict waiting rows ranked below this pass, as many as they need.
+	Room int64
+	// Now is the service's clock: receipts are ranked by their age on it.
+	Now time.Time
+	// Recheck: how far a re-check ranks below a first lookup of the same receipt.
+	Recheck time.Duration
+}
+
+// MergePending gives each id its newest receipt in pending; see MergeParams.
+func (tx *MergeTx) MergePending(ctx context.Context, p MergeParams) (PendingMerged, error) {
+	r, err := tx.q.MergePending(ctx, dbsqlc.MergePendingParams{
+		IDs: p.IDs, ReceivedAts: p.ReceivedAts, Room: max(p.Room, 0), Now: p.Now, RecheckMs: p.Recheck.Milliseconds(),
+	})
 	if err != nil {
 		return PendingMerged{}, fmt.Errorf("merging into pending: %w", err)
 	}

@@ -18,13 +18,20 @@ type ExpireParams struct {
 	// Objects last seen before ObjectsCutoff are deleted.
 	ObjectsCutoff time.Time
 	// Pending rows whose newest receipt is before PendingCutoff (the window's edge) are
-	// swept: their lookup could no longer write a row.
-	PendingCutoff time.Time
+	// swept: their lookup could no longer write a row, and a done row no longer needs
+	// to remember its receipt. Waiting rows are found by their rank, which for a receipt
+	// within the window is never more than PendingRankSlack behind now (the window plus
+	// a re-check's handicap; see queries/pending.sql SweepPending).
+	PendingCutoff    time.Time
+	PendingRankSlack time.Duration
 	// Spool replay records older than ForgetBefore are forgotten.
 	ForgetBefore time.Time
 	// Merged batch ids minted before ForgetMergedBefore are forgotten (see
 	// ForgetMergedBatches for how long they must be kept). Zero: none is.
 	ForgetMergedBefore time.Time
+	// Watermark rows of replicas silent for longer than ForgetReplicasAfter are
+	// deleted (zero: none is).
+	ForgetReplicasAfter time.Duration
 	// Chunk: rows per statement and transaction at most.
 	Chunk int
 }
@@ -33,7 +40,8 @@ type ExpireParams struct {
 type ExpiryTick struct {
 	Ran     bool  // this replica held the expiry lock
 	Deleted int64 // objects rows
-	Swept   int64 // pending rows
+	Swept   int64 // pending rows still waiting for a lookup (work dropped: it left the window)
+	Forgot  int64 // done pending rows whose receipt left the window
 	// StaleIDs: ids in inbox batches whose newest receipt left the window, deleted
 	// unread (the merger does it too, at the start of each pass; here it happens every
 	// tick, however long a pass takes, so the inbox never holds more than a window).
@@ -51,7 +59,8 @@ func (s *Store) Expire(ctx context.Context, p ExpireParams) (ExpiryTick, error) 
 	var e ExpiryTick
 	chunk := int32(max(p.Chunk, 1))
 	for first := true; ; first = false {
-		var objects, pending, staleIDs int64
+		var objects, staleIDs int64
+		var swept dbsqlc.SweepPendingRow
 		locked := false
 		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 			q := s.q.WithTx(tx)
@@ -65,7 +74,9 @@ func (s *Store) Expire(ctx context.Context, p ExpireParams) (ExpiryTick, error) 
 			if objects, err = q.ExpireObjects(ctx, dbsqlc.ExpireObjectsParams{Cutoff: p.ObjectsCutoff, MaxRows: chunk}); err != nil {
 				return fmt.Errorf("deleting expired objects: %w", err)
 			}
-			if pending, err = q.SweepPending(ctx, dbsqlc.SweepPendingParams{Cutoff: p.PendingCutoff, MaxRows: chunk}); err != nil {
+			if swept, err = q.SweepPending(ctx, dbsqlc.SweepPendingParams{
+				Cutoff: p.PendingCutoff, MaxRows: chunk, OlderMs: p.PendingRankSlack.Milliseconds(),
+			}); err != nil {
 				return fmt.Errorf("sweeping pending rows out of the window: %w", err)
 			}
 			if first {
@@ -76,6 +87,11 @@ func (s *Store) Expire(ctx context.Context, p ExpireParams) (ExpiryTick, error) 
 				staleIDs = d.IDs
 				if _, err := q.ForgetSpoolReplays(ctx, p.ForgetBefore); err != nil {
 					return fmt.Errorf("forgetting spool replays: %w", err)
+				}
+				if p.ForgetReplicasAfter > 0 {
+					if _, err := q.ForgetReplicas(ctx, p.ForgetReplicasAfter.Milliseconds()); err != nil {
+						return fmt.Errorf("forgetting silent replicas: %w", err)
+					}
 				}
 				if !p.ForgetMergedBefore.IsZero() {
 					if _, err := q.ForgetMergedBatches(ctx, minUUIDv7(p.ForgetMergedBefore)); err != nil {
@@ -93,9 +109,10 @@ func (s *Store) Expire(ctx context.Context, p ExpireParams) (ExpiryTick, error) 
 		}
 		e.Ran = true
 		e.Deleted += objects
-		e.Swept += pending
+		e.Swept += swept.Waiting
+		e.Forgot += swept.Done
 		e.StaleIDs += staleIDs
-		if (objects < int64(chunk) && pending < int64(chunk)) || ctx.Err() != nil {
+		if (objects < int64(chunk) && swept.Waiting < int64(chunk) && swept.Done < int64(chunk)) || ctx.Err() != nil {
 			return e, nil
 		}
 	}

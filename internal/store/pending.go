@@ -40,6 +40,15 @@ func (s *Store) ClaimDue(ctx context.Context, max int, lease time.Duration, cuto
 	return claims, nil
 }
 
+// CountDue counts the rows due now whose receipt is at or after cutoff, up to max.
+func (s *Store) CountDue(ctx context.Context, max int, cutoff time.Time) (int64, error) {
+	n, err := s.q.CountDue(ctx, dbsqlc.CountDueParams{Cutoff: cutoff, MaxRows: int32(max)})
+	if err != nil {
+		return 0, fmt.Errorf("counting due work: %w", err)
+	}
+	return n, nil
+}
+
 // Outcome of one lookup, as CompleteLookups applies it.
 type Outcome string
 
@@ -63,14 +72,24 @@ type Completed struct {
 	Owned    int64 // results whose lease still held; the rest were stale and dropped
 	Upserted int64 // objects written online
 	Removed  int64 // objects deleted as offline
-	Finished int64 // pending rows done
+	Finished int64 // pending rows done (kept as the memory of their receipt) or dropped (expired)
 	Released int64 // pending rows to run again (newer receipt, or retry)
+}
+
+// CompleteParams is what CompleteLookups needs besides the results.
+type CompleteParams struct {
+	// Cutoff: an online result for a receipt older than this writes no row (the window's
+	// edge, on the service's clock).
+	Cutoff time.Time
+	// Now and Recheck rank a row released for one more lookup, as MergeParams does.
+	Now     time.Time
+	Recheck time.Duration
 }
 
 // CompleteLookups applies results in one statement; see queries/pending.sql. The
 // results are sorted by id (the lock order) and a result repeated for the same lease is
-// applied once. An online result for a receipt older than cutoff writes no row.
-func (s *Store) CompleteLookups(ctx context.Context, results []Result, cutoff time.Time) (Completed, error) {
+// applied once.
+func (s *Store) CompleteLookups(ctx context.Context, results []Result, cp CompleteParams) (Completed, error) {
 	rs := slices.Clone(results)
 	slices.SortStableFunc(rs, func(a, b Result) int { return cmp.Compare(a.ObjectID, b.ObjectID) })
 	rs = slices.CompactFunc(rs, func(a, b Result) bool { return a.ObjectID == b.ObjectID && a.Token == b.Token })
@@ -80,7 +99,9 @@ func (s *Store) CompleteLookups(ctx context.Context, results []Result, cutoff ti
 		ClaimTokens:  make([]uuid.UUID, len(rs)),
 		Outcomes:     make([]string, len(rs)),
 		RetryAfterMs: make([]int64, len(rs)),
-		Cutoff:       cutoff,
+		Cutoff:       cp.Cutoff,
+		Now:          cp.Now,
+		RecheckMs:    cp.Recheck.Milliseconds(),
 	}
 	for i, r := range rs {
 		p.ObjectIDs[i] = r.ObjectID
@@ -94,3 +115,9 @@ func (s *Store) CompleteLookups(ctx context.Context, results []Result, cutoff ti
 	}
 	return Completed(row), nil
 }
+
+// RecheckHandicap is how far a re-check ranks below a first lookup of the same receipt
+// (queries/inbox.sql MergePending): one window. Under a backlog every object not yet
+// looked up whose receipt is still within the window goes first; a re-checked object's
+// status is known already, and an online one's row is kept right by the refresh path.
+func RecheckHandicap(window time.Duration) time.Duration { return window }

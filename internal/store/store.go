@@ -38,8 +38,9 @@ func (s *Store) Ping(ctx context.Context) error {
 type QueueStats struct {
 	InboxCallbacks int64
 	InboxOldest    time.Duration
-	PendingRows    int64
+	PendingRows    int64 // waiting, backing off or claimed: lookups to do
 	ClaimedRows    int64
+	DoneRows       int64 // looked up, kept as the memory of the newest receipt
 	PendingOldest  time.Duration
 	ObjectsRows    int64
 }
@@ -55,6 +56,7 @@ func (s *Store) Stats(ctx context.Context, now time.Time) (QueueStats, error) {
 		InboxOldest:    seconds(r.InboxOldestSeconds),
 		PendingRows:    r.PendingRows,
 		ClaimedRows:    r.ClaimedRows,
+		DoneRows:       r.DoneRows,
 		PendingOldest:  seconds(r.PendingOldestSeconds),
 		ObjectsRows:    r.ObjectsRows,
 	}, nil

@@ -13,6 +13,7 @@ import (
 
 	"github.com/objwatch/callback/internal/callback"
 	"github.com/objwatch/callback/internal/component"
+	"github.com/objwatch/callback/internal/inbox"
 	"github.com/objwatch/callback/internal/merge"
 	"github.com/objwatch/callback/internal/pgtest"
 	"github.com/objwatch/callback/internal/store"
@@ -39,8 +40,14 @@ func objectsTable(t *testing.T, pool *pgxpool.Pool) map[int64]time.Time {
 	return pgtest.Objects(t, pool)
 }
 
+// pendingTable reads the pending rows still to look up; doneTable the ones looked up,
+// kept as the memory of their newest receipt.
 func pendingTable(t *testing.T, pool *pgxpool.Pool) map[int64]time.Time {
-	return rows(t, pool, "SELECT object_id, received_at FROM pending")
+	return rows(t, pool, "SELECT object_id, received_at FROM pending WHERE due_at > '-infinity'")
+}
+
+func doneTable(t *testing.T, pool *pgxpool.Pool) map[int64]time.Time {
+	return rows(t, pool, "SELECT object_id, received_at FROM pending WHERE due_at = '-infinity'")
 }
 
 func insert(t *testing.T, s *store.Store, cbs ...callback.Callback) {
@@ -74,7 +81,7 @@ func claim(t *testing.T, s *store.Store, max int, lease time.Duration) map[int64
 
 func complete(t *testing.T, s *store.Store, rs ...store.Result) store.Completed {
 	t.Helper()
-	c, err := s.CompleteLookups(context.Background(), rs, t0.Add(-time.Hour)) // every receipt inside the window
+	c, err := s.CompleteLookups(context.Background(), rs, store.CompleteParams{Cutoff: t0.Add(-time.Hour), Now: time.Now()}) // every receipt inside the window
 	require.NoError(t, err)
 	return c
 }
@@ -97,6 +104,7 @@ func TestLookups(t *testing.T) {
 		require.Equal(t, store.Completed{Owned: 2, Upserted: 1, Finished: 2}, done)
 		require.Equal(t, map[int64]time.Time{1: at(1)}, objectsTable(t, pool))
 		require.Empty(t, pendingTable(t, pool))
+		require.Equal(t, map[int64]time.Time{1: at(1), 2: at(1)}, doneTable(t, pool), "both remembered with their receipt")
 
 		insert(t, s, callback.New(at(2), []int64{1}))
 		mergeInbox(t, s)
@@ -242,7 +250,7 @@ func TestLookups(t *testing.T) {
 		mergeInbox(t, s)
 		c := claim(t, s, 10, time.Minute)
 		// The lookups ended after receipt at(1) left the window (cutoff at(5)).
-		done, err := s.CompleteLookups(context.Background(), []store.Result{result(c[1], store.Online), result(c[2], store.Online)}, at(5))
+		done, err := s.CompleteLookups(context.Background(), []store.Result{result(c[1], store.Online), result(c[2], store.Online)}, store.CompleteParams{Cutoff: at(5), Now: time.Now()})
 		require.NoError(t, err)
 		require.Equal(t, store.Completed{Owned: 2, Finished: 2}, done)
 		require.Empty(t, objectsTable(t, pool), "an already expired row must not be written")
@@ -330,6 +338,29 @@ func TestExpire(t *testing.T) {
 
 func TestReplaySegment(t *testing.T) {
 	t.Parallel()
+
+	// After a long outage with small callbacks a segment holds tens of thousands of
+	// batches. Inserted one round trip each, such a segment did not fit its deadline
+	// and was tried again and again: the spool never drained.
+	t.Run("a_segment_of_100000_small_batches_fits_its_budget", func(t *testing.T) {
+		t.Parallel()
+		s, pool := setup(t)
+		const n = 100_000
+		batches := make([]callback.Batch, n)
+		for i := range batches {
+			batches[i] = callback.Batch{ID: uuid.Must(uuid.NewV7()), Callbacks: []callback.Callback{callback.New(at(i%1000), []int64{int64(i)})}}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), inbox.ReplayBudget(batches))
+		defer cancel()
+		start := time.Now()
+		got, err := s.ReplaySegment(ctx, uuid.Must(uuid.NewV7()), batches)
+		require.NoError(t, err, "after %v", time.Since(start))
+		require.Equal(t, n, got)
+		var rows int
+		require.NoError(t, pool.QueryRow(context.Background(), "SELECT count(*) FROM inbox_batches").Scan(&rows))
+		require.Equal(t, n, rows)
+		t.Logf("%d batches replayed in %v (budget %v)", n, time.Since(start).Round(time.Millisecond), inbox.ReplayBudget(batches))
+	})
 
 	t.Run("each_segment_once", func(t *testing.T) {
 		t.Parallel()

@@ -65,7 +65,7 @@ func BenchmarkAgainstObjectService(b *testing.B) {
 		name string
 		make func(ceiling int) contender
 	}{
-		{name: "aimd", make: func(ceiling int) contender { return newAIMD(limit.DefaultConfig(floor, ceiling)) }},
+		{name: "aimd", make: func(ceiling int) contender { return newAIMD(limit.DefaultConfig(floor, ceiling, 5*time.Second)) }},
 		// failsafe-go's contenders were here (commit 327eb4d: "failsafe" with its
 		// defaults, "failsafe_tuned" with the median of 500 samples instead of the
 		// p90 of 50); see the table above.
@@ -113,7 +113,8 @@ func newAIMD(cfg limit.Config) *aimd { return &aimd{l: limit.New(cfg)} }
 func (a *aimd) limit() int { return a.l.Limit() }
 
 func (a *aimd) acquire() (func(limit.Outcome, time.Duration), bool) {
-	if int(a.inFlight.Load()) >= a.l.Limit() {
+	// A backlog of fresh ids: with the limit fully used, the demand is more than it.
+	if n := int(a.inFlight.Load()); n >= a.l.Limit() && n >= a.l.Demand(n+1_000_000, time.Now()) {
 		return nil, false
 	}
 	a.inFlight.Add(1)

@@ -12,15 +12,17 @@ import (
 	"github.com/google/uuid"
 )
 
-const countPending = `-- name: CountPending :one
-SELECT count(*)::bigint AS pending FROM pending
+const countWaiting = `-- name: CountWaiting :one
+SELECT count(*)::bigint AS waiting FROM pending WHERE due_at > '-infinity'
 `
 
-func (q *Queries) CountPending(ctx context.Context) (int64, error) {
-	row := q.db.QueryRow(ctx, countPending)
-	var pending int64
-	err := row.Scan(&pending)
-	return pending, err
+// Rows that are or will be looked up (waiting, backing off, claimed), not done ones:
+// what MAX_PENDING bounds.
+func (q *Queries) CountWaiting(ctx context.Context) (int64, error) {
+	row := q.db.QueryRow(ctx, countWaiting)
+	var waiting int64
+	err := row.Scan(&waiting)
+	return waiting, err
 }
 
 const deleteBatches = `-- name: DeleteBatches :exec
@@ -138,6 +140,10 @@ type InsertBatchParams struct {
 	Data           []byte
 }
 
+// sqlc: write a parameter that follows an operator or an opening parenthesis with an
+// operator after it as sqlc.arg(name), not @name ("- @x", "(@x * ..."): sqlc misreads
+// @ there as Postgres's prefix operator and edits the query wrongly.
+//
 // Lock order, for every statement in this directory (it is what keeps them free of
 // deadlocks): a pending row is locked before the objects row with the same id; pending
 // rows are locked in ascending object_id or with SKIP LOCKED; expiry locks only with
@@ -157,42 +163,70 @@ func (q *Queries) InsertBatch(ctx context.Context, arg InsertBatchParams) error 
 	return err
 }
 
-const insertReplayedBatch = `-- name: InsertReplayedBatch :execrows
+const insertReplayedBatches = `-- name: InsertReplayedBatches :many
 INSERT INTO inbox_batches (batch_id, received_at, last_received_at, callbacks, ids, data)
-SELECT $1::uuid, $2::timestamptz, $3::timestamptz, $4::integer, $5::integer, $6::bytea
-WHERE NOT EXISTS (SELECT 1 FROM merged_batches m WHERE m.batch_id = $1::uuid)
+SELECT r.batch_id, r.received_at, r.last_received_at, r.callbacks, r.ids, r.data
+FROM (
+    SELECT unnest($1::uuid[])                AS batch_id,
+           unnest($2::timestamptz[])      AS received_at,
+           unnest($3::timestamptz[]) AS last_received_at,
+           unnest($4::integer[])             AS callbacks,
+           unnest($5::integer[])                   AS ids,
+           unnest($6::bytea[])                   AS data
+) r
+WHERE NOT EXISTS (SELECT 1 FROM merged_batches m WHERE m.batch_id = r.batch_id)
 ON CONFLICT (batch_id) DO NOTHING
+RETURNING inbox_batches.batch_id, inbox_batches.callbacks
 `
 
-type InsertReplayedBatchParams struct {
-	BatchID        uuid.UUID
-	ReceivedAt     time.Time
-	LastReceivedAt time.Time
-	Callbacks      int32
-	IDs            int32
-	Data           []byte
+type InsertReplayedBatchesParams struct {
+	BatchIDs        []uuid.UUID
+	ReceivedAts     []time.Time
+	LastReceivedAts []time.Time
+	Callbacks       []int32
+	IDs             []int32
+	Datas           [][]byte
 }
 
-// Spool replay of a batch under the id the committer minted for it. A copy of the batch
-// may be in the inbox already (the commit that timed out did commit): then it is not
-// inserted again. It may also have been merged already: then merged_batches names it.
-// A merger that has only locked the inbox copy leaves it a conflict: nothing inserted.
-// One gap is left to DropMergedReplays: a merger that has deleted the inbox copy and
-// not committed yet. Its delete makes this insert wait on the primary key and, once it
-// commits, succeed, while NOT EXISTS was read before that commit.
-func (q *Queries) InsertReplayedBatch(ctx context.Context, arg InsertReplayedBatchParams) (int64, error) {
-	result, err := q.db.Exec(ctx, insertReplayedBatch,
-		arg.BatchID,
-		arg.ReceivedAt,
-		arg.LastReceivedAt,
+type InsertReplayedBatchesRow struct {
+	BatchID   uuid.UUID
+	Callbacks int32
+}
+
+// Spool replay of many batches in one statement (a segment holds up to tens of
+// thousands of small ones: one round trip each would not fit any deadline), each under
+// the id the committer minted for it. A copy of a batch may be in the inbox already
+// (the commit that timed out did commit): then it is not inserted again. It may also
+// have been merged already: then merged_batches names it. A merger that has only
+// locked the inbox copy leaves it a conflict: nothing inserted. One gap is left to
+// DropMergedReplays: a merger that has deleted the inbox copy and not committed yet.
+// Its delete makes this insert wait on the primary key and, once it commits, succeed,
+// while NOT EXISTS was read before that commit. Returns the batches inserted.
+func (q *Queries) InsertReplayedBatches(ctx context.Context, arg InsertReplayedBatchesParams) ([]InsertReplayedBatchesRow, error) {
+	rows, err := q.db.Query(ctx, insertReplayedBatches,
+		arg.BatchIDs,
+		arg.ReceivedAts,
+		arg.LastReceivedAts,
 		arg.Callbacks,
 		arg.IDs,
-		arg.Data,
+		arg.Datas,
 	)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	return result.RowsAffected(), nil
+	defer rows.Close()
+	items := []InsertReplayedBatchesRow{}
+	for rows.Next() {
+		var i InsertReplayedBatchesRow
+		if err := rows.Scan(&i.BatchID, &i.Callbacks); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const lockBatches = `-- name: LockBatches :many
@@ -283,46 +317,98 @@ func (q *Queries) MarkSpoolReplayed(ctx context.Context, segmentID uuid.UUID) (i
 }
 
 const mergePending = `-- name: MergePending :one
-WITH merged AS (
-    SELECT m.id, m.received_at FROM (
-        SELECT unnest($1::bigint[]) AS id, unnest($2::timestamptz[]) AS received_at
+WITH arg AS (
+    SELECT $1::bigint AS room,
+           $2::timestamptz AS now,
+           ($3::bigint * interval '1 millisecond')::interval AS recheck
+), merged AS (
+    SELECT m.id, m.received_at,
+           least(now(), now() + (m.received_at - (SELECT arg.now FROM arg))) AS prio
+    FROM (
+        SELECT unnest($4::bigint[]) AS id, unnest($5::timestamptz[]) AS received_at
     ) m
 ), joined AS (
-    SELECT merged.id, merged.received_at, p.object_id IS NOT NULL AS known
+    SELECT merged.id, merged.received_at, merged.prio,
+           p.object_id IS NOT NULL AS known,
+           coalesce(p.due_at = '-infinity' AND p.received_at < merged.received_at, false) AS rearm
     FROM merged
     LEFT JOIN pending p ON p.object_id = merged.id
-), chosen AS (
-    SELECT joined.id, joined.received_at, joined.known FROM joined WHERE joined.known
-    UNION ALL
-    (SELECT joined.id, joined.received_at, joined.known FROM joined WHERE NOT joined.known
-     ORDER BY joined.received_at DESC, joined.id
-     LIMIT $3)
+), wanted AS (
+    SELECT count(*) FILTER (WHERE NOT joined.known) AS fresh,
+           count(*) FILTER (WHERE joined.rearm)     AS rearm,
+           min(joined.prio)                          AS lowest
+    FROM joined
+), victims AS (
+    SELECT d.object_id FROM pending d
+    WHERE d.due_at > '-infinity' AND d.due_at <= now() AND d.claim_token IS NULL
+      AND d.due_at < (SELECT wanted.lowest FROM wanted)
+      AND NOT EXISTS (SELECT 1 FROM merged WHERE merged.id = d.object_id)
+    ORDER BY d.due_at
+    LIMIT greatest((SELECT wanted.fresh FROM wanted) - (SELECT arg.room FROM arg), 0)
+    FOR UPDATE SKIP LOCKED
+), evicted AS (
+    DELETE FROM pending e
+    WHERE e.object_id IN (SELECT victims.object_id FROM victims)
+    RETURNING e.object_id
+), fresh AS (
+    SELECT joined.id FROM joined WHERE NOT joined.known
+    ORDER BY joined.received_at DESC, joined.id
+    LIMIT (SELECT arg.room FROM arg) + (SELECT count(*) FROM evicted)
+), rearmed AS (
+    SELECT joined.id FROM joined WHERE joined.rearm
+    ORDER BY joined.received_at DESC, joined.id
+    LIMIT greatest((SELECT arg.room FROM arg) + (SELECT count(*) FROM evicted) - (SELECT count(*) FROM fresh), 0)
 ), upserted AS (
     INSERT INTO pending (object_id, received_at, due_at)
-    SELECT chosen.id, chosen.received_at, chosen.received_at FROM chosen
-    ORDER BY chosen.id
+    SELECT joined.id, joined.received_at,
+           CASE WHEN joined.rearm AND joined.id NOT IN (SELECT rearmed.id FROM rearmed)
+                THEN '-infinity'::timestamptz
+                ELSE joined.prio END
+    FROM joined
+    WHERE joined.known OR joined.id IN (SELECT fresh.id FROM fresh)
+    ORDER BY joined.id
     ON CONFLICT (object_id) DO UPDATE
         SET received_at = excluded.received_at,
-            due_at      = CASE WHEN pending.due_at < excluded.received_at - interval '5 seconds'
-                               THEN excluded.received_at ELSE pending.due_at END
+            due_at      = CASE
+                -- done, and no room to re-arm it: it only takes the receipt
+                WHEN pending.due_at = '-infinity' AND excluded.due_at = '-infinity'
+                    THEN pending.due_at
+                -- done: re-armed as a re-check
+                WHEN pending.due_at = '-infinity'
+                    THEN excluded.due_at - (SELECT arg.recheck FROM arg)
+                -- waiting and ranked more than 5 s behind: moved up
+                WHEN pending.claim_token IS NULL AND pending.due_at <= now()
+                     AND pending.due_at < excluded.due_at - interval '5 seconds'
+                         - CASE WHEN pending.looked_up_at IS NULL THEN interval '0' ELSE (SELECT arg.recheck FROM arg) END
+                    THEN excluded.due_at
+                         - CASE WHEN pending.looked_up_at IS NULL THEN interval '0' ELSE (SELECT arg.recheck FROM arg) END
+                ELSE pending.due_at END
         WHERE pending.received_at < excluded.received_at
     RETURNING pending.object_id
 )
-SELECT (SELECT count(*) FROM upserted)::bigint                          AS changed,
-       (SELECT count(*) FROM joined WHERE NOT joined.known)::bigint     AS fresh,
-       (SELECT count(*) FROM chosen WHERE NOT chosen.known)::bigint     AS fresh_taken
+SELECT (SELECT count(*) FROM upserted)::bigint   AS changed,
+       (SELECT wanted.fresh FROM wanted)::bigint AS fresh,
+       (SELECT count(*) FROM fresh)::bigint      AS fresh_taken,
+       (SELECT wanted.rearm FROM wanted)::bigint AS rearm,
+       (SELECT count(*) FROM rearmed)::bigint    AS rearmed,
+       (SELECT count(*) FROM evicted)::bigint    AS evicted
 `
 
 type MergePendingParams struct {
+	Room        int64
+	Now         time.Time
+	RecheckMs   int64
 	IDs         []int64
 	ReceivedAts []time.Time
-	MaxNew      int32
 }
 
 type MergePendingRow struct {
 	Changed    int64
 	Fresh      int64
 	FreshTaken int64
+	Rearm      int64
+	Rearmed    int64
+	Evicted    int64
 }
 
 // The pending half of a merge pass: @ids are distinct, each with the newest receipt
@@ -330,27 +416,48 @@ type MergePendingRow struct {
 // one object become one pending row here: this is where coalescing happens, off the
 // reply path.
 //
-// Objects already pending (known, as of the statement's snapshot) always take the newer
-// receipt, and move up the queue: due_at is the priority (migration 20261202000001). A
-// lease or a backoff (both in the future) is kept, and so is a priority less than 5 s
-// behind the new receipt: due_at is indexed, received_at is not, so an update that
-// leaves due_at alone is HOT (no index entries, a third of the WAL). With ids from a
-// small space every pass renames most pending rows; newest first to within 5 s is
-// plenty, and the reply path's commits share that WAL. Objects not pending
-// yet are inserted up to max_new (the caller passes the room left under its bound on
-// pending rows, CountPending), newest receipts first; the rest are dropped here for
-// capacity (counted by the caller). Rows past the bound would only wait, leave the
-// window and be swept, at the cost of an insert, an index entry and a delete each.
+// Every id takes the newer receipt if its row has an older one: a waiting or claimed
+// row (a lookup in flight is then run once more), and a done row (the memory of the
+// newest receipt, migration 20261206000001), so that an older receipt merged later
+// changes nothing. Ids with no row are fresh: inserted, newest receipts first, up to
+// @room (the caller's MAX_PENDING minus the waiting rows, CountWaiting). Beyond the
+// room pending is full: waiting rows ranked below every id of this pass (and not named
+// by it) are evicted, lowest first, as many as the fresh ids need and no more, and what
+// still does not fit is dropped for capacity (counted by the caller). A done row with a
+// newer receipt is re-armed (one more lookup: a re-check) within the room left after
+// the fresh ids; otherwise it only takes the receipt.
 //
-// One INSERT ... ON CONFLICT for both, in ascending id order (the lock order): it
+// Rank. due_at of a waiting row is its rank: the claim takes the highest first. It is
+// the receipt translated to the database's clock (now() minus the receipt's age on
+// this replica's clock, @now), so skew between replicas never delays a lookup; for a
+// re-check it is @recheck_ms lower: under a backlog, objects not looked up yet go first
+// (a re-checked object's status is known, and if it is online the refresh path keeps
+// its row right without a lookup). A lease or a backoff (due_at in the future) is kept,
+// and so is a rank less than 5 s behind the new one: due_at is indexed, received_at is
+// not, so an update that leaves due_at alone is HOT (no index entries, a third of the
+// WAL), and newest first to within 5 s is plenty.
+//
+// One INSERT ... ON CONFLICT for all, in ascending id order (the lock order): it
 // decides insert or update against the latest committed row, not the snapshot, so an
-// object whose pending row a lookup result deletes meanwhile is inserted again with the
-// newer receipt (and looked up once more) instead of being lost between the two.
+// object whose row a lookup result changes meanwhile still takes the newer receipt.
 // No objects row is touched here: RefreshObjects runs on its own.
 func (q *Queries) MergePending(ctx context.Context, arg MergePendingParams) (MergePendingRow, error) {
-	row := q.db.QueryRow(ctx, mergePending, arg.IDs, arg.ReceivedAts, arg.MaxNew)
+	row := q.db.QueryRow(ctx, mergePending,
+		arg.Room,
+		arg.Now,
+		arg.RecheckMs,
+		arg.IDs,
+		arg.ReceivedAts,
+	)
 	var i MergePendingRow
-	err := row.Scan(&i.Changed, &i.Fresh, &i.FreshTaken)
+	err := row.Scan(
+		&i.Changed,
+		&i.Fresh,
+		&i.FreshTaken,
+		&i.Rearm,
+		&i.Rearmed,
+		&i.Evicted,
+	)
 	return i, err
 }
 

@@ -47,6 +47,14 @@ type Pending struct {
 	Attempts          int32
 	ClaimToken        pgtype.UUID
 	ClaimedReceivedAt pgtype.Timestamptz
+	LookedUpAt        pgtype.Timestamptz
+}
+
+type ReplicaWatermark struct {
+	ReplicaID    string
+	LowWatermark time.Time
+	HeartbeatAt  time.Time
+	Stopped      bool
 }
 
 type SpoolReplay struct {

@@ -130,34 +130,6 @@ func (q *Queries) ListObjectsNewest(ctx context.Context, arg ListObjectsNewestPa
 	return items, nil
 }
 
-const onlineIDs = `-- name: OnlineIDs :many
-SELECT id FROM objects
-`
-
-// Every object online now, for a merge pass that has more ids than it can make pending:
-// it refreshes those of the rest that are online (RefreshObjects) without a lookup. An
-// index-only scan of objects_pkey; the table holds what lookups could afford, not the
-// id space.
-func (q *Queries) OnlineIDs(ctx context.Context) ([]int64, error) {
-	rows, err := q.db.Query(ctx, onlineIDs)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []int64{}
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		items = append(items, id)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
 const tryExpiryLock = `-- name: TryExpiryLock :one
 SELECT pg_try_advisory_xact_lock($1::bigint) AS locked
 `
