@@ -19,7 +19,8 @@ ENV CGO_ENABLED=0 GOFLAGS=-trimpath
 COPY . .
 ARG VERSION=""
 ARG REVISION=""
-# Only the modules these two programs import are downloaded (not sqlc's and dbmate's).
+# Only the modules these two programs import are downloaded: the development tools
+# (sqlc, dbmate, promtool) are in tools/go.mod, which .dockerignore leaves out.
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     go build -ldflags "-s -w -X github.com/objwatch/callback/internal/metrics.version=${VERSION} -X github.com/objwatch/callback/internal/metrics.revision=${REVISION}" \
         -o /out/callback ./cmd/callback && \

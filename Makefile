@@ -10,10 +10,21 @@ export DATABASE_URL
 # objects table at the end: make run TESTER_FLAGS='-duration 60s -verify'
 TESTER_FLAGS ?=
 
-# sqlc and dbmate are `tool` lines in go.mod. Without cgo they build in about a minute
-# (sqlc's parser runs as WebAssembly, dbmate drops its sqlite driver); cached after.
-SQLC   = CGO_ENABLED=0 go tool sqlc
-DBMATE = CGO_ENABLED=0 go tool dbmate --url "$(DATABASE_URL)" --migrations-dir db/migrations --schema-file db/schema.sql
+# sqlc, dbmate and promtool are `tool` lines in tools/go.mod, a module of their own:
+# their dependencies (every database driver sqlc and dbmate know, every service
+# discovery Prometheus knows) stay out of the service's go.mod. The modfile's path is
+# absolute, so a recipe may cd first. Without cgo, sqlc and dbmate build in about a
+# minute each (sqlc's parser runs as WebAssembly, dbmate drops its sqlite driver),
+# promtool in several (some 400 CPU-seconds from an empty build cache); cached after.
+TOOL     = CGO_ENABLED=0 go tool -modfile=$(CURDIR)/tools/go.mod
+SQLC     = $(TOOL) sqlc
+DBMATE   = $(TOOL) dbmate --url "$(DATABASE_URL)" --migrations-dir db/migrations --schema-file db/schema.sql
+PROMTOOL = $(TOOL) promtool
+
+# Fails, printing the diff, when `go mod tidy` would change go.mod or go.sum, of the
+# service or of the tools. tools/ is a module of its own, so its tidy runs there:
+# `go mod tidy -modfile=tools/go.mod` would take the service's packages for the tools'.
+TIDY_CHECK = go mod tidy -diff && go -C tools mod tidy -diff
 
 .DEFAULT_GOAL := help
 
@@ -39,10 +50,13 @@ run: ## start Postgres if needed, then the service and the tester together until
 	if ! kill -0 $$svc 2>/dev/null; then echo 'make run: the service exited at start (see above)'; exit 1; fi; \
 	./bin/tester $(TESTER_FLAGS)
 
-test: ## start Postgres if needed; go vet, sqlc freshness, go test -race, a short fuzz run
+test: ## start Postgres if needed; go mod tidiness, go vet, sqlc freshness, go test -race, a short fuzz run
 	DEVPG_FAST=1 go run ./cmd/devpg ensure
+	$(TIDY_CHECK)
 	go vet ./...
 	$(SQLC) diff
+	@# Built here rather than under go test's time limit: deploy's TestPromtool runs it.
+	$(PROMTOOL) --version >/dev/null
 	go test -race -count=1 ./...
 	go test -run='^$$' -fuzz=FuzzParse -fuzztime=10s ./internal/intake
 
@@ -58,7 +72,8 @@ bench: ## measure the service beside the machine's HTTP and Postgres ceilings (c
 generate: ## regenerate the sqlc code from db/migrations and queries/
 	$(SQLC) generate
 
-verify: ## check generated code is fresh, code is gofmt'ed, go vet is clean
+verify: ## check go.mod files are tidy, generated code is fresh, code is gofmt'ed, go vet is clean
+	$(TIDY_CHECK)
 	$(SQLC) diff
 	@unformatted=$$(gofmt -l cmd internal); \
 	if [ -n "$$unformatted" ]; then echo "gofmt -w needed on:"; echo "$$unformatted"; exit 1; fi
@@ -70,7 +85,7 @@ lint: ## gofmt and go vet
 	go vet ./...
 
 rules: ## check the Prometheus rules and run their unit tests with promtool (make test does too)
-	cd deploy/prometheus && promtool check rules rules.yml && promtool test rules rules_test.yml
+	cd deploy/prometheus && $(PROMTOOL) check rules rules.yml && $(PROMTOOL) test rules rules_test.yml
 
 build: ## build bin/callback and bin/tester
 	go build -o bin/callback ./cmd/callback

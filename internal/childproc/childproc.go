@@ -5,13 +5,9 @@
 package childproc
 
 import (
-	"bufio"
-	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -116,67 +112,4 @@ func Tail(path string, n int) string {
 func LastLines(text string, n int) string {
 	lines := strings.Split(strings.TrimRight(text, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
-
-// Metrics is a Prometheus text page: each series as printed ("name{labels}") and its
-// value.
-type Metrics map[string]float64
-
-// ReadMetrics reads the Prometheus text page at url (a process's /metrics).
-func ReadMetrics(ctx context.Context, url string) (Metrics, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	out := Metrics{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		// The value is the last field: label values may hold spaces.
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			return nil, fmt.Errorf("%s: metric line %q: %w", url, line, err)
-		}
-		out[line[:i]] = v
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading %s: %w", url, err)
-	}
-	return out, nil
-}
-
-// Sum adds up every series of metric name whose labels contain all of labels (each
-// as printed, e.g. `outcome="failed"`).
-func (m Metrics) Sum(name string, labels ...string) float64 {
-	sum := 0.0
-	for series, v := range m {
-		seriesName, rest, _ := strings.Cut(series, "{")
-		if seriesName != name {
-			continue
-		}
-		match := true
-		for _, l := range labels {
-			match = match && strings.Contains(rest, l)
-		}
-		if match {
-			sum += v
-		}
-	}
-	return sum
 }

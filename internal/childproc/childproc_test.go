@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -122,29 +123,36 @@ func TestLastLines(t *testing.T) {
 	}
 }
 
+// servePages serves each page at its path, and 404 elsewhere; it returns the base URL.
+func servePages(t *testing.T, pages map[string]string) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		page, ok := pages[r.URL.Path]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		fmt.Fprint(w, page)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
 func TestReadMetrics(t *testing.T) {
 	t.Parallel()
-	page := `# HELP callback_lookups_total Lookups by outcome.
+	base := servePages(t, map[string]string{
+		"/metrics": `# HELP callback_lookups_total Lookups by outcome.
 # TYPE callback_lookups_total counter
 callback_lookups_total{outcome="failed"} 3
 callback_lookups_total{outcome="ok"} 4
 callback_lookups_total{outcome="failed",target="odd label"} 2
 go_goroutines 12
 
-`
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/metrics":
-			fmt.Fprint(w, page)
-		case "/bad":
-			fmt.Fprint(w, "go_goroutines many\n")
-		default:
-			http.NotFound(w, r)
-		}
-	}))
-	t.Cleanup(srv.Close)
+`,
+		"/bad": "go_goroutines many\n",
+	})
 
-	m, err := childproc.ReadMetrics(context.Background(), srv.URL+"/metrics")
+	m, err := childproc.ReadMetrics(context.Background(), base+"/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,8 +175,113 @@ go_goroutines 12
 		t.Errorf("Sum of a name that is only a prefix = %v, want 0", got)
 	}
 	for _, path := range []string{"/bad", "/missing"} {
-		if _, err := childproc.ReadMetrics(context.Background(), srv.URL+path); err == nil {
+		if _, err := childproc.ReadMetrics(context.Background(), base+path); err == nil {
 			t.Errorf("ReadMetrics(%s) succeeded", path)
 		}
 	}
+}
+
+// The text format as Prometheus reads it, in the cases a split at the last blank got
+// wrong: each page is read whole and compared series by series.
+func TestReadMetricsParsesTheTextFormat(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		page string
+		want childproc.Metrics
+	}{
+		{
+			name: "a_trailing_timestamp_is_not_the_value",
+			page: "# TYPE go_goroutines gauge\ngo_goroutines 12 1700000000000\n",
+			want: childproc.Metrics{"go_goroutines": 12},
+		},
+		{
+			name: "a_tab_separates_the_value",
+			page: "go_goroutines\t7\n",
+			want: childproc.Metrics{"go_goroutines": 7},
+		},
+		{
+			name: "escaped_quotes_backslashes_and_newlines_stay_escaped_in_the_series",
+			page: `callback_lookups_total{outcome="failed",target="say \"hi\" } 9, \\ and\nbye"} 2 1700000000000` + "\n",
+			want: childproc.Metrics{`callback_lookups_total{outcome="failed",target="say \"hi\" } 9, \\ and\nbye"}`: 2},
+		},
+		{
+			name: "a_histogram_is_its_bucket_sum_and_count_series",
+			page: `# HELP callback_commit_seconds Group commits.
+# TYPE callback_commit_seconds histogram
+callback_commit_seconds_bucket{target="inbox",le="0.005"} 1
+callback_commit_seconds_bucket{target="inbox",le="1e+06"} 2
+callback_commit_seconds_bucket{target="inbox",le="+Inf"} 3
+callback_commit_seconds_sum{target="inbox"} 0.25
+callback_commit_seconds_count{target="inbox"} 3
+`,
+			want: childproc.Metrics{
+				`callback_commit_seconds_bucket{target="inbox",le="0.005"}`: 1,
+				`callback_commit_seconds_bucket{target="inbox",le="1e+06"}`: 2,
+				`callback_commit_seconds_bucket{target="inbox",le="+Inf"}`:  3,
+				`callback_commit_seconds_sum{target="inbox"}`:               0.25,
+				`callback_commit_seconds_count{target="inbox"}`:             3,
+			},
+		},
+		{
+			name: "a_summary_is_its_quantile_sum_and_count_series",
+			page: `# TYPE go_gc_duration_seconds summary
+go_gc_duration_seconds{quantile="0.5"} 0.001
+go_gc_duration_seconds{quantile="1"} 0.002
+go_gc_duration_seconds_sum 0.01
+go_gc_duration_seconds_count 7
+`,
+			want: childproc.Metrics{
+				`go_gc_duration_seconds{quantile="0.5"}`: 0.001,
+				`go_gc_duration_seconds{quantile="1"}`:   0.002,
+				"go_gc_duration_seconds_sum":             0.01,
+				"go_gc_duration_seconds_count":           7,
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			base := servePages(t, map[string]string{"/metrics": tc.page})
+			got, err := childproc.ReadMetrics(context.Background(), base+"/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !maps.Equal(got, tc.want) {
+				t.Errorf("ReadMetrics() = %v\nwant %v", got, tc.want)
+			}
+		})
+	}
+
+	t.Run("sum_matches_whole_labels", func(t *testing.T) {
+		t.Parallel()
+		base := servePages(t, map[string]string{"/metrics": `callback_lookups_total{outcome="failed"} 3
+callback_lookups_total{prev_outcome="failed",outcome="ok"} 4
+callback_lookups_total{outcome="failed",target="say \"hi\""} 5
+`})
+		m, err := childproc.ReadMetrics(context.Background(), base+"/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			labels []string
+			want   float64
+		}{
+			{[]string{`outcome="failed"`}, 8},
+			{[]string{`prev_outcome="failed"`}, 4},
+			{[]string{`target="say \"hi\""`}, 5},
+			{[]string{`target="say"`}, 0},
+		} {
+			if got := m.Sum("callback_lookups_total", tc.labels...); got != tc.want {
+				t.Errorf("Sum(callback_lookups_total, %q) = %v, want %v", tc.labels, got, tc.want)
+			}
+		}
+	})
+
+	t.Run("a_malformed_page_is_an_error", func(t *testing.T) {
+		t.Parallel()
+		base := servePages(t, map[string]string{"/metrics": `callback_lookups_total{outcome="failed} 3` + "\n"})
+		if m, err := childproc.ReadMetrics(context.Background(), base+"/metrics"); err == nil {
+			t.Errorf("ReadMetrics of an unterminated label value = %v, want an error", m)
+		}
+	})
 }

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -239,32 +238,4 @@ func (s *Store) OldestUnmerged(ctx context.Context, cutoff, now time.Time) (time
 		return time.Time{}, fmt.Errorf("reading the oldest unmerged receipt: %w", err)
 	}
 	return t, nil
-}
-
-// Inbox reads every callback in the inbox without taking it, oldest batch first: for
-// tests and diagnostics.
-func (s *Store) Inbox(ctx context.Context) ([]callback.Callback, error) {
-	rows, err := s.pool.Query(ctx, "SELECT data FROM inbox_batches ORDER BY batch_id")
-	if err != nil {
-		return nil, err
-	}
-	datas, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
-	if err != nil {
-		return nil, err
-	}
-	var cbs []callback.Callback
-	var scratch []int64
-	for _, d := range datas {
-		scratch, err = decodeBatch(d, scratch, func(id uuid.UUID, t int64, ids []int64) {
-			cb := callback.Callback{ID: id, ReceivedAt: time.UnixMicro(t).UTC()}
-			if len(ids) > 0 {
-				cb.ObjectIDs = slices.Clone(ids)
-			}
-			cbs = append(cbs, cb)
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
-	return cbs, nil
 }
