@@ -341,13 +341,19 @@ func (b *browser) lookUp(t *testing.T, id string) {
 	b.do(t, chromedp.SetValue(chromedp.ID("lookup-id"), id), chromedp.Click(chromedp.CSS("#lookup button")))
 }
 
-// screenshot waits until the load has run for after, then writes the whole page.
+// screenshot waits until the load has run for after, looks an object that is online
+// up, then writes the whole page.
 func (b *browser) screenshot(t *testing.T, svc *instance, path string, after time.Duration) {
 	t.Helper()
 	if wait := time.Until(svc.from.Add(after)); wait > 0 {
 		t.Logf("screenshot in %v", wait.Round(time.Second))
 		time.Sleep(wait) // a picture with history, not a wait for a state
 	}
+	id := strconv.FormatInt(svc.newestObject(t), 10)
+	b.lookUp(t, id)
+	testhelper.Eventually(t, 30*time.Second, "the box's answer", func() bool {
+		return strings.HasPrefix(b.text(t, "#lookup-result"), id+" is online")
+	})
 	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
 	defer cancel()
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))

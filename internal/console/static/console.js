@@ -73,12 +73,12 @@
   // Numbers, compact and readable.
   function num(v) {
     const a = Math.abs(v);
-    if (a >= 1e9) return (v / 1e9).toFixed(a >= 1e10 ? 0 : 1) + 'G';
-    if (a >= 1e6) return (v / 1e6).toFixed(a >= 1e7 ? 0 : 1) + 'M';
-    if (a >= 1e4) return (v / 1e3).toFixed(a >= 1e5 ? 0 : 1) + 'k';
+    const short = (x, big) => (big ? x.toFixed(0) : x.toFixed(1).replace(/\.0$/, ''));
+    if (a >= 1e9) return short(v / 1e9, a >= 1e10) + 'G';
+    if (a >= 1e6) return short(v / 1e6, a >= 1e7) + 'M';
+    if (a >= 1e4) return short(v / 1e3, a >= 1e5) + 'k';
     if (a >= 100 || Number.isInteger(v)) return Math.round(v).toLocaleString('en-US');
-    if (a >= 10) return v.toFixed(1);
-    return v.toFixed(2);
+    return String(+v.toPrecision(3)); // 9.998 is 10, 2.345 is 2.35, 0.5 stays 0.5
   }
   function fmt(v, unit) {
     if (v === null || v === undefined || Number.isNaN(v)) return '–';
@@ -93,7 +93,7 @@
         const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
         let i = 0;
         while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
-        return (i === 0 ? v.toFixed(0) : v.toFixed(1)) + ' ' + units[i];
+        return (i === 0 ? v.toFixed(0) : v.toFixed(1).replace(/\.0$/, '')) + ' ' + units[i];
       }
       case 'updown': return v >= 1 ? 'up' : 'down';
       default: return num(v);
@@ -293,7 +293,7 @@
   const parseObjects = (text) => JSON.parse(text.replace(/("id"\s*:\s*)(\d+)/g, '$1"$2"'));
   function ago(ts) {
     const s = Math.max(0, (Date.now() - Date.parse(ts)) / 1000);
-    return s < 1 ? 'just now' : s < 120 ? `${Math.round(s)} s ago` : `${Math.round(s / 60)} min ago`;
+    return s < 10 ? `${s.toFixed(1)} s ago` : s < 120 ? `${Math.round(s)} s ago` : `${Math.round(s / 60)} min ago`;
   }
 
   // The newest objects, every few seconds.
