@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -53,8 +54,9 @@ type apiCase struct {
 }
 
 // setupAPI serves the real routes over a fresh database with the real group
-// committer (index 0), one whose durable write fails and which is not ready (1), and
-// one that requires a token, with small limits (2).
+// committer and the console (index 0), one whose durable write fails, which is not
+// ready and has no console (1), and one that requires a token, with small limits, and
+// has the console (2).
 func setupAPI(t *testing.T) []*testBundle {
 	t.Helper()
 	pool, _ := pgtest.NewPool(t)
@@ -67,10 +69,10 @@ func setupAPI(t *testing.T) []*testBundle {
 
 	failing := submitter{SubmitFunc: func(context.Context, callback.Callback) error { return inbox.ErrUnavailable }}
 	return []*testBundle{
-		setup(t, serverOpts{intake: intake.Config{MaxBodyBytes: 1 << 20, MaxIDs: 10000, BodyTimeout: time.Second}, submit: committer, pool: pool}),
+		setup(t, serverOpts{intake: intake.Config{MaxBodyBytes: 1 << 20, MaxIDs: 10000, BodyTimeout: time.Second}, submit: committer, pool: pool, console: true}),
 		setup(t, serverOpts{intake: intake.Config{MaxBodyBytes: 1 << 20, MaxIDs: 10000}, submit: failing, pool: pool,
 			ready: func(context.Context) error { return errors.New("database unreachable and spool not writable") }}),
-		setup(t, serverOpts{intake: intake.Config{MaxBodyBytes: 256, MaxIDs: 5, Token: "s3cret", BodyTimeout: 200 * time.Millisecond}, submit: committer, pool: pool}),
+		setup(t, serverOpts{intake: intake.Config{MaxBodyBytes: 256, MaxIDs: 5, Token: "s3cret", BodyTimeout: 200 * time.Millisecond}, submit: committer, pool: pool, console: true}),
 	}
 }
 
@@ -85,6 +87,13 @@ func TestOpenAPI(t *testing.T) {
 	status, _ := servers[0].get(t, "/objects?order=newest&limit=2", &firstPage)
 	require.Equal(t, http.StatusOK, status)
 	require.NotNil(t, firstPage.Next)
+
+	// A sample in the console's ring, for its reply to have one.
+	testhelper.Eventually(t, 10*time.Second, "the console's first sample", func() bool {
+		var r struct{ Samples []json.RawMessage }
+		status, _ := servers[0].get(t, "/console/series", &r)
+		return status == http.StatusOK && len(r.Samples) > 0
+	})
 
 	bearer := http.Header{"Authorization": {"Bearer s3cret"}}
 	cases := []apiCase{
@@ -121,6 +130,18 @@ func TestOpenAPI(t *testing.T) {
 		{name: "healthz", method: "GET", path: "/healthz", validByDoc: true, wantStatus: 200},
 		{name: "readyz", method: "GET", path: "/readyz", validByDoc: true, wantStatus: 200},
 		{name: "readyz_not_ready", method: "GET", path: "/readyz", validByDoc: true, wantStatus: 503, serverIndex: 1},
+
+		{name: "console_page", method: "GET", path: "/", validByDoc: true, wantStatus: 200},
+		{name: "console_page_open_when_a_token_is_set", method: "GET", path: "/", validByDoc: true, wantStatus: 200, serverIndex: 2},
+		{name: "console_off", method: "GET", path: "/", validByDoc: true, wantStatus: 404, serverIndex: 1},
+		{name: "console_series", method: "GET", path: "/console/series", validByDoc: true, wantStatus: 200},
+		{name: "console_series_after", method: "GET", path: "/console/series?after=0", validByDoc: true, wantStatus: 200},
+		{name: "console_series_after_not_a_time", method: "GET", path: "/console/series?after=yesterday", wantStatus: 400},
+		{name: "console_series_off", method: "GET", path: "/console/series", validByDoc: true, wantStatus: 404, serverIndex: 1},
+		{name: "console_script", method: "GET", path: "/console/static/console.js", validByDoc: true, wantStatus: 200},
+		{name: "console_style", method: "GET", path: "/console/static/console.css", validByDoc: true, wantStatus: 200},
+		{name: "console_no_such_file", method: "GET", path: "/console/static/nope.js", validByDoc: true, wantStatus: 404},
+		{name: "console_read_only", method: "POST", path: "/", body: `{}`, wantStatus: 405, undocRoute: true},
 	}
 	seen := map[string]bool{}
 	for _, tc := range cases {
@@ -147,7 +168,8 @@ func TestOpenAPI(t *testing.T) {
 			seen[tc.method+" "+route(tc.path)] = true
 		})
 	}
-	for _, op := range []string{"POST /callback", "GET /objects", "GET /objects/{id}", "GET /healthz", "GET /readyz"} {
+	for _, op := range []string{"POST /callback", "GET /objects", "GET /objects/{id}", "GET /healthz", "GET /readyz",
+		"GET /", "GET /console/series", "GET /console/static/{file}"} {
 		require.True(t, seen[op], "no case exercises %s", op)
 	}
 }
@@ -178,8 +200,11 @@ func TestOpenAPI_bodyTimeout(t *testing.T) {
 
 func route(path string) string {
 	path, _, _ = strings.Cut(path, "?")
-	if strings.HasPrefix(path, "/objects/") {
+	switch {
+	case strings.HasPrefix(path, "/objects/"):
 		return "/objects/{id}"
+	case strings.HasPrefix(path, "/console/static/"):
+		return "/console/static/{file}"
 	}
 	return path
 }

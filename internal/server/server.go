@@ -1,5 +1,6 @@
 // Package server assembles the HTTP surface: every route in one place, the middleware
-// (request ids, panic recovery), health and readiness, metrics and the read API.
+// (request ids, panic recovery), health and readiness, metrics, the read API and the
+// console's page.
 package server
 
 import (
@@ -23,6 +24,13 @@ import (
 // Readiness reports why the service cannot accept callbacks durably, or nil.
 type Readiness func(ctx context.Context) error
 
+// Console is the live page's handlers (internal/console).
+type Console interface {
+	Page(http.ResponseWriter, *http.Request)   // GET /
+	Series(http.ResponseWriter, *http.Request) // GET /console/series
+	Static(http.ResponseWriter, *http.Request) // GET /console/static/{file}
+}
+
 // Deps are what the routes need.
 type Deps struct {
 	Log      *slog.Logger
@@ -30,6 +38,10 @@ type Deps struct {
 	Callback *intake.Handler
 	Objects  *Objects
 	Ready    Readiness
+	// Console, if not nil, is served at / and under /console/ (CONSOLE=on). Like the
+	// read API and /metrics it is open whether or not CALLBACK_TOKEN is set: the token
+	// authenticates senders, and the page shows nothing that those two do not serve.
+	Console Console
 }
 
 // New returns the handler for all routes.
@@ -52,6 +64,11 @@ func New(d Deps) http.Handler {
 		c.JSON(http.StatusOK, gin.H{"status": "ready"})
 	})
 	r.GET("/metrics", gin.WrapH(promhttp.HandlerFor(d.Metrics.Registry, promhttp.HandlerOpts{})))
+	if d.Console != nil {
+		r.GET("/", gin.WrapF(d.Console.Page))
+		r.GET("/console/series", gin.WrapF(d.Console.Series))
+		r.GET("/console/static/:file", gin.WrapF(d.Console.Static))
+	}
 
 	r.NoMethod(func(c *gin.Context) {
 		if c.FullPath() == "/callback" || c.Request.URL.Path == "/callback" {

@@ -16,6 +16,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/objwatch/callback/internal/callback"
+	"github.com/objwatch/callback/internal/component"
+	"github.com/objwatch/callback/internal/console"
 	"github.com/objwatch/callback/internal/intake"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/server"
@@ -43,6 +45,9 @@ type serverOpts struct {
 	submit intake.Submitter // where POST /callback's callbacks go
 	ready  server.Readiness // nil: always ready
 	pool   *pgxpool.Pool    // the database behind GET /objects; nil: no test reads it
+	// console serves the console over the server's metrics, sampling them (CONSOLE=on);
+	// false: CONSOLE=off.
+	console bool
 }
 
 // testBundle is a served set of routes and what a test reads besides them.
@@ -67,12 +72,25 @@ func setup(t *testing.T, opts serverOpts) *testBundle {
 	if ready == nil {
 		ready = func(context.Context) error { return nil }
 	}
+	var page server.Console
+	if opts.console {
+		c, err := console.New(console.Config{}, component.Deps{Log: log, Metrics: tb.metrics})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, stop := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { _ = c.Run(ctx); close(done) }()
+		t.Cleanup(func() { stop(); <-done })
+		page = c
+	}
 	srv := httptest.NewServer(server.New(server.Deps{
 		Log:      log,
 		Metrics:  tb.metrics,
 		Callback: intake.NewHandler(opts.intake, opts.submit, nil, log, tb.metrics),
 		Objects:  objects,
 		Ready:    ready,
+		Console:  page,
 	}))
 	t.Cleanup(srv.Close)
 	tb.url = srv.URL

@@ -42,6 +42,7 @@ type config struct {
 	LogFormat           string
 	LogLevel            string
 	PprofAddr           string
+	Console             bool
 }
 
 type setting struct {
@@ -76,6 +77,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		{"LOG_FORMAT", "log-format", "auto", "json, text, or auto (text on a terminal)", oneOf(&c.LogFormat, "auto", "json", "text")},
 		{"LOG_LEVEL", "log-level", "info", "debug, info, warn or error", oneOf(&c.LogLevel, "debug", "info", "warn", "error")},
 		{"PPROF_ADDR", "pprof-addr", "", "if set, serve net/http/pprof on this address", str(&c.PprofAddr)},
+		{"CONSOLE", "console", "on", "the live page at GET / and the sampler behind it: on or off", onOff(&c.Console)},
 	}
 
 	fs := flag.NewFlagSet("callback", flag.ContinueOnError)
@@ -222,6 +224,20 @@ func urlValue(p *string) func(string) error {
 			return errors.New("must be an http(s) URL with a host")
 		}
 		*p = v
+		return nil
+	}
+}
+
+func onOff(p *bool) func(string) error {
+	return func(v string) error {
+		switch v {
+		case "on":
+			*p = true
+		case "off":
+			*p = false
+		default:
+			return errors.New("must be on or off")
+		}
 		return nil
 	}
 }

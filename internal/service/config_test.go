@@ -52,6 +52,7 @@ func TestParseConfig_defaults(t *testing.T) {
 		LogFormat:           "auto",
 		LogLevel:            "info",
 		PprofAddr:           "",
+		Console:             true,
 	}, got)
 }
 
@@ -82,6 +83,7 @@ func TestParseConfig_readsEnvironment(t *testing.T) {
 		"LOG_FORMAT":            "json",
 		"LOG_LEVEL":             "debug",
 		"PPROF_ADDR":            "127.0.0.1:6060",
+		"CONSOLE":               "off",
 	})
 	require.NoError(t, err)
 	require.Equal(t, config{
@@ -109,6 +111,7 @@ func TestParseConfig_readsEnvironment(t *testing.T) {
 		LogFormat:           "json",
 		LogLevel:            "debug",
 		PprofAddr:           "127.0.0.1:6060",
+		Console:             false,
 	}, got)
 }
 
@@ -164,6 +167,7 @@ func TestParseConfig_rejectsInvalidValues(t *testing.T) {
 		{name: "status_interval_negative", env: map[string]string{"STATUS_INTERVAL": "-5s"}, want: []string{"STATUS_INTERVAL", "negative"}},
 		{name: "log_format_unknown", env: map[string]string{"LOG_FORMAT": "xml"}, want: []string{"LOG_FORMAT", "xml"}},
 		{name: "log_level_unknown", env: map[string]string{"LOG_LEVEL": "verbose"}, want: []string{"LOG_LEVEL", "verbose"}},
+		{name: "console_neither_on_nor_off", env: map[string]string{"CONSOLE": "false"}, want: []string{"CONSOLE", "on or off"}},
 		{name: "invalid_flag_names_variable_and_flag", args: []string{"-max-ids=none"}, want: []string{"MAX_IDS", "-max-ids"}},
 		{name: "invalid_flag_wins_over_valid_env", args: []string{"-expire-after=0s"}, env: map[string]string{"EXPIRE_AFTER": "5s"}, want: []string{"EXPIRE_AFTER", "-expire-after"}},
 		{name: "lease_equal_to_fetch_timeout", env: map[string]string{"LEASE": "5s", "FETCH_TIMEOUT": "5s"}, want: []string{"LEASE", "FETCH_TIMEOUT"}},

@@ -22,6 +22,7 @@ import (
 
 	"github.com/objwatch/callback/internal/backoff"
 	"github.com/objwatch/callback/internal/component"
+	"github.com/objwatch/callback/internal/console"
 	"github.com/objwatch/callback/internal/errlog"
 	"github.com/objwatch/callback/internal/expiry"
 	"github.com/objwatch/callback/internal/fetch"
@@ -120,6 +121,18 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("building the status reporter: %w", err)
 	}
 
+	// The live page (CONSOLE): its sampler reads the metrics, nothing else.
+	var (
+		cons *console.Console
+		page server.Console // stays nil, not a nil *Console, when it is off
+	)
+	if cfg.Console {
+		if cons, err = console.New(console.Config{}, deps); err != nil {
+			return fmt.Errorf("building the console: %w", err)
+		}
+		page = cons
+	}
+
 	// draining turns /readyz to 503 at shutdown, before the listener closes.
 	var draining atomic.Bool
 	handler := server.New(server.Deps{
@@ -128,6 +141,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Callback: intake.NewHandler(intake.Config{MaxBodyBytes: cfg.MaxBodyBytes, MaxIDs: cfg.MaxIDs, Token: cfg.CallbackToken, BodyTimeout: cfg.BodyTimeout}, committer, receipts, log, m),
 		Objects:  server.NewObjects(db, cfg.ExpireAfter),
 		Ready:    readiness(db, cfg.SpoolDir, &draining),
+		Console:  page,
 	})
 	srv := server.HTTPServer(cfg.ListenAddr, handler, log)
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
@@ -139,6 +153,10 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		"database", databaseTarget(poolCfg), "expire_after", cfg.ExpireAfter,
 		"fetch_concurrency", fmt.Sprintf("%d..%d", cfg.FetchMinConcurrency, cfg.FetchConcurrency),
 		"spool_dir", cfg.SpoolDir, "replica", publisher.ID(), "version", build.Version, "revision", build.Revision)
+	if cons != nil {
+		log.Info("console: open "+consoleURL(ln.Addr())+" to watch the service live (CONSOLE=off turns it off)",
+			"url", consoleURL(ln.Addr()))
+	}
 
 	// Three lifetimes, ended in this order at shutdown: the HTTP server (no new
 	// callbacks), the committer (writes out what was accepted), the workers (hand back
@@ -162,6 +180,9 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// The status line and the health gauges run from the start: a DATABASE_URL that
 	// never works must be as visible as one that went away.
 	working.Go(func() { _ = status.Run(workCtx) })
+	if cons != nil {
+		working.Go(func() { _ = cons.Run(workCtx) })
+	}
 	// Everything that reads the tables waits for the schema; intake does not (until
 	// then its writes fail over to the spool).
 	working.Go(func() {
@@ -230,6 +251,19 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // databaseTarget names the database for log lines, without the password.
 func databaseTarget(c *pgxpool.Config) string {
 	return fmt.Sprintf("%s:%d/%s", c.ConnConfig.Host, c.ConnConfig.Port, c.ConnConfig.Database)
+}
+
+// consoleURL is where a browser on this machine finds the console: an address that
+// listens on every interface is reached as localhost.
+func consoleURL(addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return "http://" + addr.String() + "/"
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/"
 }
 
 // replyPathBusy maps the group committer's load (the share of time it spends writing)

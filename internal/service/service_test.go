@@ -185,6 +185,19 @@ func TestService(t *testing.T) {
 		require.Contains(t, buf.String(), `callback_callbacks_rejected_total{reason="invalid_body"} 1`)
 	})
 
+	t.Run("the_console_is_served_at_the_root_unless_CONSOLE_is_off", func(t *testing.T) {
+		t.Parallel()
+		for env, want := range map[string]int{"on": http.StatusOK, "off": http.StatusNotFound} {
+			svc := start(t, map[string]string{"CONSOLE": env})
+			for _, path := range []string{"/", "/console/series"} {
+				resp, err := http.Get(svc.base + path)
+				require.NoError(t, err)
+				resp.Body.Close()
+				require.Equal(t, want, resp.StatusCode, "CONSOLE=%s: GET %s", env, path)
+			}
+		}
+	})
+
 	t.Run("shuts_down_cleanly_on_cancel", func(t *testing.T) {
 		t.Parallel()
 		svc := start(t, nil)
