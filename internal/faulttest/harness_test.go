@@ -289,10 +289,11 @@ type setupOpts struct {
 // testBundle is the service's surroundings: its environment, and what the test reads
 // or breaks besides the service.
 type testBundle struct {
-	env     env                   // baseEnv on the database and object service below
-	pool    *pgxpool.Pool         // to the database past any proxy; nil with setupOpts.dbURL
-	proxy   *Proxy                // between the service and its database, with setupOpts.proxy
-	objects *tester.ObjectService // nil with setupOpts.objectsURL
+	env       env                   // baseEnv on the database and object service below
+	directURL string                // the database, not through the proxy (empty with setupOpts.dbURL)
+	pool      *pgxpool.Pool         // to the database past any proxy; nil with setupOpts.dbURL
+	proxy     *Proxy                // between the service and its database, with setupOpts.proxy
+	objects   *tester.ObjectService // nil with setupOpts.objectsURL
 }
 
 // setup makes what every fault test runs the service in: a database, an object
@@ -304,6 +305,7 @@ func setup(t *testing.T, opts setupOpts) *testBundle {
 	dbURL := opts.dbURL
 	if dbURL == "" {
 		tb.pool, dbURL = pgtest.NewPool(t)
+		tb.directURL = dbURL
 	}
 	if opts.proxy {
 		tb.proxy, dbURL = proxied(t, dbURL)

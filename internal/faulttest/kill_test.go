@@ -1,6 +1,7 @@
 package faulttest
 
 import (
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -16,12 +17,21 @@ import (
 // replay. Nothing acknowledged may be missing at the end.
 func TestKill9(t *testing.T) {
 	t.Parallel()
+	for _, maxID := range []int64{2000, 999_999} {
+		t.Run(fmt.Sprintf("ids_0_to_%d", maxID), func(t *testing.T) {
+			t.Parallel()
+			kill9(t, maxID)
+		})
+	}
+}
+
+func kill9(t *testing.T, maxID int64) {
 	tb := setup(t, setupOpts{objects: fastObjects(1), proxy: true})
 	e := tb.env
 	window := e.duration(t, "EXPIRE_AFTER")
 
 	p := startProc(t, e)
-	l := sendLoad(t, e.base(), 1, 2000, 300)
+	l := sendLoad(t, e.base(), 1, maxID, 300)
 
 	sleep(1500 * time.Millisecond)
 	p.Kill()

@@ -22,18 +22,21 @@ import (
 func TestPostgresOutage(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		name string
-		cut  func(*Proxy)
+		name  string
+		cut   func(*Proxy)
+		maxID int64
 	}{
-		{"refused", (*Proxy).Refuse},
-		{"blackholed", (*Proxy).Blackhole},
+		{"refused", (*Proxy).Refuse, 2000},
+		{"blackholed", (*Proxy).Blackhole, 2000},
+		{"refused_ids_from_a_million", (*Proxy).Refuse, 999_999},
+		{"blackholed_ids_from_a_million", (*Proxy).Blackhole, 999_999},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			tb := setup(t, setupOpts{objects: fastObjects(2), proxy: true})
 			e := tb.env
 			s := startInproc(t, e)
-			l := sendLoad(t, s.base, 2, 2000, 300)
+			l := sendLoad(t, s.base, 2, tc.maxID, 300)
 
 			sleep(time.Second)
 			before := l.s.Stats()
