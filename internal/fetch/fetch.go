@@ -279,7 +279,9 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 			}
 		}
 		free := limit - inFlight
-		if free <= 0 && !yielding && f.moreDue {
+		// Also while yielding: the limit is what the object service takes, the share of
+		// it used now is the reply path's business.
+		if free <= 0 && f.moreDue {
 			// The limit is fully used and more is due: tell the limiter the demand, which
 			// may raise the limit to meet it at once (package limit).
 			if now := f.Now(); now.Sub(f.demandAt) >= demandEvery {
@@ -288,8 +290,13 @@ func (f *Fetcher) claimLoop(ctx, lookupCtx context.Context, lookups *sync.WaitGr
 				due, err := f.store.CountDue(cctx, f.cfg.Concurrency, now.Add(-f.cfg.ExpireAfter))
 				cancel()
 				if err == nil && due > 0 {
-					limit = f.limiter.Demand(inFlight+int(due), now)
-					f.Metrics.LookupLimit.Set(float64(limit))
+					full := f.limiter.Demand(inFlight+int(due), now)
+					f.Metrics.LookupLimit.Set(float64(full))
+					if yielding {
+						limit = max(int(float64(full)*(1-min(f.cfg.Yield(), 1))), 1)
+					} else {
+						limit = full
+					}
 					free = limit - inFlight
 				}
 			}

@@ -359,7 +359,7 @@ func uniform(rng *rand.Rand, lo, hi float64) float64 { return lo + rng.Float64()
 // service is a simulated object service: latency uniform in 0.3-4.3 s, at most capacity
 // requests at once (0: no limit), any more answered 503 with Retry-After: 1 s after a
 // millisecond; until refuseUntil (after the start) it answers every request 503 with
-// Retry-After: a day after 10 ms ("come back tomorrow").
+// Retry-After: a day after 100 ms ("come back tomorrow").
 type service struct {
 	capacity    int
 	refuseUntil time.Duration
@@ -396,7 +396,7 @@ func simulate(l *limit.Limiter, svc service, d time.Duration, pause [2]time.Dura
 					e := event{start: clock, outcome: limit.Answered}
 					switch {
 					case clock.Before(t0.Add(svc.refuseUntil)):
-						e.end, e.outcome, e.retryAfter = clock.Add(10*time.Millisecond), limit.Rejected, 24*time.Hour
+						e.end, e.outcome, e.retryAfter = clock.Add(100*time.Millisecond), limit.Rejected, 24*time.Hour
 					case svc.capacity > 0 && serving >= svc.capacity:
 						e.end, e.outcome, e.retryAfter = clock.Add(time.Millisecond), limit.Rejected, time.Second
 					default:
@@ -460,10 +460,10 @@ func TestLimiter_simulated(t *testing.T) {
 	t.Run("unlimited_service_the_ceiling_at_once_without_a_cut", func(t *testing.T) {
 		t.Parallel()
 		l := limit.New(limit.DefaultConfig(128, 10000, 5*time.Second))
-		r := simulate(l, service{}, 2*time.Minute, never, 5*time.Second, 1)
+		r := simulate(l, service{}, 40*time.Second, never, 5*time.Second, 1)
 		require.False(t, r.everCut, "random latency cut the limit")
 		require.Equal(t, 10000, l.Limit())
-		rate := float64(r.answered) / 115
+		rate := float64(r.answered) / 35
 		require.GreaterOrEqual(t, rate, 0.9*10000/mean, "lookups/s from the 5th second on at 0.9 of the Little's-law bound of the ceiling")
 	})
 	t.Run("capacity_1000_rate_and_rejections", func(t *testing.T) {
@@ -479,10 +479,10 @@ func TestLimiter_simulated(t *testing.T) {
 	t.Run("a_database_outage_of_three_minutes_leaves_the_limit_where_it_was", func(t *testing.T) {
 		t.Parallel()
 		l := limit.New(limit.DefaultConfig(128, 10000, 5*time.Second))
-		// Lookups stop at 60 s and start again at 240 s; measured from 245 s.
-		r := simulate(l, service{}, 5*time.Minute, [2]time.Duration{60 * time.Second, 240 * time.Second}, 245*time.Second, 3)
+		// Lookups stop at 20 s and start again at 200 s; measured from 205 s.
+		r := simulate(l, service{}, 230*time.Second, [2]time.Duration{20 * time.Second, 200 * time.Second}, 205*time.Second, 3)
 		require.False(t, r.everCut, "the outage or the burst after it cut the limit")
-		rate := float64(r.answered) / 55
+		rate := float64(r.answered) / 25
 		require.GreaterOrEqual(t, rate, 0.9*10000/mean, "lookups/s from 5 s after the outage")
 	})
 	t.Run("come_back_tomorrow_for_8_s_then_full_speed_within_seconds", func(t *testing.T) {
