@@ -40,7 +40,7 @@ func noopServer(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	h := server.New(server.Deps{
 		Log:      log,
 		Metrics:  m,
-		Callback: intake.NewHandler(icfg, noopSubmitter{}, nil, log, m),
+		Callback: intake.NewHandler(icfg, intake.Deps{Submitter: noopSubmitter{}, Log: log, Metrics: m}),
 		Objects:  server.NewObjects(nil, 30*time.Second),
 		Ready:    func(context.Context) error { return nil },
 	})

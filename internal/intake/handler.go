@@ -27,6 +27,14 @@ type Submitter interface {
 	Submit(ctx context.Context, cb callback.Callback) error
 }
 
+// Pacer says how long to hold the answer to a durable callback (pace.Pacer): while the
+// service is overloaded, a callback of ids it is not tracking (a flood of fresh ids) is
+// answered no sooner than a set time after its receipt, so that a sender waiting for
+// its answers slows down.
+type Pacer interface {
+	Until(receipt time.Time, ids []int64, now time.Time) time.Duration
+}
+
 // Receipts counts the requests between their receipt stamp and their answer
 // (watermark.Tracker): until a callback is durable, expiry must not read the clock past
 // its receipt, and nothing else knows of it.
@@ -48,19 +56,38 @@ type Handler struct {
 	cfg      Config
 	sub      Submitter
 	receipts Receipts
+	pacer    Pacer
 	log      *slog.Logger
 	errs     *errlog.Limiter
 	metrics  *metrics.Metrics
 	now      func() time.Time
 }
 
-// NewHandler builds the handler. receipts may be nil (nothing counts them).
-func NewHandler(cfg Config, sub Submitter, receipts Receipts, log *slog.Logger, m *metrics.Metrics) *Handler {
-	if receipts == nil {
-		receipts = noReceipts{}
-	}
-	return &Handler{cfg: cfg, sub: sub, receipts: receipts, log: log, errs: errlog.New(log, 10*time.Second), metrics: m, now: time.Now}
+// Deps are what the handler works with. Receipts and Pacer may be nil: nothing counts
+// the receipts, nothing is paced.
+type Deps struct {
+	Submitter Submitter
+	Receipts  Receipts
+	Pacer     Pacer
+	Log       *slog.Logger
+	Metrics   *metrics.Metrics
 }
+
+// NewHandler builds the handler.
+func NewHandler(cfg Config, d Deps) *Handler {
+	if d.Receipts == nil {
+		d.Receipts = noReceipts{}
+	}
+	if d.Pacer == nil {
+		d.Pacer = noPacer{}
+	}
+	return &Handler{cfg: cfg, sub: d.Submitter, receipts: d.Receipts, pacer: d.Pacer, log: d.Log,
+		errs: errlog.New(d.Log, 10*time.Second), metrics: d.Metrics, now: time.Now}
+}
+
+type noPacer struct{}
+
+func (noPacer) Until(time.Time, []int64, time.Time) time.Duration { return 0 }
 
 type noReceipts struct{}
 
@@ -154,6 +181,17 @@ func (h *Handler) Callback(c *gin.Context) {
 	}
 	h.metrics.CallbacksAccepted.Inc()
 	h.metrics.IDsReceived.Add(float64(sent))
+	// Durable: nothing can lose it now. Under overload a flood of fresh ids waits for
+	// its answer (internal/pace); the sender gets its 2xx all the same.
+	if wait := h.pacer.Until(received, unique, h.now()); wait > 0 {
+		h.metrics.CallbacksPaced.Inc()
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-c.Request.Context().Done():
+		}
+		t.Stop()
+	}
 
 	var out [40]byte
 	b := append(out[:0], `{"accepted":`...)

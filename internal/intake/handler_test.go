@@ -98,7 +98,7 @@ func (b *backend) serve(t *testing.T, cfg intake.Config, sub intake.Submitter) *
 	h := server.New(server.Deps{
 		Log:      discard,
 		Metrics:  m,
-		Callback: intake.NewHandler(cfg, sub, nil, discard, m),
+		Callback: intake.NewHandler(cfg, intake.Deps{Submitter: sub, Log: discard, Metrics: m}),
 		Objects:  server.NewObjects(store.New(b.pool), 30*time.Second),
 		Ready:    func(context.Context) error { return nil },
 	})
@@ -507,4 +507,42 @@ func TestCallback_notDurableIsServiceUnavailable(t *testing.T) {
 			require.Equal(t, []int64{2, 4}, seen[0].ObjectIDs)
 		})
 	}
+}
+
+type pacerFunc func(receipt time.Time, ids []int64, now time.Time) time.Duration
+
+func (f pacerFunc) Until(receipt time.Time, ids []int64, now time.Time) time.Duration {
+	return f(receipt, ids, now)
+}
+
+// A callback the pacer holds is durable before the wait, and answered 2xx after it.
+func TestCallback_pacedCallbackIsDurableFirstAndAnsweredAfterTheWait(t *testing.T) {
+	t.Parallel()
+	var durableAt time.Time
+	var gotIDs []int64
+	sub := submitter{SubmitFunc: func(_ context.Context, cb callback.Callback) error {
+		durableAt = time.Now()
+		return nil
+	}}
+	m := metrics.New()
+	pacer := pacerFunc(func(_ time.Time, ids []int64, _ time.Time) time.Duration {
+		gotIDs = append([]int64(nil), ids...)
+		return 300 * time.Millisecond
+	})
+	h := server.New(server.Deps{
+		Log: discard, Metrics: m,
+		Callback: intake.NewHandler(defaults(), intake.Deps{Submitter: sub, Pacer: pacer, Log: discard, Metrics: m}),
+		Ready:    func(context.Context) error { return nil },
+	})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+
+	resp, err := http.Post(srv.URL+"/callback", "application/json", strings.NewReader(`{"object_ids":[3,1,2,3]}`))
+	require.NoError(t, err)
+	resp.Body.Close()
+	answered := time.Now()
+	require.Equal(t, http.StatusAccepted, resp.StatusCode)
+	require.Equal(t, []int64{1, 2, 3}, gotIDs, "the pacer sees the callback's distinct ids")
+	require.GreaterOrEqual(t, answered.Sub(durableAt), 300*time.Millisecond, "answered after the wait, durable before it")
+	require.Equal(t, 1.0, metrics.Sum(m.CallbacksPaced))
 }

@@ -48,6 +48,9 @@ type Config struct {
 	// ranked below the pass are evicted for them, as many as needed, and what still
 	// does not fit is dropped for capacity, the newest receipts kept.
 	MaxPending int
+	// MaxEvict bounds the waiting rows one pass evicts for its fresh ids when pending
+	// is full: beyond that, the rest of its fresh ids are dropped for capacity.
+	MaxEvict int
 	// ExpireAfter is the window (EXPIRE_AFTER), required: receipts older than this are
 	// dropped, whole batches unread.
 	ExpireAfter time.Duration
@@ -62,7 +65,20 @@ type Config struct {
 	// Changed, if set, is called after a pass that changed pending work: it wakes the
 	// fetcher. It must not block.
 	Changed func()
+	// Pacer, if set, is told which ids passes gave a pending row, and when the service
+	// is overloaded (internal/pace).
+	Pacer Pacer
 }
+
+// Pacer is what the merger tells the pacing of callbacks (pace.Pacer).
+type Pacer interface {
+	Track(ids []int64, now time.Time)
+	Overloaded(now time.Time)
+}
+
+// behind: a pass that left batches in the inbox received this long ago says merging is
+// behind, and the service overloaded.
+const behind = 5 * time.Second
 
 // The defaults merge on a 100 ms cadence rather than after every commit, so that
 // passes coalesce. A pass reads up to 1M ids (MaxIDs; a megabyte or so of batches, and
@@ -78,6 +94,7 @@ const (
 	MaxIDsDefault      = 1 << 20
 	MaxDistinctDefault = 1 << 17
 	MaxPendingDefault  = 1 << 18
+	MaxEvictDefault    = 1 << 13
 	IntervalDefault    = 100 * time.Millisecond
 	RestDefault        = 1.0
 )
@@ -110,13 +127,14 @@ func New(cfg Config, s Store, deps component.Deps) (*Merger, error) {
 	cfg.MaxIDs = cmp.Or(cfg.MaxIDs, MaxIDsDefault)
 	cfg.MaxDistinct = cmp.Or(cfg.MaxDistinct, MaxDistinctDefault)
 	cfg.MaxPending = cmp.Or(cfg.MaxPending, MaxPendingDefault)
+	cfg.MaxEvict = cmp.Or(cfg.MaxEvict, MaxEvictDefault)
 	cfg.Interval = cmp.Or(cfg.Interval, IntervalDefault)
 	cfg.Rest = cmp.Or(cfg.Rest, RestDefault)
 	if cfg.Changed == nil {
 		cfg.Changed = func() {}
 	}
 	switch {
-	case cfg.MaxBatches < 0 || cfg.MaxIDs < 0 || cfg.MaxDistinct < 0:
+	case cfg.MaxBatches < 0 || cfg.MaxIDs < 0 || cfg.MaxDistinct < 0 || cfg.MaxEvict < 0:
 		return nil, errors.New("merge bounds must be positive")
 	case cfg.MaxPending < 1:
 		return nil, fmt.Errorf("the bound on waiting rows (MaxPending, %d) must be positive", cfg.MaxPending)
@@ -192,7 +210,7 @@ func (m *Merger) Pass(ctx context.Context) (Result, error) {
 	defer cancel()
 	start := m.Now()
 	p := params{MaxBatches: m.cfg.MaxBatches, MaxIDs: m.cfg.MaxIDs, MaxDistinct: m.cfg.MaxDistinct,
-		MaxPending: m.cfg.MaxPending, Now: start, Cutoff: start.Add(-m.cfg.ExpireAfter),
+		MaxPending: m.cfg.MaxPending, MaxEvict: m.cfg.MaxEvict, Now: start, Cutoff: start.Add(-m.cfg.ExpireAfter),
 		Recheck: store.RecheckHandicap(m.cfg.ExpireAfter)}
 	merged, err := mergeInbox(pctx, m.store, p)
 	m.lastPass = m.Now().Sub(start)
@@ -211,6 +229,14 @@ func (m *Merger) Pass(ctx context.Context) (Result, error) {
 		m.Log.ErrorContext(ctx, "inbox batch cannot be decoded; moved to table inbox_quarantine",
 			"batch_id", q.BatchID, "callbacks", q.Callbacks, "err", q.Err)
 	}
+	if m.cfg.Pacer != nil {
+		m.cfg.Pacer.Track(merged.ChangedIDs, start)
+		if merged.NoRoom > 0 || merged.Evicted > 0 || merged.RechecksSkipped > 0 ||
+			!merged.LeftSince.IsZero() && start.Sub(merged.LeftSince) > behind {
+			m.cfg.Pacer.Overloaded(start)
+		}
+	}
+	merged.ChangedIDs = nil
 	m.Metrics.MergedCallbacks.Add(float64(merged.Callbacks))
 	m.Metrics.MergedIDs.Add(float64(merged.IDs))
 	if merged.Changed > 0 {

@@ -305,14 +305,16 @@ func TestPass_boundsPendingKeepingTheNewest(t *testing.T) {
 	b.insert(t, callback.New(at(0), []int64{1}))
 	pass(t, m)
 
-	// Two places left, four new ids: the two newest get them. Id 1, already pending,
-	// still takes its newer receipt although the bound is reached, and is not evicted
-	// although it ranked below them: the pass names it.
+	// Two places left, four new ids, one callback each (so each is its callback's first
+	// turn): the two newest get them. Id 1, already pending, still takes its newer
+	// receipt although the bound is reached, and is not evicted although it ranked
+	// below them: the pass names it.
 	b.insert(t,
 		callback.New(at(10), []int64{10}),
 		callback.New(at(40), []int64{40}),
 		callback.New(at(20), []int64{20}),
-		callback.New(at(30), []int64{30, 1}),
+		callback.New(at(30), []int64{30}),
+		callback.New(at(30), []int64{1}),
 	)
 	require.Equal(t, int64(2), pass(t, m).NoRoom)
 	require.Equal(t, map[int64]time.Time{1: at(30), 30: at(30), 40: at(40)}, b.pending(t))
@@ -583,3 +585,48 @@ func TestRun_retriesAfterDatabaseError(t *testing.T) {
 	require.Equal(t, int64(2), calls.Load())
 	require.Equal(t, 1.0, metrics.Sum(b.metrics.DatabaseErrors.WithLabelValues("merge")))
 }
+
+// When pending is full, fresh ids take turns callback by callback: a small callback of
+// new objects gets its share beside a big one that floods.
+func TestPass_freshIDsTakeTurnsByCallbackWhenPendingIsFull(t *testing.T) {
+	t.Parallel()
+	m, b := setup(t, Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 10, Interval: idle})
+	flood := make([]int64, 200)
+	for i := range flood {
+		flood[i] = int64(1_000_000 + i)
+	}
+	// The flood is newer than the small callback: newest first alone would give it all
+	// the room.
+	b.insert(t, callback.New(at(0), []int64{1, 2, 3}), callback.New(at(10), flood))
+	merged := pass(t, m)
+	require.Equal(t, int64(193), merged.NoRoom)
+	pending := b.pending(t)
+	for _, id := range []int64{1, 2, 3} {
+		require.Contains(t, pending, id, "the small callback's objects get their turns")
+	}
+	require.Len(t, pending, 10)
+}
+
+// The merger tells the pacer which ids have a row, and when work is dropped for
+// capacity.
+func TestPass_tellsThePacer(t *testing.T) {
+	t.Parallel()
+	p := &pacerSpy{}
+	m, b := setup(t, Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 2, Interval: idle, Pacer: p})
+	b.insert(t, callback.New(at(0), []int64{1, 2}))
+	pass(t, m)
+	require.ElementsMatch(t, []int64{1, 2}, p.tracked)
+	require.Zero(t, p.overloaded, "room for everything: not overloaded")
+
+	b.insert(t, callback.New(at(5), []int64{3}))
+	pass(t, m)
+	require.Equal(t, 1, p.overloaded, "a fresh id found no room")
+}
+
+type pacerSpy struct {
+	tracked    []int64
+	overloaded int
+}
+
+func (p *pacerSpy) Track(ids []int64, _ time.Time) { p.tracked = append(p.tracked, ids...) }
+func (p *pacerSpy) Overloaded(time.Time)           { p.overloaded++ }

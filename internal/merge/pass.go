@@ -2,6 +2,7 @@ package merge
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"time"
@@ -37,6 +38,13 @@ type Result struct {
 
 	// Quarantined: batches that could not be decoded, moved to inbox_quarantine.
 	Quarantined []Quarantined
+
+	// ChangedIDs: the objects whose pending row this pass inserted or gave a newer
+	// receipt: tracked by the service now (Config.Pacer).
+	ChangedIDs []int64
+	// LeftSince: the oldest receipt of the first batch the pass left in the inbox
+	// (zero if it left none): how far behind merging is.
+	LeftSince time.Time
 }
 
 // Quarantined is one batch the merger set aside.
@@ -52,6 +60,7 @@ type params struct {
 	MaxIDs      int
 	MaxDistinct int // 0: no bound
 	MaxPending  int // waiting pending rows at most
+	MaxEvict    int // waiting rows one pass evicts for fresh ids, at most
 	// Now is the service's clock at the start of the pass: receipts are ranked by their
 	// age on it. Cutoff: receipts older than this left the window and are dropped,
 	// whole batches unread; zero: none is.
@@ -60,7 +69,17 @@ type params struct {
 	Recheck time.Duration // see store.RecheckHandicap
 }
 
-type idTime struct{ id, t int64 }
+type idTime struct {
+	id, t   int64
+	ordinal int32
+}
+
+// receipt is what a pass keeps of one object: its newest receipt in the pass (Unix
+// microseconds) and its earliest turn in the round robin over callbacks.
+type receipt struct {
+	t       int64
+	ordinal int32
+}
 
 // mergeInbox moves the newest inbox batches into pending, in one transaction. Batches
 // and callbacks that left the window are dropped first. It reads at most MaxBatches
@@ -91,8 +110,8 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 		if len(batches) == 0 {
 			return nil
 		}
-		// newest: object id -> newest receipt (Unix microseconds) in the batches used.
-		newest := make(map[int64]int64)
+		// newest: object id -> its newest receipt and turn in the batches used.
+		newest := make(map[int64]receipt)
 		var used []uuid.UUID
 		taken := 0
 		var scratch []int64
@@ -107,13 +126,17 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 			// contributes nothing rather than a prefix of possible garbage.
 			staged = staged[:0]
 			stale := int64(0)
-			scratch, err = b.Decode(scratch, func(_ uuid.UUID, t int64, ids []int64) {
+			scratch, err = b.Decode(scratch, func(cb uuid.UUID, t int64, ids []int64) {
 				if t < cutoff {
 					stale += int64(len(ids))
 					return
 				}
-				for _, id := range ids {
-					staged = append(staged, idTime{id, t})
+				// Each callback's ids take turns from a point of their own (the ids
+				// are sorted): the first turn of every callback comes before the
+				// second of any, so fresh ids share a full pending callback by callback.
+				start := turnStart(cb, len(ids))
+				for i, id := range ids {
+					staged = append(staged, idTime{id, t, int32((i - start + len(ids)) % len(ids))})
 				}
 			})
 			if err != nil {
@@ -128,12 +151,19 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 			merged.Callbacks += int64(b.Callbacks)
 			merged.StaleIDs += stale
 			for _, it := range staged {
-				if old, ok := newest[it.id]; !ok || it.t > old {
-					newest[it.id] = it.t
+				old, ok := newest[it.id]
+				switch {
+				case !ok:
+					newest[it.id] = receipt{it.t, it.ordinal}
+				default:
+					newest[it.id] = receipt{max(old.t, it.t), min(old.ordinal, it.ordinal)}
 				}
 			}
 		}
 		merged.Batches = int64(len(used))
+		if len(used) < len(batches) {
+			merged.LeftSince = batches[len(used)].ReceivedAt
+		}
 		merged.Full = len(used) < len(batches) || len(batches) == p.MaxBatches || taken >= p.MaxIDs
 		// Every batch used is consumed in this transaction, the quarantined ones too.
 		if err := tx.RememberMerged(ctx, used); err != nil {
@@ -142,7 +172,7 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 		if err := tx.DeleteBatches(ctx, used); err != nil {
 			return err
 		}
-		ids, times := sortedByID(newest)
+		ids, times, ordinals := sortedByID(newest)
 		clear(newest)
 		merged.IDs = int64(len(ids))
 		if len(ids) == 0 {
@@ -158,7 +188,8 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 			return err
 		}
 		r, err := tx.MergePending(ctx, store.MergeParams{
-			IDs: ids, ReceivedAts: times, Room: int64(p.MaxPending) - waiting, Now: p.Now, Recheck: p.Recheck,
+			IDs: ids, ReceivedAts: times, Ordinals: ordinals, Room: int64(p.MaxPending) - waiting,
+			MaxEvict: int64(p.MaxEvict), Now: p.Now, Recheck: p.Recheck,
 		})
 		if err != nil {
 			return err
@@ -167,6 +198,7 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 		merged.NoRoom = r.Fresh - r.FreshTaken
 		merged.RechecksSkipped = r.Rearm - r.Rearmed
 		merged.Evicted = r.Evicted
+		merged.ChangedIDs = r.ChangedIDs
 		return nil
 	})
 	if err != nil {
@@ -175,17 +207,28 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 	return merged, nil
 }
 
-// sortedByID turns id -> receipt (Unix microseconds) into parallel slices in ascending
-// id order: the lock order, and what the statements read best.
-func sortedByID(m map[int64]int64) ([]int64, []time.Time) {
+// sortedByID turns id -> receipt into parallel slices in ascending id order: the lock
+// order, and what the statements read best.
+func sortedByID(m map[int64]receipt) ([]int64, []time.Time, []int32) {
 	ids := make([]int64, 0, len(m))
 	for id := range m {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
 	times := make([]time.Time, len(ids))
+	ordinals := make([]int32, len(ids))
 	for i, id := range ids {
-		times[i] = time.UnixMicro(m[id])
+		r := m[id]
+		times[i], ordinals[i] = time.UnixMicro(r.t), r.ordinal
 	}
-	return ids, times
+	return ids, times, ordinals
+}
+
+// turnStart is where a callback's ids start taking turns: a point derived from the
+// callback's id, so that the same objects are not always first.
+func turnStart(cb uuid.UUID, n int) int {
+	if n == 0 {
+		return 0
+	}
+	return int(binary.LittleEndian.Uint64(cb[8:]) % uint64(n))
 }

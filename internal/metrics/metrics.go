@@ -23,6 +23,7 @@ type Metrics struct {
 	CallbacksAccepted prometheus.Counter
 	CallbacksRejected *prometheus.CounterVec // reason
 	IDsReceived       prometheus.Counter
+	CallbacksPaced    prometheus.Counter   // answered late on purpose: a flood of fresh ids while overloaded
 	ReplySeconds      prometheus.Histogram // POST /callback, from the first byte read to the reply
 	CommitBatchSize   prometheus.Histogram // callbacks per durable write
 	CommitSeconds     *prometheus.HistogramVec
@@ -88,6 +89,7 @@ func New() *Metrics {
 		CallbacksAccepted: f.counter("callbacks_accepted_total", "Callbacks answered 2xx: durable in the inbox or the spool."),
 		CallbacksRejected: f.counterVec("callbacks_rejected_total", "Callbacks answered 4xx/5xx, by reason.", "reason"),
 		IDsReceived:       f.counter("ids_received_total", "Object ids in accepted callbacks, duplicates included."),
+		CallbacksPaced:    f.counter("callbacks_paced_total", "Accepted callbacks answered OVERLOAD_PACE after their receipt on purpose: while the service was overloaded, most of their ids were ones it does not track (a flood of fresh ids)."),
 		ReplySeconds: f.histogram("reply_seconds", "Time to answer POST /callback, whatever the status.",
 			prometheus.ExponentialBuckets(0.00025, 2, 15)),
 		CommitBatchSize: f.histogram("commit_batch_callbacks", "Callbacks per group commit.",

@@ -87,7 +87,7 @@ func setup(t *testing.T, opts serverOpts) *testBundle {
 	srv := httptest.NewServer(server.New(server.Deps{
 		Log:      log,
 		Metrics:  tb.metrics,
-		Callback: intake.NewHandler(opts.intake, opts.submit, nil, log, tb.metrics),
+		Callback: intake.NewHandler(opts.intake, intake.Deps{Submitter: opts.submit, Log: log, Metrics: tb.metrics}),
 		Objects:  objects,
 		Ready:    ready,
 		Console:  page,

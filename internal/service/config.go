@@ -12,6 +12,7 @@ import (
 	"github.com/objwatch/callback/internal/fetch"
 	"github.com/objwatch/callback/internal/inbox"
 	"github.com/objwatch/callback/internal/merge"
+	"github.com/objwatch/callback/internal/pace"
 	"github.com/objwatch/callback/internal/watermark"
 )
 
@@ -26,6 +27,7 @@ type config struct {
 	FetchConcurrency    int
 	FetchTimeout        time.Duration
 	MaxPending          int
+	OverloadPace        time.Duration
 	RetryAfterMax       time.Duration
 	Lease               time.Duration
 	SpoolDir            string
@@ -61,6 +63,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		{"FETCH_CONCURRENCY", "fetch-concurrency", strconv.Itoa(fetch.ConcurrencyDefault), "ceiling of the adaptive limit of lookups in flight (and of keep-alive connections)", positiveInt(&c.FetchConcurrency)},
 		{"FETCH_TIMEOUT", "fetch-timeout", fetch.TimeoutDefault.String(), "timeout of one lookup", duration(&c.FetchTimeout)},
 		{"MAX_PENDING", "max-pending", strconv.Itoa(merge.MaxPendingDefault), fmt.Sprintf("objects waiting for a lookup at most (at least %d); only when it is full are newer ids dropped (counted)", merge.MinPending), atLeast(&c.MaxPending, merge.MinPending)},
+		{"OVERLOAD_PACE", "overload-pace", pace.TargetDefault.String(), "while overloaded, a callback of ids the service does not track (a flood of fresh ids) is answered this long after its receipt, so that its sender slows down (0: never); keep it well under the senders' timeout", durationOrZero(&c.OverloadPace)},
 		{"RETRY_AFTER_MAX", "retry-after-max", fetch.RetryAfterMaxDefault.String(), "longest wait a Retry-After from the object service can impose (at most half of EXPIRE_AFTER; unset: the default or half of EXPIRE_AFTER, whichever is less)", duration(&c.RetryAfterMax)},
 		{"LEASE", "lease", fetch.LeaseDefault.String(), "how long a claimed lookup is reserved; must exceed FETCH_TIMEOUT by 1s", duration(&c.Lease)},
 		{"SPOOL_DIR", "spool-dir", "spool", "directory for callbacks accepted while Postgres is unreachable", str(&c.SpoolDir)},

@@ -31,6 +31,7 @@ import (
 	"github.com/objwatch/callback/internal/merge"
 	"github.com/objwatch/callback/internal/metrics"
 	"github.com/objwatch/callback/internal/objectsvc"
+	"github.com/objwatch/callback/internal/pace"
 	"github.com/objwatch/callback/internal/server"
 	"github.com/objwatch/callback/internal/spool"
 	"github.com/objwatch/callback/internal/store"
@@ -91,7 +92,11 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err // parseConfig validated it
 	}
-	merger, err := merge.New(merge.Config{MaxPending: cfg.MaxPending, ExpireAfter: cfg.ExpireAfter, Yield: busy, Changed: fetcher.Wake}, db, deps)
+	// Under overload a flood of fresh ids is answered late, so that a sender waiting for
+	// its answers slows down (internal/pace); the merger says when, and which ids the
+	// service tracks.
+	pacer := pace.New(pace.Config{Target: cfg.OverloadPace, Window: cfg.ExpireAfter})
+	merger, err := merge.New(merge.Config{MaxPending: cfg.MaxPending, ExpireAfter: cfg.ExpireAfter, Yield: busy, Changed: fetcher.Wake, Pacer: pacer}, db, deps)
 	if err != nil {
 		return fmt.Errorf("building the merger: %w", err)
 	}
@@ -136,12 +141,13 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// draining turns /readyz to 503 at shutdown, before the listener closes.
 	var draining atomic.Bool
 	handler := server.New(server.Deps{
-		Log:      log,
-		Metrics:  m,
-		Callback: intake.NewHandler(intake.Config{MaxBodyBytes: cfg.MaxBodyBytes, MaxIDs: cfg.MaxIDs, Token: cfg.CallbackToken, BodyTimeout: cfg.BodyTimeout}, committer, receipts, log, m),
-		Objects:  server.NewObjects(db, cfg.ExpireAfter),
-		Ready:    readiness(db, cfg.SpoolDir, &draining),
-		Console:  page,
+		Log:     log,
+		Metrics: m,
+		Callback: intake.NewHandler(intake.Config{MaxBodyBytes: cfg.MaxBodyBytes, MaxIDs: cfg.MaxIDs, Token: cfg.CallbackToken, BodyTimeout: cfg.BodyTimeout},
+			intake.Deps{Submitter: committer, Receipts: receipts, Pacer: pacer, Log: log, Metrics: m}),
+		Objects: server.NewObjects(db, cfg.ExpireAfter),
+		Ready:   readiness(db, cfg.SpoolDir, &draining),
+		Console: page,
 	})
 	srv := server.HTTPServer(cfg.ListenAddr, handler, log)
 	ln, err := net.Listen("tcp", cfg.ListenAddr)

@@ -115,7 +115,8 @@ func (tx *MergeTx) CountWaiting(ctx context.Context) (int64, error) {
 
 // PendingMerged is what one MergePending did.
 type PendingMerged struct {
-	Changed    int64 // pending rows inserted or given a newer receipt
+	Changed    int64   // pending rows inserted or given a newer receipt
+	ChangedIDs []int64 // their ids
 	Fresh      int64 // ids with no pending row before
 	FreshTaken int64 // of those, the ones made pending
 	Rearm      int64 // done rows (already looked up) given a newer receipt
@@ -128,9 +129,14 @@ type PendingMerged struct {
 type MergeParams struct {
 	IDs         []int64
 	ReceivedAts []time.Time
+	// Ordinals: each id's turn in the round robin over the callbacks that named it,
+	// which decides who gets the room when there is not enough (queries/inbox.sql).
+	Ordinals []int32
 	// Room: fresh ids (and re-checks) that fit under the bound on waiting rows. More
 	// fresh ids evict waiting rows ranked below this pass, as many as they need.
 	Room int64
+	// MaxEvict bounds the waiting rows one call evicts for fresh ids.
+	MaxEvict int64
 	// Now is the service's clock: receipts are ranked by their age on it.
 	Now time.Time
 	// Recheck: how far a re-check ranks below a first lookup of the same receipt.
@@ -140,7 +146,8 @@ type MergeParams struct {
 // MergePending gives each id its newest receipt in pending; see MergeParams.
 func (tx *MergeTx) MergePending(ctx context.Context, p MergeParams) (PendingMerged, error) {
 	r, err := tx.q.MergePending(ctx, dbsqlc.MergePendingParams{
-		IDs: p.IDs, ReceivedAts: p.ReceivedAts, Room: max(p.Room, 0), Now: p.Now, RecheckMs: p.Recheck.Milliseconds(),
+		IDs: p.IDs, ReceivedAts: p.ReceivedAts, Ordinals: p.Ordinals, Room: max(p.Room, 0), MaxEvict: max(p.MaxEvict, 0),
+		Now: p.Now, RecheckMs: p.Recheck.Milliseconds(),
 	})
 	if err != nil {
 		return PendingMerged{}, fmt.Errorf("merging into pending: %w", err)

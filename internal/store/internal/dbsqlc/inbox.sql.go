@@ -319,16 +319,18 @@ func (q *Queries) MarkSpoolReplayed(ctx context.Context, segmentID uuid.UUID) (i
 const mergePending = `-- name: MergePending :one
 WITH arg AS (
     SELECT $1::bigint AS room,
-           $2::timestamptz AS now,
-           ($3::bigint * interval '1 millisecond')::interval AS recheck
+           $2::bigint AS max_evict,
+           $3::timestamptz AS now,
+           ($4::bigint * interval '1 millisecond')::interval AS recheck
 ), merged AS (
-    SELECT m.id, m.received_at,
+    SELECT m.id, m.received_at, m.ordinal,
            least(now(), now() + (m.received_at - (SELECT arg.now FROM arg))) AS prio
     FROM (
-        SELECT unnest($4::bigint[]) AS id, unnest($5::timestamptz[]) AS received_at
+        SELECT unnest($5::bigint[]) AS id, unnest($6::timestamptz[]) AS received_at,
+               unnest($7::integer[]) AS ordinal
     ) m
 ), joined AS (
-    SELECT merged.id, merged.received_at, merged.prio,
+    SELECT merged.id, merged.received_at, merged.prio, merged.ordinal,
            p.object_id IS NOT NULL AS known,
            coalesce(p.due_at = '-infinity' AND p.received_at < merged.received_at, false) AS rearm
     FROM merged
@@ -336,15 +338,17 @@ WITH arg AS (
 ), wanted AS (
     SELECT count(*) FILTER (WHERE NOT joined.known) AS fresh,
            count(*) FILTER (WHERE joined.rearm)     AS rearm,
-           min(joined.prio)                          AS lowest
+           min(joined.prio)                          AS lowest,
+           min(joined.received_at)                   AS oldest
     FROM joined
 ), victims AS (
     SELECT d.object_id FROM pending d
     WHERE d.due_at > '-infinity' AND d.due_at <= now() AND d.claim_token IS NULL
       AND d.due_at < (SELECT wanted.lowest FROM wanted)
+      AND d.received_at < (SELECT wanted.oldest FROM wanted)
       AND NOT EXISTS (SELECT 1 FROM merged WHERE merged.id = d.object_id)
     ORDER BY d.due_at
-    LIMIT greatest((SELECT wanted.fresh FROM wanted) - (SELECT arg.room FROM arg), 0)
+    LIMIT least(greatest((SELECT wanted.fresh FROM wanted) - (SELECT arg.room FROM arg), 0), (SELECT arg.max_evict FROM arg))
     FOR UPDATE SKIP LOCKED
 ), evicted AS (
     DELETE FROM pending e
@@ -352,11 +356,11 @@ WITH arg AS (
     RETURNING e.object_id
 ), fresh AS (
     SELECT joined.id FROM joined WHERE NOT joined.known
-    ORDER BY joined.received_at DESC, joined.id
+    ORDER BY joined.ordinal, joined.received_at DESC, joined.id
     LIMIT (SELECT arg.room FROM arg) + (SELECT count(*) FROM evicted)
 ), rearmed AS (
     SELECT joined.id FROM joined WHERE joined.rearm
-    ORDER BY joined.received_at DESC, joined.id
+    ORDER BY joined.ordinal, joined.received_at DESC, joined.id
     LIMIT greatest((SELECT arg.room FROM arg) + (SELECT count(*) FROM evicted) - (SELECT count(*) FROM fresh), 0)
 ), upserted AS (
     INSERT INTO pending (object_id, received_at, due_at)
@@ -387,6 +391,7 @@ WITH arg AS (
     RETURNING pending.object_id
 )
 SELECT (SELECT count(*) FROM upserted)::bigint   AS changed,
+       (SELECT coalesce(array_agg(upserted.object_id), '{}') FROM upserted)::bigint[] AS changed_ids,
        (SELECT wanted.fresh FROM wanted)::bigint AS fresh,
        (SELECT count(*) FROM fresh)::bigint      AS fresh_taken,
        (SELECT wanted.rearm FROM wanted)::bigint AS rearm,
@@ -396,14 +401,17 @@ SELECT (SELECT count(*) FROM upserted)::bigint   AS changed,
 
 type MergePendingParams struct {
 	Room        int64
+	MaxEvict    int64
 	Now         time.Time
 	RecheckMs   int64
 	IDs         []int64
 	ReceivedAts []time.Time
+	Ordinals    []int32
 }
 
 type MergePendingRow struct {
 	Changed    int64
+	ChangedIDs []int64
 	Fresh      int64
 	FreshTaken int64
 	Rearm      int64
@@ -419,13 +427,22 @@ type MergePendingRow struct {
 // Every id takes the newer receipt if its row has an older one: a waiting or claimed
 // row (a lookup in flight is then run once more), and a done row (the memory of the
 // newest receipt, migration 20261206000001), so that an older receipt merged later
-// changes nothing. Ids with no row are fresh: inserted, newest receipts first, up to
-// @room (the caller's MAX_PENDING minus the waiting rows, CountWaiting). Beyond the
-// room pending is full: waiting rows ranked below every id of this pass (and not named
-// by it) are evicted, lowest first, as many as the fresh ids need and no more, and what
-// still does not fit is dropped for capacity (counted by the caller). A done row with a
-// newer receipt is re-armed (one more lookup: a re-check) within the room left after
-// the fresh ids; otherwise it only takes the receipt.
+// changes nothing. Ids with no row are fresh: inserted up to @room (the caller's
+// MAX_PENDING minus the waiting rows, CountWaiting). Beyond the room pending is full:
+// waiting rows ranked below every id of this pass and received before all of them (and
+// not named by it) are evicted, lowest first, as many as the fresh ids need and at most
+// @max_evict (a flood must not turn every pass into a delete and an insert of what the
+// next pass evicts again), and what still does not fit is dropped for capacity
+// (counted by the caller). A done row with a newer receipt is re-armed (one more
+// lookup: a re-check) within the room left after the fresh ids; otherwise it only
+// takes the receipt.
+//
+// Which fresh ids get the room when there is not enough: round robin over the
+// callbacks that named them (@ordinals: an id's place in its callback's turn, from the
+// caller), then the newest receipts. A sender that names a few new objects now and then
+// gets its share beside one that floods a million: each callback is served in turn,
+// whatever its size. Returns the ids it changed, for the caller's set of tracked ids
+// (internal/pace).
 //
 // Rank. due_at of a waiting row is its rank: the claim takes the highest first. It is
 // the receipt translated to the database's clock (now() minus the receipt's age on
@@ -444,14 +461,17 @@ type MergePendingRow struct {
 func (q *Queries) MergePending(ctx context.Context, arg MergePendingParams) (MergePendingRow, error) {
 	row := q.db.QueryRow(ctx, mergePending,
 		arg.Room,
+		arg.MaxEvict,
 		arg.Now,
 		arg.RecheckMs,
 		arg.IDs,
 		arg.ReceivedAts,
+		arg.Ordinals,
 	)
 	var i MergePendingRow
 	err := row.Scan(
 		&i.Changed,
+		&i.ChangedIDs,
 		&i.Fresh,
 		&i.FreshTaken,
 		&i.Rearm,
