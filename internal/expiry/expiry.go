@@ -60,6 +60,9 @@ type Config struct {
 	Chunk int
 	// ForgetReplicas: watermark rows of replicas silent this long are deleted.
 	ForgetReplicas time.Duration
+	// MergeLag, if set, is told every tick how far behind merging is (the oldest receipt
+	// waiting in the inbox within the window): pace.Pacer.MergeLag. It must not block.
+	MergeLag func(now time.Time, lag time.Duration)
 }
 
 // The defaults check the window every second; chunks of 10,000 rows take tens of
@@ -127,6 +130,9 @@ func (e *Expirer) Tick(ctx context.Context) store.ExpiryTick {
 	if err != nil {
 		e.fail(ctx, err)
 		return store.ExpiryTick{}
+	}
+	if e.cfg.MergeLag != nil {
+		e.cfg.MergeLag(now, now.Sub(oldest))
 	}
 	low, err := e.watermark.Low(tctx, now)
 	if err != nil {

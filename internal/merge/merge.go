@@ -65,20 +65,17 @@ type Config struct {
 	// Changed, if set, is called after a pass that changed pending work: it wakes the
 	// fetcher. It must not block.
 	Changed func()
-	// Pacer, if set, is told which ids passes gave a pending row, and when the service
-	// is overloaded (internal/pace).
+	// Pacer, if set, is told which ids passes merged, and when the service is
+	// overloaded, and says which callbacks are part of a flood (internal/pace).
 	Pacer Pacer
 }
 
-// Pacer is what the merger tells the pacing of callbacks (pace.Pacer).
+// Pacer is what the merger tells the pacing of callbacks, and asks it (pace.Pacer).
 type Pacer interface {
-	Track(ids []int64, now time.Time)
+	Track(ids []int64)
 	Overloaded(now time.Time)
+	Flooding(ids []int64, now time.Time) bool
 }
-
-// behind: a pass that left batches in the inbox received this long ago says merging is
-// behind, and the service overloaded.
-const behind = 5 * time.Second
 
 // The defaults merge on a 100 ms cadence rather than after every commit, so that
 // passes coalesce. A pass reads up to 1M ids (MaxIDs; a megabyte or so of batches, and
@@ -98,6 +95,12 @@ const (
 	IntervalDefault    = 100 * time.Millisecond
 	RestDefault        = 1.0
 )
+
+// FloodHandicap is how far below its receipt a fresh id of a flood ranks (a third of
+// the window): while the service is overloaded, objects named by senders with a steady
+// set of objects are looked up first, then the flood's, and re-checks last (a window
+// below: store.RecheckHandicap).
+func FloodHandicap(window time.Duration) time.Duration { return window / 3 }
 
 // MinPending is the smallest MAX_PENDING the service accepts: a bound below a few
 // claims' worth of rows would drop work that the fetchers could take at once. (Tests
@@ -211,7 +214,10 @@ func (m *Merger) Pass(ctx context.Context) (Result, error) {
 	start := m.Now()
 	p := params{MaxBatches: m.cfg.MaxBatches, MaxIDs: m.cfg.MaxIDs, MaxDistinct: m.cfg.MaxDistinct,
 		MaxPending: m.cfg.MaxPending, MaxEvict: m.cfg.MaxEvict, Now: start, Cutoff: start.Add(-m.cfg.ExpireAfter),
-		Recheck: store.RecheckHandicap(m.cfg.ExpireAfter)}
+		Recheck: store.RecheckHandicap(m.cfg.ExpireAfter), FloodHandicap: FloodHandicap(m.cfg.ExpireAfter)}
+	if m.cfg.Pacer != nil {
+		p.Flooding = func(ids []int64) bool { return m.cfg.Pacer.Flooding(ids, start) }
+	}
 	merged, err := mergeInbox(pctx, m.store, p)
 	m.lastPass = m.Now().Sub(start)
 	if err != nil {
@@ -230,13 +236,12 @@ func (m *Merger) Pass(ctx context.Context) (Result, error) {
 			"batch_id", q.BatchID, "callbacks", q.Callbacks, "err", q.Err)
 	}
 	if m.cfg.Pacer != nil {
-		m.cfg.Pacer.Track(merged.ChangedIDs, start)
-		if merged.NoRoom > 0 || merged.Evicted > 0 || merged.RechecksSkipped > 0 ||
-			!merged.LeftSince.IsZero() && start.Sub(merged.LeftSince) > behind {
-			m.cfg.Pacer.Overloaded(start)
+		m.cfg.Pacer.Track(merged.Seen)
+		if merged.NoRoom > 0 || merged.Evicted > 0 || merged.RechecksSkipped > 0 || merged.StaleBatches > 0 || merged.StaleIDs > 0 || merged.LeftBatches {
+			m.cfg.Pacer.Overloaded(m.Now()) // at once, without waiting for the pacer's own watch
 		}
 	}
-	merged.ChangedIDs = nil
+	merged.Seen = nil
 	m.Metrics.MergedCallbacks.Add(float64(merged.Callbacks))
 	m.Metrics.MergedIDs.Add(float64(merged.IDs))
 	if merged.Changed > 0 {

@@ -626,7 +626,31 @@ func TestPass_tellsThePacer(t *testing.T) {
 type pacerSpy struct {
 	tracked    []int64
 	overloaded int
+	flooding   func(ids []int64) bool
 }
 
-func (p *pacerSpy) Track(ids []int64, _ time.Time) { p.tracked = append(p.tracked, ids...) }
-func (p *pacerSpy) Overloaded(time.Time)           { p.overloaded++ }
+func (p *pacerSpy) Flooding(ids []int64, _ time.Time) bool {
+	return p.flooding != nil && p.flooding(ids)
+}
+
+func (p *pacerSpy) Track(ids []int64)    { p.tracked = append(p.tracked, ids...) }
+func (p *pacerSpy) Overloaded(time.Time) { p.overloaded++ }
+
+// While the service is overloaded, a flood's fresh ids get the room last and are looked
+// up after those of senders with a steady set of objects.
+func TestPass_aFloodsFreshIDsGoLast(t *testing.T) {
+	t.Parallel()
+	p := &pacerSpy{flooding: func(ids []int64) bool { return ids[0] >= 1_000_000 }}
+	m, b := setup(t, Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 4, Interval: idle, Pacer: p})
+	flood := []int64{1_000_000, 1_000_001, 1_000_002, 1_000_003, 1_000_004}
+	b.insert(t, callback.New(at(0), []int64{1, 2}), callback.New(at(10), flood)) // the flood is newer
+	pass(t, m)
+	pending := b.pending(t)
+	require.Contains(t, pending, int64(1))
+	require.Contains(t, pending, int64(2))
+	require.Len(t, pending, 4, "the flood gets what is left")
+	claims, err := b.store.ClaimDue(context.Background(), 2, time.Minute, t0.Add(-time.Hour))
+	require.NoError(t, err)
+	require.ElementsMatch(t, []int64{1, 2}, []int64{claims[0].ObjectID, claims[1].ObjectID},
+		"the steady sender's objects are looked up first, although the flood's receipts are newer")
+}

@@ -39,12 +39,11 @@ type Result struct {
 	// Quarantined: batches that could not be decoded, moved to inbox_quarantine.
 	Quarantined []Quarantined
 
-	// ChangedIDs: the objects whose pending row this pass inserted or gave a newer
-	// receipt: tracked by the service now (Config.Pacer).
-	ChangedIDs []int64
-	// LeftSince: the oldest receipt of the first batch the pass left in the inbox
-	// (zero if it left none): how far behind merging is.
-	LeftSince time.Time
+	// Seen: the distinct ids the pass merged (Config.Pacer tracks them).
+	Seen []int64
+	// LeftBatches: the pass held its distinct ids before it had used every batch it
+	// read: merging takes less than arrives.
+	LeftBatches bool
 }
 
 // Quarantined is one batch the merger set aside.
@@ -67,18 +66,25 @@ type params struct {
 	Now     time.Time
 	Cutoff  time.Time
 	Recheck time.Duration // see store.RecheckHandicap
+	// Flooding, if set, says whether a callback's ids are part of a flood (pace); its
+	// fresh ids then rank FloodHandicap below their receipt.
+	Flooding      func(ids []int64) bool
+	FloodHandicap time.Duration
 }
 
 type idTime struct {
 	id, t   int64
 	ordinal int32
+	flood   bool
 }
 
 // receipt is what a pass keeps of one object: its newest receipt in the pass (Unix
-// microseconds) and its earliest turn in the round robin over callbacks.
+// microseconds), its earliest turn in the round robin over callbacks, and whether only
+// floods named it.
 type receipt struct {
 	t       int64
 	ordinal int32
+	flood   bool
 }
 
 // mergeInbox moves the newest inbox batches into pending, in one transaction. Batches
@@ -135,8 +141,9 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 				// are sorted): the first turn of every callback comes before the
 				// second of any, so fresh ids share a full pending callback by callback.
 				start := turnStart(cb, len(ids))
+				flood := p.Flooding != nil && p.Flooding(ids)
 				for i, id := range ids {
-					staged = append(staged, idTime{id, t, int32((i - start + len(ids)) % len(ids))})
+					staged = append(staged, idTime{id, t, int32((i - start + len(ids)) % len(ids)), flood})
 				}
 			})
 			if err != nil {
@@ -154,16 +161,14 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 				old, ok := newest[it.id]
 				switch {
 				case !ok:
-					newest[it.id] = receipt{it.t, it.ordinal}
+					newest[it.id] = receipt{it.t, it.ordinal, it.flood}
 				default:
-					newest[it.id] = receipt{max(old.t, it.t), min(old.ordinal, it.ordinal)}
+					newest[it.id] = receipt{max(old.t, it.t), min(old.ordinal, it.ordinal), old.flood && it.flood}
 				}
 			}
 		}
 		merged.Batches = int64(len(used))
-		if len(used) < len(batches) {
-			merged.LeftSince = batches[len(used)].ReceivedAt
-		}
+		merged.LeftBatches = len(used) < len(batches)
 		merged.Full = len(used) < len(batches) || len(batches) == p.MaxBatches || taken >= p.MaxIDs
 		// Every batch used is consumed in this transaction, the quarantined ones too.
 		if err := tx.RememberMerged(ctx, used); err != nil {
@@ -172,7 +177,7 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 		if err := tx.DeleteBatches(ctx, used); err != nil {
 			return err
 		}
-		ids, times, ordinals := sortedByID(newest)
+		ids, times, ordinals, floods := sortedByID(newest)
 		clear(newest)
 		merged.IDs = int64(len(ids))
 		if len(ids) == 0 {
@@ -187,8 +192,17 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 		if err != nil {
 			return err
 		}
+		var handicaps []time.Duration
+		for i, f := range floods {
+			if f {
+				if handicaps == nil {
+					handicaps = make([]time.Duration, len(ids))
+				}
+				handicaps[i] = p.FloodHandicap
+			}
+		}
 		r, err := tx.MergePending(ctx, store.MergeParams{
-			IDs: ids, ReceivedAts: times, Ordinals: ordinals, Room: int64(p.MaxPending) - waiting,
+			IDs: ids, ReceivedAts: times, Ordinals: ordinals, Handicaps: handicaps, Room: int64(p.MaxPending) - waiting,
 			MaxEvict: int64(p.MaxEvict), Now: p.Now, Recheck: p.Recheck,
 		})
 		if err != nil {
@@ -198,7 +212,7 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 		merged.NoRoom = r.Fresh - r.FreshTaken
 		merged.RechecksSkipped = r.Rearm - r.Rearmed
 		merged.Evicted = r.Evicted
-		merged.ChangedIDs = r.ChangedIDs
+		merged.Seen = ids
 		return nil
 	})
 	if err != nil {
@@ -209,7 +223,7 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 
 // sortedByID turns id -> receipt into parallel slices in ascending id order: the lock
 // order, and what the statements read best.
-func sortedByID(m map[int64]receipt) ([]int64, []time.Time, []int32) {
+func sortedByID(m map[int64]receipt) ([]int64, []time.Time, []int32, []bool) {
 	ids := make([]int64, 0, len(m))
 	for id := range m {
 		ids = append(ids, id)
@@ -217,11 +231,12 @@ func sortedByID(m map[int64]receipt) ([]int64, []time.Time, []int32) {
 	slices.Sort(ids)
 	times := make([]time.Time, len(ids))
 	ordinals := make([]int32, len(ids))
+	floods := make([]bool, len(ids))
 	for i, id := range ids {
 		r := m[id]
-		times[i], ordinals[i] = time.UnixMicro(r.t), r.ordinal
+		times[i], ordinals[i], floods[i] = time.UnixMicro(r.t), r.ordinal, r.flood
 	}
-	return ids, times, ordinals
+	return ids, times, ordinals, floods
 }
 
 // turnStart is where a callback's ids start taking turns: a point derived from the

@@ -11,10 +11,10 @@
 // Refusing the flood is not an option (a refused callback is lost for good), and all
 // senders share one address behind a load balancer, so there is no sender to single out.
 //
-// What the service does. While it is overloaded (pending is full, or merging is behind:
-// the merger says so, Overloaded), a callback most of whose ids the service is not
+// What the service does. While it is overloaded (merging is seconds behind, MergeLag,
+// or work is being dropped, Watch), a callback most of whose ids the service is not
 // tracking (no pending row, no lookup within the window: a sample of its ids is checked
-// against Tracked, the ids merge passes have given a pending row lately) is answered
+// against the ids merge passes merged lately, at most MAX_PENDING of them) is answered
 // 2xx as always, once durable, but not before Target after its receipt. A sender that
 // waits for each answer, as every sender does (the original waits 1 s, then gives up),
 // then sends less: 64 such connections go from thousands of callbacks a second to about
@@ -29,6 +29,7 @@
 package pace
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,11 +44,17 @@ type Config struct {
 	Familiar float64
 	// Sample: ids of a callback checked, at most, spread over it.
 	Sample int
-	// Hold: overload lasts this long after the merger last said so.
+	// Hold: overload lasts this long after work was last dropped, or merging was last
+	// seen behind.
 	Hold time.Duration
-	// Window: ids are tracked for this long after a merge pass gave them a row
-	// (EXPIRE_AFTER): the rows they are in then leave the window too.
-	Window time.Duration
+	// Behind: merging this far behind (the oldest receipt waiting in the inbox) is
+	// overload too: it comes long before anything is dropped (a window later).
+	Behind time.Duration
+	// Capacity: ids tracked at most (MAX_PENDING): the ids merge passes merged most
+	// recently. A sender that names ids from a space far larger than this can never
+	// look familiar, however often its ids are merged; one with a steady set of
+	// objects, merged every few seconds, stays tracked.
+	Capacity int
 }
 
 // The defaults: answered 600 ms after receipt, leaving the original sender's 1 s
@@ -59,17 +66,17 @@ const (
 	FamiliarDefault = 0.5
 	SampleDefault   = 32
 	HoldDefault     = 5 * time.Second
+	BehindDefault   = 3 * time.Second
 )
 
 // Pacer is safe for concurrent use.
 type Pacer struct {
-	cfg        Config
-	until      atomic.Int64 // unix nanoseconds: overloaded until then
-	tracked    tracked
-	sinceSweep atomic.Int64 // unix nanoseconds of the last sweep of old ids
+	cfg     Config
+	until   atomic.Int64 // unix nanoseconds: overloaded until then
+	tracked tracked
 }
 
-// New builds a pacer. cfg.Window must be set if cfg.Target is.
+// New builds a pacer. cfg.Capacity must be set if cfg.Target is.
 func New(cfg Config) *Pacer {
 	if cfg.Familiar == 0 {
 		cfg.Familiar = FamiliarDefault
@@ -80,38 +87,77 @@ func New(cfg Config) *Pacer {
 	if cfg.Hold == 0 {
 		cfg.Hold = HoldDefault
 	}
+	if cfg.Behind == 0 {
+		cfg.Behind = BehindDefault
+	}
 	p := &Pacer{cfg: cfg}
+	per := max(cfg.Capacity/len(p.tracked)/2, 1)
 	for i := range p.tracked {
-		p.tracked[i].m = map[int64]int64{}
+		p.tracked[i].cur, p.tracked[i].old, p.tracked[i].per = map[int64]struct{}{}, map[int64]struct{}{}, per
 	}
 	return p
 }
 
-// Overloaded says that work is being dropped for capacity, or merging is behind, as
-// of now: callbacks of untracked ids are paced for Hold from now.
+// Overloaded says that work is being dropped, as of now: callbacks of untracked ids
+// are paced for Hold from now.
 func (p *Pacer) Overloaded(now time.Time) {
 	p.until.Store(now.Add(p.cfg.Hold).UnixNano())
 }
 
-// Track records that ids have a pending row as of now (a merge pass gave them one or
-// a newer receipt).
-func (p *Pacer) Track(ids []int64, now time.Time) {
-	if p.cfg.Target <= 0 {
-		return
-	}
-	t := now.UnixNano()
-	p.tracked.add(ids, t)
-	if last := p.sinceSweep.Load(); t-last > int64(p.cfg.Window/4) && p.sinceSweep.CompareAndSwap(last, t) {
-		p.tracked.forget(t - int64(p.cfg.Window))
+// MergeLag says how far behind merging is as of now (expiry reads it every tick): more
+// than Behind is overload.
+func (p *Pacer) MergeLag(now time.Time, lag time.Duration) {
+	if lag > p.cfg.Behind {
+		p.Overloaded(now)
 	}
 }
 
+// Watch calls Overloaded whenever dropped (the count of work dropped, by any stage and
+// for any reason: callback_work_dropped_total) has grown since the last look, every
+// interval until ctx ends. Whatever drops work, merging, the sweep, expiry of inbox
+// batches nobody reached, claims, it means more arrives than the service can use
+// within the window: the condition pacing answers.
+func (p *Pacer) Watch(ctx context.Context, interval time.Duration, dropped func() float64, now func() time.Time) {
+	last := dropped()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if d := dropped(); d > last {
+			p.Overloaded(now())
+			last = d
+		}
+	}
+}
+
+// Track records that a merge pass merged ids.
+func (p *Pacer) Track(ids []int64) {
+	if p.cfg.Target <= 0 {
+		return
+	}
+	p.tracked.add(ids)
+}
+
 // Until is how long the answer to a callback received at receipt, naming ids (sorted
-// or not), waits: zero unless the service is overloaded now and the callback is
-// unfamiliar; else until receipt + Target.
+// or not), waits: zero unless it is Flooding; else until receipt + Target.
 func (p *Pacer) Until(receipt time.Time, ids []int64, now time.Time) time.Duration {
-	if p.cfg.Target <= 0 || len(ids) == 0 || now.UnixNano() > p.until.Load() {
+	if !p.Flooding(ids, now) {
 		return 0
+	}
+	return max(receipt.Add(p.cfg.Target).Sub(now), 0)
+}
+
+// Flooding reports whether a callback naming ids is part of a flood, as of now: the
+// service is overloaded, and fewer than Familiar of a sample of its ids are tracked.
+// The merger ranks the fresh ids of such callbacks below the others' (their lookups
+// come last), and the intake paces its answer.
+func (p *Pacer) Flooding(ids []int64, now time.Time) bool {
+	if p.cfg.Target <= 0 || len(ids) == 0 || now.UnixNano() > p.until.Load() {
+		return false
 	}
 	step := max(len(ids)/p.cfg.Sample, 1)
 	seen, known := 0, 0
@@ -121,67 +167,67 @@ func (p *Pacer) Until(receipt time.Time, ids []int64, now time.Time) time.Durati
 			known++
 		}
 	}
-	if float64(known) >= p.cfg.Familiar*float64(seen) {
-		return 0
-	}
-	return max(receipt.Add(p.cfg.Target).Sub(now), 0)
+	return float64(known) < p.cfg.Familiar*float64(seen)
 }
 
 // Size is how many ids are tracked.
 func (p *Pacer) Size() int { return p.tracked.size() }
 
-// tracked is a set of ids with the time each was last tracked, in shards so that the
-// reply path's reads and the merger's writes rarely meet.
+// tracked is a bounded set of ids: the ones tracked most recently, about Capacity of
+// them. Each shard keeps two generations; an id tracked again moves to the current
+// one, and when the current one is full the old one is forgotten. So an id stays while
+// it is tracked again within about a generation's turnover, and at most twice a
+// shard's share is kept. Shards keep the reply path's reads and the merger's writes
+// apart.
 type tracked [64]struct {
-	mu sync.RWMutex
-	m  map[int64]int64
+	mu       sync.RWMutex
+	cur, old map[int64]struct{}
+	per      int // ids a generation holds
 }
 
 func shard(id int64) int { return int(uint64(id) * 0x9E3779B97F4A7C15 >> 58) }
 
-func (t *tracked) add(ids []int64, at int64) {
+func (t *tracked) add(ids []int64) {
 	var byShard [64][]int64
 	for _, id := range ids {
 		s := shard(id)
 		byShard[s] = append(byShard[s], id)
 	}
-	for s, ids := range byShard {
+	for i, ids := range byShard {
 		if len(ids) == 0 {
 			continue
 		}
-		t[s].mu.Lock()
+		s := &t[i]
+		s.mu.Lock()
 		for _, id := range ids {
-			t[s].m[id] = at
+			if len(s.cur) >= s.per {
+				s.old, s.cur = s.cur, make(map[int64]struct{}, s.per)
+			}
+			s.cur[id] = struct{}{}
 		}
-		t[s].mu.Unlock()
+		s.mu.Unlock()
 	}
 }
 
 func (t *tracked) has(id int64) bool {
 	s := &t[shard(id)]
 	s.mu.RLock()
-	_, ok := s.m[id]
+	_, cur := s.cur[id]
+	_, old := s.old[id]
 	s.mu.RUnlock()
-	return ok
-}
-
-func (t *tracked) forget(before int64) {
-	for i := range t {
-		t[i].mu.Lock()
-		for id, at := range t[i].m {
-			if at < before {
-				delete(t[i].m, id)
-			}
-		}
-		t[i].mu.Unlock()
-	}
+	return cur || old
 }
 
 func (t *tracked) size() int {
 	n := 0
 	for i := range t {
 		t[i].mu.RLock()
-		n += len(t[i].m)
+		for id := range t[i].old {
+			if _, dup := t[i].cur[id]; !dup {
+				n++
+			}
+		}
+		n += len(t[i].cur)
 		t[i].mu.RUnlock()
 	}
 	return n

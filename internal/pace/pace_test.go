@@ -21,8 +21,8 @@ func ids(from, n int64) []int64 {
 
 func TestUntil(t *testing.T) {
 	t.Parallel()
-	p := pace.New(pace.Config{Target: 600 * time.Millisecond, Window: 30 * time.Second})
-	p.Track(ids(0, 100), t0) // a steady sender's objects
+	p := pace.New(pace.Config{Target: 600 * time.Millisecond, Capacity: 1 << 16})
+	p.Track(ids(0, 100)) // a steady sender's objects
 	received, now := t0.Add(time.Second), t0.Add(time.Second+50*time.Millisecond)
 
 	require.Zero(t, p.Until(received, ids(1000, 200), now), "not overloaded: nothing is paced")
@@ -40,17 +40,28 @@ func TestUntil(t *testing.T) {
 
 func TestUntil_offWithAZeroTarget(t *testing.T) {
 	t.Parallel()
-	p := pace.New(pace.Config{Window: 30 * time.Second})
+	p := pace.New(pace.Config{Capacity: 1 << 16})
 	p.Overloaded(t0)
 	require.Zero(t, p.Until(t0, ids(1000, 200), t0))
 }
 
-func TestTrack_forgetsIDsAfterTheWindow(t *testing.T) {
+// A sender naming ids from a space far larger than the capacity never looks familiar,
+// however much of it is merged; one with a steady set of objects, merged again now and
+// then, stays tracked.
+func TestTrack_boundedByCapacity(t *testing.T) {
 	t.Parallel()
-	p := pace.New(pace.Config{Target: time.Second, Window: 30 * time.Second})
-	p.Track(ids(0, 100), t0)
-	require.Equal(t, 100, p.Size())
-	p.Track(ids(100, 10), t0.Add(20*time.Second))
-	p.Track(ids(200, 10), t0.Add(31*time.Second)) // a sweep: the first hundred are a window old
-	require.Equal(t, 20, p.Size())
+	const capacity = 64 * 1024
+	p := pace.New(pace.Config{Target: time.Second, Capacity: capacity})
+	steady := ids(0, 2000)
+	for round := range 50 {
+		p.Track(ids(int64(1_000_000+round*20_000), 20_000)) // a flood's ids, a million over the rounds
+		if round%3 == 0 {
+			p.Track(steady)
+		}
+	}
+	require.LessOrEqual(t, p.Size(), capacity+64, "at most the capacity, give or take a shard's rounding")
+	p.Overloaded(t0)
+	require.Zero(t, p.Until(t0, steady, t0), "the steady sender's objects are tracked")
+	require.Positive(t, p.Until(t0, ids(1_000_000, 200), t0), "the flood's first ids are long forgotten")
+	require.Positive(t, p.Until(t0, ids(1_500_000, 200), t0), "and so are most of its others")
 }

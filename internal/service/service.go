@@ -95,7 +95,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// Under overload a flood of fresh ids is answered late, so that a sender waiting for
 	// its answers slows down (internal/pace); the merger says when, and which ids the
 	// service tracks.
-	pacer := pace.New(pace.Config{Target: cfg.OverloadPace, Window: cfg.ExpireAfter})
+	pacer := pace.New(pace.Config{Target: cfg.OverloadPace, Capacity: cfg.MaxPending})
 	merger, err := merge.New(merge.Config{MaxPending: cfg.MaxPending, ExpireAfter: cfg.ExpireAfter, Yield: busy, Changed: fetcher.Wake, Pacer: pacer}, db, deps)
 	if err != nil {
 		return fmt.Errorf("building the merger: %w", err)
@@ -116,7 +116,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return fmt.Errorf("building the watermark publisher (SPOOL_DIR %q): %w", cfg.SpoolDir, err)
 	}
-	expirer, err := expiry.New(expiry.Config{ExpireAfter: cfg.ExpireAfter}, db, publisher, deps)
+	expirer, err := expiry.New(expiry.Config{ExpireAfter: cfg.ExpireAfter, MergeLag: pacer.MergeLag}, db, publisher, deps)
 	if err != nil {
 		return fmt.Errorf("building expiry: %w", err)
 	}
@@ -201,6 +201,9 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		w.Go(func() { _ = fetcher.Run(workCtx) })
 		w.Go(func() { _ = expirer.Run(workCtx) })
 		w.Go(func() { _ = publisher.Run(workCtx) })
+		w.Go(func() {
+			pacer.Watch(workCtx, 500*time.Millisecond, func() float64 { return metrics.Sum(m.Dropped) }, time.Now)
+		})
 		w.Wait()
 	})
 

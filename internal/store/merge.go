@@ -115,13 +115,12 @@ func (tx *MergeTx) CountWaiting(ctx context.Context) (int64, error) {
 
 // PendingMerged is what one MergePending did.
 type PendingMerged struct {
-	Changed    int64   // pending rows inserted or given a newer receipt
-	ChangedIDs []int64 // their ids
-	Fresh      int64 // ids with no pending row before
-	FreshTaken int64 // of those, the ones made pending
-	Rearm      int64 // done rows (already looked up) given a newer receipt
-	Rearmed    int64 // of those, the ones made due for another lookup
-	Evicted    int64 // waiting rows ranked below this pass, deleted to make room
+	Changed    int64 // pending rows inserted or given a newer receipt
+	Fresh      int64   // ids with no pending row before
+	FreshTaken int64   // of those, the ones made pending
+	Rearm      int64   // done rows (already looked up) given a newer receipt
+	Rearmed    int64   // of those, the ones made due for another lookup
+	Evicted    int64   // waiting rows ranked below this pass, deleted to make room
 }
 
 // MergeParams is one MergePending: ids distinct and ascending, each with its newest
@@ -132,6 +131,8 @@ type MergeParams struct {
 	// Ordinals: each id's turn in the round robin over the callbacks that named it,
 	// which decides who gets the room when there is not enough (queries/inbox.sql).
 	Ordinals []int32
+	// Handicaps: how far below its receipt each id ranks (0 but for a flood's ids).
+	Handicaps []time.Duration
 	// Room: fresh ids (and re-checks) that fit under the bound on waiting rows. More
 	// fresh ids evict waiting rows ranked below this pass, as many as they need.
 	Room int64
@@ -145,8 +146,12 @@ type MergeParams struct {
 
 // MergePending gives each id its newest receipt in pending; see MergeParams.
 func (tx *MergeTx) MergePending(ctx context.Context, p MergeParams) (PendingMerged, error) {
+	handicaps := make([]int64, len(p.IDs))
+	for i := range p.Handicaps {
+		handicaps[i] = p.Handicaps[i].Milliseconds()
+	}
 	r, err := tx.q.MergePending(ctx, dbsqlc.MergePendingParams{
-		IDs: p.IDs, ReceivedAts: p.ReceivedAts, Ordinals: p.Ordinals, Room: max(p.Room, 0), MaxEvict: max(p.MaxEvict, 0),
+		IDs: p.IDs, ReceivedAts: p.ReceivedAts, Ordinals: p.Ordinals, HandicapsMs: handicaps, Room: max(p.Room, 0), MaxEvict: max(p.MaxEvict, 0),
 		Now: p.Now, RecheckMs: p.Recheck.Milliseconds(),
 	})
 	if err != nil {

@@ -323,14 +323,15 @@ WITH arg AS (
            $3::timestamptz AS now,
            ($4::bigint * interval '1 millisecond')::interval AS recheck
 ), merged AS (
-    SELECT m.id, m.received_at, m.ordinal,
-           least(now(), now() + (m.received_at - (SELECT arg.now FROM arg))) AS prio
+    SELECT m.id, m.received_at, m.ordinal, m.handicap_ms,
+           least(now(), now() + (m.received_at - (SELECT arg.now FROM arg)))
+               - m.handicap_ms * interval '1 millisecond' AS prio
     FROM (
         SELECT unnest($5::bigint[]) AS id, unnest($6::timestamptz[]) AS received_at,
-               unnest($7::integer[]) AS ordinal
+               unnest($7::integer[]) AS ordinal, unnest($8::bigint[]) AS handicap_ms
     ) m
 ), joined AS (
-    SELECT merged.id, merged.received_at, merged.prio, merged.ordinal,
+    SELECT merged.id, merged.received_at, merged.prio, merged.ordinal, merged.handicap_ms,
            p.object_id IS NOT NULL AS known,
            coalesce(p.due_at = '-infinity' AND p.received_at < merged.received_at, false) AS rearm
     FROM merged
@@ -346,7 +347,11 @@ WITH arg AS (
     WHERE d.due_at > '-infinity' AND d.due_at <= now() AND d.claim_token IS NULL
       AND d.due_at < (SELECT wanted.lowest FROM wanted)
       AND d.received_at < (SELECT wanted.oldest FROM wanted)
-      AND NOT EXISTS (SELECT 1 FROM merged WHERE merged.id = d.object_id)
+      -- Not a join with merged: the planner cannot know how many candidates the
+      -- bounds above let through, and chose a nested loop over 131,072 merged rows
+      -- for each of thousands (a pass of minutes). A constant array's <> ALL is
+      -- hashed (PostgreSQL 15), O(1) a candidate.
+      AND d.object_id <> ALL($5::bigint[])
     ORDER BY d.due_at
     LIMIT least(greatest((SELECT wanted.fresh FROM wanted) - (SELECT arg.room FROM arg), 0), (SELECT arg.max_evict FROM arg))
     FOR UPDATE SKIP LOCKED
@@ -356,11 +361,11 @@ WITH arg AS (
     RETURNING e.object_id
 ), fresh AS (
     SELECT joined.id FROM joined WHERE NOT joined.known
-    ORDER BY joined.ordinal, joined.received_at DESC, joined.id
+    ORDER BY joined.handicap_ms, joined.ordinal, joined.received_at DESC, joined.id
     LIMIT (SELECT arg.room FROM arg) + (SELECT count(*) FROM evicted)
 ), rearmed AS (
     SELECT joined.id FROM joined WHERE joined.rearm
-    ORDER BY joined.ordinal, joined.received_at DESC, joined.id
+    ORDER BY joined.handicap_ms, joined.ordinal, joined.received_at DESC, joined.id
     LIMIT greatest((SELECT arg.room FROM arg) + (SELECT count(*) FROM evicted) - (SELECT count(*) FROM fresh), 0)
 ), upserted AS (
     INSERT INTO pending (object_id, received_at, due_at)
@@ -391,7 +396,6 @@ WITH arg AS (
     RETURNING pending.object_id
 )
 SELECT (SELECT count(*) FROM upserted)::bigint   AS changed,
-       (SELECT coalesce(array_agg(upserted.object_id), '{}') FROM upserted)::bigint[] AS changed_ids,
        (SELECT wanted.fresh FROM wanted)::bigint AS fresh,
        (SELECT count(*) FROM fresh)::bigint      AS fresh_taken,
        (SELECT wanted.rearm FROM wanted)::bigint AS rearm,
@@ -407,11 +411,11 @@ type MergePendingParams struct {
 	IDs         []int64
 	ReceivedAts []time.Time
 	Ordinals    []int32
+	HandicapsMs []int64
 }
 
 type MergePendingRow struct {
 	Changed    int64
-	ChangedIDs []int64
 	Fresh      int64
 	FreshTaken int64
 	Rearm      int64
@@ -437,12 +441,13 @@ type MergePendingRow struct {
 // lookup: a re-check) within the room left after the fresh ids; otherwise it only
 // takes the receipt.
 //
-// Which fresh ids get the room when there is not enough: round robin over the
-// callbacks that named them (@ordinals: an id's place in its callback's turn, from the
-// caller), then the newest receipts. A sender that names a few new objects now and then
-// gets its share beside one that floods a million: each callback is served in turn,
-// whatever its size. Returns the ids it changed, for the caller's set of tracked ids
-// (internal/pace).
+// Which fresh ids get the room when there is not enough: those not only named by a
+// flood first (@handicaps_ms: 0, or how far below its receipt an id of a flood ranks,
+// internal/pace decides), then round robin over the callbacks that named them
+// (@ordinals: an id's place in its callback's turn), then the newest receipts. A sender
+// that names a few new objects now and then gets its share beside one that floods a
+// million: each callback is served in turn, whatever its size. The handicap also ranks
+// a flood's rows below the others' for lookups and for eviction.
 //
 // Rank. due_at of a waiting row is its rank: the claim takes the highest first. It is
 // the receipt translated to the database's clock (now() minus the receipt's age on
@@ -467,11 +472,11 @@ func (q *Queries) MergePending(ctx context.Context, arg MergePendingParams) (Mer
 		arg.IDs,
 		arg.ReceivedAts,
 		arg.Ordinals,
+		arg.HandicapsMs,
 	)
 	var i MergePendingRow
 	err := row.Scan(
 		&i.Changed,
-		&i.ChangedIDs,
 		&i.Fresh,
 		&i.FreshTaken,
 		&i.Rearm,
