@@ -17,9 +17,6 @@ const (
 	// settle is how long after an id was named the table may still lack it: the slowest
 	// lookup (4.3 s) plus a merge pass.
 	settle = 5 * time.Second
-	// defaultFetchConcurrency is FETCH_CONCURRENCY's default (internal/service/config.go),
-	// the limit when the service does not export callback_lookup_limit.
-	defaultFetchConcurrency = 512
 	// normalBase puts the flood's normal traffic in ids no flood callback names.
 	normalBase  = 10_000_000
 	normalSpace = 20_000
@@ -161,7 +158,7 @@ func (b *bench) scaleOne(ctx context.Context, space int64) error {
 	lps.add(rate)
 	dem := (mb["callback_merged_ids_total"] - ma["callback_merged_ids_total"]) / dt
 	demand.add(dem)
-	lim := meanLimit(between(ps, half.Seconds(), math.Inf(1)))
+	lim := meanLimit(between(ps, half.Seconds(), math.Inf(1)), b.env.settings.fetchConcurrency())
 	limit.add(lim)
 	mean := meanLookup(ma, mb)
 	meanLat.add(mean * 1000)
@@ -199,9 +196,9 @@ func (b *bench) scaleOne(ctx context.Context, space int64) error {
 	return nil
 }
 
-// meanLimit is the mean of the sampled lookup limit; FETCH_CONCURRENCY's default when
-// the service does not export one.
-func meanLimit(ps []point) float64 {
+// meanLimit is the mean of the sampled lookup limit; ceiling (FETCH_CONCURRENCY's
+// default) when the service does not export one.
+func meanLimit(ps []point, ceiling float64) float64 {
 	var sum float64
 	var n int
 	for _, p := range ps {
@@ -211,7 +208,7 @@ func meanLimit(ps []point) float64 {
 		}
 	}
 	if n == 0 {
-		return defaultFetchConcurrency
+		return ceiling
 	}
 	return sum / float64(n)
 }

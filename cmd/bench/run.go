@@ -144,6 +144,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return fmt.Errorf("building the service: %w", err)
 		}
 	}
+	if b.env.settings, err = readSettings(ctx, b.env.bin); err != nil {
+		return fmt.Errorf("reading the service's settings: %w", err)
+	}
 	header, err := b.header(ctx, args)
 	if err != nil {
 		return err
@@ -254,6 +257,8 @@ func (b *bench) header(ctx context.Context, args []string) (string, error) {
 		" e2e ids 0..99 at %.0f cb/s (16 senders) for %v plus 10 sample callbacks/s of 5 fresh even ids;"+
 		" backlog ids 0..999,999 at %.0f cb/s for %v; object service latency 300 ms to 4.3 s; FETCH_CONCURRENCY=%d (e2e, backlog and cost only)\n",
 		b.runTime, b.e2eRate, b.e2eTime, b.backlogRate, b.backlogTime, b.fetchConc)
+	fmt.Fprintf(&h, "- service settings: every phase leaves these at the defaults of the binary measured (its -h), whatever the shell exports, except FETCH_CONCURRENCY where named above: %s;"+
+		" the bench sets only %s\n", b.env.settings.defaults(), strings.Join(benchSets, ", "))
 	fmt.Fprintf(&h, "- scale, flood, limiter, soak: default service settings; normal traffic is %.0f cb/s of 0..199 ids (~%s ids/s, 4 senders);"+
 		" scale runs %v per id space; flood 64 senders x 200 ids from 1,000,000 objects for %v beside normal traffic from 20,000 other objects, which goes on %v after it;"+
 		" limiter: normal traffic from 1,000,000 objects for %v against an object service of capacity %d; one run each\n",
