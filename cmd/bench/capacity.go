@@ -114,6 +114,11 @@ func (b *bench) scaleOne(ctx context.Context, space int64) error {
 	if space <= 20_000 { // the 20,000-object case must be exact with default settings
 		problems.target, problems.ok = "0", func(v float64) bool { return v == 0 }
 	}
+	if space == 20_000 {
+		// The slowest lookup (4.3 s) plus merging, claiming and writing, with the
+		// defaults: the service is not tuned for the figure.
+		f99.target, f99.ok = "≤ 6 s", func(v float64) bool { return v <= 6000 }
+	}
 	rss.target, rss.ok = "< 256 MiB", func(v float64) bool { return v < 256 }
 
 	s, err := normalTraffic(target, b.scaleRate, 0, space-1, b.scaleTime, uint64(300+space), true)

@@ -50,6 +50,7 @@ type bench struct {
 
 	figs             []*figure
 	httpCeil, dbCeil float64
+	httpP99          float64 // the HTTP ceiling's p99 reply, ms (median of its runs)
 	intake64         float64
 	plan             string
 	charts           []string // markdown lines linking the charts written beside the table
