@@ -499,7 +499,7 @@ func (b *bench) flood(ctx context.Context, tag string, floodTime, after time.Dur
 	title := fmt.Sprintf("%s: 64 senders x 200 ids from 1,000,000 objects for %v beside normal traffic (%s), then the normal traffic alone for %v",
 		tag, floodTime, normalShape, after)
 	b.writeChart(tag+".svg", title, svgChart(title, ps, []series{
-		{"normal traffic's online objects shown: row ≤ 5 s behind the latest receipt (share; target ≥ 0.9 in the flood's second half)", "ratio",
+		{"normal traffic's online objects shown, row ≤ 5 s behind (share; target ≥ 0.9 in the flood's second half)", "ratio",
 			func(p point) float64 {
 				if p.problems < 0 || p.owed == 0 {
 					return math.NaN()
