@@ -269,7 +269,7 @@ func (b *bench) header(ctx context.Context, args []string) (string, error) {
 		" the bench sets only %s\n", b.env.settings.defaults(), strings.Join(benchSets, ", "))
 	fmt.Fprintf(&h, "- scale, flood, limiter, soak: default service settings; scale and limiter traffic is %.0f cb/s of 0..199 ids (~%s ids/s, 4 senders);"+
 		" scale runs %v per id space; flood 64 senders x 200 ids from 1,000,000 objects for %v beside normal traffic of %s cb/s of 1..200 ids from %s other objects, which goes on %v after it;"+
-		" limiter: that traffic from 1,000,000 objects for %v against an object service of capacity %d; one run each\n",
+		" limiter: the scale traffic from 1,000,000 objects for %v against an object service of capacity %d; one run each\n",
 		b.scaleRate, thousands(int64(b.scaleRate*100)), b.scaleTime, b.floodTime, trimFloat(b.floodNormalRate), thousands(b.floodNormalIDs), b.floodAfter, b.limiterTime, b.capacity)
 	return h.String(), nil
 }
