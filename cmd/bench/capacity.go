@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -17,12 +18,12 @@ const (
 	// settle is how long after an id was named the table may still lack it: the slowest
 	// lookup (4.3 s) plus a merge pass.
 	settle = 5 * time.Second
-	// defaultFetchConcurrency is FETCH_CONCURRENCY's default (internal/service/config.go),
-	// the limit when the service does not export callback_lookup_limit.
-	defaultFetchConcurrency = 512
+	// showLag is how far behind an id's latest receipt its row may be and still show the
+	// object (the issue's "row at most 5 s behind its latest receipt"): the slowest lookup
+	// plus a merge pass again.
+	showLag = 5 * time.Second
 	// normalBase puts the flood's normal traffic in ids no flood callback names.
-	normalBase  = 10_000_000
-	normalSpace = 20_000
+	normalBase = 10_000_000
 )
 
 // normalTraffic is the "2,000 ids/s" shape of ordinary traffic: rate callbacks/s of 0..199 ids (mean
@@ -117,6 +118,11 @@ func (b *bench) scaleOne(ctx context.Context, space int64) error {
 	if space <= 20_000 { // the 20,000-object case must be exact with default settings
 		problems.target, problems.ok = "0", func(v float64) bool { return v == 0 }
 	}
+	if space == 20_000 {
+		// The slowest lookup (4.3 s) plus merging, claiming and writing, with the
+		// defaults: the service is not tuned for the figure.
+		f99.target, f99.ok = "≤ 6 s", func(v float64) bool { return v <= 6000 }
+	}
 	rss.target, rss.ok = "< 256 MiB", func(v float64) bool { return v < 256 }
 
 	s, err := normalTraffic(target, b.scaleRate, 0, space-1, b.scaleTime, uint64(300+space), true)
@@ -161,7 +167,7 @@ func (b *bench) scaleOne(ctx context.Context, space int64) error {
 	lps.add(rate)
 	dem := (mb["callback_merged_ids_total"] - ma["callback_merged_ids_total"]) / dt
 	demand.add(dem)
-	lim := meanLimit(between(ps, half.Seconds(), math.Inf(1)))
+	lim := meanLimit(between(ps, half.Seconds(), math.Inf(1)), b.env.settings.fetchConcurrency())
 	limit.add(lim)
 	mean := meanLookup(ma, mb)
 	meanLat.add(mean * 1000)
@@ -199,9 +205,9 @@ func (b *bench) scaleOne(ctx context.Context, space int64) error {
 	return nil
 }
 
-// meanLimit is the mean of the sampled lookup limit; FETCH_CONCURRENCY's default when
-// the service does not export one.
-func meanLimit(ps []point) float64 {
+// meanLimit is the mean of the sampled lookup limit; ceiling (FETCH_CONCURRENCY's
+// default) when the service does not export one.
+func meanLimit(ps []point, ceiling float64) float64 {
 	var sum float64
 	var n int
 	for _, p := range ps {
@@ -211,7 +217,7 @@ func meanLimit(ps []point) float64 {
 		}
 	}
 	if n == 0 {
-		return defaultFetchConcurrency
+		return ceiling
 	}
 	return sum / float64(n)
 }
@@ -234,9 +240,30 @@ func meanLookup(ma, mb map[string]float64) float64 {
 	return (mb["callback_lookup_seconds_sum"] - ma["callback_lookup_seconds_sum"]) / n
 }
 
-// flood: 64 senders x 200 ids from 1,000,000 objects for floodTime, beside normal traffic
-// from normalSpace other objects, which goes on for after once the flood stops. Sampled
-// every -sample-every; drawn in <tag>.svg.
+// floodNormal is the normal traffic beside a flood, the shape of the issue's harness:
+// rate callbacks/s (5: one every 200 ms) of 1..200 ids from normalBase+1..normalBase+ids,
+// which no flood callback names. There are enough senders for each to have a whole
+// timeout (1 s) between its slots, so that a late answer does not skip one.
+func floodNormal(target string, rate float64, ids int64, d time.Duration, seed uint64) (*tester.Sender, error) {
+	cfg := tester.DefaultSenderConfig()
+	cfg.Target = target
+	cfg.Interval, cfg.Rate = 0, rate
+	cfg.Timeout = time.Second
+	cfg.Senders = max(1, int(math.Ceil(rate*cfg.Timeout.Seconds())))
+	cfg.IDsMin, cfg.IDsMax = 1, 200
+	cfg.IDMin, cfg.IDMax = normalBase+1, normalBase+ids
+	cfg.Duration = d
+	cfg.Track = true
+	cfg.Seed = seed
+	return tester.NewSender(cfg)
+}
+
+// flood: 64 senders x 200 ids from 1,000,000 objects for floodTime, beside the normal
+// traffic of floodNormal, which goes on alone for after once the flood stops. Sampled
+// every -sample-every; drawn in <tag>.svg. What it must show (the issue "A flood takes
+// nothing from the others"): through the flood's second half the table shows the normal
+// traffic's online objects with a recent row, holds thousands of rows, and the database
+// stops growing.
 func (b *bench) flood(ctx context.Context, tag string, floodTime, after time.Duration) error {
 	obj, objURL, stopObj, err := objectService(ctx, 0)
 	if err != nil {
@@ -249,60 +276,82 @@ func (b *bench) flood(ctx context.Context, tag string, floodTime, after time.Dur
 	}
 	defer svc.close()
 	target := "http://" + svc.addr + "/callback"
-	normal, err := normalTraffic(target, b.scaleRate, normalBase, normalBase+normalSpace-1, floodTime+after, 400, true)
+	normal, err := floodNormal(target, b.floodNormalRate, b.floodNormalIDs, floodTime+after, 400)
 	if err != nil {
 		return err
 	}
-	isNormal := func(id int64) bool { return id >= normalBase && id < normalBase+normalSpace }
-	check := func(now time.Time, rows []tester.Row) (int, int) {
-		return settled(normal.Records(), isNormal, rows, now, window, settle, tester.OnlineParity)
-	}
+	isNormal := func(id int64) bool { return id > normalBase && id <= normalBase+b.floodNormalIDs }
+	track := &tracking{records: normal.Records, judge: func(now time.Time, records map[int64]tester.SendRecord, rows []tester.Row, p *point) {
+		p.tracked, p.problems = settled(records, isNormal, rows, now, window, settle, tester.OnlineParity)
+		p.owed, p.shown = shown(records, rows, now, window, showLag, tester.OnlineParity)
+	}}
 
 	sec := tag
+	normalShape := fmt.Sprintf("%s cb/s of 1..200 ids from %s objects", trimFloat(b.floodNormalRate), thousands(b.floodNormalIDs))
 	label := fmt.Sprintf("%s: 64 senders x 200 ids from 1,000,000 objects for %v", tag, floodTime)
+	nlabel := fmt.Sprintf("%s: normal traffic, %s", tag, normalShape)
+	first := len(b.figs)
 	accepted := b.fig(sec, label+": accepted", "cb/s")
 	p99 := b.fig(sec, label+": p99 reply", "ms")
 	errs := b.fig(sec, label+": errors", "count")
+	paced := b.fig(sec, label+": answered OVERLOAD_PACE late on purpose (callback_callbacks_paced_total)", "cb/s")
+	nAccepted := b.fig(sec, nlabel+": accepted", "cb/s")
+	nP99 := b.fig(sec, nlabel+": p99 reply", "ms")
+	nErrs := b.fig(sec, nlabel+": errors (lost: the senders never retry)", "count")
+	shownMed := b.fig(sec, tag+": normal traffic's online objects shown (row ≤ 5 s behind its latest receipt), flood's second half, median", "ratio")
+	shownMin := b.fig(sec, tag+": normal traffic's online objects shown, flood's second half, min", "ratio")
+	rowsMed := b.fig(sec, tag+": rows in objects, flood's second half, median", "n")
+	rowsMin := b.fig(sec, tag+": rows in objects, min after the first window of the flood", "n")
+	normalMin := b.fig(sec, tag+": normal-traffic rows, min after the first window of the flood", "n")
 	oldest := b.fig(sec, tag+": oldest unmerged receipt, max", "s")
 	pending := b.fig(sec, tag+": pending rows, max", "n")
 	dbStart := b.fig(sec, tag+": database size at the start", "MB")
 	dbWindow := b.fig(sec, tag+": database size one window into the flood", "MB")
+	dbMid := b.fig(sec, tag+": database size at the flood's middle", "MB")
+	dbFloodEnd := b.fig(sec, tag+": database size at the flood's end", "MB")
+	dbGrowth := b.fig(sec, tag+": database size, flood's end / its middle (and − it, next row)", "ratio")
+	dbGrowthMB := b.fig(sec, tag+": database size, flood's end − its middle", "MB")
 	dbMax := b.fig(sec, tag+": database size, max", "MB")
 	dbEnd := b.fig(sec, tag+": database size at the end", "MB")
 	rssMax := b.fig(sec, tag+": service RSS, max of samples", "MiB")
 	hwm := b.fig(sec, tag+": service peak RSS (VmHWM)", "MiB")
-	rowsMin := b.fig(sec, tag+": rows in objects, min after the first window of the flood", "n")
-	normalMin := b.fig(sec, tag+": normal-traffic rows, min after the first window of the flood", "n")
-	for _, f := range b.figs[len(b.figs)-13:] {
-		f.note = "one run"
-	}
-	errs.target, errs.ok = "0", func(v float64) bool { return v == 0 }
-	oldest.target, oldest.ok = "≤ 35 s (window + 5 s)", func(v float64) bool { return v <= (window + 5*time.Second).Seconds() }
-	hwm.target, hwm.ok = "< 256 MiB", func(v float64) bool { return v < 256 }
-	rowsMin.target, rowsMin.ok = "> 0", func(v float64) bool { return v > 0 }
 	var exactAfter, leftAtEnd *figure
 	if after > 0 {
 		exactAfter = b.fig(sec, tag+": exact again after the flood ends (ids named ≥ 5 s before)", "s")
-		exactAfter.note = "one run"
 		exactAfter.target, exactAfter.ok = "≤ 34.3 s (window + slowest lookup)", func(v float64) bool { return v <= 34.3 }
 		leftAtEnd = b.fig(sec, tag+": differences at the end (15 s catch-up)", "count")
-		leftAtEnd.note = "one run"
 		leftAtEnd.target, leftAtEnd.ok = "0", func(v float64) bool { return v == 0 }
 	}
+	for _, f := range b.figs[first:] {
+		f.note = "one run"
+	}
+	errs.target, errs.ok = "0", func(v float64) bool { return v == 0 }
+	shownMed.target, shownMed.ok = "≥ 0.9", func(v float64) bool { return v >= 0.9 }
+	rowsMed.target, rowsMed.ok = "≥ 2,000", func(v float64) bool { return v >= 2000 }
+	rowsMin.target, rowsMin.ok = "> 0", func(v float64) bool { return v > 0 }
+	oldest.target, oldest.ok = "≤ 35 s (window + 5 s)", func(v float64) bool { return v <= (window + 5*time.Second).Seconds() }
+	hwm.target, hwm.ok = "< 256 MiB", func(v float64) bool { return v < 256 }
+	// Growth is judged on the pair: a table that grows 20 % plus some free-space-map
+	// and index pages is level; twice the middle is not.
+	var midMB, endMB float64
+	dbGrowth.target, dbGrowth.ok = "≤ 1.2x + 10 MB", func(float64) bool { return endMB <= 1.2*midMB+10 }
 
-	w := b.watch(svc, obj, check)
+	w := b.watch(svc, obj, track)
 	defer w.done() // on an early return; done twice is harmless
 	var wg sync.WaitGroup
 	var normalErr error
 	wg.Go(func() { normalErr = normal.Run(ctx) })
+	m0, m0Err := svc.metrics()
+	floodStart := time.Since(w.start).Seconds()
 	r, err := load(ctx, target, 64, floodTime, 0, 999_999, 500)
 	if err != nil {
 		wg.Wait()
 		return err
 	}
 	floodEnd := time.Since(w.start).Seconds()
+	m1, m1Err := svc.metrics()
 	b.progress("%s: flood over after %.0f s: %.0f cb/s accepted, p99 %.1f ms, errors %d; normal traffic goes on for %v",
-		tag, floodEnd, r.perSec, r.p99, r.errors, after)
+		tag, floodEnd-floodStart, r.perSec, r.p99, r.errors, after)
 	wg.Wait()
 	if normalErr != nil {
 		return normalErr
@@ -329,6 +378,17 @@ func (b *bench) flood(ctx context.Context, tag string, floodTime, after time.Dur
 	accepted.add(r.perSec)
 	p99.add(r.p99)
 	errs.add(float64(r.errors))
+	if err := errors.Join(m0Err, m1Err); err == nil {
+		const c = "callback_callbacks_paced_total"
+		paced.add((m1[c] - m0[c]) / (floodEnd - floodStart))
+	} else {
+		b.progress("%s: no paced callbacks/s: /metrics: %v", tag, err)
+	}
+	ns := normal.Stats()
+	nAccepted.add(float64(ns.Accepted) / ns.Elapsed.Seconds())
+	nP99.add(ms(ns.Latency.P99))
+	nErrs.add(float64(ns.Refused + ns.Failed))
+
 	var mxOldest, mxDB, mxRSS float64
 	var mxPending int64
 	for _, p := range ps {
@@ -344,18 +404,63 @@ func (b *bench) flood(ctx context.Context, tag string, floodTime, after time.Dur
 		dbStart.add(ps[0].dbMB)
 		dbEnd.add(ps[len(ps)-1].dbMB)
 	}
-	if in := between(ps, window.Seconds(), math.Inf(1)); len(in) > 0 {
+	if in := between(ps, floodStart+window.Seconds(), math.Inf(1)); len(in) > 0 {
 		dbWindow.add(in[0].dbMB)
 	}
-	if late := between(ps, window.Seconds(), floodEnd); len(late) > 0 {
-		mr, mn := late[0].rows, late[0].tracked
+	if late := between(ps, floodStart+window.Seconds(), floodEnd); len(late) > 0 {
+		mr, mn := math.Inf(1), math.Inf(1)
 		for _, p := range late {
-			mr, mn = min(mr, p.rows), min(mn, p.tracked)
+			if p.problems >= 0 { // the table was read
+				mr, mn = min(mr, float64(p.rows)), min(mn, float64(p.tracked))
+			}
 		}
-		rowsMin.add(float64(mr))
-		normalMin.add(float64(mn))
+		if !math.IsInf(mr, 1) {
+			rowsMin.add(mr)
+			normalMin.add(mn)
+		}
 	}
-	marks := []mark{{at: floodEnd, label: "flood ends"}}
+
+	// The flood's second half: from its middle to its end. A sample whose read of the
+	// table failed (problems -1) says nothing about the table and is left out.
+	mid := floodStart + (floodEnd-floodStart)/2
+	var shares, rows []float64
+	for _, p := range between(ps, mid, floodEnd) {
+		if p.problems < 0 {
+			continue
+		}
+		rows = append(rows, float64(p.rows))
+		if p.owed > 0 {
+			shares = append(shares, float64(p.shown)/float64(p.owed))
+		}
+	}
+	if len(shares) > 0 {
+		shownMed.add(median(shares))
+		shownMin.add(slices.Min(shares))
+	}
+	if len(rows) > 0 {
+		rowsMed.add(median(rows))
+	}
+	// The database's size at the flood's middle (the first sample from it) and at its end
+	// (the last sample before it); 0 is a failed read.
+	for _, p := range between(ps, mid, floodEnd) {
+		if p.dbMB > 0 {
+			midMB = p.dbMB
+			break
+		}
+	}
+	for _, p := range between(ps, mid, floodEnd) {
+		if p.dbMB > 0 {
+			endMB = p.dbMB
+		}
+	}
+	if midMB > 0 && endMB > 0 {
+		dbMid.add(midMB)
+		dbFloodEnd.add(endMB)
+		dbGrowth.add(endMB / midMB)
+		dbGrowthMB.add(endMB - midMB)
+	}
+
+	marks := []mark{{at: mid, label: "second half"}, {at: floodEnd, label: "flood ends"}}
 	if after > 0 {
 		// Exact again: the first sample after the flood from which every later one is exact.
 		at := math.NaN()
@@ -378,15 +483,33 @@ func (b *bench) flood(ctx context.Context, tag string, floodTime, after time.Dur
 		marks = append(marks, mark{at: floodEnd + after.Seconds(), label: "traffic stops"})
 		leftAtEnd.add(float64(left))
 	}
-	b.progress("%s: %d samples; oldest unmerged max %.1f s, pending max %d, database max %.0f MB, RSS max %.0f MiB; %d differences at the end",
-		tag, len(ps), mxOldest, mxPending, mxDB, mxRSS, left)
+	b.progress("%s: %d samples; second half: normal traffic shown %.2f (median of %d), rows %.0f (median); database %.0f MB at the middle, %.0f MB at the end;"+
+		" normal traffic %.1f cb/s, %d errors; oldest unmerged max %.1f s, pending max %d, database max %.0f MB, RSS max %.0f MiB; %d differences at the end",
+		tag, len(ps), shownMed.median(), len(shares), rowsMed.median(), midMB, endMB,
+		float64(ns.Accepted)/ns.Elapsed.Seconds(), ns.Refused+ns.Failed, mxOldest, mxPending, mxDB, mxRSS, left)
 
-	title := fmt.Sprintf("%s: 64 senders x 200 ids from 1,000,000 objects for %v beside ~%s ids/s from %s others, then those alone for %v",
-		tag, floodTime, thousands(int64(b.scaleRate*100)), thousands(normalSpace), after)
+	read := func(v func(point) float64) func(point) float64 {
+		return func(p point) float64 {
+			if p.problems < 0 { // the table was not read
+				return math.NaN()
+			}
+			return v(p)
+		}
+	}
+	title := fmt.Sprintf("%s: 64 senders x 200 ids from 1,000,000 objects for %v beside normal traffic (%s), then the normal traffic alone for %v",
+		tag, floodTime, normalShape, after)
 	b.writeChart(tag+".svg", title, svgChart(title, ps, []series{
-		{"rows in objects", "n", func(p point) float64 { return float64(p.rows) }},
-		{"normal-traffic rows in objects", "n", func(p point) float64 { return float64(p.tracked) }},
-		{"differences for normal traffic named ≥ 5 s ago", "n", func(p point) float64 { return float64(p.problems) }},
+		{"normal traffic's online objects shown, row ≤ 5 s behind (share; target ≥ 0.9 in the flood's second half)", "ratio",
+			func(p point) float64 {
+				if p.problems < 0 || p.owed == 0 {
+					return math.NaN()
+				}
+				return float64(p.shown) / float64(p.owed)
+			}},
+		{"rows in objects (target ≥ 2,000 in the flood's second half)", "n", read(func(p point) float64 { return float64(p.rows) })},
+		{"normal-traffic rows in objects", "n", read(func(p point) float64 { return float64(p.tracked) })},
+		{"differences for normal traffic named ≥ 5 s ago", "n", read(func(p point) float64 { return float64(p.problems) })},
+		{"callbacks answered late on purpose (OVERLOAD_PACE)", "/s", perSecond(ps, func(p point) float64 { return p.paced })},
 		{"oldest unmerged receipt", "s", func(p point) float64 { return p.inboxOldest }},
 		{"pending rows", "n", func(p point) float64 { return float64(p.pending) }},
 		{"database size", "MB", func(p point) float64 { return p.dbMB }},
@@ -463,29 +586,14 @@ func (b *bench) limiter(ctx context.Context) error {
 	b.progress("%s: %.0f lookups/s served vs %.0f (%.2f), %.1f%% rejected, limit %.0f..%.0f",
 		label, served/dt, bnd, served/dt/bnd, 100*rej/max(served+rej, 1), lims[0], lims[len(lims)-1])
 
-	// Rates per sample from the cumulative counters.
-	rate := func(get func(point) int64) func(point) float64 {
-		prev := map[float64]float64{}
-		for i, p := range ps {
-			if i > 0 {
-				prev[p.at] = float64(get(p)-get(ps[i-1])) / (p.at - ps[i-1].at)
-			}
-		}
-		return func(p point) float64 {
-			if v, ok := prev[p.at]; ok {
-				return v
-			}
-			return math.NaN()
-		}
-	}
 	title := fmt.Sprintf("limiter: ~%s ids/s from 1,000,000 objects against an object service of capacity %s",
 		thousands(int64(b.scaleRate*100)), thousands(int64(b.capacity)))
 	b.writeChart("limiter.svg", title, svgChart(title, ps, []series{
 		{"lookup limit (callback_lookup_limit)", "n", func(p point) float64 { return p.limit }},
 		{"lookups in flight, service side", "n", func(p point) float64 { return p.inFlight }},
 		{"lookups being served, object service side", "n", func(p point) float64 { return float64(p.objInFlight) }},
-		{"lookups served", "/s", rate(func(p point) int64 { return p.served })},
-		{"requests rejected (503)", "/s", rate(func(p point) int64 { return p.rejected })},
+		{"lookups served", "/s", perSecond(ps, func(p point) float64 { return float64(p.served) })},
+		{"requests rejected (503)", "/s", perSecond(ps, func(p point) float64 { return float64(p.rejected) })},
 	}, nil))
 	return nil
 }

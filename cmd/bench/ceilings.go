@@ -137,6 +137,7 @@ func (b *bench) httpCeiling(ctx context.Context) error {
 			i+1, b.runs, r.perSec, r.p99, r.errors, cpu.Service, cpu.LoadGen)
 	}
 	b.httpCeil = f.median()
+	b.httpP99 = lat.median()
 	return nil
 }
 

@@ -9,7 +9,8 @@ import (
 	"strings"
 )
 
-// series is one panel of a chart: a value of each point.
+// series is one panel of a chart: a value of each point (NaN: none). A ratio is drawn
+// from 0 to at least 1, so that a share of 0.9 looks like one.
 type series struct {
 	name, unit string
 	value      func(point) float64
@@ -54,6 +55,9 @@ func svgChart(title string, ps []point, ss []series, marks []mark) string {
 				vMax = math.Max(vMax, v)
 			}
 		}
+		if se.unit == "ratio" {
+			vMax = math.Max(vMax, 1)
+		}
 		scale := vMax
 		if scale == 0 {
 			scale = 1
@@ -74,10 +78,11 @@ func svgChart(title string, ps []point, ss []series, marks []mark) string {
 		if len(pts) > 0 {
 			fmt.Fprintf(&s, `<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="%s"/>`+"\n", strings.Join(pts, " "))
 		}
-		for _, m := range marks {
+		for j, m := range marks {
 			fmt.Fprintf(&s, `<line x1="%.1f" y1="%.0f" x2="%.1f" y2="%.0f" stroke="#d62728" stroke-dasharray="4,3"/>`+"\n", x(m.at), y0, x(m.at), y0+panelH)
 			if i == 0 {
-				fmt.Fprintf(&s, `<text x="%.1f" y="%.0f" fill="#d62728">%s</text>`+"\n", x(m.at)+3, y0+12, html.EscapeString(m.label))
+				// Every other label a line lower: marks a second apart stay readable.
+				fmt.Fprintf(&s, `<text x="%.1f" y="%.0f" fill="#d62728">%s</text>`+"\n", x(m.at)+3, y0+12+14*float64(j%2), html.EscapeString(m.label))
 			}
 		}
 	}
@@ -90,6 +95,23 @@ func svgChart(title string, ps []point, ss []series, marks []mark) string {
 	fmt.Fprintf(&s, `<text x="%.0f" y="%.0f" text-anchor="end">seconds</text>`+"\n", width-right, axisY+16)
 	s.WriteString("</svg>\n")
 	return s.String()
+}
+
+// perSecond turns a cumulative counter of the points into a rate per sample: the
+// change since the previous point over the time between them (NaN for the first).
+func perSecond(ps []point, get func(point) float64) func(point) float64 {
+	rates := map[float64]float64{}
+	for i, p := range ps {
+		if i > 0 {
+			rates[p.at] = (get(p) - get(ps[i-1])) / (p.at - ps[i-1].at)
+		}
+	}
+	return func(p point) float64 {
+		if v, ok := rates[p.at]; ok {
+			return v
+		}
+		return math.NaN()
+	}
 }
 
 // wrap breaks s into lines of at most n bytes at spaces (a longer word stays whole).

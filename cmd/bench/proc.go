@@ -31,6 +31,7 @@ type env struct {
 	bin      string // the service binary
 	self     string // this binary, for noop-server
 	tmp      string
+	settings settings // the service binary's settings and their defaults
 	seq      atomic.Int64
 }
 
@@ -166,7 +167,8 @@ type service struct {
 }
 
 // startService creates a database, starts the service on it and waits until its
-// schema is migrated and /readyz answers.
+// schema is migrated and /readyz answers. extra (NAME=value each) are the settings the
+// phase changes; every other one but benchSets is the binary's default.
 func (e *env) startService(ctx context.Context, tag, objectsURL string, extra ...string) (*service, error) {
 	name, drop, err := e.createDB(ctx, tag)
 	if err != nil {
@@ -188,10 +190,12 @@ func (e *env) startService(ctx context.Context, tag, objectsURL string, extra ..
 		return fail(err)
 	}
 	cmd := exec.Command(e.bin)
-	cmd.Env = append(os.Environ(),
-		"DATABASE_URL="+s.dbURL, "LISTEN_ADDR="+addr, "OBJECTS_URL="+objectsURL, "SPOOL_DIR="+spool,
-		"LOG_FORMAT=json", "LOG_LEVEL=warn", "STATUS_INTERVAL=0", "SHUTDOWN_DRAIN=0", "PPROF_ADDR="+s.pprofAddr)
-	cmd.Env = append(cmd.Env, extra...)
+	// Only benchSets and extra: every other setting is the binary's default, whatever
+	// the shell running the bench exports.
+	cmd.Env = e.settings.childEnv(os.Environ(), append([]string{
+		"DATABASE_URL=" + s.dbURL, "LISTEN_ADDR=" + addr, "OBJECTS_URL=" + objectsURL, "SPOOL_DIR=" + spool,
+		"LOG_FORMAT=json", "LOG_LEVEL=warn", "STATUS_INTERVAL=0", "SHUTDOWN_DRAIN=0", "PPROF_ADDR=" + s.pprofAddr,
+	}, extra...)...)
 	s.proc, err = startProc(cmd, filepath.Join(e.tmp, name+".log"))
 	if err != nil {
 		return fail(err)

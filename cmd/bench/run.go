@@ -35,21 +35,24 @@ type bench struct {
 	pprofOut    string
 	stderr      io.Writer
 
-	intakeSpaces []int64 // id spaces of the 64-sender intake runs
-	scaleSpaces  []int64 // id spaces of the end-to-end runs at 2,000 ids/s
-	scaleTime    time.Duration
-	scaleRate    float64
-	floodTime    time.Duration
-	floodAfter   time.Duration
-	limiterTime  time.Duration
-	capacity     int
-	soak         bool
-	soakTime     time.Duration
-	sampleEvery  time.Duration
-	outDir       string
+	intakeSpaces    []int64 // id spaces of the 64-sender intake runs
+	scaleSpaces     []int64 // id spaces of the end-to-end runs at 2,000 ids/s
+	scaleTime       time.Duration
+	scaleRate       float64
+	floodTime       time.Duration
+	floodAfter      time.Duration
+	floodNormalRate float64 // callbacks/s of the normal traffic beside a flood
+	floodNormalIDs  int64   // its objects
+	limiterTime     time.Duration
+	capacity        int
+	soak            bool
+	soakTime        time.Duration
+	sampleEvery     time.Duration
+	outDir          string
 
 	figs             []*figure
 	httpCeil, dbCeil float64
+	httpP99          float64 // the HTTP ceiling's p99 reply, ms (median of its runs)
 	intake64         float64
 	plan             string
 	charts           []string // markdown lines linking the charts written beside the table
@@ -76,9 +79,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	intakeSpaces := fs.String("intake-spaces", "100,100000,1000000", "id spaces (objects) of the 64-sender intake runs, comma-separated")
 	scaleSpaces := fs.String("scale-spaces", "100,20000,100000,1000000", "id spaces of the end-to-end runs (phase scale), comma-separated")
 	fs.DurationVar(&b.scaleTime, "scale-time", 60*time.Second, "length of one end-to-end run at an id space (phase scale; also the limiter's)")
-	fs.Float64Var(&b.scaleRate, "scale-rate", 20, "callbacks/s of 0..199 ids (mean ~100) in the phases scale, flood (normal traffic) and limiter: 20 is ~2,000 ids/s")
-	fs.DurationVar(&b.floodTime, "flood-time", 60*time.Second, "length of the flood: 64 senders x 200 ids from 1,000,000 objects (phase flood)")
+	fs.Float64Var(&b.scaleRate, "scale-rate", 20, "callbacks/s of 0..199 ids (mean ~100) in the phases scale and limiter: 20 is ~2,000 ids/s")
+	fs.DurationVar(&b.floodTime, "flood-time", 90*time.Second, "length of the flood: 64 senders x 200 ids from 1,000,000 objects (phase flood)")
 	fs.DurationVar(&b.floodAfter, "flood-after", 40*time.Second, "normal traffic alone after the flood (one window plus ~10 s)")
+	fs.Float64Var(&b.floodNormalRate, "flood-normal-rate", 5, "callbacks/s of 1..200 ids of the normal traffic beside a flood (phases flood, soak): 5 is one every 200 ms")
+	fs.Int64Var(&b.floodNormalIDs, "flood-normal-ids", 2000, "objects of the normal traffic beside a flood, ids no flood callback names")
 	fs.DurationVar(&b.limiterTime, "limiter-time", 60*time.Second, "length of the run against a capacity-limited object service (phase limiter)")
 	fs.IntVar(&b.capacity, "capacity", 1000, "the object service's capacity in the limiter phase (tester objects -capacity)")
 	fs.BoolVar(&b.soak, "soak", false, "add the soak phase: a flood for -soak-time with the service's RSS sampled")
@@ -107,6 +112,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if b.sampleEvery <= 0 {
 		return fmt.Errorf("-sample-every must be positive")
+	}
+	if b.floodNormalRate <= 0 || b.floodNormalIDs < 1 {
+		return fmt.Errorf("-flood-normal-rate and -flood-normal-ids must be positive")
 	}
 	if *out != "" {
 		b.outDir = filepath.Dir(*out)
@@ -143,6 +151,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if err := build.Run(); err != nil {
 			return fmt.Errorf("building the service: %w", err)
 		}
+	}
+	if b.env.settings, err = readSettings(ctx, b.env.bin); err != nil {
+		return fmt.Errorf("reading the service's settings: %w", err)
 	}
 	header, err := b.header(ctx, args)
 	if err != nil {
@@ -254,10 +265,12 @@ func (b *bench) header(ctx context.Context, args []string) (string, error) {
 		" e2e ids 0..99 at %.0f cb/s (16 senders) for %v plus 10 sample callbacks/s of 5 fresh even ids;"+
 		" backlog ids 0..999,999 at %.0f cb/s for %v; object service latency 300 ms to 4.3 s; FETCH_CONCURRENCY=%d (e2e, backlog and cost only)\n",
 		b.runTime, b.e2eRate, b.e2eTime, b.backlogRate, b.backlogTime, b.fetchConc)
-	fmt.Fprintf(&h, "- scale, flood, limiter, soak: default service settings; normal traffic is %.0f cb/s of 0..199 ids (~%s ids/s, 4 senders);"+
-		" scale runs %v per id space; flood 64 senders x 200 ids from 1,000,000 objects for %v beside normal traffic from 20,000 other objects, which goes on %v after it;"+
-		" limiter: normal traffic from 1,000,000 objects for %v against an object service of capacity %d; one run each\n",
-		b.scaleRate, thousands(int64(b.scaleRate*100)), b.scaleTime, b.floodTime, b.floodAfter, b.limiterTime, b.capacity)
+	fmt.Fprintf(&h, "- service settings: every phase leaves these at the defaults of the binary measured (its -h), whatever the shell exports, except FETCH_CONCURRENCY where named above: %s;"+
+		" the bench sets only %s\n", b.env.settings.defaults(), strings.Join(benchSets, ", "))
+	fmt.Fprintf(&h, "- scale, flood, limiter, soak: default service settings; scale and limiter traffic is %.0f cb/s of 0..199 ids (~%s ids/s, 4 senders);"+
+		" scale runs %v per id space; flood 64 senders x 200 ids from 1,000,000 objects for %v beside normal traffic of %s cb/s of 1..200 ids from %s other objects, which goes on %v after it;"+
+		" limiter: the scale traffic from 1,000,000 objects for %v against an object service of capacity %d; one run each\n",
+		b.scaleRate, thousands(int64(b.scaleRate*100)), b.scaleTime, b.floodTime, trimFloat(b.floodNormalRate), thousands(b.floodNormalIDs), b.floodAfter, b.limiterTime, b.capacity)
 	return h.String(), nil
 }
 
@@ -307,11 +320,14 @@ func (b *bench) fig(section, name, unit string) *figure {
 
 func (f *figure) add(v float64) { f.vals = append(f.vals, v) }
 
-func (f *figure) median() float64 {
-	if len(f.vals) == 0 {
+func (f *figure) median() float64 { return median(f.vals) }
+
+// median of vals (the mean of the middle two for an even count), 0 when empty.
+func median(vals []float64) float64 {
+	if len(vals) == 0 {
 		return 0
 	}
-	v := slices.Clone(f.vals)
+	v := slices.Clone(vals)
 	slices.Sort(v)
 	if len(v)%2 == 1 {
 		return v[len(v)/2]

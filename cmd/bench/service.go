@@ -70,6 +70,7 @@ func (b *bench) intake(ctx context.Context, senders int, space int64) error {
 	mx := b.fig("intake", label+": max reply", "ms")
 	errs := b.fig("intake", label+": errors", "count")
 	toHTTP := b.fig("intake", label+": / HTTP ceiling", "ratio")
+	p99HTTP := b.fig("intake", label+": p99 reply / the HTTP ceiling's p99", "ratio")
 	toDB := b.fig("intake", label+": / DB ceiling", "ratio")
 	cpuSvc := b.fig("intake", label+": CPU of the service", "cores")
 	cpuPG := b.fig("intake", label+": CPU of Postgres (all of it)", "cores")
@@ -84,7 +85,10 @@ func (b *bench) intake(ctx context.Context, senders int, space int64) error {
 		toHTTP.target, toHTTP.ok = "≥ 0.6", func(v float64) bool { return v >= 0.6 }
 		defer func() { b.intake64 = rate.median() }()
 	case senders == 64 && space == 100_000: // the intake targets at a realistic id space
-		toHTTP.target, toHTTP.ok = "≥ 0.5 (aim 0.6)", func(v float64) bool { return v >= 0.5 }
+		// Both against the same run's HTTP ceiling: what the service adds to its own
+		// HTTP stack, which is what moves with the machine.
+		toHTTP.target, toHTTP.ok = "≥ 0.75", func(v float64) bool { return v >= 0.75 }
+		p99HTTP.target, p99HTTP.ok = "≤ 1.25", func(v float64) bool { return v <= 1.25 }
 		p99.target, p99.ok = "< 20 ms", func(v float64) bool { return v < 20 }
 		errs.target, errs.ok = "0", func(v float64) bool { return v == 0 }
 		oldest.target, oldest.ok = "< 5 s", func(v float64) bool { return v < 5 }
@@ -131,6 +135,9 @@ func (b *bench) intake(ctx context.Context, senders int, space int64) error {
 		cpuGen.add(cpu.LoadGen)
 		if b.httpCeil > 0 {
 			toHTTP.add(r.perSec / b.httpCeil)
+		}
+		if b.httpP99 > 0 {
+			p99HTTP.add(r.p99 / b.httpP99)
 		}
 		if b.dbCeil > 0 {
 			toDB.add(r.perSec / b.dbCeil)

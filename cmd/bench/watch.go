@@ -14,6 +14,8 @@ type point struct {
 	rows        int     // rows in objects
 	tracked     int     // of rows, those of the tracked (normal) traffic
 	problems    int     // settled differences for the tracked traffic; -1: not checked
+	owed        int     // tracked ids the table owes a row (online, accepted within the window)
+	shown       int     // of owed, those whose row is at most showLag behind their latest send
 	inboxOldest float64 // seconds: the oldest unmerged receipt
 	pending     int64   // rows in pending
 	dbMB        float64 // pg_database_size
@@ -23,23 +25,35 @@ type point struct {
 	objInFlight int64   // lookups the object service is serving
 	served      int64   // object service, cumulative: admitted lookups that ended
 	rejected    int64   // object service, cumulative: 503 for capacity
+	paced       float64 // callback_callbacks_paced_total, cumulative
 }
 
-// watch samples a service every period until stopped. check, if set, gets every read of
-// the objects table and returns the number of rows it tracks and the problems it found.
+// judge fills a point's fields about tracked traffic (tracked, problems, owed, shown)
+// from what its sender had recorded at now, just before the objects table was read, and
+// the rows read: a send during the read cannot count against the table.
+type judge func(now time.Time, records map[int64]tester.SendRecord, rows []tester.Row, p *point)
+
+// tracking is traffic a watch judges the table by: its sender's records and the judge.
+type tracking struct {
+	records func() map[int64]tester.SendRecord
+	judge   judge
+}
+
+// watch samples a service every period until stopped; with a tracking, it judges every
+// read of the objects table.
 type watch struct {
 	svc   *service
 	obj   *tester.ObjectService
 	start time.Time
-	check func(now time.Time, rows []tester.Row) (tracked, problems int)
+	track *tracking
 
 	mu     sync.Mutex
 	points []point
 	stop   func()
 }
 
-func (b *bench) watch(svc *service, obj *tester.ObjectService, check func(time.Time, []tester.Row) (int, int)) *watch {
-	w := &watch{svc: svc, obj: obj, start: time.Now(), check: check}
+func (b *bench) watch(svc *service, obj *tester.ObjectService, track *tracking) *watch {
+	w := &watch{svc: svc, obj: obj, start: time.Now(), track: track}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	w.stop = func() { cancel(); wg.Wait() }
@@ -71,10 +85,14 @@ func (w *watch) sample(ctx context.Context) point {
 	defer cancel()
 	p := point{at: time.Since(w.start).Seconds(), problems: -1}
 	now := time.Now()
+	var records map[int64]tester.SendRecord
+	if w.track != nil {
+		records = w.track.records()
+	}
 	if rows, err := tester.ReadObjects(ctx, w.svc.pool); err == nil {
 		p.rows = len(rows)
-		if w.check != nil {
-			p.tracked, p.problems = w.check(now, rows)
+		if w.track != nil {
+			w.track.judge(now, records, rows, &p)
 		}
 	}
 	p.inboxOldest, _ = w.svc.inboxOldest(ctx)
@@ -87,6 +105,7 @@ func (w *watch) sample(ctx context.Context) point {
 	if m, err := w.svc.metrics(); err == nil {
 		p.limit = m["callback_lookup_limit"]
 		p.inFlight = m["callback_lookups_in_flight"]
+		p.paced = m["callback_callbacks_paced_total"]
 	}
 	if w.obj != nil {
 		st := w.obj.Stats()
@@ -142,4 +161,29 @@ func settled(records map[int64]tester.SendRecord, tracked func(id int64) bool, r
 		}
 	}
 	return len(mine), problems + len(tester.Diff(expected, mine, now, window))
+}
+
+// shown counts the tracked ids the table owes a row at now (online, accepted less than
+// window - tester.LastSeenTolerance ago, as tester.Required counts them) and, of those,
+// the ones it shows: with a row whose last_seen is at most lag behind the id's latest
+// accepted send. A row for an older receipt of the id is shown if it is that recent: a
+// reader of the table sees the object, only a little late.
+func shown(records map[int64]tester.SendRecord, rows []tester.Row, now time.Time, window, lag time.Duration,
+	online tester.OnlineRule) (owed, ok int) {
+	last := make(map[int64]time.Time, len(records))
+	for _, r := range rows {
+		if _, mine := records[r.ID]; mine {
+			last[r.ID] = r.LastSeen
+		}
+	}
+	for id, r := range records {
+		if !online(id) || r.Accepted.IsZero() || now.Sub(r.Accepted) >= window-tester.LastSeenTolerance {
+			continue
+		}
+		owed++
+		if seen, has := last[id]; has && r.Accepted.Sub(seen) <= lag {
+			ok++
+		}
+	}
+	return owed, ok
 }

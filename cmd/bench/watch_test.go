@@ -57,3 +57,38 @@ func TestSVGChart(t *testing.T) {
 	require.Contains(t, svg, "flood ends")
 	require.Equal(t, []string{"ab cd", "ef"}, wrap("ab cd ef", 5))
 }
+
+func TestShown(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	ago := func(d time.Duration) time.Time { return now.Add(-d) }
+	accepted := func(d time.Duration) tester.SendRecord { return tester.SendRecord{Accepted: ago(d), Maybe: ago(d)} }
+	row := func(id int64, d time.Duration) tester.Row { return tester.Row{ID: id, LastSeen: ago(d)} }
+
+	for _, tc := range []struct {
+		name     string
+		records  map[int64]tester.SendRecord
+		rows     []tester.Row
+		owed, ok int
+	}{
+		{"a_row_for_the_latest_receipt_shows_the_object", map[int64]tester.SendRecord{100: accepted(10 * time.Second)},
+			[]tester.Row{row(100, 10*time.Second)}, 1, 1},
+		{"a_row_for_a_receipt_5_s_older_still_shows_it", map[int64]tester.SendRecord{100: accepted(time.Second)},
+			[]tester.Row{row(100, 6*time.Second)}, 1, 1},
+		{"a_row_more_than_5_s_behind_does_not", map[int64]tester.SendRecord{100: accepted(time.Second)},
+			[]tester.Row{row(100, 6*time.Second+time.Millisecond)}, 1, 0},
+		{"no_row_does_not", map[int64]tester.SendRecord{100: accepted(10 * time.Second)}, nil, 1, 0},
+		{"an_offline_id_is_not_owed", map[int64]tester.SendRecord{101: accepted(10 * time.Second)}, nil, 0, 0},
+		{"an_id_accepted_a_window_less_a_second_ago_is_not_owed", map[int64]tester.SendRecord{100: accepted(29 * time.Second)}, nil, 0, 0},
+		{"an_id_never_accepted_is_not_owed", map[int64]tester.SendRecord{100: {Maybe: ago(time.Second)}}, nil, 0, 0},
+		{"rows_of_other_traffic_do_not_count", map[int64]tester.SendRecord{100: accepted(10 * time.Second)},
+			[]tester.Row{row(2, time.Second), row(100, 10*time.Second)}, 1, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			owed, ok := shown(tc.records, tc.rows, now, 30*time.Second, 5*time.Second, tester.OnlineParity)
+			require.Equal(t, tc.owed, owed)
+			require.Equal(t, tc.ok, ok)
+		})
+	}
+}
