@@ -116,11 +116,11 @@ func (tx *MergeTx) CountWaiting(ctx context.Context) (int64, error) {
 // PendingMerged is what one MergePending did.
 type PendingMerged struct {
 	Changed    int64 // pending rows inserted or given a newer receipt
-	Fresh      int64   // ids with no pending row before
-	FreshTaken int64   // of those, the ones made pending
-	Rearm      int64   // done rows (already looked up) given a newer receipt
-	Rearmed    int64   // of those, the ones made due for another lookup
-	Evicted    int64   // waiting rows ranked below this pass, deleted to make room
+	Fresh      int64 // ids with no pending row before
+	FreshTaken int64 // of those, the ones made pending
+	Rearm      int64 // done rows (already looked up) given a newer receipt
+	Rearmed    int64 // of those, the ones made due for another lookup
+	Evicted    int64 // waiting rows ranked below this pass, deleted to make room
 }
 
 // MergeParams is one MergePending: ids distinct and ascending, each with its newest
