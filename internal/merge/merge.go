@@ -79,22 +79,31 @@ type Pacer interface {
 
 // The defaults merge on a 100 ms cadence rather than after every commit, so that
 // passes coalesce. A pass reads up to 1M ids (MaxIDs; a megabyte or so of batches, and
-// decoding is ~20 ns an id) and consumes them until it holds 128k distinct ids
+// decoding is ~20 ns an id) and consumes them until it holds 64k distinct ids
 // (MaxDistinct): with ids from a small space that is everything read, coalesced into
-// few rows; with fresh ids from a huge space it keeps a pass under a second or so of
-// Postgres. MaxPending (256k) is about twice what the highest lookup limit (10,000 in
+// few rows; with fresh ids from a huge space it keeps a pass to half a second or so of
+// Postgres, and the arrays one statement sends (and pgx keeps a buffer for, per
+// connection) to a few MB: with 128k the service's RSS passed 300 MiB under a flood.
+// MaxPending (256k) is about twice what the highest lookup limit (10,000 in
 // flight at the object service's mean 2.3 s) can look up within a 30 s window, and
-// holds what a minutes-long outage leaves behind at production rates. The rest after
-// a pass is capped at maxRest.
+// holds what a minutes-long outage leaves behind at production rates. When it is full,
+// a pass evicts at most 2,048 waiting rows for its fresh ids (MaxEvict): newest first,
+// but a flood must not turn pending into a table that is rewritten every pass (the
+// database grew 50% between the middle and the end of a flood with 8,192). The rest
+// after a pass is capped at maxRest.
 const (
 	MaxBatchesDefault  = 16384
 	MaxIDsDefault      = 1 << 20
-	MaxDistinctDefault = 1 << 17
+	MaxDistinctDefault = 1 << 16
 	MaxPendingDefault  = 1 << 18
-	MaxEvictDefault    = 1 << 13
+	MaxEvictDefault    = 1 << 11
 	IntervalDefault    = 100 * time.Millisecond
 	RestDefault        = 1.0
 )
+
+// recent: the callbacks a pass reports Seen to the pacer are those received within this
+// (a few seconds: what the steady senders send now, not a flood's backlog).
+const recent = 5 * time.Second
 
 // FloodHandicap is how far below its receipt a fresh id of a flood ranks (a third of
 // the window): while the service is overloaded, objects named by senders with a steady
@@ -214,7 +223,7 @@ func (m *Merger) Pass(ctx context.Context) (Result, error) {
 	start := m.Now()
 	p := params{MaxBatches: m.cfg.MaxBatches, MaxIDs: m.cfg.MaxIDs, MaxDistinct: m.cfg.MaxDistinct,
 		MaxPending: m.cfg.MaxPending, MaxEvict: m.cfg.MaxEvict, Now: start, Cutoff: start.Add(-m.cfg.ExpireAfter),
-		Recheck: store.RecheckHandicap(m.cfg.ExpireAfter), FloodHandicap: FloodHandicap(m.cfg.ExpireAfter)}
+		Recheck: store.RecheckHandicap(m.cfg.ExpireAfter), FloodHandicap: FloodHandicap(m.cfg.ExpireAfter), Recent: recent}
 	if m.cfg.Pacer != nil {
 		p.Flooding = func(ids []int64) bool { return m.cfg.Pacer.Flooding(ids, start) }
 	}

@@ -612,13 +612,14 @@ func TestPass_freshIDsTakeTurnsByCallbackWhenPendingIsFull(t *testing.T) {
 func TestPass_tellsThePacer(t *testing.T) {
 	t.Parallel()
 	p := &pacerSpy{}
-	m, b := setup(t, Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 2, Interval: idle, Pacer: p})
-	b.insert(t, callback.New(at(0), []int64{1, 2}))
+	m, b := setup(t, Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxPending: 4, Interval: idle, Pacer: p})
+	now := time.Now().Truncate(time.Microsecond)
+	b.insert(t, callback.New(at(0), []int64{7}), callback.New(now, []int64{1, 2}))
 	pass(t, m)
-	require.ElementsMatch(t, []int64{1, 2}, p.tracked)
+	require.ElementsMatch(t, []int64{1, 2}, p.tracked, "the ids of recent callbacks, not a backlog's")
 	require.Zero(t, p.overloaded, "room for everything: not overloaded")
 
-	b.insert(t, callback.New(at(5), []int64{3}))
+	b.insert(t, callback.New(now, []int64{3, 4}))
 	pass(t, m)
 	require.Equal(t, 1, p.overloaded, "a fresh id found no room")
 }

@@ -39,7 +39,9 @@ type Result struct {
 	// Quarantined: batches that could not be decoded, moved to inbox_quarantine.
 	Quarantined []Quarantined
 
-	// Seen: the distinct ids the pass merged (Config.Pacer tracks them).
+	// Seen: ids of callbacks received within Recent of the pass's start, that the pass
+	// merged (Config.Pacer tracks them; a backlog of a flood would only push the steady
+	// senders' ids out of the pacer's bounded memory). Repeats included.
 	Seen []int64
 	// LeftBatches: the pass held its distinct ids before it had used every batch it
 	// read: merging takes less than arrives.
@@ -70,6 +72,8 @@ type params struct {
 	// fresh ids then rank FloodHandicap below their receipt.
 	Flooding      func(ids []int64) bool
 	FloodHandicap time.Duration
+	// Recent: callbacks received within this of Now are what the pass reports Seen.
+	Recent time.Duration
 }
 
 type idTime struct {
@@ -102,6 +106,7 @@ type receipt struct {
 func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 	var merged Result
 	cutoff := p.Cutoff.UnixMicro()
+	recent := p.Now.Add(-p.Recent).UnixMicro()
 	err := s.InMergeTx(ctx, func(tx *store.MergeTx) error {
 		if !p.Cutoff.IsZero() {
 			var err error
@@ -142,6 +147,9 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 				// second of any, so fresh ids share a full pending callback by callback.
 				start := turnStart(cb, len(ids))
 				flood := p.Flooding != nil && p.Flooding(ids)
+				if p.Recent > 0 && t >= recent {
+					merged.Seen = append(merged.Seen, ids...)
+				}
 				for i, id := range ids {
 					staged = append(staged, idTime{id, t, int32((i - start + len(ids)) % len(ids)), flood})
 				}
@@ -212,7 +220,6 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 		merged.NoRoom = r.Fresh - r.FreshTaken
 		merged.RechecksSkipped = r.Rearm - r.Rearmed
 		merged.Evicted = r.Evicted
-		merged.Seen = ids
 		return nil
 	})
 	if err != nil {

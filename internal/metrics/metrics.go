@@ -66,6 +66,10 @@ type Metrics struct {
 	DatabaseErrors  *prometheus.CounterVec // component
 	PanicsRecovered *prometheus.CounterVec // where
 
+	// The hot tables' upkeep (internal/vacuum).
+	DeadRows *prometheus.GaugeVec   // table: dead tuples, as last read
+	Vacuums  *prometheus.CounterVec // table: vacuums this replica ran
+
 	// The fleet's low watermark, as this replica's expiry last read it.
 	ReplicasLive   prometheus.Gauge // replicas heard from within REPLICA_TIMEOUT (they hold expiry back)
 	ReplicasSilent prometheus.Gauge // replicas not heard from for longer, not stopped: no longer counted
@@ -125,6 +129,8 @@ func New() *Metrics {
 		ObjectsOnline:   f.gauge("objects_online", "Rows in objects."),
 		DatabaseErrors:  f.counterVec("database_errors_total", "Failed database operations, by component.", "component"),
 		PanicsRecovered: f.counterVec("panics_recovered_total", "Panics recovered, by where.", "where"),
+		DeadRows:        f.gaugeVec("dead_rows", "Dead tuples of each table that churns (pending, objects, inbox_batches, merged_batches), as the service last read them; it vacuums a table past 20,000 itself.", "table"),
+		Vacuums:         f.counterVec("vacuums_total", "Vacuums of a table that churns run by this replica (autovacuum's are not counted).", "table"),
 		ReplicasLive:    f.gauge("replicas_live", "Replicas whose watermark holds expiry back: heard from within REPLICA_TIMEOUT (as this replica's expiry last read them)."),
 		ReplicasSilent:  f.gauge("replicas_silent", "Replicas not heard from within REPLICA_TIMEOUT and not stopped: they no longer hold expiry back; if one still holds spooled callbacks, rows it keeps alive may be expired before it replays them."),
 		WatermarkLag:    f.gauge("expiry_watermark_lag_seconds", "Now minus the fleet's low watermark: how far behind the clock expiry reads (about 0; up to REPLICA_TIMEOUT while a replica is cut off, up to the window at most from a live one)."),
@@ -143,7 +149,7 @@ func New() *Metrics {
 // a series that only appears when the first error happens cannot be used by rate() in
 // an alert or a dashboard until it has happened twice.
 func (m *Metrics) zeroKnownLabels() {
-	for _, c := range []string{"commit", "replay", "merge", "claim", "complete", "expiry", "watermark"} {
+	for _, c := range []string{"commit", "replay", "merge", "claim", "complete", "expiry", "watermark", "vacuum"} {
 		m.DatabaseErrors.WithLabelValues(c)
 	}
 	for _, w := range []string{"http", "lookup"} {
@@ -160,6 +166,10 @@ func (m *Metrics) zeroKnownLabels() {
 		for _, reason := range []string{"expired", "capacity"} {
 			m.Dropped.WithLabelValues(stage, reason)
 		}
+	}
+	for _, t := range []string{"pending", "objects", "inbox_batches", "merged_batches"} {
+		m.DeadRows.WithLabelValues(t)
+		m.Vacuums.WithLabelValues(t)
 	}
 	for _, t := range []string{"inbox", "spool"} {
 		m.CommitSeconds.WithLabelValues(t)

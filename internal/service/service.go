@@ -35,6 +35,7 @@ import (
 	"github.com/objwatch/callback/internal/server"
 	"github.com/objwatch/callback/internal/spool"
 	"github.com/objwatch/callback/internal/store"
+	"github.com/objwatch/callback/internal/vacuum"
 	"github.com/objwatch/callback/internal/watermark"
 )
 
@@ -120,6 +121,10 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return fmt.Errorf("building expiry: %w", err)
 	}
+	vacuumer, err := vacuum.New(vacuum.Config{}, db, deps)
+	if err != nil {
+		return fmt.Errorf("building the vacuumer: %w", err)
+	}
 	status, err := newStatus(statusConfig{Interval: cfg.StatusInterval},
 		statusSources{db: db, spool: sp, fetcher: fetcher, target: databaseTarget(poolCfg)}, deps)
 	if err != nil {
@@ -201,6 +206,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		w.Go(func() { _ = fetcher.Run(workCtx) })
 		w.Go(func() { _ = expirer.Run(workCtx) })
 		w.Go(func() { _ = publisher.Run(workCtx) })
+		w.Go(func() { _ = vacuumer.Run(workCtx) })
 		w.Go(func() {
 			pacer.Watch(workCtx, 500*time.Millisecond, func() float64 { return metrics.Sum(m.Dropped) }, time.Now)
 		})
