@@ -5,9 +5,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/prometheus/prometheus/promql/parser"
 	"gopkg.in/yaml.v3"
@@ -65,9 +67,10 @@ type ruleFile struct {
 	Groups []struct {
 		Name  string `yaml:"name"`
 		Rules []struct {
-			Record string `yaml:"record"`
-			Alert  string `yaml:"alert"`
-			Expr   string `yaml:"expr"`
+			Record      string            `yaml:"record"`
+			Alert       string            `yaml:"alert"`
+			Expr        string            `yaml:"expr"`
+			Annotations map[string]string `yaml:"annotations"`
 		} `yaml:"rules"`
 	} `yaml:"groups"`
 }
@@ -195,6 +198,51 @@ func TestRulesTestEveryAlert(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestAlertsLinkTheirRunbook: every alert's runbook_url names a section of
+// docs/operations.md that exists, so that whoever the alert wakes lands on what to do.
+func TestAlertsLinkTheirRunbook(t *testing.T) {
+	t.Parallel()
+	const runbook = "docs/operations.md"
+	doc, err := os.ReadFile(filepath.Join("..", runbook))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sections := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^#{1,6} +(.+)$`).FindAllStringSubmatch(string(doc), -1) {
+		sections[anchor(m[1])] = true
+	}
+	for _, g := range readRules(t).Groups {
+		for _, r := range g.Rules {
+			if r.Alert == "" {
+				continue
+			}
+			url := r.Annotations["runbook_url"]
+			file, section, _ := strings.Cut(url, "#")
+			if file != runbook || !sections[section] {
+				t.Errorf("alert %s: runbook_url %q is not a section of %s", r.Alert, url, runbook)
+			}
+			if r.Annotations["runbook"] == "" {
+				t.Errorf("alert %s has no one-line runbook", r.Alert)
+			}
+		}
+	}
+}
+
+// anchor is the fragment GitHub gives a Markdown heading: lower case, punctuation
+// dropped, spaces turned into hyphens.
+func anchor(heading string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(strings.TrimSpace(heading)) {
+		switch {
+		case r == ' ':
+			b.WriteRune('-')
+		case r == '-' || r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r):
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
 
 type dashboard struct {

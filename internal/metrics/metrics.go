@@ -112,7 +112,7 @@ func New() *Metrics {
 		Dropped: f.counterVec("work_dropped_total",
 			"Receipts (ids; callbacks for whole inbox batches) dropped before they cost anything, by stage (inbox: whole batches unread; merge: no room in a full pending; pending: swept or evicted before a claim; claim; recheck: an object already looked up, named again, keeps the newer receipt but is not looked up again for now) and reason (expired, capacity).",
 			"stage", "reason"),
-		Overloaded: f.gauge("overloaded", "1 while work is being dropped for lack of lookup capacity, else 0."),
+		Overloaded: f.gauge("overloaded", "1 while any work is being dropped (callback_work_dropped_total grew since the last status sample, whatever the stage or reason), else 0."),
 		Lookups:    f.counterVec("lookups_total", "Object service lookups, by outcome.", "outcome"),
 		LookupSeconds: f.histogram("lookup_seconds", "Object service lookup latency.",
 			[]float64{.05, .1, .25, .5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 7.5, 10}),

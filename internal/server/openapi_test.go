@@ -130,6 +130,9 @@ func TestOpenAPI(t *testing.T) {
 		{name: "healthz", method: "GET", path: "/healthz", validByDoc: true, wantStatus: 200},
 		{name: "readyz", method: "GET", path: "/readyz", validByDoc: true, wantStatus: 200},
 		{name: "readyz_not_ready", method: "GET", path: "/readyz", validByDoc: true, wantStatus: 503, serverIndex: 1},
+		{name: "metrics", method: "GET", path: "/metrics", validByDoc: true, wantStatus: 200},
+		{name: "metrics_open_when_a_token_is_set", method: "GET", path: "/metrics", validByDoc: true, wantStatus: 200, serverIndex: 2},
+		{name: "metrics_wrong_method", method: "POST", path: "/metrics", body: `{}`, wantStatus: 405, undocRoute: true},
 
 		{name: "console_page", method: "GET", path: "/", validByDoc: true, wantStatus: 200},
 		{name: "console_page_open_when_a_token_is_set", method: "GET", path: "/", validByDoc: true, wantStatus: 200, serverIndex: 2},
@@ -169,7 +172,7 @@ func TestOpenAPI(t *testing.T) {
 		})
 	}
 	for _, op := range []string{"POST /callback", "GET /objects", "GET /objects/{id}", "GET /healthz", "GET /readyz",
-		"GET /", "GET /console/series", "GET /console/static/{file}"} {
+		"GET /metrics", "GET /", "GET /console/series", "GET /console/static/{file}"} {
 		require.True(t, seen[op], "no case exercises %s", op)
 	}
 }

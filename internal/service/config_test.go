@@ -3,10 +3,14 @@ package service
 import (
 	"flag"
 	"io"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/objwatch/callback/internal/testhelper"
@@ -224,4 +228,48 @@ func TestParseConfig_helpShowsKindsAndDefaults(t *testing.T) {
 	require.Contains(t, stderr.String(), "-expire-after duration")
 	require.Contains(t, stderr.String(), "-max-ids int")
 	require.Contains(t, stderr.String(), `env SHUTDOWN_DRAIN, default "5s"`)
+}
+
+// TestParseConfig_READMETableMatchesSettings: the README's configuration table lists
+// every setting parseConfig reads, once, with the default -h prints (durations compared
+// by value: 60s is 1m0s), and nothing else. A setting added, renamed or given another
+// default fails here until the table says so.
+func TestParseConfig_READMETableMatchesSettings(t *testing.T) {
+	t.Parallel()
+	var help strings.Builder
+	_, err := parseConfig([]string{"-h"}, testhelper.Getenv(nil), &help)
+	require.ErrorIs(t, err, flag.ErrHelp)
+	want := map[string]string{}
+	for _, m := range regexp.MustCompile(`env ([A-Z_]+), default "([^"]*)"\)`).FindAllStringSubmatch(help.String(), -1) {
+		want[m[1]] = m[2]
+	}
+	require.NotEmpty(t, want, "no settings read from -h:\n%s", help.String())
+
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	require.NoError(t, err)
+	// A row: | `NAME` | `default` | meaning |, or (empty) for an empty default.
+	got := map[string]string{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `([A-Z_]+)` \\| (?:`([^`]*)`|\\(empty\\)) \\|").FindAllStringSubmatch(string(readme), -1) {
+		_, twice := got[m[1]]
+		require.False(t, twice, "the README lists %s twice", m[1])
+		got[m[1]] = m[2]
+	}
+
+	for env, def := range want {
+		readmeDef, ok := got[env]
+		if !assert.True(t, ok, "the README's configuration table lacks %s (default %q)", env, def) {
+			continue
+		}
+		d1, err1 := time.ParseDuration(def)
+		d2, err2 := time.ParseDuration(readmeDef)
+		if err1 == nil && err2 == nil {
+			assert.Equal(t, d1, d2, "%s: the README says %q, the service %q", env, readmeDef, def)
+		} else {
+			assert.Equal(t, def, readmeDef, "%s: the README's default", env)
+		}
+	}
+	for env := range got {
+		_, ok := want[env]
+		assert.True(t, ok, "the README lists %s, which the service does not read", env)
+	}
 }
