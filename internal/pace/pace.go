@@ -92,10 +92,7 @@ func New(cfg Config) *Pacer {
 		cfg.Behind = BehindDefault
 	}
 	p := &Pacer{cfg: cfg}
-	per := max(cfg.Capacity/len(p.tracked)/2, 1)
-	for i := range p.tracked {
-		p.tracked[i].cur, p.tracked[i].old, p.tracked[i].per = map[int64]struct{}{}, map[int64]struct{}{}, per
-	}
+	p.tracked.init(cfg.Capacity)
 	return p
 }
 
@@ -174,19 +171,73 @@ func (p *Pacer) Flooding(ids []int64, now time.Time) bool {
 // Size is how many ids are tracked.
 func (p *Pacer) Size() int { return p.tracked.size() }
 
-// tracked is a bounded set of ids: the ones tracked most recently, about Capacity of
-// them. Each shard keeps two generations; an id tracked again moves to the current
-// one, and when the current one is full the old one is forgotten. So an id stays while
-// it is tracked again within about a generation's turnover, and at most twice a
-// shard's share is kept. Shards keep the reply path's reads and the merger's writes
-// apart.
+// tracked is a bounded set of ids: the ones merged most recently, about Capacity of
+// them, in two segments as in a 2Q cache. An id merged for the first time goes to
+// probation; merged again while still there, it is promoted to the protected segment,
+// which only ids merged more than once can enter. So a flood that names each of a
+// million ids once in a while churns probation only, and the ids of a steady sender,
+// merged again every few seconds, stay protected while it keeps naming them. Each
+// segment keeps two generations per shard: an id merged again moves to the current
+// one, and when the current one is full the old one is forgotten. Shards keep the reply
+// path's reads and the merger's writes apart.
 type tracked [64]struct {
-	mu       sync.RWMutex
+	mu                   sync.RWMutex
+	probation, protected generations
+}
+
+// generations is a bounded set: two maps of at most per ids each.
+type generations struct {
 	cur, old map[int64]struct{}
-	per      int // ids a generation holds
+	per      int
+}
+
+func (g *generations) init(per int) {
+	g.cur, g.old, g.per = map[int64]struct{}{}, map[int64]struct{}{}, per
+}
+
+func (g *generations) has(id int64) bool {
+	if _, ok := g.cur[id]; ok {
+		return true
+	}
+	_, ok := g.old[id]
+	return ok
+}
+
+func (g *generations) put(id int64) {
+	if len(g.cur) >= g.per {
+		g.old, g.cur = g.cur, make(map[int64]struct{}, g.per)
+	}
+	g.cur[id] = struct{}{}
+}
+
+func (g *generations) remove(id int64) {
+	delete(g.cur, id)
+	delete(g.old, id)
+}
+
+func (g *generations) size() int {
+	n := len(g.cur)
+	for id := range g.old {
+		if _, dup := g.cur[id]; !dup {
+			n++
+		}
+	}
+	return n
 }
 
 func shard(id int64) int { return int(uint64(id) * 0x9E3779B97F4A7C15 >> 58) }
+
+func (t *tracked) init(capacity int) {
+	// Three quarters of the capacity for probation, two generations each: an id must be
+	// merged again within the time a flood takes to fill it, so it is long (at a paced
+	// flood's 20,000 ids/s, about ten seconds; a steady sender names its objects every
+	// few seconds, or every dozen while it is paced itself).
+	per := max(capacity/len(t)/2, 2)
+	for i := range t {
+		t[i].probation.init(per * 3 / 4)
+		t[i].protected.init(per / 4)
+	}
+}
 
 func (t *tracked) add(ids []int64) {
 	var byShard [64][]int64
@@ -201,10 +252,15 @@ func (t *tracked) add(ids []int64) {
 		s := &t[i]
 		s.mu.Lock()
 		for _, id := range ids {
-			if len(s.cur) >= s.per {
-				s.old, s.cur = s.cur, make(map[int64]struct{}, s.per)
+			switch {
+			case s.protected.has(id):
+				s.protected.put(id)
+			case s.probation.has(id):
+				s.probation.remove(id)
+				s.protected.put(id)
+			default:
+				s.probation.put(id)
 			}
-			s.cur[id] = struct{}{}
 		}
 		s.mu.Unlock()
 	}
@@ -213,22 +269,16 @@ func (t *tracked) add(ids []int64) {
 func (t *tracked) has(id int64) bool {
 	s := &t[shard(id)]
 	s.mu.RLock()
-	_, cur := s.cur[id]
-	_, old := s.old[id]
+	ok := s.protected.has(id) || s.probation.has(id)
 	s.mu.RUnlock()
-	return cur || old
+	return ok
 }
 
 func (t *tracked) size() int {
 	n := 0
 	for i := range t {
 		t[i].mu.RLock()
-		for id := range t[i].old {
-			if _, dup := t[i].cur[id]; !dup {
-				n++
-			}
-		}
-		n += len(t[i].cur)
+		n += t[i].probation.size() + t[i].protected.size()
 		t[i].mu.RUnlock()
 	}
 	return n

@@ -53,9 +53,9 @@ func TestTrack_boundedByCapacity(t *testing.T) {
 	const capacity = 64 * 1024
 	p := pace.New(pace.Config{Target: time.Second, Capacity: capacity})
 	steady := ids(0, 2000)
-	for round := range 50 {
-		p.Track(ids(int64(1_000_000+round*20_000), 20_000)) // a flood's ids, a million over the rounds
-		if round%3 == 0 {
+	for round := range 100 {
+		p.Track(ids(int64(1_000_000+round*10_000), 10_000)) // a flood's ids, a million over the rounds
+		if round%2 == 0 {
 			p.Track(steady)
 		}
 	}
@@ -64,4 +64,24 @@ func TestTrack_boundedByCapacity(t *testing.T) {
 	require.Zero(t, p.Until(t0, steady, t0), "the steady sender's objects are tracked")
 	require.Positive(t, p.Until(t0, ids(1_000_000, 200), t0), "the flood's first ids are long forgotten")
 	require.Positive(t, p.Until(t0, ids(1_500_000, 200), t0), "and so are most of its others")
+}
+
+// The steady sender's ids, merged again and again, are protected from a flood that
+// churns through ten times the capacity, even when the steady sender merges only every
+// few rounds.
+func TestTrack_repeatsAreProtectedFromAFlood(t *testing.T) {
+	t.Parallel()
+	const capacity = 64 * 1024
+	p := pace.New(pace.Config{Target: time.Second, Capacity: capacity})
+	steady := ids(0, 2000)
+	p.Track(steady)
+	p.Track(steady) // seen twice: protected
+	for round := range 100 {
+		p.Track(ids(int64(1_000_000+round*10_000), 10_000)) // a million fresh ids in all
+		if round%20 == 19 {
+			p.Track(steady)
+		}
+	}
+	p.Overloaded(t0)
+	require.Zero(t, p.Until(t0, steady, t0), "the steady sender's objects are still tracked")
 }
