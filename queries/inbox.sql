@@ -125,6 +125,36 @@ ORDER BY i.received_at DESC, i.batch_id DESC;
 -- name: DeleteBatches :exec
 DELETE FROM inbox_batches WHERE batch_id = ANY(@batch_ids::uuid[]);
 
+-- name: PeekBatches :many
+-- The early refresh (internal/merge, early.go) reads the batches committed since its
+-- last look, oldest first, without locking or taking them: merge passes still take
+-- them as ever. Batch ids are UUIDv7, minted when the committer wrote them, so the
+-- primary key walks them in the order they were written (a replayed batch keeps its
+-- older id and is left to the passes).
+SELECT batch_id, received_at, callbacks, ids, data FROM inbox_batches
+WHERE batch_id > @after::uuid
+ORDER BY batch_id
+LIMIT @max_batches;
+
+-- name: KeepBatchRests :exec
+-- A pass that took the steady senders' callbacks out of batches it otherwise left to
+-- the flood (internal/merge, "the steady lane") writes back what is left of each, in
+-- its transaction, under the same batch id: the callbacks taken leave the inbox
+-- together with the pending rows they became, and the rest stays, whole, for a later
+-- pass. The rows are the pass's, locked FOR UPDATE by LockBatches.
+UPDATE inbox_batches b
+SET received_at = r.received_at, last_received_at = r.last_received_at,
+    callbacks = r.callbacks, ids = r.ids, data = r.data
+FROM (
+    SELECT unnest(@batch_ids::uuid[])                AS batch_id,
+           unnest(@received_ats::timestamptz[])      AS received_at,
+           unnest(@last_received_ats::timestamptz[]) AS last_received_at,
+           unnest(@callbacks::integer[])             AS callbacks,
+           unnest(@ids::integer[])                   AS ids,
+           unnest(@datas::bytea[])                   AS data
+) r
+WHERE b.batch_id = r.batch_id;
+
 -- name: QuarantineBatch :exec
 -- A batch taken by ClaimBatches that cannot be decoded: kept aside, in the same
 -- transaction, so that it neither blocks the merge nor is lost.

@@ -21,7 +21,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/objwatch/callback/internal/backoff"
 	"github.com/objwatch/callback/internal/component"
@@ -33,6 +37,7 @@ import (
 type Store interface {
 	InMergeTx(ctx context.Context, fn func(tx *store.MergeTx) error) error
 	RefreshObjects(ctx context.Context, ids []int64, receivedAts []time.Time) (int64, error)
+	PeekBatches(ctx context.Context, after uuid.UUID, maxBatches int) ([]store.InboxBatch, error)
 }
 
 // Config tunes the merger. A zero field takes its default, below.
@@ -130,7 +135,11 @@ type Merger struct {
 	store Store
 	wake  chan struct{}
 
-	lastPass time.Duration // how long the last pass took, for the rest after it
+	lastPass    time.Duration // how long the last pass took, for the rest after it
+	passStarted atomic.Int64  // Unix nanoseconds: when the last pass started (early.go)
+	early       struct {
+		after uuid.UUID // the newest batch the early refresh has looked at
+	}
 }
 
 // New builds a merger, or says which setting is wrong.
@@ -168,6 +177,11 @@ func (m *Merger) Wake() {
 
 // Run merges until ctx ends.
 func (m *Merger) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ectx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Go(func() { m.refreshEarlyLoop(ectx) })
 	return m.run(ctx, m.Pass)
 }
 
@@ -221,6 +235,7 @@ func (m *Merger) Pass(ctx context.Context) (Result, error) {
 	pctx, cancel := context.WithTimeout(ctx, passTimeout)
 	defer cancel()
 	start := m.Now()
+	m.passStarted.Store(start.UnixNano())
 	p := params{MaxBatches: m.cfg.MaxBatches, MaxIDs: m.cfg.MaxIDs, MaxDistinct: m.cfg.MaxDistinct,
 		MaxPending: m.cfg.MaxPending, MaxEvict: m.cfg.MaxEvict, Now: start, Cutoff: start.Add(-m.cfg.ExpireAfter),
 		Recheck: store.RecheckHandicap(m.cfg.ExpireAfter), FloodHandicap: FloodHandicap(m.cfg.ExpireAfter), Recent: recent}
@@ -253,6 +268,7 @@ func (m *Merger) Pass(ctx context.Context) (Result, error) {
 	merged.Seen = nil
 	m.Metrics.MergedCallbacks.Add(float64(merged.Callbacks))
 	m.Metrics.MergedIDs.Add(float64(merged.IDs))
+	m.Metrics.Refreshed.WithLabelValues("pass").Add(float64(merged.Refreshed))
 	if merged.Changed > 0 {
 		m.cfg.Changed()
 	}

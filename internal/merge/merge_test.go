@@ -655,3 +655,117 @@ func TestPass_aFloodsFreshIDsGoLast(t *testing.T) {
 	require.ElementsMatch(t, []int64{1, 2}, []int64{claims[0].ObjectID, claims[1].ObjectID},
 		"the steady sender's objects are looked up first, although the flood's receipts are newer")
 }
+
+// Past MaxDistinct a pass reads on through the batches it locked for the callbacks
+// that are not a flood's: they reach pending now, although older batches hold them,
+// and the flood's callbacks stay in the inbox, under their batch, with their receipts,
+// for a later pass. Nothing is dropped.
+func TestPass_theSteadyLaneTakesSteadyCallbacksOutOfTheFloodsBatches(t *testing.T) {
+	t.Parallel()
+	p := &pacerSpy{flooding: func(ids []int64) bool { return ids[0] >= 1_000_000 }}
+	m, b := setup(t, Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxDistinct: 8, Interval: idle, Pacer: p})
+	pgtest.InsertObjects(t, b.pool, map[int64]time.Time{1: at(0)})
+	// Oldest first: a group commit of a steady callback beside a flood's, one of the
+	// flood alone, one of a steady callback alone, and the newest, the flood's, which
+	// fills the pass's distinct ids.
+	mixedFlood := callback.New(at(20), []int64{1_000_010, 1_000_011})
+	b.insert(t, callback.New(at(10), []int64{1, 2}), mixedFlood)
+	b.insert(t, callback.New(at(30), []int64{1_000_020}))
+	b.insert(t, callback.New(at(40), []int64{3}))
+	newest := make([]int64, 8)
+	for i := range newest {
+		newest[i] = int64(1_000_000 + i)
+	}
+	b.insert(t, callback.New(at(50), newest))
+
+	first := pass(t, m)
+	require.Equal(t, int64(1), first.SteadyTaken)
+	require.Equal(t, int64(2), first.Batches, "the newest, whole, and the steady callback's own")
+	require.Equal(t, int64(3), first.Callbacks, "the newest, the steady one alone, the steady one beside the flood")
+	require.True(t, first.Full)
+	want := map[int64]time.Time{1: at(10), 2: at(10), 3: at(40)}
+	for _, id := range newest {
+		want[id] = at(50)
+	}
+	require.Equal(t, want, b.pending(t))
+	require.Equal(t, map[int64]time.Time{1: at(10)}, b.objects(t), "the steady sender's online object is refreshed")
+
+	// What is left of the mixed batch is the flood's callback, as it was received.
+	var (
+		received, last time.Time
+		callbacks, ids int
+		data           []byte
+	)
+	require.NoError(t, b.pool.QueryRow(context.Background(),
+		"SELECT received_at, last_received_at, callbacks, ids, data FROM inbox_batches ORDER BY received_at LIMIT 1").
+		Scan(&received, &last, &callbacks, &ids, &data))
+	require.Equal(t, 2, b.count(t, "inbox_batches"))
+	require.True(t, received.Equal(at(20)) && last.Equal(at(20)), "received %v, last %v", received, last)
+	require.Equal(t, 1, callbacks)
+	require.Equal(t, 2, ids)
+	rest, err := callback.Decode(data)
+	require.NoError(t, err)
+	require.Len(t, rest, 1)
+	require.Equal(t, mixedFlood.ID, rest[0].ID)
+	require.True(t, rest[0].ReceivedAt.Equal(at(20)))
+	require.Equal(t, []int64{1_000_010, 1_000_011}, rest[0].ObjectIDs)
+
+	second := pass(t, m)
+	require.Equal(t, int64(2), second.Batches)
+	require.Zero(t, b.count(t, "inbox_batches"))
+	require.Equal(t, at(20), b.pending(t)[1_000_011].UTC())
+	require.Len(t, b.pending(t), 14)
+	require.Zero(t, metrics.Sum(b.metrics.Dropped), "nothing dropped")
+}
+
+// The steady lane has a bound of its own: when nothing is a flood's (the service is not
+// overloaded), a pass takes whole batches up to a quarter more distinct ids than
+// MaxDistinct, not the whole inbox.
+func TestPass_theSteadyLaneIsBounded(t *testing.T) {
+	t.Parallel()
+	p := &pacerSpy{}
+	m, b := setup(t, Config{MaxBatches: 100, MaxIDs: 1 << 20, MaxDistinct: 8, Interval: idle, Pacer: p})
+	for i := range 20 {
+		b.insert(t, callback.New(at(i), []int64{int64(i)}))
+	}
+	first := pass(t, m)
+	require.Equal(t, int64(10), first.Batches, "8 distinct ids, then 2 more in the lane")
+	require.Len(t, b.pending(t), 10)
+	require.Equal(t, 10, b.count(t, "inbox_batches"))
+}
+
+// While passes are far apart, the early refresh moves last_seen of online objects named
+// by steady callbacks in batches committed since its last look, without taking them:
+// the passes still merge them. A flood's callbacks are left to the passes.
+func TestRefreshEarly_refreshesOnlineObjectsOfSteadyCallbacksAndTakesNothing(t *testing.T) {
+	t.Parallel()
+	p := &pacerSpy{flooding: func(ids []int64) bool { return ids[0] >= 1_000_000 }}
+	m, b := setup(t, Config{MaxBatches: 100, MaxIDs: 1 << 20, Interval: idle, Pacer: p})
+	now := time.Now().Truncate(time.Microsecond)
+	pgtest.InsertObjects(t, b.pool, map[int64]time.Time{1: now.Add(-time.Minute), 2: now.Add(-time.Minute), 1_000_000: now.Add(-time.Minute)})
+	before := time.Now()
+	b.insert(t, callback.New(now.Add(-2*time.Second), []int64{1, 5}), callback.New(now.Add(-time.Second), []int64{1_000_000}))
+	b.insert(t, callback.New(now, []int64{1}))
+
+	n, err := m.RefreshEarly(context.Background(), before)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), n)
+	objects := b.objects(t)
+	require.True(t, objects[1].Equal(now), "the newest receipt: %v", objects[1])
+	require.True(t, objects[2].Equal(now.Add(-time.Minute)), "not named")
+	require.True(t, objects[1_000_000].Equal(now.Add(-time.Minute)), "the flood's: left to the passes")
+	require.NotContains(t, objects, int64(5), "no row is made early: that takes a lookup")
+	require.Equal(t, 2, b.count(t, "inbox_batches"), "nothing taken")
+	require.Equal(t, 1.0, metrics.Sum(b.metrics.Refreshed.WithLabelValues("early")))
+
+	// The next look starts after what this one read.
+	b.insert(t, callback.New(now.Add(time.Second), []int64{2}))
+	n, err = m.RefreshEarly(context.Background(), before)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), n)
+	require.True(t, b.objects(t)[2].Equal(now.Add(time.Second)))
+
+	merged := pass(t, m)
+	require.Equal(t, int64(3), merged.Batches, "the passes take the batches as ever")
+	require.Contains(t, b.pending(t), int64(5))
+}

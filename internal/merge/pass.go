@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/objwatch/callback/internal/callback"
 	"github.com/objwatch/callback/internal/store"
 )
 
@@ -46,6 +47,9 @@ type Result struct {
 	// LeftBatches: the pass held its distinct ids before it had used every batch it
 	// read: merging takes less than arrives.
 	LeftBatches bool
+	// SteadyTaken: batches past the bound whose steady callbacks the pass took, leaving
+	// the flood's in the inbox (the steady lane, see mergeInbox).
+	SteadyTaken int64
 }
 
 // Quarantined is one batch the merger set aside.
@@ -101,6 +105,22 @@ type receipt struct {
 // MaxPending leaves (queries/inbox.sql: DropStaleBatches, LockBatches, MergePending).
 // Nothing is dropped for capacity unless pending is full.
 //
+// The steady lane. Under a flood more arrives than a pass can take, and newest first
+// alone would leave every callback in the older batches behind, whoever sent it: the
+// callbacks of a sender with a steady set of objects, interleaved with the flood's in
+// the same group commits, would reach the table only when a pass happened to reach
+// their batch, and most never would before they left the window (measured: about a
+// quarter of a steady sender's rows stale through a 90 s flood). So once a pass holds
+// MaxDistinct ids, it reads on through the batches it locked, up to a quarter more
+// distinct ids (steadyShare), and takes from them only the callbacks that are not part
+// of a flood (p.Flooding, the pacer's judgement): a batch with only those is consumed
+// whole, a batch with both is written back holding the flood's callbacks alone
+// (KeepBatchRests, in this transaction, under its batch id), and a batch of the flood
+// alone is left as it is. The flood's callbacks keep their receipts and their place,
+// newest first; nothing is dropped here. With no pacer, or the service not
+// overloaded (no callback is then a flood's), the lane takes whole batches: a pass is
+// then bounded at MaxDistinct plus the quarter.
+//
 // A pass costs per distinct id, not per id received: the map keeps one entry per
 // object, and the statements see each object once, however many callbacks named it.
 func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
@@ -124,31 +144,41 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 		// newest: object id -> its newest receipt and turn in the batches used.
 		newest := make(map[int64]receipt)
 		var used []uuid.UUID
+		var rests []store.BatchRest
 		taken := 0
-		var scratch []int64
+		var scratch, restIDs []int64
 		var staged []idTime
+		var restCbs []restCallback
 		for _, b := range batches {
+			lane := wholeBatches
 			if p.MaxDistinct > 0 && len(newest) >= p.MaxDistinct {
-				break // left in the inbox for the next pass, not dropped
+				if p.Flooding == nil || len(newest) >= p.MaxDistinct+p.MaxDistinct/steadyShare {
+					break // left in the inbox for the next pass, not dropped
+				}
+				lane = steadyOnly
 			}
-			taken += b.IDs
-			used = append(used, b.ID)
 			// Decoded whole before any of it counts: a batch that breaks off halfway
 			// contributes nothing rather than a prefix of possible garbage.
-			staged = staged[:0]
+			staged, restCbs, restIDs = staged[:0], restCbs[:0], restIDs[:0]
 			stale := int64(0)
+			var seen []int64
 			scratch, err = b.Decode(scratch, func(cb uuid.UUID, t int64, ids []int64) {
 				if t < cutoff {
 					stale += int64(len(ids))
+					return
+				}
+				flood := p.Flooding != nil && p.Flooding(ids)
+				if lane == steadyOnly && flood {
+					restCbs = append(restCbs, restCallback{cb, t, len(restIDs), len(restIDs) + len(ids)})
+					restIDs = append(restIDs, ids...)
 					return
 				}
 				// Each callback's ids take turns from a point of their own (the ids
 				// are sorted): the first turn of every callback comes before the
 				// second of any, so fresh ids share a full pending callback by callback.
 				start := turnStart(cb, len(ids))
-				flood := p.Flooding != nil && p.Flooding(ids)
 				if p.Recent > 0 && t >= recent {
-					merged.Seen = append(merged.Seen, ids...)
+					seen = append(seen, ids...)
 				}
 				for i, id := range ids {
 					staged = append(staged, idTime{id, t, int32((i - start + len(ids)) % len(ids)), flood})
@@ -160,10 +190,24 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 				if err := tx.Quarantine(ctx, b, err); err != nil {
 					return err
 				}
+				used = append(used, b.ID)
+				taken += b.IDs
 				merged.Quarantined = append(merged.Quarantined, Quarantined{BatchID: b.ID, Callbacks: b.Callbacks, Err: err})
 				continue
 			}
-			merged.Callbacks += int64(b.Callbacks)
+			switch {
+			case lane == steadyOnly && len(staged) == 0:
+				continue // only the flood's (or stale) callbacks: left as it is
+			case lane == steadyOnly && len(restCbs) > 0:
+				rests = append(rests, batchRest(b.ID, restCbs, restIDs))
+				merged.Callbacks += int64(b.Callbacks - len(restCbs))
+				merged.SteadyTaken++
+			default:
+				used = append(used, b.ID)
+				taken += b.IDs
+				merged.Callbacks += int64(b.Callbacks)
+			}
+			merged.Seen = append(merged.Seen, seen...)
 			merged.StaleIDs += stale
 			for _, it := range staged {
 				old, ok := newest[it.id]
@@ -183,6 +227,9 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 			return err
 		}
 		if err := tx.DeleteBatches(ctx, used); err != nil {
+			return err
+		}
+		if err := tx.KeepBatchRests(ctx, rests); err != nil {
 			return err
 		}
 		ids, times, ordinals, floods := sortedByID(newest)
@@ -226,6 +273,38 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 		return Result{}, fmt.Errorf("merging inbox: %w", err)
 	}
 	return merged, nil
+}
+
+// The two ways a pass takes a batch: whole, or (past MaxDistinct) only the callbacks
+// that are not a flood's.
+const (
+	wholeBatches = iota
+	steadyOnly
+)
+
+// steadyShare: the steady lane takes up to MaxDistinct/steadyShare distinct ids more.
+const steadyShare = 4
+
+// restCallback is a callback the steady lane leaves in its batch: its ids are
+// restIDs[from:to].
+type restCallback struct {
+	id       uuid.UUID
+	t        int64
+	from, to int
+}
+
+// batchRest encodes the callbacks left of batch id.
+func batchRest(id uuid.UUID, cbs []restCallback, ids []int64) store.BatchRest {
+	r := store.BatchRest{ID: id, Callbacks: len(cbs), IDs: len(ids)}
+	list := make([]callback.Callback, len(cbs))
+	oldest, newest := cbs[0].t, cbs[0].t
+	for i, c := range cbs {
+		list[i] = callback.Callback{ID: c.id, ReceivedAt: time.UnixMicro(c.t), ObjectIDs: ids[c.from:c.to]}
+		oldest, newest = min(oldest, c.t), max(newest, c.t)
+	}
+	r.ReceivedAt, r.LastReceivedAt = time.UnixMicro(oldest), time.UnixMicro(newest)
+	r.Data = callback.AppendEncoded(nil, list)
+	return r
 }
 
 // sortedByID turns id -> receipt into parallel slices in ascending id order: the lock

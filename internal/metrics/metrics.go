@@ -35,8 +35,9 @@ type Metrics struct {
 	// Merge.
 	MergedCallbacks prometheus.Counter
 	MergedIDs       prometheus.Counter
-	Quarantined     prometheus.Counter   // inbox batches that could not be decoded
-	MergeSeconds    prometheus.Histogram // one merge pass
+	Refreshed       *prometheus.CounterVec // path: pass, early
+	Quarantined     prometheus.Counter     // inbox batches that could not be decoded
+	MergeSeconds    prometheus.Histogram   // one merge pass
 
 	// Work dropped before it cost anything, by stage (inbox, merge, pending, claim, recheck) and
 	// reason (expired: its receipt left the window; capacity: no room for it before it
@@ -106,6 +107,7 @@ func New() *Metrics {
 		SpoolBytes:        f.gauge("spool_bytes", "Bytes in spool files waiting to be replayed."),
 		MergedCallbacks:   f.counter("merged_callbacks_total", "Callbacks merged from the inbox into pending work."),
 		MergedIDs:         f.counter("merged_ids_total", "Distinct ids per merge batch, summed: lookups requested after coalescing."),
+		Refreshed:         f.counterVec("objects_refreshed_total", "Rows of online objects whose last_seen a newer receipt moved forward without a lookup, by path: a merge pass, or the early refresh that runs while passes are far apart.", "path"),
 		Quarantined:       f.counter("inbox_batches_quarantined_total", "Inbox batches the merger could not decode, moved to the inbox_quarantine table."),
 		MergeSeconds: f.histogram("merge_pass_seconds", "Duration of one merge pass.",
 			prometheus.ExponentialBuckets(0.001, 2, 14)),

@@ -104,6 +104,52 @@ func (tx *MergeTx) DeleteBatches(ctx context.Context, batchIDs []uuid.UUID) erro
 	return nil
 }
 
+// PeekBatches reads, without locking or taking them, up to maxBatches batches whose id
+// is above after (committed since then, batch ids being UUIDv7), in id order.
+func (s *Store) PeekBatches(ctx context.Context, after uuid.UUID, maxBatches int) ([]InboxBatch, error) {
+	rows, err := s.q.PeekBatches(ctx, dbsqlc.PeekBatchesParams{After: after, MaxBatches: int32(maxBatches)})
+	if err != nil {
+		return nil, fmt.Errorf("reading new inbox batches: %w", err)
+	}
+	batches := make([]InboxBatch, len(rows))
+	for i, r := range rows {
+		batches[i] = InboxBatch{ID: r.BatchID, ReceivedAt: r.ReceivedAt, Callbacks: int(r.Callbacks), IDs: int(r.IDs), Data: r.Data}
+	}
+	return batches, nil
+}
+
+// MinBatchID is the smallest batch id minted at t or later (ids are UUIDv7).
+func MinBatchID(t time.Time) uuid.UUID { return minUUIDv7(t) }
+
+// BatchRest is what a pass leaves of a batch it took some callbacks from: the rest of
+// its callbacks, encoded (callback.AppendEncoded), with their oldest and newest receipt.
+type BatchRest struct {
+	ID                         uuid.UUID
+	ReceivedAt, LastReceivedAt time.Time
+	Callbacks, IDs             int
+	Data                       []byte
+}
+
+// KeepBatchRests writes back what is left of batches the pass took callbacks from.
+func (tx *MergeTx) KeepBatchRests(ctx context.Context, rests []BatchRest) error {
+	if len(rests) == 0 {
+		return nil
+	}
+	p := dbsqlc.KeepBatchRestsParams{
+		BatchIDs: make([]uuid.UUID, len(rests)), ReceivedAts: make([]time.Time, len(rests)),
+		LastReceivedAts: make([]time.Time, len(rests)), Callbacks: make([]int32, len(rests)),
+		IDs: make([]int32, len(rests)), Datas: make([][]byte, len(rests)),
+	}
+	for i, r := range rests {
+		p.BatchIDs[i], p.ReceivedAts[i], p.LastReceivedAts[i] = r.ID, r.ReceivedAt, r.LastReceivedAt
+		p.Callbacks[i], p.IDs[i], p.Datas[i] = int32(r.Callbacks), int32(r.IDs), r.Data
+	}
+	if err := tx.q.KeepBatchRests(ctx, p); err != nil {
+		return fmt.Errorf("keeping the rest of inbox batches: %w", err)
+	}
+	return nil
+}
+
 // CountWaiting counts the pending rows that are or will be looked up (not done ones).
 func (tx *MergeTx) CountWaiting(ctx context.Context) (int64, error) {
 	n, err := tx.q.CountWaiting(ctx)

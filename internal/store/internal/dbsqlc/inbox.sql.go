@@ -229,6 +229,47 @@ func (q *Queries) InsertReplayedBatches(ctx context.Context, arg InsertReplayedB
 	return items, nil
 }
 
+const keepBatchRests = `-- name: KeepBatchRests :exec
+UPDATE inbox_batches b
+SET received_at = r.received_at, last_received_at = r.last_received_at,
+    callbacks = r.callbacks, ids = r.ids, data = r.data
+FROM (
+    SELECT unnest($1::uuid[])                AS batch_id,
+           unnest($2::timestamptz[])      AS received_at,
+           unnest($3::timestamptz[]) AS last_received_at,
+           unnest($4::integer[])             AS callbacks,
+           unnest($5::integer[])                   AS ids,
+           unnest($6::bytea[])                   AS data
+) r
+WHERE b.batch_id = r.batch_id
+`
+
+type KeepBatchRestsParams struct {
+	BatchIDs        []uuid.UUID
+	ReceivedAts     []time.Time
+	LastReceivedAts []time.Time
+	Callbacks       []int32
+	IDs             []int32
+	Datas           [][]byte
+}
+
+// A pass that took the steady senders' callbacks out of batches it otherwise left to
+// the flood (internal/merge, "the steady lane") writes back what is left of each, in
+// its transaction, under the same batch id: the callbacks taken leave the inbox
+// together with the pending rows they became, and the rest stays, whole, for a later
+// pass. The rows are the pass's, locked FOR UPDATE by LockBatches.
+func (q *Queries) KeepBatchRests(ctx context.Context, arg KeepBatchRestsParams) error {
+	_, err := q.db.Exec(ctx, keepBatchRests,
+		arg.BatchIDs,
+		arg.ReceivedAts,
+		arg.LastReceivedAts,
+		arg.Callbacks,
+		arg.IDs,
+		arg.Datas,
+	)
+	return err
+}
+
 const lockBatches = `-- name: LockBatches :many
 WITH locked AS (
     SELECT b.batch_id, b.received_at, b.ids FROM inbox_batches b
@@ -505,6 +546,57 @@ func (q *Queries) OldestUnmerged(ctx context.Context, arg OldestUnmergedParams) 
 	var oldest time.Time
 	err := row.Scan(&oldest)
 	return oldest, err
+}
+
+const peekBatches = `-- name: PeekBatches :many
+SELECT batch_id, received_at, callbacks, ids, data FROM inbox_batches
+WHERE batch_id > $1::uuid
+ORDER BY batch_id
+LIMIT $2
+`
+
+type PeekBatchesParams struct {
+	After      uuid.UUID
+	MaxBatches int32
+}
+
+type PeekBatchesRow struct {
+	BatchID    uuid.UUID
+	ReceivedAt time.Time
+	Callbacks  int32
+	IDs        int32
+	Data       []byte
+}
+
+// The early refresh (internal/merge, early.go) reads the batches committed since its
+// last look, oldest first, without locking or taking them: merge passes still take
+// them as ever. Batch ids are UUIDv7, minted when the committer wrote them, so the
+// primary key walks them in the order they were written (a replayed batch keeps its
+// older id and is left to the passes).
+func (q *Queries) PeekBatches(ctx context.Context, arg PeekBatchesParams) ([]PeekBatchesRow, error) {
+	rows, err := q.db.Query(ctx, peekBatches, arg.After, arg.MaxBatches)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []PeekBatchesRow{}
+	for rows.Next() {
+		var i PeekBatchesRow
+		if err := rows.Scan(
+			&i.BatchID,
+			&i.ReceivedAt,
+			&i.Callbacks,
+			&i.IDs,
+			&i.Data,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const quarantineBatch = `-- name: QuarantineBatch :exec
