@@ -508,7 +508,7 @@ func (b *bench) flood(ctx context.Context, tag string, floodTime, after time.Dur
 			}},
 		{"rows in objects (target ≥ 2,000 in the flood's second half)", "n", read(func(p point) float64 { return float64(p.rows) })},
 		{"normal-traffic rows in objects", "n", read(func(p point) float64 { return float64(p.tracked) })},
-		{"differences for normal traffic named ≥ 5 s ago", "n", read(func(p point) float64 { return float64(p.problems) })},
+		{"rows older than the window + 2 s (expiry waits for the unmerged backlog), and differences for the normal traffic named ≥ 5 s ago", "n", read(func(p point) float64 { return float64(p.problems) })},
 		{"callbacks answered late on purpose (OVERLOAD_PACE)", "/s", perSecond(ps, func(p point) float64 { return p.paced })},
 		{"oldest unmerged receipt", "s", func(p point) float64 { return p.inboxOldest }},
 		{"pending rows", "n", func(p point) float64 { return float64(p.pending) }},

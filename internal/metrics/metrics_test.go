@@ -1,6 +1,7 @@
 package metrics_test
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -38,4 +39,19 @@ func gathered(t *testing.T, gather func() ([]*dto.MetricFamily, error)) []string
 		names[i] = f.GetName()
 	}
 	return names
+}
+
+// The operator's guide names every series the service exports (one list, checked here,
+// so that a new metric cannot be left out of it).
+func TestNew_everySeriesIsNamedInTheOperatorsGuide(t *testing.T) {
+	t.Parallel()
+	guide, err := os.ReadFile("../../docs/operations.md")
+	require.NoError(t, err)
+	families, err := metrics.New().Own.Gather()
+	require.NoError(t, err)
+	require.NotEmpty(t, families)
+	for _, f := range families {
+		name := strings.TrimPrefix(f.GetName(), "callback_")
+		require.Contains(t, string(guide), "`"+name, "docs/operations.md, Observing it, does not name %s", f.GetName())
+	}
 }
