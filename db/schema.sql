@@ -59,7 +59,7 @@ CREATE TABLE public.merged_batches (
     batch_id uuid NOT NULL,
     merged_at timestamp with time zone DEFAULT now() NOT NULL
 )
-WITH (autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='10000');
+WITH (autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='10000', autovacuum_vacuum_cost_delay='0');
 
 
 --
@@ -69,7 +69,8 @@ WITH (autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='10000');
 CREATE TABLE public.objects (
     id bigint NOT NULL,
     last_seen timestamp with time zone NOT NULL
-);
+)
+WITH (autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='5000', autovacuum_vacuum_cost_delay='0');
 
 
 --
@@ -82,9 +83,22 @@ CREATE TABLE public.pending (
     due_at timestamp with time zone DEFAULT now() NOT NULL,
     attempts integer DEFAULT 0 NOT NULL,
     claim_token uuid,
-    claimed_received_at timestamp with time zone
+    claimed_received_at timestamp with time zone,
+    looked_up_at timestamp with time zone
 )
 WITH (fillfactor='70', autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='5000', autovacuum_vacuum_cost_delay='0');
+
+
+--
+-- Name: replica_watermarks; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.replica_watermarks (
+    replica_id text NOT NULL,
+    low_watermark timestamp with time zone NOT NULL,
+    heartbeat_at timestamp with time zone DEFAULT now() NOT NULL,
+    stopped boolean DEFAULT false NOT NULL
+);
 
 
 --
@@ -147,6 +161,14 @@ ALTER TABLE ONLY public.pending
 
 
 --
+-- Name: replica_watermarks replica_watermarks_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.replica_watermarks
+    ADD CONSTRAINT replica_watermarks_pkey PRIMARY KEY (replica_id);
+
+
+--
 -- Name: schema_migrations schema_migrations_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -177,6 +199,13 @@ CREATE INDEX objects_last_seen_idx ON public.objects USING btree (last_seen);
 
 
 --
+-- Name: pending_done_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX pending_done_idx ON public.pending USING btree (received_at) WHERE (due_at = '-infinity'::timestamp with time zone);
+
+
+--
 -- Name: pending_due_at_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -201,4 +230,7 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261125000004'),
     ('20261125000005'),
     ('20261202000001'),
-    ('20261202000002');
+    ('20261202000002'),
+    ('20261206000001'),
+    ('20261206000002'),
+    ('20261206000003');

@@ -33,6 +33,8 @@ const (
 	earlyBehind = 500 * time.Millisecond
 	// earlyMaxBatches: batches one look reads at most; the next look goes on from there.
 	earlyMaxBatches = 1024
+	// earlyShare: a look refreshes at most MaxDistinct/earlyShare distinct ids (16k).
+	earlyShare = 4
 )
 
 // refreshEarlyLoop runs the early refresh until ctx ends. Its errors are logged and
@@ -56,6 +58,9 @@ func (m *Merger) refreshEarlyLoop(ctx context.Context) {
 		if now.Sub(passStarted) < earlyBehind {
 			continue // passes come often enough
 		}
+		if m.cfg.Yield != nil && m.cfg.Yield() > 0.5 {
+			continue // the reply path needs the cores: a burst, not a flood that waits
+		}
 		if _, err := m.RefreshEarly(ctx, now); err != nil && ctx.Err() == nil {
 			m.Errs.Error(ctx, "early-refresh", "refreshing online objects early failed; merge passes will", err)
 		}
@@ -74,7 +79,7 @@ func (m *Merger) RefreshEarly(ctx context.Context, now time.Time) (int64, error)
 		return 0, err
 	}
 	cutoff := now.Add(-m.cfg.ExpireAfter).UnixMicro()
-	limit := max(m.cfg.MaxDistinct/steadyShare, 1)
+	limit := max(m.cfg.MaxDistinct/earlyShare, 1)
 	newest := make(map[int64]int64)
 	var scratch []int64
 	for _, b := range batches {

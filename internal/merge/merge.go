@@ -106,10 +106,6 @@ const (
 	RestDefault        = 1.0
 )
 
-// recent: the callbacks a pass reports Seen to the pacer are those received within this
-// (a few seconds: what the steady senders send now, not a flood's backlog).
-const recent = 5 * time.Second
-
 // FloodHandicap is how far below its receipt a fresh id of a flood ranks (a third of
 // the window): while the service is overloaded, objects named by senders with a steady
 // set of objects are looked up first, then the flood's, and re-checks last (a window
@@ -238,7 +234,7 @@ func (m *Merger) Pass(ctx context.Context) (Result, error) {
 	m.passStarted.Store(start.UnixNano())
 	p := params{MaxBatches: m.cfg.MaxBatches, MaxIDs: m.cfg.MaxIDs, MaxDistinct: m.cfg.MaxDistinct,
 		MaxPending: m.cfg.MaxPending, MaxEvict: m.cfg.MaxEvict, Now: start, Cutoff: start.Add(-m.cfg.ExpireAfter),
-		Recheck: store.RecheckHandicap(m.cfg.ExpireAfter), FloodHandicap: FloodHandicap(m.cfg.ExpireAfter), Recent: recent}
+		Recheck: store.RecheckHandicap(m.cfg.ExpireAfter), FloodHandicap: FloodHandicap(m.cfg.ExpireAfter), Track: m.cfg.Pacer != nil}
 	if m.cfg.Pacer != nil {
 		p.Flooding = func(ids []int64) bool { return m.cfg.Pacer.Flooding(ids, start) }
 	}

@@ -40,9 +40,9 @@ type Result struct {
 	// Quarantined: batches that could not be decoded, moved to inbox_quarantine.
 	Quarantined []Quarantined
 
-	// Seen: ids of callbacks received within Recent of the pass's start, that the pass
-	// merged (Config.Pacer tracks them; a backlog of a flood would only push the steady
-	// senders' ids out of the pacer's bounded memory). Repeats included.
+	// Seen: ids of the callbacks the pass merged, repeats included (Config.Pacer tracks
+	// them). A flood's backlog merged late goes to the pacer's probation, where it
+	// cannot push out the ids of steady senders, merged again and again.
 	Seen []int64
 	// LeftBatches: the pass held its distinct ids before it had used every batch it
 	// read: merging takes less than arrives.
@@ -76,8 +76,8 @@ type params struct {
 	// fresh ids then rank FloodHandicap below their receipt.
 	Flooding      func(ids []int64) bool
 	FloodHandicap time.Duration
-	// Recent: callbacks received within this of Now are what the pass reports Seen.
-	Recent time.Duration
+	// Track: report the ids merged (Seen).
+	Track bool
 }
 
 type idTime struct {
@@ -111,22 +111,25 @@ type receipt struct {
 // the same group commits, would reach the table only when a pass happened to reach
 // their batch, and most never would before they left the window (measured: about a
 // quarter of a steady sender's rows stale through a 90 s flood). So once a pass holds
-// MaxDistinct ids, it reads on through the batches it locked, up to a quarter more
-// distinct ids (steadyShare), and takes from them only the callbacks that are not part
-// of a flood (p.Flooding, the pacer's judgement): a batch with only those is consumed
-// whole, a batch with both is written back holding the flood's callbacks alone
+// MaxDistinct ids, it reads on through the batches it locked, up to as many distinct
+// ids again (steadyMax), and takes from them only the callbacks that are not part of a
+// flood (p.Flooding, the pacer's judgement): a batch with only those is consumed whole,
+// a batch with both is written back holding the flood's callbacks alone
 // (KeepBatchRests, in this transaction, under its batch id), and a batch of the flood
 // alone is left as it is. The flood's callbacks keep their receipts and their place,
 // newest first; nothing is dropped here. With no pacer, or the service not
-// overloaded (no callback is then a flood's), the lane takes whole batches: a pass is
-// then bounded at MaxDistinct plus the quarter.
+// overloaded (no callback is then a flood's), the lane takes whole batches. The same
+// holds when every callback is familiar, ids from a space that passes keep merging
+// (100,000 objects named a million times a second): the lane then takes whole batches
+// up to twice MaxDistinct, which covers such a space, and a pass reaches back as far
+// as MaxIDs, coalescing a second of intake into one row per object. Fresh ids from a
+// huge space, the costly kind, stay bounded by MaxDistinct.
 //
 // A pass costs per distinct id, not per id received: the map keeps one entry per
 // object, and the statements see each object once, however many callbacks named it.
 func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 	var merged Result
 	cutoff := p.Cutoff.UnixMicro()
-	recent := p.Now.Add(-p.Recent).UnixMicro()
 	err := s.InMergeTx(ctx, func(tx *store.MergeTx) error {
 		if !p.Cutoff.IsZero() {
 			var err error
@@ -152,7 +155,7 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 		for _, b := range batches {
 			lane := wholeBatches
 			if p.MaxDistinct > 0 && len(newest) >= p.MaxDistinct {
-				if p.Flooding == nil || len(newest) >= p.MaxDistinct+p.MaxDistinct/steadyShare {
+				if p.Flooding == nil || len(newest) >= steadyMax(p.MaxDistinct) {
 					break // left in the inbox for the next pass, not dropped
 				}
 				lane = steadyOnly
@@ -177,7 +180,7 @@ func mergeInbox(ctx context.Context, s Store, p params) (Result, error) {
 				// are sorted): the first turn of every callback comes before the
 				// second of any, so fresh ids share a full pending callback by callback.
 				start := turnStart(cb, len(ids))
-				if p.Recent > 0 && t >= recent {
+				if p.Track {
 					seen = append(seen, ids...)
 				}
 				for i, id := range ids {
@@ -282,8 +285,8 @@ const (
 	steadyOnly
 )
 
-// steadyShare: the steady lane takes up to MaxDistinct/steadyShare distinct ids more.
-const steadyShare = 4
+// steadyMax is how many distinct ids a pass holds at most with the steady lane.
+func steadyMax(maxDistinct int) int { return 2 * maxDistinct }
 
 // restCallback is a callback the steady lane leaves in its batch: its ids are
 // restIDs[from:to].

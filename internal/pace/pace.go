@@ -13,16 +13,19 @@
 //
 // What the service does. While it is overloaded (merging is seconds behind, MergeLag,
 // or work is being dropped, Watch), a callback most of whose ids the service is not
-// tracking (no pending row, no lookup within the window: a sample of its ids is checked
-// against the ids merge passes merged lately, at most MAX_PENDING of them) is answered
-// 2xx as always, once durable, but not before Target after its receipt. A sender that
-// waits for each answer, as every sender does (the original waits 1 s, then gives up),
-// then sends less: 64 such connections go from thousands of callbacks a second to about
-// a hundred, which the merger takes whole. Callbacks whose ids are tracked (a steady
-// sender's, and rows already in the table) are answered at once, as always. The flood's
-// ids are then fresh each time they come (a million objects named at ~20k ids/s), the
-// steady sender's repeat, and the merge, whose fresh ids take turns callback by
-// callback when pending is full (queries/inbox.sql MergePending), gives each its share.
+// tracking (a sample of its ids is checked against the ids that merge passes merged
+// from callbacks of the last few seconds, about MAX_PENDING of them: see tracked) is
+// answered 2xx as always, once durable, but not before Target after its receipt. A
+// sender that waits for each answer, as every sender does (the original waits 1 s,
+// then gives up), then sends less: 64 such connections go from thousands of callbacks
+// a second to a couple of hundred. Callbacks whose ids are tracked (a steady sender's)
+// are answered at once, as always. The flood's ids are then fresh each time they come
+// (a million objects named at ~40k ids/s), the steady sender's repeat, and the merger
+// uses the same judgement (Flooding): it takes the steady callbacks out of the
+// flood's batches and refreshes their rows early (internal/merge, the steady lane and
+// the early refresh), ranks the flood's fresh ids below the others', and lets fresh
+// ids take turns callback by callback when pending is full (queries/inbox.sql
+// MergePending).
 //
 // Nothing is refused or lost by pacing: the callback is durable before the wait starts.
 // A sender that does not wait for answers is not slowed, only its answers are late.
@@ -172,9 +175,10 @@ func (p *Pacer) Flooding(ids []int64, now time.Time) bool {
 func (p *Pacer) Size() int { return p.tracked.size() }
 
 // tracked is a bounded set of ids: the ones merged most recently, about Capacity of
-// them, in two segments as in a 2Q cache. An id merged for the first time goes to
-// probation; merged again while still there, it is promoted to the protected segment,
-// which only ids merged more than once can enter. So a flood that names each of a
+// them, in two segments as in a 2Q (or SLRU) cache. An id merged for the first time
+// goes to probation; merged again while still there, it is promoted to the protected
+// segment, which only ids merged more than once can enter, and what the protected
+// segment forgets goes back to probation. So a flood that names each of a
 // million ids once in a while churns probation only, and the ids of a steady sender,
 // merged again every few seconds, stay protected while it keeps naming them. Each
 // segment keeps two generations per shard: an id merged again moves to the current
@@ -203,11 +207,15 @@ func (g *generations) has(id int64) bool {
 	return ok
 }
 
-func (g *generations) put(id int64) {
+// put adds id to the current generation and returns the generation it forgot to make
+// room, if it had to (nil otherwise).
+func (g *generations) put(id int64) (forgotten map[int64]struct{}) {
 	if len(g.cur) >= g.per {
+		forgotten = g.old
 		g.old, g.cur = g.cur, make(map[int64]struct{}, g.per)
 	}
 	g.cur[id] = struct{}{}
+	return forgotten
 }
 
 func (g *generations) remove(id int64) {
@@ -252,14 +260,23 @@ func (t *tracked) add(ids []int64) {
 		s := &t[i]
 		s.mu.Lock()
 		for _, id := range ids {
+			var forgotten map[int64]struct{}
 			switch {
 			case s.protected.has(id):
-				s.protected.put(id)
+				forgotten = s.protected.put(id)
 			case s.probation.has(id):
 				s.probation.remove(id)
-				s.protected.put(id)
+				forgotten = s.protected.put(id)
 			default:
 				s.probation.put(id)
+			}
+			// What the protected segment forgets goes back to probation (as in SLRU),
+			// not out: ids from a space a little larger than the protected segment,
+			// all merged again and again, stay tracked.
+			for id := range forgotten {
+				if !s.protected.has(id) {
+					s.probation.put(id)
+				}
 			}
 		}
 		s.mu.Unlock()
