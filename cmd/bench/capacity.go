@@ -350,8 +350,8 @@ func (b *bench) flood(ctx context.Context, tag string, floodTime, after time.Dur
 	}
 	floodEnd := time.Since(w.start).Seconds()
 	m1, m1Err := svc.metrics()
-	b.progress("%s: flood over after %.0f s: %.0f cb/s accepted, p99 %.1f ms, errors %d; normal traffic goes on for %v",
-		tag, floodEnd-floodStart, r.perSec, r.p99, r.errors, after)
+	b.progress("%s: flood over after %.0f s: %.0f cb/s accepted, p99 %.1f ms, errors %d (%s); normal traffic goes on for %v",
+		tag, floodEnd-floodStart, r.perSec, r.p99, r.errors, r.errorKinds, after)
 	wg.Wait()
 	if normalErr != nil {
 		return normalErr

@@ -72,6 +72,7 @@ type loadResult struct {
 	p50, p99, max      float64 // reply latency, ms
 	errors             int64   // refused + failed
 	accepted, idsAccep int64
+	errorKinds         string // what the errors were, for the progress log
 }
 
 // load runs the tester's sender: senders keep-alive senders posting 200 ids drawn from
@@ -100,7 +101,21 @@ func load(ctx context.Context, target string, senders int, d time.Duration, rate
 		p50:    ms(st.Latency.P50), p99: ms(st.Latency.P99), max: ms(st.Latency.Max),
 		errors:   st.Refused + st.Failed,
 		accepted: st.Accepted, idsAccep: st.IDsAccepted,
+		errorKinds: errorKinds(st),
 	}, nil
+}
+
+// errorKinds says what a sender's errors were: refusals by status, timeouts, and the
+// last transport error.
+func errorKinds(st tester.SenderStats) string {
+	if st.Refused+st.Failed == 0 {
+		return "none"
+	}
+	k := fmt.Sprintf("refused %v, failed %d (timeouts %d)", st.RefusedBy, st.Failed, st.Timeouts)
+	if st.LastError != "" {
+		k += ", last: " + st.LastError
+	}
+	return k
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -16,17 +16,17 @@ func TestSettings(t *testing.T) {
   -listen-addr string
     	HTTP listen address (a string, env LISTEN_ADDR, default ":9090")
   -overload-pace duration
-    	answered "this long" after (0: never) (a duration, env OVERLOAD_PACE, default "600ms")
+    	answered "this long" after (0: never) (a duration, env OVERLOAD_PACE, default "400ms")
 `
 
 	t.Run("reads_each_variable_and_its_default", func(t *testing.T) {
 		t.Parallel()
 		s, err := parseSettings(help)
 		require.NoError(t, err)
-		require.Equal(t, settings{"CALLBACK_TOKEN": "", "FETCH_CONCURRENCY": "10000", "LISTEN_ADDR": ":9090", "OVERLOAD_PACE": "600ms"}, s)
+		require.Equal(t, settings{"CALLBACK_TOKEN": "", "FETCH_CONCURRENCY": "10000", "LISTEN_ADDR": ":9090", "OVERLOAD_PACE": "400ms"}, s)
 		require.Equal(t, 10000.0, s.fetchConcurrency())
 		// LISTEN_ADDR is the bench's to set: not a default a phase runs with.
-		require.Equal(t, "CALLBACK_TOKEN unset, FETCH_CONCURRENCY=10000, OVERLOAD_PACE=600ms", s.defaults())
+		require.Equal(t, "CALLBACK_TOKEN unset, FETCH_CONCURRENCY=10000, OVERLOAD_PACE=400ms", s.defaults())
 	})
 
 	t.Run("a_help_without_settings_is_an_error", func(t *testing.T) {

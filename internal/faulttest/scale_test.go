@@ -68,14 +68,19 @@ func TestPostgresOutageAtScale(t *testing.T) {
 	if spooled < 700 {
 		t.Fatalf("only %v callbacks spooled during the outage: too little to prove anything", spooled)
 	}
-	sleep(5 * time.Second)
-	after := metric(t, s.base, "callback_lookup_limit")
+	// Back where it was within seconds (it used to take minutes, from the floor). Not
+	// judged at one instant: on a loaded machine the object service's latency wanders,
+	// and the limiter answers that, outage or not.
+	restored := time.Now()
+	var after float64
+	testhelper.Eventually(t, 15*time.Second, "the lookup limit is back where it was before the outage", func() bool {
+		after = metric(t, s.base, "callback_lookup_limit")
+		return after >= 0.9*before
+	})
 	l.Stop()
 	st := l.s.Stats()
-	t.Logf("sender: %+v; %v spooled; lookup limit %v before the outage, %v 5 s after it", st, spooled, before, after)
-	if after < 0.9*before {
-		t.Errorf("the database outage cut the lookup limit from %v to %v", before, after)
-	}
+	t.Logf("sender: %+v; %v spooled; lookup limit %v before the outage, %v %v after it", st, spooled, before, after,
+		time.Since(restored).Round(100*time.Millisecond))
 
 	// Soon after the end of the outage, while everything spooled is still within the
 	// window (60 s; the race detector on a busy machine takes its time with ~15,000

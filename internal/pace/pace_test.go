@@ -36,6 +36,9 @@ func TestUntil(t *testing.T) {
 	require.Positive(t, p.Until(received, append(ids(0, 40), ids(1000, 60)...), now), "mostly fresh: paced")
 	require.Zero(t, p.Until(received, nil, now), "an empty callback names nothing to merge")
 	require.Zero(t, p.Until(received, ids(1000, 200), received.Add(time.Second)), "never later than the target")
+	require.Zero(t, p.Until(received, ids(1000, 200), received.Add(301*time.Millisecond)),
+		"durable only after half the target: the machine is slow, answered at once")
+	require.Equal(t, 301*time.Millisecond, p.Until(received, ids(1000, 200), received.Add(299*time.Millisecond)))
 	require.Zero(t, p.Until(received, ids(1000, 200), t0.Add(pace.HoldDefault+time.Millisecond)), "overload ends after Hold")
 }
 

@@ -40,7 +40,7 @@ func TestParseConfig_defaults(t *testing.T) {
 		FetchConcurrency:    10000,
 		FetchTimeout:        5 * time.Second,
 		MaxPending:          262144,
-		OverloadPace:        600 * time.Millisecond,
+		OverloadPace:        400 * time.Millisecond,
 		RetryAfterMax:       5 * time.Second,
 		Lease:               15 * time.Second,
 		SpoolDir:            "spool",
