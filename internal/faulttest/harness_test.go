@@ -349,6 +349,27 @@ func fastObjects(seed uint64) tester.ObjectConfig {
 		Online: tester.OnlineParity, Seed: seed}
 }
 
+// largeSpace: a test whose ids come from a space larger than this names mostly fresh
+// objects, thousands a second, each needing a lookup of its own: it runs with
+// largeSpaceSettings, and its table is given verifyWithin to come right.
+const largeSpace = 100_000
+
+// largeSpaceSettings lets the lookup limit grow past the harness's 64: with fresh ids
+// from a million objects at 300 callbacks/s, 64 lookups in flight on a machine loaded
+// by the race detector and another process took longer than 20 s to look up the
+// backlog an outage leaves (the limit still starts at FETCH_MIN_CONCURRENCY and adapts).
+var largeSpaceSettings = []string{"FETCH_CONCURRENCY", "1024"}
+
+// verifyWithin is how long a fault test gives the table to come right after the
+// fault, for ids up to maxID: longer for a large space (still well within the
+// harness's 60 s window, so every callback of the test is still owed its row).
+func verifyWithin(maxID int64) time.Duration {
+	if maxID > largeSpace {
+		return 35 * time.Second
+	}
+	return 20 * time.Second
+}
+
 // load is a sender running in the background.
 type load struct {
 	s    *tester.Sender

@@ -28,6 +28,9 @@ func TestKill9(t *testing.T) {
 func kill9(t *testing.T, maxID int64) {
 	tb := setup(t, setupOpts{objects: fastObjects(1), proxy: true})
 	e := tb.env
+	if maxID > largeSpace {
+		e = e.with(largeSpaceSettings...)
+	}
 	window := e.duration(t, "EXPIRE_AFTER")
 
 	p := startProc(t, e)
@@ -63,7 +66,7 @@ func kill9(t *testing.T, maxID int64) {
 		t.Fatalf("too little load to prove anything: %d callbacks accepted", st.Accepted)
 	}
 
-	verifyTable(t, tb.pool, l.s.Records(), tester.OnlineParity, window, 20*time.Second, lateSlack(l.s.Stats()))
+	verifyTable(t, tb.pool, l.s.Records(), tester.OnlineParity, window, verifyWithin(maxID), lateSlack(l.s.Stats()))
 	testhelper.Eventually(t, 10*time.Second, "the dead process's spool segments are replayed and removed", func() bool {
 		for _, f := range left {
 			if _, err := os.Stat(f); err == nil {

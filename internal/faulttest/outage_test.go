@@ -35,6 +35,9 @@ func TestPostgresOutage(t *testing.T) {
 			t.Parallel()
 			tb := setup(t, setupOpts{objects: fastObjects(2), proxy: true})
 			e := tb.env
+			if tc.maxID > largeSpace {
+				e = e.with(largeSpaceSettings...)
+			}
 			s := startInproc(t, e)
 			l := sendLoad(t, s.base, 2, tc.maxID, 300)
 
@@ -65,7 +68,7 @@ func TestPostgresOutage(t *testing.T) {
 			testhelper.Eventually(t, 20*time.Second, "the spool is replayed and emptied", func() bool {
 				return len(spoolSegments(t, e["SPOOL_DIR"])) == 0
 			})
-			verifyTable(t, tb.pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), 20*time.Second, lateSlack(l.s.Stats()))
+			verifyTable(t, tb.pool, l.s.Records(), tester.OnlineParity, e.duration(t, "EXPIRE_AFTER"), verifyWithin(tc.maxID), lateSlack(l.s.Stats()))
 			testhelper.Eventually(t, 10*time.Second, "inbox and pending drain", func() bool { return queued(t, tb.pool) == 0 })
 		})
 	}
