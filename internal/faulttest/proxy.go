@@ -156,6 +156,21 @@ func (p *Proxy) track(c net.Conn) bool {
 	return true
 }
 
+// trackAccepted tracks a connection that ln accepted, unless ln has been closed since
+// (Refuse, or Refuse and Restore): a connection accepted a moment before Refuse, whose
+// goroutine had not tracked it yet when Refuse reset the others, must not slip through
+// and be forwarded. Seen under load: a pool kept committing through one such
+// connection while the test believed Postgres cut off.
+func (p *Proxy) trackAccepted(ln net.Listener, c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.ln != ln {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
 func (p *Proxy) untrack(c net.Conn) {
 	p.mu.Lock()
 	delete(p.conns, c)
@@ -186,12 +201,18 @@ func (p *Proxy) acceptLoop(ln net.Listener) {
 			return
 		}
 		p.accepted.Add(1)
-		go p.serve(c)
+		go p.serve(ln, c)
 	}
 }
 
-func (p *Proxy) serve(client net.Conn) {
-	if !p.track(client) {
+// acceptedHook, when set (by a test of the proxy), runs between Accept and tracking.
+var acceptedHook func()
+
+func (p *Proxy) serve(ln net.Listener, client net.Conn) {
+	if acceptedHook != nil {
+		acceptedHook()
+	}
+	if !p.trackAccepted(ln, client) {
 		client.Close()
 		return
 	}
