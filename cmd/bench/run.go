@@ -33,6 +33,7 @@ type bench struct {
 	chewTime    time.Duration
 	fetchConc   int
 	pprofOut    string
+	pprofSpace  int64
 	stderr      io.Writer
 
 	intakeSpaces    []int64 // id spaces of the 64-sender intake runs
@@ -75,7 +76,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.Int64Var(&b.bigPending, "pending", 1_000_000, "pending ids inserted for the cost phase")
 	fs.DurationVar(&b.chewTime, "chew-time", 10*time.Second, "how long the service works on the big backlog")
 	fs.IntVar(&b.fetchConc, "fetch-concurrency", 512, "FETCH_CONCURRENCY of the service in the end-to-end phases")
-	fs.StringVar(&b.pprofOut, "pprof", "", "write a CPU profile of the service during the first 64-sender intake run to this file")
+	fs.StringVar(&b.pprofOut, "pprof", "", "write a CPU profile of the service during the first 64-sender intake run from -pprof-space objects to this file")
+	fs.Int64Var(&b.pprofSpace, "pprof-space", 100_000, "the id space (objects) of the intake run -pprof profiles")
 	intakeSpaces := fs.String("intake-spaces", "100,100000,1000000", "id spaces (objects) of the 64-sender intake runs, comma-separated")
 	scaleSpaces := fs.String("scale-spaces", "100,20000,100000,1000000", "id spaces of the end-to-end runs (phase scale), comma-separated")
 	fs.DurationVar(&b.scaleTime, "scale-time", 60*time.Second, "length of one end-to-end run at an id space (phase scale; also the limiter's)")

@@ -97,7 +97,7 @@ func (b *bench) intake(ctx context.Context, senders int, space int64) error {
 	}
 	for i := range b.runs {
 		var prof sync.WaitGroup
-		if b.pprofOut != "" && senders == 64 && space <= 100 && i == 0 {
+		if b.pprofOut != "" && senders == 64 && space == b.pprofSpace && i == 0 {
 			prof.Go(func() {
 				if err := svc.cpuProfile(b.runTime-time.Second, b.pprofOut); err != nil {
 					b.progress("CPU profile failed: %v", err)
