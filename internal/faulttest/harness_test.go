@@ -387,11 +387,16 @@ func sendLoad(t *testing.T, base string, seed uint64, maxID int64, rate float64)
 // sendLoadIDs is sendLoad with ids from minID to maxID.
 func sendLoadIDs(t *testing.T, base string, seed uint64, minID, maxID int64, rate float64) *load {
 	t.Helper()
-	s, err := tester.NewSender(tester.SenderConfig{
-		Target: base + "/callback", Rate: rate, Senders: 16,
-		IDsMin: 1, IDsMax: 20, IDMin: minID, IDMax: maxID,
-		Seed: seed, Timeout: time.Second, Track: true,
+	return senderOf(t, base, tester.SenderConfig{
+		Rate: rate, Senders: 16, IDsMin: 1, IDsMax: 20, IDMin: minID, IDMax: maxID, Seed: seed,
 	})
+}
+
+// senderOf starts a sender of its own shape against base, until stopped.
+func senderOf(t *testing.T, base string, cfg tester.SenderConfig) *load {
+	t.Helper()
+	cfg.Target, cfg.Timeout, cfg.Track = base+"/callback", time.Second, true
+	s, err := tester.NewSender(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

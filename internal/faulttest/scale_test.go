@@ -16,24 +16,6 @@ import (
 // misbehaving object service: accepted callbacks still reach the table, and lookups
 // are back at the rate demand needs within seconds of the fault's end.
 
-// senderOf starts a sender of its own shape against base, until stopped.
-func senderOf(t *testing.T, base string, cfg tester.SenderConfig) *load {
-	t.Helper()
-	cfg.Target, cfg.Timeout, cfg.Track = base+"/callback", time.Second, true
-	s, err := tester.NewSender(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	l := &load{s: s, stop: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(l.done)
-		_ = s.Run(ctx)
-	}()
-	t.Cleanup(l.Stop)
-	return l
-}
-
 // slowFaultyObjects answers in 200-800 ms (so that hundreds of lookups are in flight
 // and the lookup limit matters) and fails, hangs or garbles one request in twenty.
 func slowFaultyObjects(seed uint64) tester.ObjectConfig {
