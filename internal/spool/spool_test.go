@@ -755,8 +755,13 @@ func TestReplay(t *testing.T) {
 
 // TestReplay_deadProcess appends from a real child process, checks that its segment is
 // left alone while it lives, kills it with SIGKILL and replays what it acknowledged.
+//
+// Not parallel: between fork and exec the child holds a copy of every descriptor of
+// this process, and with it the flock of another test's just-sealed segment, which that
+// test's Replay then finds locked and skips ("got 0 callbacks, want 1" in
+// TestRoundTrip_keepsMicroseconds, seen with a CPU hog beside make test). The service
+// itself starts no processes, and its replayer would retry such a segment anyway.
 func TestReplay_deadProcess(t *testing.T) {
-	t.Parallel()
 	if testing.Short() {
 		t.Skip("starts a child process")
 	}
