@@ -163,6 +163,12 @@ func TestReplicaCutOffHoldsExpiryBack(t *testing.T) {
 	sleep(2 * time.Second)
 	la.Stop()
 	verifyTable(t, tb.pool, la.s.Records(), tester.OnlineParity, window, 15*time.Second, lateSlack(la.s.Stats()))
+	// B must have published its watermark before it is cut off: a replica the fleet
+	// has never heard from holds nothing back (package watermark, "Silence"). On a
+	// loaded machine B once had not finished starting when the cut came.
+	testhelper.Eventually(t, 30*time.Second, "both replicas have published a watermark", func() bool {
+		return column[int64](t, tb.pool, "SELECT count(*) FROM replica_watermarks WHERE NOT stopped")[0] >= 2
+	})
 	rowsBefore := len(objectsNow(t, tb))
 
 	tb.proxy.Refuse()

@@ -31,7 +31,11 @@
 // the bound loses nothing it acknowledged: its spool is replayed into the inbox, and
 // every receipt in it that is still within the window is merged as any other (rows that
 // expired meanwhile come back after a lookup, with the newest receipt). Silent replicas
-// are counted in callback_replicas_silent, and an alert fires on them.
+// are counted in callback_replicas_silent, and an alert fires on them. A replica that
+// has never reached Postgres (a new one, started on a host already cut off) has no
+// row, and nobody can wait for what nobody knows of: until its first heartbeat, rows
+// that only its spooled callbacks name may expire, and come back, as above, when its
+// spool is replayed. Refusing callbacks until then would lose them instead.
 //
 // Identity. A replica is named by its spool directory (an id kept in it) and a slot in
 // it, one per process sharing the directory (spool.ReplicaID). A replica restarted on
