@@ -83,10 +83,10 @@ func (m *Merger) RefreshEarly(ctx context.Context, now time.Time) (int64, error)
 	newest := make(map[int64]int64)
 	var scratch []int64
 	for _, b := range batches {
-		m.early.after = b.ID
 		if len(newest) >= limit {
-			break // the next look goes on from here
+			break // the next look goes on from this batch
 		}
+		m.early.after = b.ID
 		// An undecodable batch is the passes' to quarantine; what it decoded before
 		// the fault is skipped with it.
 		staged := map[int64]int64{}
